@@ -1,0 +1,397 @@
+//! Agent configuration: one TOML file per agent, parsed strictly (unknown keys are errors)
+//! and validated before anything starts, so a mistake is reported as one line naming the
+//! file, line and key. Also the federation [`topology`] files that agent configs are
+//! derived from.
+
+pub mod topology;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::transport::identity::{Identity, Role};
+use crate::transport::tls::TlsFiles;
+
+/// A configuration problem: where it is and what is wrong. Never retryable: the file must
+/// be fixed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    /// The file concerned.
+    pub file: PathBuf,
+    /// 1-based line, when it can be located.
+    pub line: Option<usize>,
+    /// The dotted key at fault, when there is one.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut s = self.file.display().to_string();
+        if let Some(line) = self.line {
+            s.push_str(&format!(":{line}"));
+        }
+        if let Some(key) = &self.key {
+            s.push_str(&format!(": `{key}`"));
+        }
+        s.push_str(": ");
+        s.push_str(&self.message.replace('\n', " "));
+        s
+    }
+}
+
+/// Default HTTP API port (Consul's).
+pub const DEFAULT_HTTP_PORT: u16 = 8500;
+/// Default DNS port (Consul's).
+pub const DEFAULT_DNS_PORT: u16 = 8600;
+/// Default LAN gossip port (UDP).
+pub const DEFAULT_LAN_PORT: u16 = 8301;
+/// Default QUIC port (UDP): RPC, Raft and WAN gossip.
+pub const DEFAULT_QUIC_PORT: u16 = 8300;
+
+/// The ports an agent listens on, each on its bind address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    /// HTTP API (TCP), default 8500.
+    pub http: u16,
+    /// DNS (UDP and TCP), default 8600.
+    pub dns: u16,
+    /// LAN gossip (UDP), default 8301.
+    pub lan: u16,
+    /// QUIC (UDP), default 8300: `rpc`, `raft` and `wan-gossip` ALPNs.
+    pub quic: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            http: DEFAULT_HTTP_PORT,
+            dns: DEFAULT_DNS_PORT,
+            lan: DEFAULT_LAN_PORT,
+            quic: DEFAULT_QUIC_PORT,
+        }
+    }
+}
+
+/// The three PEM files of an agent. Relative paths are relative to the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The federation CA certificate.
+    pub ca_file: PathBuf,
+    /// This agent's certificate (`server.<dc>.<domain>` or `client.<dc>.<domain>`).
+    pub cert_file: PathBuf,
+    /// This agent's private key.
+    pub key_file: PathBuf,
+}
+
+/// A peer address given as `ip` or `ip:port`; the port defaults per use (LAN or QUIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinAddr {
+    /// The address.
+    pub ip: IpAddr,
+    /// The port if one was given.
+    pub port: Option<u16>,
+}
+
+impl JoinAddr {
+    /// The socket address, with `default_port` when none was given.
+    pub fn socket_addr(&self, default_port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port.unwrap_or(default_port))
+    }
+}
+
+impl fmt::Display for JoinAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}", SocketAddr::new(self.ip, p)),
+            None => write!(f, "{}", self.ip),
+        }
+    }
+}
+
+impl std::str::FromStr for JoinAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(JoinAddr {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+            });
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| JoinAddr { ip, port: None })
+            .map_err(|_| format!("invalid address {s:?}: expected IP or IP:PORT"))
+    }
+}
+
+impl<'de> Deserialize<'de> for JoinAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for JoinAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The gossip encryption key: 32 random bytes, base64 (as Consul's `encrypt`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GossipKey(pub [u8; 32]);
+
+impl fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GossipKey(..)")
+    }
+}
+
+impl GossipKey {
+    /// A fresh random key (what `consulate keygen` prints).
+    pub fn generate() -> GossipKey {
+        GossipKey(rand::random())
+    }
+
+    /// The base64 form used in config files.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+}
+
+impl std::str::FromStr for GossipKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| format!("not valid base64: {e}"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("key is {} bytes, expected 32", b.len()))?;
+        Ok(GossipKey(key))
+    }
+}
+
+impl<'de> Deserialize<'de> for GossipKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for GossipKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+fn default_domain() -> String {
+    "consul".into()
+}
+
+/// One agent's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This agent's node name, unique within its datacenter.
+    pub node_name: String,
+    /// The datacenter this agent belongs to.
+    pub datacenter: String,
+    /// `server` (holds Raft state, joins WAN) or `client`.
+    pub role: Role,
+    /// The DNS domain, also the suffix of certificate identities. Default `consul`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Where servers keep Raft state; relative paths are relative to the config file.
+    pub data_dir: PathBuf,
+    /// The address every listener binds to.
+    pub bind_addr: IpAddr,
+    /// The address others are told to reach us at. Defaults to `bind_addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<IpAddr>,
+    /// Listening ports.
+    #[serde(default)]
+    pub ports: Ports,
+    /// LAN gossip addresses to join at start (`ip` or `ip:port`, default port 8301).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lan_join: Vec<JoinAddr>,
+    /// Servers only: QUIC addresses of servers in other DCs to join the WAN pool through
+    /// (`ip` or `ip:port`, default port 8300).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wan_join: Vec<JoinAddr>,
+    /// Servers only: how many servers form this DC's cluster on first start. Without it a
+    /// server waits to be added to an existing cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_expect: Option<u32>,
+    /// The certificate files.
+    pub tls: TlsConfig,
+    /// The LAN gossip encryption key (base64 of 32 bytes); unset means plaintext gossip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<GossipKey>,
+}
+
+/// Where a dotted key is defined in a TOML document (1-based line).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    for part in key.split('.') {
+        item = item.get(part)?;
+    }
+    let span = item.span().or_else(|| {
+        // Whole tables have no span of their own: fall back to the key's first value.
+        item.as_table_like()?.iter().find_map(|(_, v)| v.span())
+    })?;
+    Some(line_at(text, span.start))
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config `text`; `path` is used for messages and to resolve
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: e.span().map(|s| line_at(text, s.start)),
+            key: None,
+            message: e.message().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca_file,
+            &mut cfg.tls.cert_file,
+            &mut cfg.tls.key_file,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate().map_err(|(key, message)| ConfigError {
+            file: path.to_path_buf(),
+            line: line_of(text, key),
+            key: Some(key.to_string()),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks serde cannot express. Returns the offending key and the problem.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !valid_name(&self.node_name) {
+            return Err(("node_name", "must be 1-63 letters, digits, '-' or '_'".into()));
+        }
+        if !valid_name(&self.datacenter) || self.datacenter.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err((
+                "datacenter",
+                "must be 1-63 lowercase letters, digits, '-' or '_'".into(),
+            ));
+        }
+        if self.domain.is_empty() || !self.domain.trim_end_matches('.').split('.').all(valid_name) {
+            return Err(("domain", format!("{:?} is not a DNS domain", self.domain)));
+        }
+        if self.role == Role::Client {
+            if !self.wan_join.is_empty() {
+                return Err(("wan_join", "only servers join the WAN pool".into()));
+            }
+            if self.bootstrap_expect.is_some() {
+                return Err(("bootstrap_expect", "only servers bootstrap a cluster".into()));
+            }
+        }
+        if self.bootstrap_expect == Some(0) {
+            return Err(("bootstrap_expect", "must be at least 1".into()));
+        }
+        let p = &self.ports;
+        let mut ports = [p.http, p.dns, p.lan, p.quic];
+        ports.sort_unstable();
+        // Port 0 (an ephemeral port, used by tests) may repeat.
+        if ports.windows(2).any(|w| w[0] == w[1] && w[0] != 0) {
+            return Err(("ports", "two listeners share a port".into()));
+        }
+        for (key, file) in [
+            ("tls.ca_file", &self.tls.ca_file),
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+        ] {
+            if !file.is_file() {
+                return Err((key, format!("{} does not exist", file.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity this agent's certificate must carry.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            role: self.role,
+            datacenter: self.datacenter.clone(),
+        }
+    }
+
+    /// The TLS files as the transport wants them.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.tls.ca_file.clone(),
+            cert_file: self.tls.cert_file.clone(),
+            key_file: self.tls.key_file.clone(),
+        }
+    }
+
+    /// The address advertised to peers.
+    pub fn advertise(&self) -> IpAddr {
+        self.advertise_addr.unwrap_or(self.bind_addr)
+    }
+
+    /// Where the QUIC endpoint binds.
+    pub fn quic_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_addr, self.ports.quic)
+    }
+
+    /// Where the HTTP API binds.
+    pub fn http_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_addr, self.ports.http)
+    }
+
+    /// Where LAN gossip binds.
+    pub fn lan_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_addr, self.ports.lan)
+    }
+
+    /// The LAN join addresses with the default port filled in.
+    pub fn lan_join_addrs(&self) -> Vec<SocketAddr> {
+        self.lan_join.iter().map(|a| a.socket_addr(DEFAULT_LAN_PORT)).collect()
+    }
+
+    /// The WAN join addresses with the default port filled in.
+    pub fn wan_join_addrs(&self) -> Vec<SocketAddr> {
+        self.wan_join.iter().map(|a| a.socket_addr(DEFAULT_QUIC_PORT)).collect()
+    }
+}

@@ -1,0 +1,8 @@
+//! consulate: a multi-datacenter service-discovery federation gateway in the spirit of
+//! HashiCorp Consul. See `ARCHITECTURE.md` for the map of modules.
+
+pub mod agent;
+pub mod config;
+pub mod metrics;
+pub mod pki;
+pub mod transport;

@@ -1,0 +1,285 @@
+//! Framed request/response over QUIC: each request travels on its own bidirectional
+//! stream as one length-prefixed MessagePack frame (tokio-util's `LengthDelimitedCodec`,
+//! bounded by [`super::TransportOptions::max_frame`]), answered by one frame carrying
+//! `Result<Response, RemoteError>`. A stream per request means no head-of-line blocking
+//! between requests and cheap per-request cancellation; the connection under them is
+//! pooled by [`super::Transport`].
+//!
+//! A frame that is malformed or larger than the limit never reaches a handler: the sender
+//! gets a [`RemoteError`] reply, the stream is stopped, and the rejection is counted.
+
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use quinn::VarInt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::identity::{Alpn, Identity};
+use super::{ConnectionService, PeerConnection, Transport, TransportError};
+use crate::metrics::TransportMetrics;
+
+/// An error the remote transport layer answers with instead of a handler's response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// The request frame could not be decoded as the service's request type.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request frame exceeded the peer's maximum frame size.
+    #[error("request frame larger than {limit} bytes")]
+    TooLarge {
+        /// The peer's limit.
+        limit: u64,
+    },
+    /// The response could not be encoded within the frame limit.
+    #[error("response could not be sent: {0}")]
+    Response(String),
+}
+
+impl RemoteError {
+    /// None of these is fixed by sending the same request again.
+    pub fn is_retry_safe(&self) -> bool {
+        false
+    }
+}
+
+/// Application code that answers one kind of request. Implemented by each protocol served
+/// over QUIC (the agent RPC, Raft), and by the tests.
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded request type.
+    type Request: DeserializeOwned + Send + 'static;
+    /// The response type.
+    type Response: Serialize + Send + 'static;
+    /// Answers one request from an authorized `peer`.
+    fn handle(
+        &self,
+        peer: &Identity,
+        request: Self::Request,
+    ) -> impl Future<Output = Self::Response> + Send;
+}
+
+/// Serves a [`Handler`] on every bidirectional stream of the connections it is given.
+pub struct RpcService<H> {
+    handler: Arc<H>,
+    max_frame: usize,
+    metrics: TransportMetrics,
+}
+
+impl<H: Handler> RpcService<H> {
+    /// Wraps `handler`; frames above `max_frame` bytes are refused.
+    pub fn new(handler: Arc<H>, max_frame: usize, metrics: TransportMetrics) -> Arc<Self> {
+        Arc::new(RpcService {
+            handler,
+            max_frame,
+            metrics,
+        })
+    }
+}
+
+fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+impl<H: Handler> ConnectionService for RpcService<H> {
+    fn serve(self: Arc<Self>, peer: PeerConnection, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            loop {
+                let (send, recv) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    s = peer.conn.accept_bi() => match s {
+                        Ok(s) => s,
+                        Err(e) => {
+                            debug!(remote = %peer.conn.remote_address(), error = %e, "rpc connection ended");
+                            return;
+                        }
+                    },
+                };
+                let this = self.clone();
+                let identity = peer.identity.clone();
+                let alpn = peer.alpn;
+                tokio::spawn(async move { this.serve_stream(identity, alpn, send, recv).await });
+            }
+        })
+    }
+}
+
+impl<H: Handler> RpcService<H> {
+    async fn serve_stream(
+        &self,
+        peer: Identity,
+        alpn: Alpn,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let mut reader = FramedRead::new(recv, codec(self.max_frame));
+        let reply: Result<H::Response, RemoteError> = match reader.next().await {
+            None => return,
+            Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                self.reject("oversized");
+                Err(RemoteError::TooLarge {
+                    limit: self.max_frame as u64,
+                })
+            }
+            Some(Err(_)) => return, // stream reset or connection lost: nobody to answer
+            Some(Ok(frame)) => match rmp_serde::from_slice::<H::Request>(&frame) {
+                Err(e) => {
+                    self.reject("malformed");
+                    Err(RemoteError::Malformed(e.to_string()))
+                }
+                Ok(request) => {
+                    self.metrics
+                        .requests_served
+                        .with_label_values(&[alpn.as_str()])
+                        .inc();
+                    Ok(self.handler.handle(&peer, request).await)
+                }
+            },
+        };
+        let failed = reply.is_err();
+        let mut payload = rmp_serde::to_vec_named(&reply).map_err(|e| e.to_string());
+        if let Ok(p) = &payload {
+            if p.len() > self.max_frame {
+                payload = Err(format!("{} bytes exceed the {} byte frame limit", p.len(), self.max_frame));
+            }
+        }
+        let payload = payload.unwrap_or_else(|reason| {
+            rmp_serde::to_vec_named(&Err::<(), _>(RemoteError::Response(reason)))
+                .expect("an error reply always encodes")
+        });
+        let mut writer = FramedWrite::new(send, codec(self.max_frame));
+        if writer.send(Bytes::from(payload)).await.is_ok() {
+            let _ = writer.into_inner().finish();
+        }
+        if failed {
+            let _ = reader.into_inner().stop(VarInt::from_u32(1));
+        }
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics
+            .frames_rejected
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+/// Maps an I/O error from a framed quinn stream back to the transport's typed errors.
+fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
+    if let Some(inner) = e.get_ref() {
+        if let Some(quinn::ReadError::ConnectionLost(ce)) = inner.downcast_ref::<quinn::ReadError>() {
+            return TransportError::from_connection(addr, ce.clone());
+        }
+        if let Some(quinn::WriteError::ConnectionLost(ce)) = inner.downcast_ref::<quinn::WriteError>() {
+            return TransportError::from_connection(addr, ce.clone());
+        }
+    }
+    if e.kind() == io::ErrorKind::InvalidData {
+        return TransportError::Codec {
+            addr,
+            reason: e.to_string(),
+        };
+    }
+    TransportError::ConnectionLost {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+/// A typed client for one protocol: which ALPN, which request and response types.
+#[derive(Clone)]
+pub struct RpcClient<Req, Resp> {
+    transport: Transport,
+    alpn: Alpn,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
+    /// A client sending `Req` and expecting `Resp` over `alpn`.
+    pub fn new(transport: Transport, alpn: Alpn) -> Self {
+        RpcClient {
+            transport,
+            alpn,
+            _types: PhantomData,
+        }
+    }
+
+    /// The transport under this client.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Sends `request` to the server at `addr` (which must belong to `expected_dc` if given)
+    /// and waits for its response, at most `timeout` in all. A deadline that passes before
+    /// the request was written reports `Unreachable` (retry-safe), after it `Timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        expected_dc: Option<&str>,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
+        let max_frame = self.transport.options().max_frame;
+        let payload = rmp_serde::to_vec_named(request).map_err(|e| TransportError::Codec {
+            addr,
+            reason: e.to_string(),
+        })?;
+        if payload.len() > max_frame {
+            return Err(TransportError::Codec {
+                addr,
+                reason: format!("request of {} bytes exceeds the {max_frame} byte frame limit", payload.len()),
+            });
+        }
+        let sent = AtomicBool::new(false);
+        let exchange = async {
+            let conn = self.transport.connect(addr, self.alpn, expected_dc).await?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| TransportError::from_connection(addr, e))?;
+            let mut writer = FramedWrite::new(send, codec(max_frame));
+            writer
+                .send(Bytes::from(payload))
+                .await
+                .map_err(|e| stream_error(addr, e))?;
+            sent.store(true, Ordering::Relaxed);
+            let _ = writer.into_inner().finish();
+            let mut reader = FramedRead::new(recv, codec(max_frame));
+            let frame = match reader.next().await {
+                None => {
+                    return Err(TransportError::ConnectionLost {
+                        addr,
+                        reason: "stream closed without a reply".into(),
+                    });
+                }
+                Some(r) => r.map_err(|e| stream_error(addr, e))?,
+            };
+            let reply: Result<Resp, RemoteError> =
+                rmp_serde::from_slice(&frame).map_err(|e| TransportError::Codec {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            reply.map_err(|error| TransportError::Remote { addr, error })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) if sent.load(Ordering::Relaxed) => Err(TransportError::Timeout { addr, after: timeout }),
+            Err(_) => Err(TransportError::Unreachable {
+                addr,
+                reason: format!("not connected within {timeout:?}"),
+            }),
+        }
+    }
+}
