@@ -15,7 +15,11 @@ use consulate::pki::{self, AgentCertSpec, CA_DAYS, CERT_DAYS, Validity};
 use consulate::transport::identity::Role;
 
 #[derive(Parser)]
-#[command(name = "consulate", version, about = "Multi-datacenter service discovery, Consul-compatible")]
+#[command(
+    name = "consulate",
+    version,
+    about = "Multi-datacenter service discovery, Consul-compatible"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,7 +129,7 @@ enum TopologyCommand {
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
-    Ok(std::path::absolute(&p).with_context(|| format!("{}", p.display()))?)
+    std::path::absolute(&p).with_context(|| format!("{}", p.display()))
 }
 
 fn init_tracing() {
@@ -168,9 +172,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tls {
-            command: TlsCommand::Ca {
-                command: CaCommand::Create { pki: args, days },
-            },
+            command:
+                TlsCommand::Ca {
+                    command: CaCommand::Create { pki: args, days },
+                },
         } => {
             let paths = pki::ca_paths(&args.dir, &args.domain);
             let ca = pki::create_ca(&args.domain, Validity::days(days))?;
@@ -218,7 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 certs_dir: absolute(certs)?,
                 state_dir: absolute(data_dir)?,
             };
-            for written in topo.write_configs(&paths, &out).with_context(|| format!("writing {}", out.display()))? {
+            for written in topo
+                .write_configs(&paths, &out)
+                .with_context(|| format!("writing {}", out.display()))?
+            {
                 println!("==> Wrote {}", written.display());
             }
             Ok(())

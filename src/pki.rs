@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -278,7 +278,7 @@ pub fn issue_agent_cert_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use x509_parser::prelude::*;
+    use x509_parser::prelude::{GeneralName, parse_x509_pem};
 
     #[test]
     fn server_cert_carries_consul_sans_and_both_usages() {
@@ -317,7 +317,10 @@ mod tests {
         let ca = create_ca("consul", Validity::days(1)).unwrap();
         let cp = ca_paths(dir.path(), "consul");
         write_pair(&cp, &ca, false).unwrap();
-        assert!(matches!(write_pair(&cp, &ca, false), Err(PkiError::Exists(_))));
+        assert!(matches!(
+            write_pair(&cp, &ca, false),
+            Err(PkiError::Exists(_))
+        ));
         write_pair(&cp, &ca, true).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&cp.key).unwrap().permissions().mode() & 0o777;

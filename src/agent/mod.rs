@@ -43,8 +43,8 @@ impl Agent {
     /// `shutdown` is cancelled; [`Agent::run_until_shutdown`] then finishes the job.
     pub fn start(config: AgentConfig, shutdown: CancellationToken) -> Result<Agent, AgentError> {
         let metrics = Metrics::new();
-        let tls = TlsMaterial::load(&config.tls_files(), &config.domain)
-            .map_err(TransportError::from)?;
+        let tls =
+            TlsMaterial::load(&config.tls_files(), &config.domain).map_err(TransportError::from)?;
         tls.check_identity(&config.identity(), &config.tls.cert_file)
             .map_err(TransportError::from)?;
         let opts = TransportOptions::default();

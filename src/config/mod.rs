@@ -260,7 +260,8 @@ fn line_at(text: &str, offset: usize) -> usize {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl AgentConfig {
@@ -307,9 +308,13 @@ impl AgentConfig {
     /// Cross-field checks serde cannot express. Returns the offending key and the problem.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if !valid_name(&self.node_name) {
-            return Err(("node_name", "must be 1-63 letters, digits, '-' or '_'".into()));
+            return Err((
+                "node_name",
+                "must be 1-63 letters, digits, '-' or '_'".into(),
+            ));
         }
-        if !valid_name(&self.datacenter) || self.datacenter.chars().any(|c| c.is_ascii_uppercase()) {
+        if !valid_name(&self.datacenter) || self.datacenter.chars().any(|c| c.is_ascii_uppercase())
+        {
             return Err((
                 "datacenter",
                 "must be 1-63 lowercase letters, digits, '-' or '_'".into(),
@@ -323,7 +328,10 @@ impl AgentConfig {
                 return Err(("wan_join", "only servers join the WAN pool".into()));
             }
             if self.bootstrap_expect.is_some() {
-                return Err(("bootstrap_expect", "only servers bootstrap a cluster".into()));
+                return Err((
+                    "bootstrap_expect",
+                    "only servers bootstrap a cluster".into(),
+                ));
             }
         }
         if self.bootstrap_expect == Some(0) {
@@ -387,11 +395,17 @@ impl AgentConfig {
 
     /// The LAN join addresses with the default port filled in.
     pub fn lan_join_addrs(&self) -> Vec<SocketAddr> {
-        self.lan_join.iter().map(|a| a.socket_addr(DEFAULT_LAN_PORT)).collect()
+        self.lan_join
+            .iter()
+            .map(|a| a.socket_addr(DEFAULT_LAN_PORT))
+            .collect()
     }
 
     /// The WAN join addresses with the default port filled in.
     pub fn wan_join_addrs(&self) -> Vec<SocketAddr> {
-        self.wan_join.iter().map(|a| a.socket_addr(DEFAULT_QUIC_PORT)).collect()
+        self.wan_join
+            .iter()
+            .map(|a| a.socket_addr(DEFAULT_QUIC_PORT))
+            .collect()
     }
 }

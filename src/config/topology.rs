@@ -74,9 +74,14 @@ impl Topology {
             key: None,
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
-        let topo: Topology = toml::from_str(&text)
-            .map_err(|e| err(e.span().map(|s| super::line_at(&text, s.start)), e.message().to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        let topo: Topology = toml::from_str(&text).map_err(|e| {
+            err(
+                e.span().map(|s| super::line_at(&text, s.start)),
+                e.message().to_string(),
+            )
+        })?;
         topo.validate().map_err(|m| err(None, m))?;
         Ok(topo)
     }
@@ -115,7 +120,11 @@ impl Topology {
     }
 
     /// The certificate spec of one agent.
-    pub fn cert_spec<'a>(&'a self, dc: &'a TopologyDc, agent: &'a TopologyAgent) -> AgentCertSpec<'a> {
+    pub fn cert_spec<'a>(
+        &'a self,
+        dc: &'a TopologyDc,
+        agent: &'a TopologyAgent,
+    ) -> AgentCertSpec<'a> {
         AgentCertSpec {
             role: agent.role,
             datacenter: &dc.name,
@@ -131,8 +140,11 @@ impl Topology {
         let join = |ip| JoinAddr { ip, port: None };
         self.agents()
             .map(|(dc, a)| {
-                let servers: Vec<&TopologyAgent> =
-                    dc.agents.iter().filter(|x| x.role == Role::Server).collect();
+                let servers: Vec<&TopologyAgent> = dc
+                    .agents
+                    .iter()
+                    .filter(|x| x.role == Role::Server)
+                    .collect();
                 let certs = pki::agent_paths(&paths.certs_dir, &self.cert_spec(dc, a));
                 let is_server = a.role == Role::Server;
                 AgentConfig {
@@ -153,7 +165,9 @@ impl Topology {
                         self.datacenters
                             .iter()
                             .filter(|other| other.name != dc.name)
-                            .filter_map(|other| other.agents.iter().find(|x| x.role == Role::Server))
+                            .filter_map(|other| {
+                                other.agents.iter().find(|x| x.role == Role::Server)
+                            })
                             .map(|s| join(s.address))
                             .collect()
                     } else {
@@ -196,7 +210,10 @@ mod tests {
 
     #[test]
     fn shipped_topologies_render_consistent_configs() {
-        for (file, dcs) in [("topology/local-2dc.toml", 2), ("topology/local-3dc.toml", 3)] {
+        for (file, dcs) in [
+            ("topology/local-2dc.toml", 2),
+            ("topology/local-3dc.toml", 3),
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let topo = Topology::load(&path).unwrap();
             assert_eq!(topo.datacenters.len(), dcs);

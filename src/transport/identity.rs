@@ -279,8 +279,14 @@ mod tests {
         assert_eq!(identity_from_sans(["n1.server.dc1.consul"], "consul"), None);
         assert_eq!(identity_from_sans(["server..consul"], "consul"), None);
         assert_eq!(identity_from_sans(["admin.dc1.consul"], "consul"), None);
-        assert_eq!(identity_from_sans(["localhost", "127.0.0.1"], "consul"), None);
-        assert_eq!(identity_from_sans(["server.dc1.consul"], "consul."), Some(id(Role::Server, "dc1")));
+        assert_eq!(
+            identity_from_sans(["localhost", "127.0.0.1"], "consul"),
+            None
+        );
+        assert_eq!(
+            identity_from_sans(["server.dc1.consul"], "consul."),
+            Some(id(Role::Server, "dc1"))
+        );
     }
 
     #[test]
@@ -291,13 +297,25 @@ mod tests {
         let c2 = id(Role::Client, "dc2");
         use Alpn::*;
         assert_eq!(authorize(Raft, "dc1", Some(&s1)), Ok(()));
-        assert_eq!(authorize(Raft, "dc1", Some(&s2)), Err(Refusal::WrongDatacenter));
-        assert_eq!(authorize(Raft, "dc1", Some(&c1)), Err(Refusal::ClientNotAllowed));
+        assert_eq!(
+            authorize(Raft, "dc1", Some(&s2)),
+            Err(Refusal::WrongDatacenter)
+        );
+        assert_eq!(
+            authorize(Raft, "dc1", Some(&c1)),
+            Err(Refusal::ClientNotAllowed)
+        );
         assert_eq!(authorize(WanGossip, "dc1", Some(&s2)), Ok(()));
-        assert_eq!(authorize(WanGossip, "dc1", Some(&c1)), Err(Refusal::ClientNotAllowed));
+        assert_eq!(
+            authorize(WanGossip, "dc1", Some(&c1)),
+            Err(Refusal::ClientNotAllowed)
+        );
         assert_eq!(authorize(Rpc, "dc1", Some(&s2)), Ok(()));
         assert_eq!(authorize(Rpc, "dc1", Some(&c1)), Ok(()));
-        assert_eq!(authorize(Rpc, "dc1", Some(&c2)), Err(Refusal::WrongDatacenter));
+        assert_eq!(
+            authorize(Rpc, "dc1", Some(&c2)),
+            Err(Refusal::WrongDatacenter)
+        );
         assert_eq!(authorize(Rpc, "dc1", None), Err(Refusal::NoIdentity));
     }
 
@@ -308,7 +326,10 @@ mod tests {
         let c1 = id(Role::Client, "dc1");
         use Alpn::*;
         assert_eq!(authorize_acceptor(Rpc, "dc1", None, Some(&s2)), Ok(()));
-        assert_eq!(authorize_acceptor(Rpc, "dc1", Some("dc2"), Some(&s2)), Ok(()));
+        assert_eq!(
+            authorize_acceptor(Rpc, "dc1", Some("dc2"), Some(&s2)),
+            Ok(())
+        );
         assert_eq!(
             authorize_acceptor(Rpc, "dc1", Some("dc3"), Some(&s2)),
             Err(Refusal::WrongDatacenter)
@@ -322,7 +343,10 @@ mod tests {
             authorize_acceptor(Raft, "dc1", None, Some(&s2)),
             Err(Refusal::WrongDatacenter)
         );
-        assert_eq!(authorize_acceptor(WanGossip, "dc1", None, Some(&s2)), Ok(()));
+        assert_eq!(
+            authorize_acceptor(WanGossip, "dc1", None, Some(&s2)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -331,7 +355,11 @@ mod tests {
             assert_eq!(Alpn::from_id(a.id()), Some(a));
         }
         assert_eq!(Alpn::from_id(b"h3"), None);
-        for r in [Refusal::NoIdentity, Refusal::WrongDatacenter, Refusal::HandshakeTimeout] {
+        for r in [
+            Refusal::NoIdentity,
+            Refusal::WrongDatacenter,
+            Refusal::HandshakeTimeout,
+        ] {
             assert_eq!(Refusal::from_close_code(r.close_code().into()), Some(r));
         }
     }

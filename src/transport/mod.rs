@@ -194,7 +194,11 @@ pub struct PeerConnection {
 /// [`rpc::RpcService`] for request/response protocols.
 pub trait ConnectionService: Send + Sync + 'static {
     /// Runs until the connection closes or `shutdown` fires.
-    fn serve(self: Arc<Self>, peer: PeerConnection, shutdown: CancellationToken) -> BoxFuture<'static, ()>;
+    fn serve(
+        self: Arc<Self>,
+        peer: PeerConnection,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// Which service answers each ALPN; an ALPN without one is refused.
@@ -212,13 +216,15 @@ impl Services {
 }
 
 type PoolSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// A pooled connection is specific to the peer, the protocol and the DC it was checked for.
+type PoolKey = (SocketAddr, Alpn, Option<String>);
 
 struct Inner {
     endpoint: quinn::Endpoint,
     local_dc: String,
     domain: String,
     clients: HashMap<Alpn, quinn::ClientConfig>,
-    pool: Mutex<HashMap<(SocketAddr, Alpn, Option<String>), PoolSlot>>,
+    pool: Mutex<HashMap<PoolKey, PoolSlot>>,
     metrics: TransportMetrics,
     opts: TransportOptions,
 }
@@ -230,7 +236,10 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
-fn quinn_transport_config(opts: &TransportOptions, keep_alive: bool) -> Arc<quinn::TransportConfig> {
+fn quinn_transport_config(
+    opts: &TransportOptions,
+    keep_alive: bool,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         opts.idle_timeout
@@ -308,10 +317,10 @@ impl Transport {
             pool.entry(key).or_default().clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = guard.as_ref()
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
         }
         *guard = None;
         let conn = self.dial(addr, alpn, expected_dc).await?;
@@ -344,8 +353,12 @@ impl Transport {
             Ok(Ok(conn)) => conn,
         };
         let peer = peer_identity(&conn, &inner.domain);
-        if let Err(refusal) = authorize_acceptor(alpn, &inner.local_dc, expected_dc, peer.as_ref()) {
-            conn.close(VarInt::from_u32(refusal.close_code()), refusal.as_str().as_bytes());
+        if let Err(refusal) = authorize_acceptor(alpn, &inner.local_dc, expected_dc, peer.as_ref())
+        {
+            conn.close(
+                VarInt::from_u32(refusal.close_code()),
+                refusal.as_str().as_bytes(),
+            );
             warn!(%addr, %alpn, %refusal, peer = ?peer, "refusing server: identity not allowed");
             return Err(TransportError::Refused { addr, refusal });
         }
@@ -361,7 +374,12 @@ impl Transport {
 }
 
 /// Keeps the open-connections gauge right for the life of `conn`.
-fn track_open(metrics: &TransportMetrics, conn: &quinn::Connection, alpn: Alpn, direction: &'static str) {
+fn track_open(
+    metrics: &TransportMetrics,
+    conn: &quinn::Connection,
+    alpn: Alpn,
+    direction: &'static str,
+) {
     let gauge = metrics
         .connections_open
         .with_label_values(&[alpn.as_str(), direction]);
@@ -391,15 +409,24 @@ async fn accept_loop(inner: Arc<Inner>, services: Services, shutdown: Cancellati
             continue;
         }
         pending.fetch_add(1, Ordering::Relaxed);
-        let (inner, services, shutdown, pending) =
-            (inner.clone(), services.clone(), shutdown.clone(), pending.clone());
+        let (inner, services, shutdown, pending) = (
+            inner.clone(),
+            services.clone(),
+            shutdown.clone(),
+            pending.clone(),
+        );
         tokio::spawn(async move {
             let accepted = handshake(&inner, incoming).await;
             pending.fetch_sub(1, Ordering::Relaxed);
             if let Some(peer) = accepted {
                 match services.services.get(&peer.alpn) {
                     Some(service) => service.clone().serve(peer, shutdown).await,
-                    None => refuse(&inner, &peer.conn, Refusal::UnknownAlpn, Some(&peer.identity)),
+                    None => refuse(
+                        &inner,
+                        &peer.conn,
+                        Refusal::UnknownAlpn,
+                        Some(&peer.identity),
+                    ),
                 }
             }
         });
@@ -409,7 +436,10 @@ async fn accept_loop(inner: Arc<Inner>, services: Services, shutdown: Cancellati
 }
 
 fn refuse(inner: &Inner, conn: &quinn::Connection, refusal: Refusal, peer: Option<&Identity>) {
-    conn.close(VarInt::from_u32(refusal.close_code()), refusal.as_str().as_bytes());
+    conn.close(
+        VarInt::from_u32(refusal.close_code()),
+        refusal.as_str().as_bytes(),
+    );
     inner
         .metrics
         .handshakes_refused

@@ -94,7 +94,11 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 impl<H: Handler> ConnectionService for RpcService<H> {
-    fn serve(self: Arc<Self>, peer: PeerConnection, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
+    fn serve(
+        self: Arc<Self>,
+        peer: PeerConnection,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             loop {
                 let (send, recv) = tokio::select! {
@@ -150,10 +154,14 @@ impl<H: Handler> RpcService<H> {
         };
         let failed = reply.is_err();
         let mut payload = rmp_serde::to_vec_named(&reply).map_err(|e| e.to_string());
-        if let Ok(p) = &payload {
-            if p.len() > self.max_frame {
-                payload = Err(format!("{} bytes exceed the {} byte frame limit", p.len(), self.max_frame));
-            }
+        if let Ok(p) = &payload
+            && p.len() > self.max_frame
+        {
+            payload = Err(format!(
+                "{} bytes exceed the {} byte frame limit",
+                p.len(),
+                self.max_frame
+            ));
         }
         let payload = payload.unwrap_or_else(|reason| {
             rmp_serde::to_vec_named(&Err::<(), _>(RemoteError::Response(reason)))
@@ -179,10 +187,13 @@ impl<H: Handler> RpcService<H> {
 /// Maps an I/O error from a framed quinn stream back to the transport's typed errors.
 fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
     if let Some(inner) = e.get_ref() {
-        if let Some(quinn::ReadError::ConnectionLost(ce)) = inner.downcast_ref::<quinn::ReadError>() {
+        if let Some(quinn::ReadError::ConnectionLost(ce)) = inner.downcast_ref::<quinn::ReadError>()
+        {
             return TransportError::from_connection(addr, ce.clone());
         }
-        if let Some(quinn::WriteError::ConnectionLost(ce)) = inner.downcast_ref::<quinn::WriteError>() {
+        if let Some(quinn::WriteError::ConnectionLost(ce)) =
+            inner.downcast_ref::<quinn::WriteError>()
+        {
             return TransportError::from_connection(addr, ce.clone());
         }
     }
@@ -239,7 +250,10 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         if payload.len() > max_frame {
             return Err(TransportError::Codec {
                 addr,
-                reason: format!("request of {} bytes exceeds the {max_frame} byte frame limit", payload.len()),
+                reason: format!(
+                    "request of {} bytes exceeds the {max_frame} byte frame limit",
+                    payload.len()
+                ),
             });
         }
         let sent = AtomicBool::new(false);
@@ -275,7 +289,10 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) if sent.load(Ordering::Relaxed) => Err(TransportError::Timeout { addr, after: timeout }),
+            Err(_) if sent.load(Ordering::Relaxed) => Err(TransportError::Timeout {
+                addr,
+                after: timeout,
+            }),
             Err(_) => Err(TransportError::Unreachable {
                 addr,
                 reason: format!("not connected within {timeout:?}"),

@@ -105,8 +105,8 @@ impl TlsMaterial {
     pub fn load(files: &TlsFiles, domain: &str) -> Result<TlsMaterial, TlsError> {
         let ca = read_certs("CA file", &files.ca_file)?;
         let chain = read_certs("certificate file", &files.cert_file)?;
-        let key_pem = std::fs::read(&files.key_file)
-            .map_err(|e| file_err("key file", &files.key_file, e))?;
+        let key_pem =
+            std::fs::read(&files.key_file).map_err(|e| file_err("key file", &files.key_file, e))?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| file_err("key file", &files.key_file, e))?;
         Ok(TlsMaterial {
@@ -118,7 +118,12 @@ impl TlsMaterial {
     }
 
     /// Builds material from PEM strings (tests and benchmarks that keep certs in memory).
-    pub fn from_pem(ca: &str, cert: &str, key: &str, domain: &str) -> Result<TlsMaterial, TlsError> {
+    pub fn from_pem(
+        ca: &str,
+        cert: &str,
+        key: &str,
+        domain: &str,
+    ) -> Result<TlsMaterial, TlsError> {
         let p = Path::new("<memory>");
         let parse = |what, s: &str| {
             CertificateDer::pem_slice_iter(s.as_bytes())
@@ -141,7 +146,9 @@ impl TlsMaterial {
 
     /// This agent's own identity, as its certificate states it.
     pub fn own_identity(&self) -> Option<Identity> {
-        self.chain.first().and_then(|c| identity_of(c, &self.domain))
+        self.chain
+            .first()
+            .and_then(|c| identity_of(c, &self.domain))
     }
 
     /// Checks that the certificate names the identity the config claims, so that a server
@@ -153,7 +160,8 @@ impl TlsMaterial {
             found => Err(TlsError::IdentityMismatch {
                 path: cert_file.to_path_buf(),
                 expected: expected.to_string(),
-                found: found.map_or_else(|| "no server./client. identity".into(), |f| f.to_string()),
+                found: found
+                    .map_or_else(|| "no server./client. identity".into(), |f| f.to_string()),
             }),
         }
     }
@@ -170,8 +178,8 @@ impl TlsMaterial {
     /// every ALPN offered.
     pub fn server_config(&self) -> Result<QuicServerConfig, TlsError> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-            .build()?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone()).build()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)

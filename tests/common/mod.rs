@@ -1,0 +1,231 @@
+//! Shared test harness: an in-memory PKI, in-process transports, deadlines for polling, and
+//! helpers to run the built `consulate` binary as a real process.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consulate::agent::rpc::{AgentRequest, AgentResponse, AgentRpc};
+use consulate::config::TlsConfig;
+use consulate::metrics::Metrics;
+use consulate::pki::{self, AgentCertSpec, PemPair, Validity};
+use consulate::transport::identity::{Alpn, Role};
+use consulate::transport::rpc::{RpcClient, RpcService};
+use consulate::transport::tls::TlsMaterial;
+use consulate::transport::{Services, Transport, TransportOptions};
+use tokio_util::sync::CancellationToken;
+
+pub const DOMAIN: &str = "consul";
+
+/// A CA held in memory, issuing certificates on demand.
+pub struct TestPki {
+    pub ca: PemPair,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        TestPki {
+            ca: pki::create_ca(DOMAIN, Validity::days(1)).unwrap(),
+        }
+    }
+
+    pub fn pair(&self, role: Role, dc: &str, validity: Validity) -> PemPair {
+        let spec = AgentCertSpec {
+            role,
+            datacenter: dc,
+            domain: DOMAIN,
+            node: Some("n"),
+        };
+        pki::create_agent_cert(&self.ca, &spec, validity).unwrap()
+    }
+
+    pub fn material_with(&self, pair: &PemPair) -> TlsMaterial {
+        TlsMaterial::from_pem(&self.ca.cert_pem, &pair.cert_pem, &pair.key_pem, DOMAIN).unwrap()
+    }
+
+    pub fn material(&self, role: Role, dc: &str) -> TlsMaterial {
+        self.material_with(&self.pair(role, dc, Validity::days(1)))
+    }
+
+    /// Writes the CA and a certificate for (role, dc) into `dir`; returns the config paths.
+    pub fn write_files(&self, dir: &Path, role: Role, dc: &str, node: &str) -> TlsConfig {
+        let ca = pki::ca_paths(dir, DOMAIN);
+        pki::write_pair(&ca, &self.ca, true).unwrap();
+        let spec = AgentCertSpec {
+            role,
+            datacenter: dc,
+            domain: DOMAIN,
+            node: Some(node),
+        };
+        let paths = pki::agent_paths(dir, &spec);
+        let pair = pki::create_agent_cert(&self.ca, &spec, Validity::days(1)).unwrap();
+        pki::write_pair(&paths, &pair, true).unwrap();
+        TlsConfig {
+            ca_file: ca.cert,
+            cert_file: paths.cert,
+            key_file: paths.key,
+        }
+    }
+}
+
+pub type AgentClient = RpcClient<AgentRequest, AgentResponse>;
+
+/// An in-process QUIC endpoint on 127.0.0.1 serving the agent RPC on every ALPN (so the
+/// authorization of each ALPN can be observed through one handler).
+pub struct TestNode {
+    pub transport: Transport,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
+impl TestNode {
+    pub fn start(tls: &TlsMaterial, dc: &str, opts: TransportOptions) -> TestNode {
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let handler = Arc::new(AgentRpc::new("node", dc));
+        let mut services = Services::default();
+        for alpn in Alpn::ALL {
+            services = services.with(
+                alpn,
+                RpcService::new(handler.clone(), opts.max_frame, metrics.transport.clone()),
+            );
+        }
+        let transport = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            dc,
+            tls,
+            services,
+            opts,
+            metrics.transport.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        TestNode {
+            transport,
+            metrics,
+            shutdown,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    pub fn client(&self, alpn: Alpn) -> AgentClient {
+        RpcClient::new(self.transport.clone(), alpn)
+    }
+
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.metrics
+            .transport
+            .handshakes_refused
+            .with_label_values(&[reason])
+            .get()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn ping(
+    client: &AgentClient,
+    to: SocketAddr,
+) -> Result<AgentResponse, consulate::transport::TransportError> {
+    client
+        .call(
+            to,
+            None,
+            &AgentRequest::Ping {
+                payload: bytes::Bytes::from_static(b"hello"),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes (then panics with `what`).
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The built `consulate` binary.
+pub fn consulate_bin() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_consulate").into()
+}
+
+/// Runs `consulate ARGS` in `dir` to completion.
+pub fn run_cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(consulate_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run consulate")
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends `signal` and waits up to `bound` for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        bound: Duration,
+    ) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let end = Instant::now() + bound;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("process did not exit within {bound:?} after {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `consulate agent --config CONFIG`, logging to `<config>.log`.
+pub fn spawn_agent(config: &Path) -> ChildGuard {
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    let child = std::process::Command::new(consulate_bin())
+        .args(["agent", "--config"])
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent");
+    ChildGuard(Some(child))
+}
