@@ -5,4 +5,5 @@ pub mod agent;
 pub mod config;
 pub mod metrics;
 pub mod pki;
+pub mod state;
 pub mod transport;

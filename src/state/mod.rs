@@ -1,0 +1,410 @@
+//! The replicated state of one datacenter: the catalog (nodes, services, health checks) and
+//! the KV store. Pure and deterministic: [`State::apply`] takes a typed [`Command`] and the
+//! Raft log index that carries it, and every entry it writes records that index as its
+//! `CreateIndex`/`ModifyIndex`. Knows nothing of Raft, disks or networks, so it is unit-
+//! tested directly; the raft module drives it, the HTTP API reads it.
+//!
+//! Each table has its own index (the log index of its last change), published on a watch
+//! channel, so that a blocking query waits on one channel instead of a timer or task each.
+
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use types::*;
+
+/// The tables whose indexes readers can wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Catalog nodes.
+    Nodes,
+    /// Service instances.
+    Services,
+    /// Health checks.
+    Checks,
+    /// The KV store.
+    Kv,
+}
+
+impl Table {
+    const ALL: [Table; 4] = [Table::Nodes, Table::Services, Table::Checks, Table::Kv];
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// A write to the state, as carried in the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Consul's catalog register: a node, optionally a service on it, and checks.
+    Register(RegisterRequest),
+    /// Consul's catalog deregister: a check, a service (with its checks), or a whole node.
+    Deregister(DeregisterRequest),
+    /// Sets a key unconditionally.
+    KvSet {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: bytes::Bytes,
+        /// Opaque flags stored with the value.
+        flags: u64,
+    },
+    /// Sets a key if its ModifyIndex equals `index` (0: only if absent).
+    KvCas {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: bytes::Bytes,
+        /// Opaque flags.
+        flags: u64,
+        /// The expected ModifyIndex.
+        index: u64,
+    },
+    /// Deletes a key (no error if absent).
+    KvDelete {
+        /// The key.
+        key: String,
+    },
+    /// Deletes a key if its ModifyIndex equals `index`.
+    KvDeleteCas {
+        /// The key.
+        key: String,
+        /// The expected ModifyIndex.
+        index: u64,
+    },
+    /// Deletes every key with this prefix.
+    KvDeleteTree {
+        /// The prefix.
+        prefix: String,
+    },
+}
+
+/// The outcome of a [`Command`]. A failed CAS is an answer, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied.
+    Ok,
+    /// For KV writes: whether the write happened (`false` for a failed CAS).
+    Bool(bool),
+    /// The command was refused by validation (e.g. a check for a service not registered).
+    Rejected(String),
+}
+
+/// The catalog and KV store of one datacenter.
+#[derive(Debug)]
+pub struct State {
+    data: Tables,
+    watches: Vec<watch::Sender<u64>>,
+}
+
+/// The serializable content of [`State`]; also the snapshot format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tables {
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<(String, String), Service>,
+    checks: BTreeMap<(String, String), Check>,
+    kv: BTreeMap<String, KvEntry>,
+    indexes: [u64; 4],
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::from_tables(Tables::default())
+    }
+}
+
+impl State {
+    /// A state holding `data` (e.g. restored from a snapshot).
+    pub fn from_tables(data: Tables) -> State {
+        let watches = Table::ALL
+            .iter()
+            .map(|t| watch::channel(data.indexes[t.slot()]).0)
+            .collect();
+        State { data, watches }
+    }
+
+    /// Replaces the whole content (snapshot install); every watcher is woken.
+    pub fn restore(&mut self, data: Tables) {
+        self.data = data;
+        for t in Table::ALL {
+            let i = self.data.indexes[t.slot()];
+            self.watches[t.slot()].send_replace(i);
+        }
+    }
+
+    /// The content, for a snapshot.
+    pub fn tables(&self) -> &Tables {
+        &self.data
+    }
+
+    /// The log index of the last change to `table` (0 if never changed).
+    pub fn index(&self, table: Table) -> u64 {
+        self.data.indexes[table.slot()]
+    }
+
+    /// The highest index over `tables`, never below 1 (as Consul's `X-Consul-Index`).
+    pub fn max_index(&self, tables: &[Table]) -> u64 {
+        tables.iter().map(|t| self.index(*t)).max().unwrap_or(0).max(1)
+    }
+
+    /// A receiver that changes whenever `table` does.
+    pub fn watch(&self, table: Table) -> watch::Receiver<u64> {
+        self.watches[table.slot()].subscribe()
+    }
+
+    fn touch(&mut self, table: Table, index: u64) {
+        self.data.indexes[table.slot()] = index;
+        self.watches[table.slot()].send_replace(index);
+    }
+
+    /// Applies `cmd` written at log `index`.
+    pub fn apply(&mut self, index: u64, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::Register(req) => self.register(index, req),
+            Command::Deregister(req) => self.deregister(index, req),
+            Command::KvSet { key, value, flags } => {
+                self.kv_put(index, key, value, flags);
+                CommandResult::Bool(true)
+            }
+            Command::KvCas {
+                key,
+                value,
+                flags,
+                index: expected,
+            } => {
+                let current = self.data.kv.get(&key).map_or(0, |e| e.modify_index);
+                if current != expected {
+                    return CommandResult::Bool(false);
+                }
+                self.kv_put(index, key, value, flags);
+                CommandResult::Bool(true)
+            }
+            Command::KvDelete { key } => {
+                if self.data.kv.remove(&key).is_some() {
+                    self.touch(Table::Kv, index);
+                }
+                CommandResult::Bool(true)
+            }
+            Command::KvDeleteCas { key, index: expected } => {
+                match self.data.kv.get(&key) {
+                    Some(e) if e.modify_index == expected => {
+                        self.data.kv.remove(&key);
+                        self.touch(Table::Kv, index);
+                        CommandResult::Bool(true)
+                    }
+                    // Deleting an absent key with index 0 is not a match in Consul either.
+                    _ => CommandResult::Bool(false),
+                }
+            }
+            Command::KvDeleteTree { prefix } => {
+                let doomed: Vec<String> = self.kv_prefix(&prefix).map(|e| e.key.clone()).collect();
+                if !doomed.is_empty() {
+                    for k in doomed {
+                        self.data.kv.remove(&k);
+                    }
+                    self.touch(Table::Kv, index);
+                }
+                CommandResult::Bool(true)
+            }
+        }
+    }
+
+    fn kv_put(&mut self, index: u64, key: String, value: bytes::Bytes, flags: u64) {
+        let entry = self.data.kv.entry(key.clone()).or_insert_with(|| KvEntry {
+            key,
+            create_index: index,
+            ..KvEntry::default()
+        });
+        entry.value = value;
+        entry.flags = flags;
+        entry.modify_index = index;
+        self.touch(Table::Kv, index);
+    }
+
+    fn register(&mut self, index: u64, req: RegisterRequest) -> CommandResult {
+        if req.node.is_empty() {
+            return CommandResult::Rejected("Must provide node".into());
+        }
+        if let Some(svc) = &req.service
+            && svc.service.is_empty()
+        {
+            return CommandResult::Rejected("Must provide service name".into());
+        }
+        for c in &req.checks {
+            if let Some(sid) = c.service_id.as_deref().filter(|s| !s.is_empty()) {
+                let known = req.service.as_ref().is_some_and(|s| s.effective_id() == sid)
+                    || self.data.services.contains_key(&(req.node.clone(), sid.to_string()));
+                if !known {
+                    return CommandResult::Rejected(format!("Unknown service ID '{sid}' for check"));
+                }
+            }
+        }
+        // The node: created or updated only if something about it changed.
+        let node_changed = match self.data.nodes.get(&req.node) {
+            Some(n) => !n.same_definition(&req),
+            None => true,
+        };
+        if node_changed {
+            let create_index = self.data.nodes.get(&req.node).map_or(index, |n| n.create_index);
+            self.data.nodes.insert(
+                req.node.clone(),
+                Node {
+                    id: req.id.clone(),
+                    node: req.node.clone(),
+                    address: req.address.clone(),
+                    datacenter: req.datacenter.clone(),
+                    tagged_addresses: req.tagged_addresses.clone(),
+                    meta: req.node_meta.clone(),
+                    create_index,
+                    modify_index: index,
+                },
+            );
+            self.touch(Table::Nodes, index);
+        }
+        if let Some(def) = req.service {
+            let key = (req.node.clone(), def.effective_id().to_string());
+            let existing = self.data.services.get(&key);
+            if existing.is_none_or(|s| !s.same_definition(&def)) {
+                let create_index = existing.map_or(index, |s| s.create_index);
+                let mut service = def.into_service(create_index, index);
+                service.node = req.node.clone();
+                self.data.services.insert(key, service);
+                self.touch(Table::Services, index);
+            }
+        }
+        for def in req.checks {
+            let key = (req.node.clone(), def.check_id.clone());
+            let service = def
+                .service_id
+                .as_ref()
+                .and_then(|sid| self.data.services.get(&(req.node.clone(), sid.clone())));
+            let (service_name, service_tags) =
+                service.map_or((String::new(), Vec::new()), |s| (s.service.clone(), s.tags.clone()));
+            let existing = self.data.checks.get(&key);
+            let check = Check {
+                node: req.node.clone(),
+                check_id: def.check_id,
+                name: def.name,
+                status: def.status,
+                notes: def.notes,
+                output: def.output,
+                service_id: def.service_id.unwrap_or_default(),
+                service_name,
+                service_tags,
+                create_index: existing.map_or(index, |c| c.create_index),
+                modify_index: index,
+            };
+            if existing.is_none_or(|c| !c.same_as(&check)) {
+                self.data.checks.insert(key, check);
+                self.touch(Table::Checks, index);
+            }
+        }
+        CommandResult::Ok
+    }
+
+    fn deregister(&mut self, index: u64, req: DeregisterRequest) -> CommandResult {
+        if let Some(check_id) = req.check_id {
+            if self.data.checks.remove(&(req.node.clone(), check_id)).is_some() {
+                self.touch(Table::Checks, index);
+            }
+            return CommandResult::Ok;
+        }
+        if let Some(service_id) = req.service_id {
+            if self.data.services.remove(&(req.node.clone(), service_id.clone())).is_some() {
+                self.touch(Table::Services, index);
+            }
+            let before = self.data.checks.len();
+            self.data
+                .checks
+                .retain(|(n, _), c| !(n == &req.node && c.service_id == service_id));
+            if self.data.checks.len() != before {
+                self.touch(Table::Checks, index);
+            }
+            return CommandResult::Ok;
+        }
+        if self.data.nodes.remove(&req.node).is_some() {
+            self.touch(Table::Nodes, index);
+        }
+        let range = node_range(&req.node);
+        let services: Vec<_> = self.data.services.range(range.clone()).map(|(k, _)| k.clone()).collect();
+        if !services.is_empty() {
+            for k in services {
+                self.data.services.remove(&k);
+            }
+            self.touch(Table::Services, index);
+        }
+        let checks: Vec<_> = self.data.checks.range(range).map(|(k, _)| k.clone()).collect();
+        if !checks.is_empty() {
+            for k in checks {
+                self.data.checks.remove(&k);
+            }
+            self.touch(Table::Checks, index);
+        }
+        CommandResult::Ok
+    }
+
+    /// A KV entry.
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.data.kv.get(key)
+    }
+
+    /// Every KV entry whose key starts with `prefix`, in key order.
+    pub fn kv_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.data
+            .kv
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+    }
+
+    /// Number of KV keys.
+    pub fn kv_len(&self) -> usize {
+        self.data.kv.len()
+    }
+
+    /// All nodes, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.data.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.data.nodes.get(name)
+    }
+
+    /// Every service instance, ordered by (node, service ID).
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.data.services.values()
+    }
+
+    /// The service instances registered on `node`.
+    pub fn node_services<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.data.services.range(node_range(node)).map(|(_, s)| s)
+    }
+
+    /// Every check, ordered by (node, check ID).
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.data.checks.values()
+    }
+
+    /// The checks registered on `node`.
+    pub fn node_checks<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
+        self.data.checks.range(node_range(node)).map(|(_, c)| c)
+    }
+}
+
+/// The key range of every (node, *) entry.
+fn node_range(node: &str) -> (Bound<(String, String)>, Bound<(String, String)>) {
+    (
+        Bound::Included((node.to_string(), String::new())),
+        Bound::Excluded((format!("{node}\0"), String::new())),
+    )
+}
+
+#[cfg(test)]
+mod tests;
