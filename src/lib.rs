@@ -5,5 +5,6 @@ pub mod agent;
 pub mod config;
 pub mod metrics;
 pub mod pki;
+pub mod raft;
 pub mod state;
 pub mod transport;

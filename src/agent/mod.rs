@@ -57,11 +57,13 @@ impl Agent {
             config.quic_bind(),
             &config.datacenter,
             &tls,
-            Services::default().with(Alpn::Rpc, rpc),
             opts,
             metrics.transport.clone(),
-            shutdown.child_token(),
         )?;
+        transport.serve(
+            Services::default().with(Alpn::Rpc, rpc),
+            shutdown.child_token(),
+        );
         info!(
             node = %config.node_name,
             datacenter = %config.datacenter,

@@ -42,7 +42,7 @@ impl Table {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Consul's catalog register: a node, optionally a service on it, and checks.
-    Register(RegisterRequest),
+    Register(Box<RegisterRequest>),
     /// Consul's catalog deregister: a check, a service (with its checks), or a whole node.
     Deregister(DeregisterRequest),
     /// Sets a key unconditionally.
@@ -149,7 +149,12 @@ impl State {
 
     /// The highest index over `tables`, never below 1 (as Consul's `X-Consul-Index`).
     pub fn max_index(&self, tables: &[Table]) -> u64 {
-        tables.iter().map(|t| self.index(*t)).max().unwrap_or(0).max(1)
+        tables
+            .iter()
+            .map(|t| self.index(*t))
+            .max()
+            .unwrap_or(0)
+            .max(1)
     }
 
     /// A receiver that changes whenever `table` does.
@@ -165,7 +170,7 @@ impl State {
     /// Applies `cmd` written at log `index`.
     pub fn apply(&mut self, index: u64, cmd: Command) -> CommandResult {
         match cmd {
-            Command::Register(req) => self.register(index, req),
+            Command::Register(req) => self.register(index, *req),
             Command::Deregister(req) => self.deregister(index, req),
             Command::KvSet { key, value, flags } => {
                 self.kv_put(index, key, value, flags);
@@ -190,7 +195,10 @@ impl State {
                 }
                 CommandResult::Bool(true)
             }
-            Command::KvDeleteCas { key, index: expected } => {
+            Command::KvDeleteCas {
+                key,
+                index: expected,
+            } => {
                 match self.data.kv.get(&key) {
                     Some(e) if e.modify_index == expected => {
                         self.data.kv.remove(&key);
@@ -237,10 +245,18 @@ impl State {
         }
         for c in &req.checks {
             if let Some(sid) = c.service_id.as_deref().filter(|s| !s.is_empty()) {
-                let known = req.service.as_ref().is_some_and(|s| s.effective_id() == sid)
-                    || self.data.services.contains_key(&(req.node.clone(), sid.to_string()));
+                let known = req
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| s.effective_id() == sid)
+                    || self
+                        .data
+                        .services
+                        .contains_key(&(req.node.clone(), sid.to_string()));
                 if !known {
-                    return CommandResult::Rejected(format!("Unknown service ID '{sid}' for check"));
+                    return CommandResult::Rejected(format!(
+                        "Unknown service ID '{sid}' for check"
+                    ));
                 }
             }
         }
@@ -250,7 +266,11 @@ impl State {
             None => true,
         };
         if node_changed {
-            let create_index = self.data.nodes.get(&req.node).map_or(index, |n| n.create_index);
+            let create_index = self
+                .data
+                .nodes
+                .get(&req.node)
+                .map_or(index, |n| n.create_index);
             self.data.nodes.insert(
                 req.node.clone(),
                 Node {
@@ -283,8 +303,9 @@ impl State {
                 .service_id
                 .as_ref()
                 .and_then(|sid| self.data.services.get(&(req.node.clone(), sid.clone())));
-            let (service_name, service_tags) =
-                service.map_or((String::new(), Vec::new()), |s| (s.service.clone(), s.tags.clone()));
+            let (service_name, service_tags) = service.map_or((String::new(), Vec::new()), |s| {
+                (s.service.clone(), s.tags.clone())
+            });
             let existing = self.data.checks.get(&key);
             let check = Check {
                 node: req.node.clone(),
@@ -309,13 +330,23 @@ impl State {
 
     fn deregister(&mut self, index: u64, req: DeregisterRequest) -> CommandResult {
         if let Some(check_id) = req.check_id {
-            if self.data.checks.remove(&(req.node.clone(), check_id)).is_some() {
+            if self
+                .data
+                .checks
+                .remove(&(req.node.clone(), check_id))
+                .is_some()
+            {
                 self.touch(Table::Checks, index);
             }
             return CommandResult::Ok;
         }
         if let Some(service_id) = req.service_id {
-            if self.data.services.remove(&(req.node.clone(), service_id.clone())).is_some() {
+            if self
+                .data
+                .services
+                .remove(&(req.node.clone(), service_id.clone()))
+                .is_some()
+            {
                 self.touch(Table::Services, index);
             }
             let before = self.data.checks.len();
@@ -331,14 +362,24 @@ impl State {
             self.touch(Table::Nodes, index);
         }
         let range = node_range(&req.node);
-        let services: Vec<_> = self.data.services.range(range.clone()).map(|(k, _)| k.clone()).collect();
+        let services: Vec<_> = self
+            .data
+            .services
+            .range(range.clone())
+            .map(|(k, _)| k.clone())
+            .collect();
         if !services.is_empty() {
             for k in services {
                 self.data.services.remove(&k);
             }
             self.touch(Table::Services, index);
         }
-        let checks: Vec<_> = self.data.checks.range(range).map(|(k, _)| k.clone()).collect();
+        let checks: Vec<_> = self
+            .data
+            .checks
+            .range(range)
+            .map(|(k, _)| k.clone())
+            .collect();
         if !checks.is_empty() {
             for k in checks {
                 self.data.checks.remove(&k);
@@ -398,8 +439,11 @@ impl State {
     }
 }
 
+/// A (node, id) key: the primary key of services and checks.
+type NodeKey = (String, String);
+
 /// The key range of every (node, *) entry.
-fn node_range(node: &str) -> (Bound<(String, String)>, Bound<(String, String)>) {
+fn node_range(node: &str) -> (Bound<NodeKey>, Bound<NodeKey>) {
     (
         Bound::Included((node.to_string(), String::new())),
         Bound::Excluded((format!("{node}\0"), String::new())),

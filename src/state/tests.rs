@@ -1,7 +1,7 @@
 use super::*;
 
 fn reg(node: &str, svc: Option<(&str, &str)>, checks: Vec<CheckDefinition>) -> Command {
-    Command::Register(RegisterRequest {
+    Command::Register(Box::new(RegisterRequest {
         node: node.into(),
         address: "10.0.0.1".into(),
         datacenter: "dc1".into(),
@@ -13,7 +13,7 @@ fn reg(node: &str, svc: Option<(&str, &str)>, checks: Vec<CheckDefinition>) -> C
         }),
         checks,
         ..Default::default()
-    })
+    }))
 }
 
 fn set(key: &str, v: &str) -> Command {
@@ -31,14 +31,21 @@ fn kv_indexes_and_cas() {
     assert_eq!(s.apply(5, set("a", "1")), CommandResult::Bool(true));
     assert_eq!(s.apply(6, set("a", "2")), CommandResult::Bool(true));
     let e = s.kv_get("a").unwrap();
-    assert_eq!((e.create_index, e.modify_index, &e.value[..]), (5, 6, &b"2"[..]));
+    assert_eq!(
+        (e.create_index, e.modify_index, &e.value[..]),
+        (5, 6, &b"2"[..])
+    );
     let cas = |index| Command::KvCas {
         key: "a".into(),
         value: bytes::Bytes::from_static(b"3"),
         flags: 9,
         index,
     };
-    assert_eq!(s.apply(7, cas(5)), CommandResult::Bool(false), "stale index");
+    assert_eq!(
+        s.apply(7, cas(5)),
+        CommandResult::Bool(false),
+        "stale index"
+    );
     assert_eq!(s.apply(8, cas(6)), CommandResult::Bool(true));
     assert_eq!(s.kv_get("a").unwrap().flags, 9);
     let create_only = Command::KvCas {
@@ -51,11 +58,23 @@ fn kv_indexes_and_cas() {
     assert_eq!(s.apply(10, create_only), CommandResult::Bool(false));
     assert_eq!(s.index(Table::Kv), 9, "a failed CAS changes nothing");
     assert_eq!(
-        s.apply(11, Command::KvDeleteCas { key: "a".into(), index: 1 }),
+        s.apply(
+            11,
+            Command::KvDeleteCas {
+                key: "a".into(),
+                index: 1
+            }
+        ),
         CommandResult::Bool(false)
     );
     assert_eq!(
-        s.apply(12, Command::KvDeleteCas { key: "a".into(), index: 8 }),
+        s.apply(
+            12,
+            Command::KvDeleteCas {
+                key: "a".into(),
+                index: 8
+            }
+        ),
         CommandResult::Bool(true)
     );
     assert!(s.kv_get("a").is_none());
@@ -69,11 +88,21 @@ fn kv_prefix_and_delete_tree() {
     }
     let keys: Vec<_> = s.kv_prefix("app/").map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["app/a", "app/b/c"]);
-    s.apply(10, Command::KvDeleteTree { prefix: "app/".into() });
+    s.apply(
+        10,
+        Command::KvDeleteTree {
+            prefix: "app/".into(),
+        },
+    );
     let keys: Vec<_> = s.kv_prefix("").map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["apple", "b"]);
     assert_eq!(s.index(Table::Kv), 10);
-    s.apply(11, Command::KvDeleteTree { prefix: "zzz".into() });
+    s.apply(
+        11,
+        Command::KvDeleteTree {
+            prefix: "zzz".into(),
+        },
+    );
     assert_eq!(s.index(Table::Kv), 10, "deleting nothing is not a change");
 }
 
@@ -87,14 +116,34 @@ fn register_is_idempotent_and_deregister_cascades() {
         service_id: Some("web-1".into()),
         ..Default::default()
     };
-    assert_eq!(s.apply(3, reg("n1", Some(("web-1", "web")), vec![check.clone()])), CommandResult::Ok);
-    assert_eq!((s.index(Table::Nodes), s.index(Table::Services), s.index(Table::Checks)), (3, 3, 3));
+    assert_eq!(
+        s.apply(3, reg("n1", Some(("web-1", "web")), vec![check.clone()])),
+        CommandResult::Ok
+    );
+    assert_eq!(
+        (
+            s.index(Table::Nodes),
+            s.index(Table::Services),
+            s.index(Table::Checks)
+        ),
+        (3, 3, 3)
+    );
     let c = s.node_checks("n1").next().unwrap();
-    assert_eq!((c.service_name.as_str(), c.status), ("web", HealthStatus::Passing));
+    assert_eq!(
+        (c.service_name.as_str(), c.status),
+        ("web", HealthStatus::Passing)
+    );
 
     // The same registration again changes no index (anti-entropy re-asserts often).
     s.apply(4, reg("n1", Some(("web-1", "web")), vec![check.clone()]));
-    assert_eq!((s.index(Table::Nodes), s.index(Table::Services), s.index(Table::Checks)), (3, 3, 3));
+    assert_eq!(
+        (
+            s.index(Table::Nodes),
+            s.index(Table::Services),
+            s.index(Table::Checks)
+        ),
+        (3, 3, 3)
+    );
 
     // A status change touches only the checks table and keeps CreateIndex.
     let failing = CheckDefinition {
@@ -103,7 +152,10 @@ fn register_is_idempotent_and_deregister_cascades() {
     };
     s.apply(5, reg("n1", None, vec![failing]));
     let c = s.node_checks("n1").next().unwrap();
-    assert_eq!((c.create_index, c.modify_index, c.status), (3, 5, HealthStatus::Critical));
+    assert_eq!(
+        (c.create_index, c.modify_index, c.status),
+        (3, 5, HealthStatus::Critical)
+    );
     assert_eq!(s.index(Table::Services), 3);
 
     s.apply(6, reg("n10", Some(("web", "web")), vec![]));
@@ -118,10 +170,20 @@ fn register_is_idempotent_and_deregister_cascades() {
         }),
     );
     assert_eq!(s.node_services("n1").count(), 0);
-    assert_eq!(s.node_checks("n1").count(), 0, "a service's checks go with it");
+    assert_eq!(
+        s.node_checks("n1").count(),
+        0,
+        "a service's checks go with it"
+    );
     assert!(s.node("n1").is_some());
 
-    s.apply(8, Command::Deregister(DeregisterRequest { node: "n10".into(), ..Default::default() }));
+    s.apply(
+        8,
+        Command::Deregister(DeregisterRequest {
+            node: "n10".into(),
+            ..Default::default()
+        }),
+    );
     assert!(s.node("n10").is_none());
     assert_eq!(s.services().count(), 0);
 }
@@ -134,8 +196,14 @@ fn register_validation() {
         service_id: Some("nope".into()),
         ..Default::default()
     };
-    assert!(matches!(s.apply(1, reg("n1", None, vec![orphan])), CommandResult::Rejected(_)));
-    assert!(matches!(s.apply(2, reg("", None, vec![])), CommandResult::Rejected(_)));
+    assert!(matches!(
+        s.apply(1, reg("n1", None, vec![orphan])),
+        CommandResult::Rejected(_)
+    ));
+    assert!(matches!(
+        s.apply(2, reg("", None, vec![])),
+        CommandResult::Rejected(_)
+    ));
     assert_eq!(s.nodes().count(), 0, "a rejected command writes nothing");
 }
 

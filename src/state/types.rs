@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A health status, as Consul's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum HealthStatus {
     /// Healthy.
     Passing,
@@ -199,7 +201,11 @@ pub struct ServiceDefinition {
 impl ServiceDefinition {
     /// The instance ID, defaulting to the service name as in Consul.
     pub fn effective_id(&self) -> &str {
-        if self.id.is_empty() { &self.service } else { &self.id }
+        if self.id.is_empty() {
+            &self.service
+        } else {
+            &self.id
+        }
     }
 
     pub(crate) fn into_service(self, create_index: u64, modify_index: u64) -> Service {

@@ -255,16 +255,14 @@ fn quinn_transport_config(
 }
 
 impl Transport {
-    /// Binds the endpoint and starts accepting. The accept loop and every connection task
-    /// stop when `shutdown` fires.
+    /// Binds the endpoint. It can dial at once; it accepts once [`Transport::serve`] is
+    /// called (services often need the transport themselves, e.g. Raft's network).
     pub fn bind(
         addr: SocketAddr,
         local_dc: &str,
         tls: &TlsMaterial,
-        services: Services,
         opts: TransportOptions,
         metrics: TransportMetrics,
-        shutdown: CancellationToken,
     ) -> Result<Transport, TransportError> {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server_config()?));
         server.transport_config(quinn_transport_config(&opts, false));
@@ -286,8 +284,13 @@ impl Transport {
             metrics,
             opts,
         });
-        tokio::spawn(accept_loop(inner.clone(), services, shutdown));
         Ok(Transport { inner })
+    }
+
+    /// Starts accepting connections for `services`. The accept loop and every connection
+    /// task stop when `shutdown` fires.
+    pub fn serve(&self, services: Services, shutdown: CancellationToken) {
+        tokio::spawn(accept_loop(self.inner.clone(), services, shutdown));
     }
 
     /// The bound UDP address (useful with port 0).

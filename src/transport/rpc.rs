@@ -210,11 +210,20 @@ fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
 }
 
 /// A typed client for one protocol: which ALPN, which request and response types.
-#[derive(Clone)]
 pub struct RpcClient<Req, Resp> {
     transport: Transport,
     alpn: Alpn,
     _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Clone for RpcClient<Req, Resp> {
+    fn clone(&self) -> Self {
+        RpcClient {
+            transport: self.transport.clone(),
+            alpn: self.alpn,
+            _types: PhantomData,
+        }
+    }
 }
 
 impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {

@@ -96,12 +96,11 @@ impl TestNode {
             "127.0.0.1:0".parse().unwrap(),
             dc,
             tls,
-            services,
             opts,
             metrics.transport.clone(),
-            shutdown.clone(),
         )
         .unwrap();
+        transport.serve(services, shutdown.clone());
         TestNode {
             transport,
             metrics,

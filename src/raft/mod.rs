@@ -1,0 +1,333 @@
+//! Per-datacenter Raft (openraft 0.9, storage v2): the type configuration, the durable
+//! [`log_store`], the [`state_machine`] over the DC's catalog and KV state, the QUIC
+//! [`network`], and [`RaftNode`], the one handle the rest of the agent uses: write a
+//! command, read in one of Consul's three consistency modes, bootstrap, learn the leader.
+
+// openraft's StorageError and RaftError are large by design, and their shapes are fixed by
+// openraft's traits; boxing them here would only add allocations on the hot path.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, CommandResult};
+use crate::transport::Transport;
+use log_store::LogStore;
+use network::{RaftHandler, RaftNetworkClient};
+use state_machine::{Replicated, SnapshotFileError, StateMachine};
+
+/// A server as Raft membership records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerNode {
+    /// The node name.
+    pub name: String,
+    /// Its QUIC address (`ip:port`), where `raft` and `rpc` are served.
+    pub addr: String,
+}
+
+impl fmt::Display for ServerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The Raft types of a consulate DC.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = ServerNode,
+);
+
+/// Raft errors as the rest of the agent sees them, each saying whether a retry is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    /// The log database cannot be opened (corrupt, locked, unreadable).
+    #[error("raft log {path}: {source}")]
+    Log {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What redb said.
+        source: redb::Error,
+    },
+    /// The snapshot file cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotFileError),
+    /// This server is not the leader; `leader` is who is, if known.
+    #[error("not the leader")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<(u64, ServerNode)>,
+    },
+    /// No leader is known (election in progress or no quorum).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// Raft stopped or failed; the agent is going down.
+    #[error("raft: {0}")]
+    Fatal(String),
+    /// Initialization refused (already initialized, ...).
+    #[error("raft initialize: {0}")]
+    Initialize(String),
+}
+
+impl RaftNodeError {
+    /// True when the command was certainly not appended, so it can be sent (e.g. to the
+    /// leader) again.
+    pub fn is_retry_safe(&self) -> bool {
+        matches!(
+            self,
+            RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader
+        )
+    }
+}
+
+/// Raft timings and log retention. Defaults aim at a new leader within 2 s of a crash.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range (randomized within).
+    pub election_timeout: (Duration, Duration),
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat: Duration::from_millis(150),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+        }
+    }
+}
+
+/// The consistency mode of a read, as Consul's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Answered by the leader from its state.
+    Leader,
+    /// Answered by any server from its local state.
+    Stale,
+    /// Answered by the leader after confirming leadership with a quorum.
+    Consistent,
+}
+
+/// What a read says besides its data (Consul's `X-Consul-*` headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMeta {
+    /// Whether a leader is known.
+    pub known_leader: bool,
+    /// Milliseconds since this server last heard from the leader (0 on the leader).
+    pub last_contact_ms: u64,
+}
+
+/// One server's Raft: the handle the agent writes and reads through.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: u64,
+    raft: Raft<TypeConfig>,
+    shared: Arc<RwLock<Replicated>>,
+    last_contact: Arc<LeaderContact>,
+}
+
+/// When this server last heard from a leader (monotonic ms since start).
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    start: std::sync::OnceLock<Instant>,
+    at_ms: AtomicU64,
+}
+
+impl LeaderContact {
+    fn now_ms(&self) -> u64 {
+        self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
+
+    /// Records contact now.
+    pub fn touch(&self) {
+        self.at_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last contact (`None` if never).
+    pub fn since_ms(&self) -> Option<u64> {
+        match self.at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.now_ms().saturating_sub(at)),
+        }
+    }
+}
+
+impl RaftNode {
+    /// Opens this server's Raft state in `data_dir` and starts Raft. Refuses to start from a
+    /// log or snapshot that fails its integrity checks.
+    pub async fn open(
+        id: u64,
+        data_dir: &Path,
+        opts: &RaftOptions,
+        transport: Transport,
+    ) -> Result<(RaftNode, Arc<RaftHandler>), RaftNodeError> {
+        let raft_dir = data_dir.join("raft");
+        std::fs::create_dir_all(&raft_dir)
+            .map_err(|e| RaftNodeError::Fatal(format!("{}: {e}", raft_dir.display())))?;
+        let log_path = raft_dir.join("log.redb");
+        let log = LogStore::open(&log_path).map_err(|source| RaftNodeError::Log {
+            path: log_path.clone(),
+            source,
+        })?;
+        let sm = StateMachine::open(&raft_dir)?;
+        let shared = sm.shared();
+        let config = openraft::Config {
+            cluster_name: "consulate".into(),
+            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            election_timeout_min: opts.election_timeout.0.as_millis() as u64,
+            election_timeout_max: opts.election_timeout.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: opts.keep_behind_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            RaftNetworkClient::new(transport),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
+        let last_contact = Arc::new(LeaderContact::default());
+        let handler = Arc::new(RaftHandler::new(raft.clone(), last_contact.clone()));
+        Ok((
+            RaftNode {
+                id,
+                raft,
+                shared,
+                last_contact,
+            },
+            handler,
+        ))
+    }
+
+    /// This server's Raft node id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The underlying openraft handle (metrics, membership changes).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Whether this server has Raft state (was bootstrapped or joined). A restarted server
+    /// never bootstraps again.
+    pub async fn is_initialized(&self) -> Result<bool, RaftNodeError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| RaftNodeError::Fatal(e.to_string()))
+    }
+
+    /// Forms a new cluster of `members` (this server among them).
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<u64, ServerNode>,
+    ) -> Result<(), RaftNodeError> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| RaftNodeError::Initialize(e.to_string()))
+    }
+
+    /// The current leader and its address, if known.
+    pub fn leader(&self) -> Option<(u64, ServerNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Whether this server is the leader right now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Appends `cmd` if this server leads; otherwise says who does.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftNodeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Err(RaftNodeError::NotLeader {
+                        leader: Some((id, node)),
+                    }),
+                    _ => Err(RaftNodeError::NoLeader),
+                }
+            }
+            Err(e) => Err(RaftNodeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Prepares a read in `mode`: checks leadership (leader and consistent modes, confirming
+    /// with a quorum for consistent) and reports what Consul's headers carry.
+    pub async fn read_barrier(&self, mode: ReadMode) -> Result<ReadMeta, RaftNodeError> {
+        let leader = self.leader();
+        let me_leader = self.is_leader();
+        match mode {
+            ReadMode::Stale => {}
+            ReadMode::Leader if me_leader => {}
+            ReadMode::Consistent if me_leader => {
+                self.raft.ensure_linearizable().await.map_err(|e| match e {
+                    RaftError::APIError(_) => RaftNodeError::NoLeader,
+                    other => RaftNodeError::Fatal(other.to_string()),
+                })?;
+            }
+            _ => {
+                return Err(match leader {
+                    Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
+                    None => RaftNodeError::NoLeader,
+                });
+            }
+        }
+        Ok(ReadMeta {
+            known_leader: leader.is_some(),
+            last_contact_ms: if me_leader {
+                0
+            } else {
+                self.last_contact.since_ms().unwrap_or(u64::MAX)
+            },
+        })
+    }
+
+    /// The replicated state, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, Replicated> {
+        self.shared.read().expect("state lock poisoned")
+    }
+
+    /// The shared replicated state (for readers that outlive a borrow, e.g. blocking queries).
+    pub fn shared(&self) -> Arc<RwLock<Replicated>> {
+        self.shared.clone()
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,191 @@
+//! Raft messages over the `raft` ALPN: the client side openraft uses to reach peers
+//! (append-entries, votes, snapshot chunks, each a framed RPC), and the handler that feeds
+//! incoming messages to the local Raft. Only servers of the same DC can reach it: the
+//! transport's authorization guarantees that before a message is decoded.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use std::sync::Arc;
+
+use super::{LeaderContact, ServerNode, TypeConfig};
+use crate::transport::identity::{Alpn, Identity};
+use crate::transport::rpc::{Handler, RpcClient};
+use crate::transport::{Transport, TransportError};
+
+/// A Raft message between servers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    /// Log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Leader election.
+    Vote(VoteRequest<u64>),
+    /// One chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`RaftRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    /// To AppendEntries.
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// To Vote.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// To InstallSnapshot.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+}
+
+/// Feeds incoming Raft messages to the local Raft instance, and notes when a leader was
+/// last heard from (Consul's `X-Consul-LastContact`).
+pub struct RaftHandler {
+    raft: openraft::Raft<TypeConfig>,
+    contact: Arc<LeaderContact>,
+}
+
+impl RaftHandler {
+    /// Serves `raft`, recording leader contact in `contact`.
+    pub fn new(raft: openraft::Raft<TypeConfig>, contact: Arc<LeaderContact>) -> RaftHandler {
+        RaftHandler { raft, contact }
+    }
+}
+
+impl Handler for RaftHandler {
+    type Request = RaftRequest;
+    type Response = RaftResponse;
+
+    async fn handle(&self, _peer: &Identity, request: RaftRequest) -> RaftResponse {
+        match request {
+            RaftRequest::AppendEntries(r) => {
+                let resp = self.raft.append_entries(r).await;
+                if matches!(resp, Ok(AppendEntriesResponse::Success)) {
+                    self.contact.touch();
+                }
+                RaftResponse::AppendEntries(resp)
+            }
+            RaftRequest::Vote(r) => RaftResponse::Vote(self.raft.vote(r).await),
+            RaftRequest::InstallSnapshot(r) => {
+                RaftResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+        }
+    }
+}
+
+/// Creates one [`RaftPeer`] per target for openraft.
+#[derive(Clone)]
+pub struct RaftNetworkClient {
+    client: RpcClient<RaftRequest, RaftResponse>,
+}
+
+impl RaftNetworkClient {
+    /// Raft messages go over `transport`'s `raft` ALPN.
+    pub fn new(transport: Transport) -> RaftNetworkClient {
+        RaftNetworkClient {
+            client: RpcClient::new(transport, Alpn::Raft),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftNetworkClient {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: u64, node: &ServerNode) -> RaftPeer {
+        RaftPeer {
+            target,
+            client: self.client.clone(),
+            addr: node.addr.parse().ok(),
+        }
+    }
+}
+
+/// The connection to one peer, as openraft sees it.
+pub struct RaftPeer {
+    target: u64,
+    client: RpcClient<RaftRequest, RaftResponse>,
+    addr: Option<std::net::SocketAddr>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, ServerNode, RaftError<u64, E>>>;
+
+impl RaftPeer {
+    async fn send<E: std::error::Error>(
+        &self,
+        req: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftResponse, RPCError<u64, ServerNode, RaftError<u64, E>>> {
+        let addr = self.addr.ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                "peer has no valid address",
+            )))
+        })?;
+        let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        self.client
+            .call(addr, None, &req, timeout)
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable { .. } | TransportError::Refused { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                other => RPCError::Network(NetworkError::new(&other)),
+            })
+    }
+}
+
+fn unexpected<E: std::error::Error>(
+    got: &RaftResponse,
+) -> RPCError<u64, ServerNode, RaftError<u64, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "unexpected raft response {got:?}"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
+            RaftResponse::AppendEntries(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        match self
+            .send(RaftRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            RaftResponse::InstallSnapshot(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        match self.send(RaftRequest::Vote(rpc), &option).await? {
+            RaftResponse::Vote(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The Raft state machine: applies committed [`Command`]s to the DC's [`State`] and takes,
+//! stores and installs snapshots. The state lives in memory behind a lock that the read
+//! paths share; the latest snapshot lives on disk (written to a temporary file, fsync'd,
+//! renamed), with a SHA-256 digest so a corrupt file is refused instead of served.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ServerNode, TypeConfig};
+use crate::state::{CommandResult, State, Tables};
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is truncated or its digest does not match.
+    #[error("{path} is corrupt ({reason}); refusing to start from it")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a snapshot holds: the state and where in the log it was taken.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    meta: SnapshotMeta<u64, ServerNode>,
+    tables: Tables,
+}
+
+/// The replicated state as the read paths see it.
+#[derive(Debug, Default)]
+pub struct Replicated {
+    /// The catalog and KV store.
+    pub state: State,
+    /// The last log id applied to `state`.
+    pub last_applied: Option<LogId<u64>>,
+    /// The last membership applied.
+    pub membership: StoredMembership<u64, ServerNode>,
+}
+
+/// The state machine handed to openraft; clones share the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<RwLock<Replicated>>,
+    dir: PathBuf,
+    snapshot_idx: Arc<std::sync::atomic::AtomicU64>,
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const DIGEST_LEN: usize = 32;
+
+fn io(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<u64> {
+    StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
+}
+
+fn seal(body: &[u8]) -> Vec<u8> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let mut out = Vec::with_capacity(body.len() + DIGEST_LEN);
+    out.extend_from_slice(digest.as_ref());
+    out.extend_from_slice(body);
+    out
+}
+
+fn unseal(path: &Path, data: &[u8]) -> Result<SnapshotBody, SnapshotFileError> {
+    let corrupt = |reason: String| SnapshotFileError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if data.len() < DIGEST_LEN {
+        return Err(corrupt("truncated".into()));
+    }
+    let (digest, body) = data.split_at(DIGEST_LEN);
+    if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != digest {
+        return Err(corrupt("digest mismatch".into()));
+    }
+    rmp_serde::from_slice(body).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Writes `data` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<StateMachine, SnapshotFileError> {
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotFileError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(SNAPSHOT_FILE);
+        let mut replicated = Replicated::default();
+        match std::fs::read(&path) {
+            Ok(data) => {
+                let body = unseal(&path, &data)?;
+                replicated.state = State::from_tables(body.tables);
+                replicated.last_applied = body.meta.last_log_id;
+                replicated.membership = body.meta.last_membership;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SnapshotFileError::Io { path, source }),
+        }
+        Ok(StateMachine {
+            shared: Arc::new(RwLock::new(replicated)),
+            dir: dir.to_path_buf(),
+            snapshot_idx: Arc::default(),
+        })
+    }
+
+    /// The shared state, for readers.
+    pub fn shared(&self) -> Arc<RwLock<Replicated>> {
+        self.shared.clone()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn read_snapshot(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let path = self.snapshot_path();
+        match std::fs::read(&path) {
+            Ok(data) => {
+                let body = unseal(&path, &data).map_err(io)?;
+                Ok(Some(Snapshot {
+                    meta: body.meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta, body) = {
+            let r = self.shared.read().expect("state lock poisoned");
+            let n = self
+                .snapshot_idx
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let meta = SnapshotMeta {
+                last_log_id: r.last_applied,
+                last_membership: r.membership.clone(),
+                snapshot_id: format!("{}-{}", r.last_applied.map_or(0, |l| l.index), n),
+            };
+            let body = rmp_serde::to_vec_named(&SnapshotBody {
+                meta: meta.clone(),
+                tables: r.state.tables().clone(),
+            })
+            .map_err(io)?;
+            (meta, body)
+        };
+        let sealed = seal(&body);
+        let path = self.snapshot_path();
+        let data = sealed.clone();
+        tokio::task::spawn_blocking(move || write_durably(&path, &data))
+            .await
+            .map_err(io)?
+            .map_err(io)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(sealed)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, ServerNode>)> {
+        let r = self.shared.read().expect("state lock poisoned");
+        Ok((r.last_applied, r.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut r = self.shared.write().expect("state lock poisoned");
+        let mut out = Vec::new();
+        for entry in entries {
+            r.last_applied = Some(entry.log_id);
+            out.push(match entry.payload {
+                EntryPayload::Blank => CommandResult::Ok,
+                EntryPayload::Normal(cmd) => r.state.apply(entry.log_id.index, cmd),
+                EntryPayload::Membership(m) => {
+                    r.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResult::Ok
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, ServerNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let path = self.snapshot_path();
+        let body = unseal(&path, &data).map_err(io)?;
+        let data2 = data.clone();
+        let p2 = path.clone();
+        tokio::task::spawn_blocking(move || write_durably(&p2, &data2))
+            .await
+            .map_err(io)?
+            .map_err(io)?;
+        let mut r = self.shared.write().expect("state lock poisoned");
+        r.state.restore(body.tables);
+        r.last_applied = meta.last_log_id;
+        r.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        self.read_snapshot()
+    }
+}
