@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod dispatch;
 pub mod metrics;
 pub mod pki;
 pub mod raft;

@@ -157,7 +157,7 @@ fn run_agent(config: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let agent = Agent::start(config, shutdown.clone())?;
+        let agent = Agent::start(config, shutdown.clone()).await?;
         tokio::spawn(shutdown_signal(shutdown));
         agent.run_until_shutdown().await;
         anyhow::Ok(())

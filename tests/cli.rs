@@ -277,7 +277,10 @@ async fn agent_process_serves_quic_and_stops_on_sigterm() {
     .await;
     let consulate::agent::rpc::AgentResponse::Pong {
         node, datacenter, ..
-    } = pong;
+    } = pong
+    else {
+        panic!("expected a pong, got {pong:?}")
+    };
     assert_eq!((node.as_str(), datacenter.as_str()), ("s1", "dc1"));
 
     let status = agent.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5));

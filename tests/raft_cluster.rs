@@ -48,11 +48,16 @@ async fn start_server(pki: &TestPki, id: u64, dir: &Path, addr: SocketAddr) -> S
     )
     .unwrap();
     let (node, handler): (RaftNode, Arc<RaftHandler>) =
-        RaftNode::open(id, dir, &fast(), transport.clone()).await.unwrap();
+        RaftNode::open(id, dir, &fast(), transport.clone())
+            .await
+            .unwrap();
     let shutdown = CancellationToken::new();
     let max_frame = transport.options().max_frame;
     transport.serve(
-        Services::default().with(Alpn::Raft, RpcService::new(handler, max_frame, metrics.transport.clone())),
+        Services::default().with(
+            Alpn::Raft,
+            RpcService::new(handler, max_frame, metrics.transport.clone()),
+        ),
         shutdown.clone(),
     );
     Server {
@@ -107,12 +112,17 @@ async fn cluster(pki: &TestPki, root: &Path) -> Vec<Server> {
 
 async fn leader_of(servers: &[Server]) -> usize {
     eventually(Duration::from_secs(10), "a leader all agree on", || async {
-        let leaders: Vec<_> = servers.iter().map(|s| s.node.leader().map(|l| l.0)).collect();
+        let leaders: Vec<_> = servers
+            .iter()
+            .map(|s| s.node.leader().map(|l| l.0))
+            .collect();
         let first = leaders[0]?;
         if !leaders.iter().all(|l| *l == Some(first)) {
             return None;
         }
-        servers.iter().position(|s| s.node.id() == first && s.node.is_leader())
+        servers
+            .iter()
+            .position(|s| s.node.id() == first && s.node.is_leader())
     })
     .await
 }
@@ -126,17 +136,24 @@ async fn elects_replicates_and_routes_writes_to_the_leader() {
     let leader = &servers[li];
     let follower = &servers[(li + 1) % 3];
 
-    assert_eq!(leader.node.write(kv("a", "1")).await.unwrap(), CommandResult::Bool(true));
+    assert_eq!(
+        leader.node.write(kv("a", "1")).await.unwrap(),
+        CommandResult::Bool(true)
+    );
     for s in &servers {
-        eventually(Duration::from_secs(5), "replicated to every server", || async {
-            (value_of(s, "a").as_deref() == Some(&b"1"[..])).then_some(())
-        })
+        eventually(
+            Duration::from_secs(5),
+            "replicated to every server",
+            || async { (value_of(s, "a").as_deref() == Some(&b"1"[..])).then_some(()) },
+        )
         .await;
     }
 
     // A follower does not append: it names the leader, so the caller can forward.
     match follower.node.write(kv("b", "2")).await {
-        Err(RaftNodeError::NotLeader { leader: Some((id, node)) }) => {
+        Err(RaftNodeError::NotLeader {
+            leader: Some((id, node)),
+        }) => {
             assert_eq!(id, leader.node.id());
             assert_eq!(node.addr, leader.transport.local_addr().to_string());
         }
@@ -150,7 +167,10 @@ async fn elects_replicates_and_routes_writes_to_the_leader() {
         assert_eq!(meta.last_contact_ms, 0);
     }
     let meta = follower.node.read_barrier(ReadMode::Stale).await.unwrap();
-    assert!(meta.known_leader && meta.last_contact_ms < 5_000, "{meta:?}");
+    assert!(
+        meta.known_leader && meta.last_contact_ms < 5_000,
+        "{meta:?}"
+    );
     assert!(matches!(
         follower.node.read_barrier(ReadMode::Consistent).await,
         Err(RaftNodeError::NotLeader { .. })
@@ -161,11 +181,16 @@ async fn elects_replicates_and_routes_writes_to_the_leader() {
     let old = servers.remove(li);
     old.stop().await;
     let li = leader_of(&servers).await;
-    assert_eq!(servers[li].node.write(kv("c", "3")).await.unwrap(), CommandResult::Bool(true));
+    assert_eq!(
+        servers[li].node.write(kv("c", "3")).await.unwrap(),
+        CommandResult::Bool(true)
+    );
     for s in &servers {
-        eventually(Duration::from_secs(5), "post-failover write replicated", || async {
-            (value_of(s, "a").is_some() && value_of(s, "c").is_some()).then_some(())
-        })
+        eventually(
+            Duration::from_secs(5),
+            "post-failover write replicated",
+            || async { (value_of(s, "a").is_some() && value_of(s, "c").is_some()).then_some(()) },
+        )
         .await;
     }
     for s in servers {
@@ -184,24 +209,41 @@ async fn a_wiped_server_catches_up_through_a_snapshot() {
     // Far more entries than a snapshot interval, so the log is purged behind snapshots.
     for i in 0..300 {
         let li = leader_of(&servers).await;
-        servers[li].node.write(kv(&format!("k{i:03}"), "v")).await.unwrap();
+        servers[li]
+            .node
+            .write(kv(&format!("k{i:03}"), "v"))
+            .await
+            .unwrap();
     }
 
     let victim = servers.remove(victim_i);
-    let (id, addr, dir) = (victim.node.id(), victim.transport.local_addr(), victim.dir.clone());
+    let (id, addr, dir) = (
+        victim.node.id(),
+        victim.transport.local_addr(),
+        victim.dir.clone(),
+    );
     victim.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 
     let li = leader_of(&servers).await;
     for i in 300..350 {
-        servers[li].node.write(kv(&format!("k{i:03}"), "v")).await.unwrap();
+        servers[li]
+            .node
+            .write(kv(&format!("k{i:03}"), "v"))
+            .await
+            .unwrap();
     }
     let fresh = start_server(&pki, id, &dir, addr).await;
-    eventually(Duration::from_secs(20), "wiped server caught up", || async {
-        (fresh.node.read().state.kv_len() == 350).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "wiped server caught up",
+        || async { (fresh.node.read().state.kv_len() == 350).then_some(()) },
+    )
     .await;
-    assert!(dir.join("raft/snapshot.bin").is_file(), "caught up by installing a snapshot");
+    assert!(
+        dir.join("raft/snapshot.bin").is_file(),
+        "caught up by installing a snapshot"
+    );
     servers.push(fresh);
     for s in servers {
         s.stop().await;

@@ -17,6 +17,7 @@ use consulate::transport::{TransportError, TransportOptions};
 fn assert_pong(r: Result<AgentResponse, TransportError>) {
     match r {
         Ok(AgentResponse::Pong { payload, .. }) => assert_eq!(&payload[..], b"hello"),
+        Ok(other) => panic!("expected a pong, got {other:?}"),
         Err(e) => panic!("expected a pong, got {e}"),
     }
 }

@@ -2,9 +2,11 @@
 //! takes them down in order when the shared cancellation token fires. This is the only
 //! place that knows every subsystem; each of them knows only its own boundary.
 
+pub mod bootstrap;
 pub mod rpc;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::AgentConfig;
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::transport::identity::Alpn;
+use crate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
+use crate::transport::identity::{Alpn, Role};
 use crate::transport::rpc::RpcService;
 use crate::transport::tls::TlsMaterial;
 use crate::transport::{Services, Transport, TransportError, TransportOptions};
@@ -25,6 +29,17 @@ pub enum AgentError {
     /// The QUIC transport could not start (TLS files, port in use, ...).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The Raft state in the data dir cannot be used.
+    #[error(transparent)]
+    Raft(#[from] RaftNodeError),
+    /// The data dir is unusable.
+    #[error("data dir {path}: {reason}")]
+    DataDir {
+        /// The path concerned.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// How long shutdown waits for peers to be told connections are closing.
@@ -35,24 +50,53 @@ pub struct Agent {
     config: AgentConfig,
     transport: Transport,
     metrics: Metrics,
+    dispatcher: Dispatcher,
     shutdown: CancellationToken,
+}
+
+/// This server's Raft id: random on first start, then read back from `node-id` in the data
+/// dir, so a restart is the same Raft member.
+fn node_id(data_dir: &Path) -> Result<u64, AgentError> {
+    let path = data_dir.join("node-id");
+    let err = |reason: String| AgentError::DataDir {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| err(format!("corrupt node id {:?}", s.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| err(e.to_string()))?;
+            let id = rand::random::<u64>().max(1);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, id.to_string())
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| err(e.to_string()))?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
 }
 
 impl Agent {
     /// Starts every subsystem of the agent described by `config`. All tasks stop when
     /// `shutdown` is cancelled; [`Agent::run_until_shutdown`] then finishes the job.
-    pub fn start(config: AgentConfig, shutdown: CancellationToken) -> Result<Agent, AgentError> {
+    pub async fn start(
+        config: AgentConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Agent, AgentError> {
         let metrics = Metrics::new();
         let tls =
             TlsMaterial::load(&config.tls_files(), &config.domain).map_err(TransportError::from)?;
         tls.check_identity(&config.identity(), &config.tls.cert_file)
             .map_err(TransportError::from)?;
         let opts = TransportOptions::default();
-        let rpc = RpcService::new(
-            Arc::new(rpc::AgentRpc::new(&config.node_name, &config.datacenter)),
-            opts.max_frame,
-            metrics.transport.clone(),
-        );
+        let max_frame = opts.max_frame;
         let transport = Transport::bind(
             config.quic_bind(),
             &config.datacenter,
@@ -60,10 +104,52 @@ impl Agent {
             opts,
             metrics.transport.clone(),
         )?;
-        transport.serve(
-            Services::default().with(Alpn::Rpc, rpc),
-            shutdown.child_token(),
+        let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
+        let mut services = Services::default();
+        let (raft, self_node) = if config.role == Role::Server {
+            let id = node_id(&config.data_dir)?;
+            let (raft, handler) = RaftNode::open(
+                id,
+                &config.data_dir,
+                &RaftOptions::default(),
+                transport.clone(),
+            )
+            .await?;
+            services = services.with(
+                Alpn::Raft,
+                RpcService::new(handler, max_frame, metrics.transport.clone()),
+            );
+            let me = ServerNode {
+                name: config.node_name.clone(),
+                addr: quic_addr.to_string(),
+            };
+            (Some(raft), Some(me))
+        } else {
+            (None, None)
+        };
+        let dispatcher = Dispatcher::new(raft.clone(), transport.clone());
+        let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter)
+            .with_dispatcher(dispatcher.clone(), self_node.clone());
+        services = services.with(
+            Alpn::Rpc,
+            RpcService::new(Arc::new(handler), max_frame, metrics.transport.clone()),
         );
+        transport.serve(services, shutdown.child_token());
+        if let (Some(raft), Some(me)) = (raft, self_node) {
+            let peers = config
+                .lan_join
+                .iter()
+                .map(|a| SocketAddr::new(a.ip, config.ports.quic))
+                .collect();
+            tokio::spawn(bootstrap::run(
+                raft,
+                me,
+                config.bootstrap_expect,
+                peers,
+                transport.clone(),
+                shutdown.child_token(),
+            ));
+        }
         info!(
             node = %config.node_name,
             datacenter = %config.datacenter,
@@ -75,6 +161,7 @@ impl Agent {
             config,
             transport,
             metrics,
+            dispatcher,
             shutdown,
         })
     }
@@ -94,10 +181,19 @@ impl Agent {
         &self.config
     }
 
-    /// Waits for the cancellation signal, then stops subsystems in order within a bound.
+    /// Where this agent's requests are routed.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Waits for the cancellation signal, then stops subsystems in order within a bound:
+    /// Raft first (no new log writes), then the transport.
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
         info!("shutting down");
+        if let Some(raft) = self.dispatcher.raft() {
+            let _ = tokio::time::timeout(SHUTDOWN_BOUND, raft.shutdown()).await;
+        }
         self.transport.close(SHUTDOWN_BOUND).await;
         info!("stopped");
     }

@@ -1,11 +1,14 @@
 //! The agent RPC protocol (ALPN `rpc`): the typed requests one agent sends another, and the
-//! handler that answers them. Later subsystems (catalog reads and writes, forwarding) add
-//! their variants here.
+//! handler that answers them by calling the [`Dispatcher`]. Later subsystems (reads,
+//! registrations, cross-DC forwarding) add their variants here.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::transport::identity::Identity;
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::raft::ServerNode;
+use crate::state::{Command, CommandResult};
+use crate::transport::identity::{Identity, Role};
 use crate::transport::rpc::Handler;
 
 /// A request over the `rpc` ALPN.
@@ -15,6 +18,27 @@ pub enum AgentRequest {
     Ping {
         /// Returned unchanged.
         payload: Bytes,
+    },
+    /// Who are you, as a Raft server? (Used while bootstrapping.)
+    ServerInfo,
+    /// Apply a command through the DC's leader.
+    Write {
+        /// The command.
+        cmd: Command,
+        /// Set once a server has forwarded it to the leader: never forwarded again.
+        forwarded: bool,
+    },
+    /// The KV keys under `prefix` in this server's local (stale) state.
+    KvKeys {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Add the sending server to the cluster (sent to a member; the leader does it).
+    JoinRaft {
+        /// Its Raft id.
+        id: u64,
+        /// Its name and address.
+        node: ServerNode,
     },
 }
 
@@ -30,21 +54,98 @@ pub enum AgentResponse {
         /// The request's payload.
         payload: Bytes,
     },
+    /// Answer to [`AgentRequest::ServerInfo`]; `None` from a client agent.
+    ServerInfo(Option<ServerInfo>),
+    /// Answer to [`AgentRequest::Write`].
+    Written(Result<CommandResult, DispatchError>),
+    /// Answer to [`AgentRequest::KvKeys`].
+    KvKeys(Result<Vec<String>, DispatchError>),
+    /// Answer to [`AgentRequest::JoinRaft`].
+    Joined(Result<(), DispatchError>),
+}
+
+/// A server's Raft identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and QUIC address.
+    pub node: ServerNode,
+    /// Whether it has Raft state.
+    pub initialized: bool,
+    /// The leader it knows of.
+    pub leader: Option<ServerNode>,
+    /// Its current Raft term.
+    pub term: u64,
+    /// The last log index it applied.
+    pub applied: u64,
 }
 
 /// Answers agent RPCs for one agent.
 pub struct AgentRpc {
     node: String,
     datacenter: String,
+    self_node: Option<ServerNode>,
+    dispatcher: Option<Dispatcher>,
 }
 
 impl AgentRpc {
-    /// The handler of the agent named `node` in `datacenter`.
+    /// A handler that only answers pings (tests and benchmarks of the transport).
     pub fn new(node: &str, datacenter: &str) -> AgentRpc {
         AgentRpc {
             node: node.into(),
             datacenter: datacenter.into(),
+            self_node: None,
+            dispatcher: None,
         }
+    }
+
+    /// The full handler of an agent; `self_node` is this server's Raft identity.
+    pub fn with_dispatcher(
+        mut self,
+        dispatcher: Dispatcher,
+        self_node: Option<ServerNode>,
+    ) -> AgentRpc {
+        self.dispatcher = Some(dispatcher);
+        self.self_node = self_node;
+        self
+    }
+
+    fn dispatcher(&self) -> Result<&Dispatcher, DispatchError> {
+        self.dispatcher
+            .as_ref()
+            .ok_or_else(|| DispatchError::NotServed("this agent serves no requests".into()))
+    }
+
+    async fn server_info(&self) -> Option<ServerInfo> {
+        let raft = self.dispatcher.as_ref()?.raft()?;
+        let metrics = raft.raft().metrics().borrow().clone();
+        Some(ServerInfo {
+            id: raft.id(),
+            node: self.self_node.clone()?,
+            initialized: raft.is_initialized().await.unwrap_or(false),
+            leader: raft.leader().map(|(_, n)| n),
+            term: metrics.current_term,
+            applied: metrics.last_applied.map_or(0, |l| l.index),
+        })
+    }
+
+    async fn join(&self, peer: &Identity, id: u64, node: ServerNode) -> Result<(), DispatchError> {
+        if peer.role != Role::Server || peer.datacenter != self.datacenter {
+            return Err(DispatchError::NotServed(
+                "only servers of this DC may join its Raft".into(),
+            ));
+        }
+        let raft = self
+            .dispatcher()?
+            .raft()
+            .ok_or_else(|| DispatchError::NotServed("not a server".into()))?;
+        raft.add_server(id, node).await.map_err(|e| match e {
+            crate::raft::RaftNodeError::NotLeader { .. } | crate::raft::RaftNodeError::NoLeader => {
+                DispatchError::NoLeader
+            }
+            other => DispatchError::Raft(other.to_string()),
+        })
     }
 }
 
@@ -52,13 +153,27 @@ impl Handler for AgentRpc {
     type Request = AgentRequest;
     type Response = AgentResponse;
 
-    async fn handle(&self, _peer: &Identity, request: AgentRequest) -> AgentResponse {
+    async fn handle(&self, peer: &Identity, request: AgentRequest) -> AgentResponse {
         match request {
             AgentRequest::Ping { payload } => AgentResponse::Pong {
                 node: self.node.clone(),
                 datacenter: self.datacenter.clone(),
                 payload,
             },
+            AgentRequest::ServerInfo => AgentResponse::ServerInfo(self.server_info().await),
+            AgentRequest::Write { cmd, forwarded } => {
+                let result = match self.dispatcher() {
+                    Ok(d) => d.write(cmd, forwarded).await,
+                    Err(e) => Err(e),
+                };
+                AgentResponse::Written(result)
+            }
+            AgentRequest::KvKeys { prefix } => {
+                AgentResponse::KvKeys(self.dispatcher().and_then(|d| d.kv_keys_stale(&prefix)))
+            }
+            AgentRequest::JoinRaft { id, node } => {
+                AgentResponse::Joined(self.join(peer, id, node).await)
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 // openraft's traits; boxing them here would only add allocations on the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod bootstrap;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -62,7 +63,7 @@ pub enum RaftNodeError {
         /// The database file.
         path: std::path::PathBuf,
         /// What redb said.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// The snapshot file cannot be used.
     #[error(transparent)]
@@ -189,7 +190,7 @@ impl RaftNode {
         let log_path = raft_dir.join("log.redb");
         let log = LogStore::open(&log_path).map_err(|source| RaftNodeError::Log {
             path: log_path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let sm = StateMachine::open(&raft_dir)?;
         let shared = sm.shared();
@@ -324,6 +325,48 @@ impl RaftNode {
     /// The shared replicated state (for readers that outlive a borrow, e.g. blocking queries).
     pub fn shared(&self) -> Arc<RwLock<Replicated>> {
         self.shared.clone()
+    }
+
+    /// Adds a server to the cluster (leader only): first as a learner that catches up, then
+    /// promoted to voter. A voter with the same name or address but another id (the same
+    /// machine after losing its disk) is removed, as Consul does.
+    pub async fn add_server(&self, id: u64, node: ServerNode) -> Result<(), RaftNodeError> {
+        if !self.is_leader() {
+            return Err(match self.leader() {
+                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
+                None => RaftNodeError::NoLeader,
+            });
+        }
+        let fatal = |e: &dyn fmt::Display| RaftNodeError::Fatal(e.to_string());
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let mut voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            return Ok(());
+        }
+        let stale: Vec<u64> = membership
+            .nodes()
+            .filter(|(other, n)| **other != id && (n.name == node.name || n.addr == node.addr))
+            .map(|(other, _)| *other)
+            .collect();
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| fatal(&e))?;
+        for s in stale {
+            voters.remove(&s);
+        }
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| fatal(&e))?;
+        Ok(())
     }
 
     /// Stops Raft.

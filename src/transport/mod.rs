@@ -267,12 +267,24 @@ impl Transport {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls.server_config()?));
         server.transport_config(quinn_transport_config(&opts, false));
         server.max_incoming(4096);
-        let endpoint = quinn::Endpoint::server(server, addr)
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret());
+        let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime().expect("transport runs inside a tokio runtime");
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| TransportError::Bind { addr, source })?;
         let mut clients = HashMap::new();
         for alpn in Alpn::ALL {
             let mut c = quinn::ClientConfig::new(Arc::new(tls.client_config(alpn)?));
             c.transport_config(quinn_transport_config(&opts, true));
+            // Every agent is dialed under the same server name, and a restarted agent cannot
+            // read tokens its previous process issued: never present one.
+            c.token_store(Arc::new(quinn::NoneTokenStore));
             clients.insert(alpn, c);
         }
         let inner = Arc::new(Inner {

@@ -265,9 +265,24 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 ),
             });
         }
+        let started = tokio::time::Instant::now();
+        let conn = match tokio::time::timeout(
+            timeout,
+            self.transport.connect(addr, self.alpn, expected_dc),
+        )
+        .await
+        {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(TransportError::Unreachable {
+                    addr,
+                    reason: format!("not connected within {timeout:?}"),
+                });
+            }
+        };
+        let rx_before = conn.stats().udp_rx.datagrams;
         let sent = AtomicBool::new(false);
         let exchange = async {
-            let conn = self.transport.connect(addr, self.alpn, expected_dc).await?;
             let (send, recv) = conn
                 .open_bi()
                 .await
@@ -296,16 +311,28 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 })?;
             reply.map_err(|error| TransportError::Remote { addr, error })
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let remaining = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, exchange).await {
             Ok(result) => result,
-            Err(_) if sent.load(Ordering::Relaxed) => Err(TransportError::Timeout {
-                addr,
-                after: timeout,
-            }),
-            Err(_) => Err(TransportError::Unreachable {
-                addr,
-                reason: format!("not connected within {timeout:?}"),
-            }),
+            Err(_) => {
+                // Not even an ACK came back: the peer behind this pooled connection is gone
+                // (crashed, or restarted and lost the connection). Drop it so the next call
+                // dials afresh instead of waiting for the idle timeout.
+                if conn.stats().udp_rx.datagrams == rx_before {
+                    conn.close(VarInt::from_u32(0), b"peer unresponsive");
+                }
+                if sent.load(Ordering::Relaxed) {
+                    Err(TransportError::Timeout {
+                        addr,
+                        after: timeout,
+                    })
+                } else {
+                    Err(TransportError::Unreachable {
+                        addr,
+                        reason: format!("no stream opened within {timeout:?}"),
+                    })
+                }
+            }
         }
     }
 }

@@ -139,6 +139,20 @@ impl TlsMaterial {
         })
     }
 
+    /// A secret derived from this agent's private key, stable across restarts. The QUIC
+    /// endpoint keys its stateless resets with it, so that after a crash and restart peers
+    /// holding connections to the old process are reset at once instead of waiting for an
+    /// idle timeout.
+    pub fn reset_secret(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"consulate stateless reset v1");
+        ctx.update(self.key.secret_der());
+        ctx.finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
+    }
+
     /// The DNS domain identities are parsed under.
     pub fn domain(&self) -> &str {
         &self.domain
