@@ -249,3 +249,53 @@ async fn a_wiped_server_catches_up_through_a_snapshot() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_serves_stale_reads_and_refuses_consistent_ones() {
+    let pki = TestPki::new();
+    let root = tempfile::tempdir().unwrap();
+    let mut servers = cluster(&pki, root.path()).await;
+    let li = leader_of(&servers).await;
+    servers[li].node.write(kv("x", "1")).await.unwrap();
+    let fi = (li + 1) % 3;
+    eventually(
+        Duration::from_secs(5),
+        "x replicated to the follower",
+        || async { value_of(&servers[fi], "x").map(|_| ()) },
+    )
+    .await;
+
+    // Cut the follower off: the other two servers go away.
+    let follower = servers.remove(fi);
+    for s in servers {
+        s.stop().await;
+    }
+    // Stale reads keep answering, and report a staleness that grows.
+    eventually(
+        Duration::from_secs(5),
+        "staleness reported as growing",
+        || async {
+            let meta = follower.node.read_barrier(ReadMode::Stale).await.ok()?;
+            (meta.last_contact_ms >= 500).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(value_of(&follower, "x").as_deref(), Some(&b"1"[..]));
+
+    let started = std::time::Instant::now();
+    let consistent = tokio::time::timeout(
+        Duration::from_secs(3),
+        follower.node.read_barrier(ReadMode::Consistent),
+    )
+    .await
+    .expect("a consistent read fails within a bounded time");
+    assert!(
+        matches!(
+            consistent,
+            Err(RaftNodeError::NoLeader | RaftNodeError::NotLeader { .. })
+        ),
+        "{consistent:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    follower.stop().await;
+}
