@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::rpc::{AgentRequest, AgentResponse};
-use crate::raft::{RaftNode, RaftNodeError};
+use crate::raft::{RaftNode, RaftNodeError, ServerNode};
 use crate::state::{Command, CommandResult};
 use crate::transport::identity::Alpn;
 use crate::transport::rpc::RpcClient;
@@ -50,6 +50,15 @@ impl DispatchError {
     }
 }
 
+impl From<RaftNodeError> for DispatchError {
+    fn from(e: RaftNodeError) -> Self {
+        match e {
+            RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader => DispatchError::NoLeader,
+            other => DispatchError::Raft(other.to_string()),
+        }
+    }
+}
+
 impl From<TransportError> for DispatchError {
     fn from(e: TransportError) -> Self {
         DispatchError::Forward {
@@ -82,16 +91,19 @@ impl Dispatcher {
 
     /// The KV keys under `prefix` from this server's local state (stale read).
     pub fn kv_keys_stale(&self, prefix: &str) -> Result<Vec<String>, DispatchError> {
-        let raft = self
-            .raft
-            .as_ref()
-            .ok_or_else(|| DispatchError::NotServed("client agents hold no state".into()))?;
-        Ok(raft
+        Ok(self
+            .server()?
             .read()
             .state
             .kv_prefix(prefix)
             .map(|e| e.key.clone())
             .collect())
+    }
+
+    fn server(&self) -> Result<&RaftNode, DispatchError> {
+        self.raft
+            .as_ref()
+            .ok_or_else(|| DispatchError::NotServed("client agents hold no Raft state".into()))
     }
 
     /// Applies `cmd` through the DC's leader: locally if this server leads, else forwarded
@@ -101,30 +113,29 @@ impl Dispatcher {
         cmd: Command,
         forwarded: bool,
     ) -> Result<CommandResult, DispatchError> {
-        let raft = self.raft.as_ref().ok_or_else(|| {
-            DispatchError::NotServed("client agents forward writes to servers".into())
-        })?;
-        match raft.write(cmd.clone()).await {
-            Ok(r) => Ok(r),
-            Err(RaftNodeError::NotLeader {
-                leader: Some((_, node)),
-            }) if !forwarded => {
-                let addr = node.addr.parse().map_err(|_| {
-                    DispatchError::Raft(format!("leader address {:?} is invalid", node.addr))
-                })?;
-                let req = AgentRequest::Write {
-                    cmd,
-                    forwarded: true,
-                };
-                match self.client.call(addr, None, &req, FORWARD_TIMEOUT).await? {
-                    AgentResponse::Written(r) => r,
-                    other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
-                }
-            }
-            Err(RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader) => {
-                Err(DispatchError::NoLeader)
-            }
-            Err(e) => Err(DispatchError::Raft(e.to_string())),
+        let raft = self.server()?;
+        if raft.is_leader() {
+            return Ok(raft.write(cmd).await?);
         }
+        let Some((_, leader)) = raft.leader().filter(|_| !forwarded) else {
+            return Err(DispatchError::NoLeader);
+        };
+        let addr = leader.addr.parse().map_err(|_| {
+            DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
+        })?;
+        let req = AgentRequest::Write {
+            cmd,
+            forwarded: true,
+        };
+        match self.client.call(addr, None, &req, FORWARD_TIMEOUT).await? {
+            AgentResponse::Written(r) => r,
+            other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Adds server `id` to this DC's Raft (answered by the leader; others say there is none
+    /// here, and the joiner tries another member).
+    pub async fn join(&self, id: u64, node: ServerNode) -> Result<(), DispatchError> {
+        Ok(self.server()?.add_server(id, node).await?)
     }
 }

@@ -47,9 +47,7 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 /// A running agent.
 pub struct Agent {
-    config: AgentConfig,
     transport: Transport,
-    metrics: Metrics,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
 }
@@ -158,32 +156,10 @@ impl Agent {
             "agent started"
         );
         Ok(Agent {
-            config,
             transport,
-            metrics,
             dispatcher,
             shutdown,
         })
-    }
-
-    /// The QUIC address actually bound.
-    pub fn quic_addr(&self) -> SocketAddr {
-        self.transport.local_addr()
-    }
-
-    /// This agent's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// The agent's configuration.
-    pub fn config(&self) -> &AgentConfig {
-        &self.config
-    }
-
-    /// Where this agent's requests are routed.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.dispatcher
     }
 
     /// Waits for the cancellation signal, then stops subsystems in order within a bound:

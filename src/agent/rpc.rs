@@ -136,16 +136,7 @@ impl AgentRpc {
                 "only servers of this DC may join its Raft".into(),
             ));
         }
-        let raft = self
-            .dispatcher()?
-            .raft()
-            .ok_or_else(|| DispatchError::NotServed("not a server".into()))?;
-        raft.add_server(id, node).await.map_err(|e| match e {
-            crate::raft::RaftNodeError::NotLeader { .. } | crate::raft::RaftNodeError::NoLeader => {
-                DispatchError::NoLeader
-            }
-            other => DispatchError::Raft(other.to_string()),
-        })
+        self.dispatcher()?.join(id, node).await
     }
 }
 

@@ -100,13 +100,6 @@ pub struct JoinAddr {
     pub port: Option<u16>,
 }
 
-impl JoinAddr {
-    /// The socket address, with `default_port` when none was given.
-    pub fn socket_addr(&self, default_port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port.unwrap_or(default_port))
-    }
-}
-
 impl fmt::Display for JoinAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.port {
@@ -381,31 +374,5 @@ impl AgentConfig {
     /// Where the QUIC endpoint binds.
     pub fn quic_bind(&self) -> SocketAddr {
         SocketAddr::new(self.bind_addr, self.ports.quic)
-    }
-
-    /// Where the HTTP API binds.
-    pub fn http_bind(&self) -> SocketAddr {
-        SocketAddr::new(self.bind_addr, self.ports.http)
-    }
-
-    /// Where LAN gossip binds.
-    pub fn lan_bind(&self) -> SocketAddr {
-        SocketAddr::new(self.bind_addr, self.ports.lan)
-    }
-
-    /// The LAN join addresses with the default port filled in.
-    pub fn lan_join_addrs(&self) -> Vec<SocketAddr> {
-        self.lan_join
-            .iter()
-            .map(|a| a.socket_addr(DEFAULT_LAN_PORT))
-            .collect()
-    }
-
-    /// The WAN join addresses with the default port filled in.
-    pub fn wan_join_addrs(&self) -> Vec<SocketAddr> {
-        self.wan_join
-            .iter()
-            .map(|a| a.socket_addr(DEFAULT_QUIC_PORT))
-            .collect()
     }
 }

@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -149,29 +148,20 @@ pub struct RaftNode {
     last_contact: Arc<LeaderContact>,
 }
 
-/// When this server last heard from a leader (monotonic ms since start).
+/// When this server last heard from a leader.
 #[derive(Debug, Default)]
-pub struct LeaderContact {
-    start: std::sync::OnceLock<Instant>,
-    at_ms: AtomicU64,
-}
+pub struct LeaderContact(Mutex<Option<Instant>>);
 
 impl LeaderContact {
-    fn now_ms(&self) -> u64 {
-        self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-    }
-
     /// Records contact now.
     pub fn touch(&self) {
-        self.at_ms.store(self.now_ms(), Ordering::Relaxed);
+        *self.0.lock().expect("contact lock poisoned") = Some(Instant::now());
     }
 
     /// Milliseconds since the last contact (`None` if never).
     pub fn since_ms(&self) -> Option<u64> {
-        match self.at_ms.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(self.now_ms().saturating_sub(at)),
-        }
+        let at = *self.0.lock().expect("contact lock poisoned");
+        at.map(|at| at.elapsed().as_millis() as u64)
     }
 }
 
@@ -259,7 +249,8 @@ impl RaftNode {
 
     /// The current leader and its address, if known.
     pub fn leader(&self) -> Option<(u64, ServerNode)> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
@@ -320,11 +311,6 @@ impl RaftNode {
     /// The replicated state, for reading.
     pub fn read(&self) -> RwLockReadGuard<'_, Replicated> {
         self.shared.read().expect("state lock poisoned")
-    }
-
-    /// The shared replicated state (for readers that outlive a borrow, e.g. blocking queries).
-    pub fn shared(&self) -> Arc<RwLock<Replicated>> {
-        self.shared.clone()
     }
 
     /// Adds a server to the cluster (leader only): first as a learner that catches up, then

@@ -115,6 +115,14 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<u64, ServerNode, RaftError<u64, E>>>;
 
 impl RaftPeer {
+    /// Wraps an error the peer's Raft answered with.
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<u64, E>,
+    ) -> RPCError<u64, ServerNode, RaftError<u64, E>> {
+        RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+    }
+
     async fn send<E: std::error::Error>(
         &self,
         req: RaftRequest,
@@ -153,9 +161,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
         match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
-            RaftResponse::AppendEntries(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            RaftResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             other => Err(unexpected(&other)),
         }
     }
@@ -169,9 +175,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             .send(RaftRequest::InstallSnapshot(rpc), &option)
             .await?
         {
-            RaftResponse::InstallSnapshot(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            RaftResponse::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
             other => Err(unexpected(&other)),
         }
     }
@@ -182,9 +186,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
         match self.send(RaftRequest::Vote(rpc), &option).await? {
-            RaftResponse::Vote(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
+            RaftResponse::Vote(r) => r.map_err(|e| self.remote(e)),
             other => Err(unexpected(&other)),
         }
     }

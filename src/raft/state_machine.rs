@@ -145,6 +145,15 @@ impl StateMachine {
         self.dir.join(SNAPSHOT_FILE)
     }
 
+    /// Makes `sealed` the snapshot on disk, durably, off the async threads; hands it back.
+    async fn persist(&self, sealed: Vec<u8>) -> StorageResult<Vec<u8>> {
+        let path = self.snapshot_path();
+        tokio::task::spawn_blocking(move || write_durably(&path, &sealed).map(|()| sealed))
+            .await
+            .map_err(io)?
+            .map_err(io)
+    }
+
     fn read_snapshot(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let path = self.snapshot_path();
         match std::fs::read(&path) {
@@ -180,13 +189,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(io)?;
             (meta, body)
         };
-        let sealed = seal(&body);
-        let path = self.snapshot_path();
-        let data = sealed.clone();
-        tokio::task::spawn_blocking(move || write_durably(&path, &data))
-            .await
-            .map_err(io)?
-            .map_err(io)?;
+        let sealed = self.persist(seal(&body)).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(sealed)),
@@ -241,12 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let path = self.snapshot_path();
         let body = unseal(&path, &data).map_err(io)?;
-        let data2 = data.clone();
-        let p2 = path.clone();
-        tokio::task::spawn_blocking(move || write_durably(&p2, &data2))
-            .await
-            .map_err(io)?
-            .map_err(io)?;
+        self.persist(data).await?;
         let mut r = self.shared.write().expect("state lock poisoned");
         r.state.restore(body.tables);
         r.last_applied = meta.last_log_id;

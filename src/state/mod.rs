@@ -211,10 +211,10 @@ impl State {
             }
             Command::KvDeleteTree { prefix } => {
                 let doomed: Vec<String> = self.kv_prefix(&prefix).map(|e| e.key.clone()).collect();
+                for k in &doomed {
+                    self.data.kv.remove(k);
+                }
                 if !doomed.is_empty() {
-                    for k in doomed {
-                        self.data.kv.remove(&k);
-                    }
                     self.touch(Table::Kv, index);
                 }
                 CommandResult::Bool(true)
@@ -260,53 +260,38 @@ impl State {
                 }
             }
         }
-        // The node: created or updated only if something about it changed.
-        let node_changed = match self.data.nodes.get(&req.node) {
-            Some(n) => !n.same_definition(&req),
-            None => true,
+        // Each entry is written only if something about it changed, so that anti-entropy
+        // re-asserting the same registration moves no index.
+        let node = Node {
+            id: req.id.clone(),
+            node: req.node.clone(),
+            address: req.address.clone(),
+            datacenter: req.datacenter.clone(),
+            tagged_addresses: req.tagged_addresses.clone(),
+            meta: req.node_meta.clone(),
+            create_index: 0,
+            modify_index: 0,
         };
-        if node_changed {
-            let create_index = self
-                .data
-                .nodes
-                .get(&req.node)
-                .map_or(index, |n| n.create_index);
-            self.data.nodes.insert(
-                req.node.clone(),
-                Node {
-                    id: req.id.clone(),
-                    node: req.node.clone(),
-                    address: req.address.clone(),
-                    datacenter: req.datacenter.clone(),
-                    tagged_addresses: req.tagged_addresses.clone(),
-                    meta: req.node_meta.clone(),
-                    create_index,
-                    modify_index: index,
-                },
-            );
+        if upsert(&mut self.data.nodes, req.node.clone(), node, index) {
             self.touch(Table::Nodes, index);
         }
         if let Some(def) = req.service {
             let key = (req.node.clone(), def.effective_id().to_string());
-            let existing = self.data.services.get(&key);
-            if existing.is_none_or(|s| !s.same_definition(&def)) {
-                let create_index = existing.map_or(index, |s| s.create_index);
-                let mut service = def.into_service(create_index, index);
-                service.node = req.node.clone();
-                self.data.services.insert(key, service);
+            let service = def.into_service(req.node.clone());
+            if upsert(&mut self.data.services, key, service, index) {
                 self.touch(Table::Services, index);
             }
         }
         for def in req.checks {
             let key = (req.node.clone(), def.check_id.clone());
-            let service = def
-                .service_id
-                .as_ref()
-                .and_then(|sid| self.data.services.get(&(req.node.clone(), sid.clone())));
-            let (service_name, service_tags) = service.map_or((String::new(), Vec::new()), |s| {
-                (s.service.clone(), s.tags.clone())
-            });
-            let existing = self.data.checks.get(&key);
+            let service_id = def.service_id.unwrap_or_default();
+            let (service_name, service_tags) = self
+                .data
+                .services
+                .get(&(req.node.clone(), service_id.clone()))
+                .map_or((String::new(), Vec::new()), |s| {
+                    (s.service.clone(), s.tags.clone())
+                });
             let check = Check {
                 node: req.node.clone(),
                 check_id: def.check_id,
@@ -314,14 +299,13 @@ impl State {
                 status: def.status,
                 notes: def.notes,
                 output: def.output,
-                service_id: def.service_id.unwrap_or_default(),
+                service_id,
                 service_name,
                 service_tags,
-                create_index: existing.map_or(index, |c| c.create_index),
-                modify_index: index,
+                create_index: 0,
+                modify_index: 0,
             };
-            if existing.is_none_or(|c| !c.same_as(&check)) {
-                self.data.checks.insert(key, check);
+            if upsert(&mut self.data.checks, key, check, index) {
                 self.touch(Table::Checks, index);
             }
         }
@@ -340,6 +324,7 @@ impl State {
             }
             return CommandResult::Ok;
         }
+        let range = node_range(&req.node);
         if let Some(service_id) = req.service_id {
             if self
                 .data
@@ -349,11 +334,7 @@ impl State {
             {
                 self.touch(Table::Services, index);
             }
-            let before = self.data.checks.len();
-            self.data
-                .checks
-                .retain(|(n, _), c| !(n == &req.node && c.service_id == service_id));
-            if self.data.checks.len() != before {
+            if remove_in(&mut self.data.checks, range, |c| c.service_id == service_id) {
                 self.touch(Table::Checks, index);
             }
             return CommandResult::Ok;
@@ -361,29 +342,10 @@ impl State {
         if self.data.nodes.remove(&req.node).is_some() {
             self.touch(Table::Nodes, index);
         }
-        let range = node_range(&req.node);
-        let services: Vec<_> = self
-            .data
-            .services
-            .range(range.clone())
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !services.is_empty() {
-            for k in services {
-                self.data.services.remove(&k);
-            }
+        if remove_in(&mut self.data.services, range.clone(), |_| true) {
             self.touch(Table::Services, index);
         }
-        let checks: Vec<_> = self
-            .data
-            .checks
-            .range(range)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !checks.is_empty() {
-            for k in checks {
-                self.data.checks.remove(&k);
-            }
+        if remove_in(&mut self.data.checks, range, |_| true) {
             self.touch(Table::Checks, index);
         }
         CommandResult::Ok
@@ -428,15 +390,67 @@ impl State {
         self.data.services.range(node_range(node)).map(|(_, s)| s)
     }
 
-    /// Every check, ordered by (node, check ID).
-    pub fn checks(&self) -> impl Iterator<Item = &Check> {
-        self.data.checks.values()
-    }
-
     /// The checks registered on `node`.
     pub fn node_checks<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
         self.data.checks.range(node_range(node)).map(|(_, c)| c)
     }
+}
+
+/// An entry that records the log indexes that created and last changed it.
+trait Indexed: PartialEq {
+    fn indexes(&self) -> (u64, u64);
+    fn set_indexes(&mut self, create: u64, modify: u64);
+}
+
+macro_rules! indexed {
+    ($($t:ty),*) => {$(
+        impl Indexed for $t {
+            fn indexes(&self) -> (u64, u64) {
+                (self.create_index, self.modify_index)
+            }
+            fn set_indexes(&mut self, create: u64, modify: u64) {
+                self.create_index = create;
+                self.modify_index = modify;
+            }
+        }
+    )*};
+}
+indexed!(Node, Service, Check);
+
+/// Inserts `entry` at `key` written at log `index`, unless an equal entry is there already
+/// (then nothing changes). Keeps CreateIndex across updates. True if it wrote.
+fn upsert<K: Ord, V: Indexed>(map: &mut BTreeMap<K, V>, key: K, mut entry: V, index: u64) -> bool {
+    match map.get(&key) {
+        Some(old) => {
+            let (create, modify) = old.indexes();
+            entry.set_indexes(create, modify);
+            if *old == entry {
+                return false;
+            }
+            entry.set_indexes(create, index);
+        }
+        None => entry.set_indexes(index, index),
+    }
+    map.insert(key, entry);
+    true
+}
+
+/// Removes the entries of `map` within `range` that match `doomed`; true if any was.
+/// Walks only the range (a node's entries, a key prefix), never the whole table.
+fn remove_in<K: Ord + Clone, V>(
+    map: &mut BTreeMap<K, V>,
+    range: (Bound<K>, Bound<K>),
+    mut doomed: impl FnMut(&V) -> bool,
+) -> bool {
+    let keys: Vec<K> = map
+        .range(range)
+        .filter(|(_, v)| doomed(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &keys {
+        map.remove(k);
+    }
+    !keys.is_empty()
 }
 
 /// A (node, id) key: the primary key of services and checks.

@@ -51,16 +51,6 @@ pub struct Node {
     pub modify_index: u64,
 }
 
-impl Node {
-    pub(crate) fn same_definition(&self, r: &RegisterRequest) -> bool {
-        self.id == r.id
-            && self.address == r.address
-            && self.datacenter == r.datacenter
-            && self.tagged_addresses == r.tagged_addresses
-            && self.meta == r.node_meta
-    }
-}
-
 /// Consul's service weights for DNS SRV answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Weights {
@@ -106,19 +96,6 @@ pub struct Service {
     pub modify_index: u64,
 }
 
-impl Service {
-    pub(crate) fn same_definition(&self, d: &ServiceDefinition) -> bool {
-        self.id == d.effective_id()
-            && self.service == d.service
-            && self.tags == d.tags
-            && self.address == d.address
-            && self.port == d.port
-            && self.meta == d.meta
-            && self.weights == d.weights
-            && self.enable_tag_override == d.enable_tag_override
-    }
-}
-
 /// A health check, of a node or of one service on it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Check {
@@ -144,18 +121,6 @@ pub struct Check {
     pub create_index: u64,
     /// Log index that last changed it.
     pub modify_index: u64,
-}
-
-impl Check {
-    pub(crate) fn same_as(&self, o: &Check) -> bool {
-        self.name == o.name
-            && self.status == o.status
-            && self.notes == o.notes
-            && self.output == o.output
-            && self.service_id == o.service_id
-            && self.service_name == o.service_name
-            && self.service_tags == o.service_tags
-    }
 }
 
 /// A KV entry.
@@ -208,9 +173,10 @@ impl ServiceDefinition {
         }
     }
 
-    pub(crate) fn into_service(self, create_index: u64, modify_index: u64) -> Service {
+    /// The instance on `node`; its indexes are set when it is written.
+    pub(crate) fn into_service(self, node: String) -> Service {
         Service {
-            node: String::new(),
+            node,
             id: self.effective_id().to_string(),
             service: self.service,
             tags: self.tags,
@@ -219,8 +185,8 @@ impl ServiceDefinition {
             meta: self.meta,
             weights: self.weights,
             enable_tag_override: self.enable_tag_override,
-            create_index,
-            modify_index,
+            create_index: 0,
+            modify_index: 0,
         }
     }
 }

@@ -88,13 +88,6 @@ pub struct Identity {
     pub datacenter: String,
 }
 
-impl Identity {
-    /// The identity SAN this identity corresponds to, e.g. `server.dc1.consul`.
-    pub fn san(&self, domain: &str) -> String {
-        identity_san(self.role, &self.datacenter, domain)
-    }
-}
-
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.role, self.datacenter)

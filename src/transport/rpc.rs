@@ -13,7 +13,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -236,11 +235,6 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         }
     }
 
-    /// The transport under this client.
-    pub fn transport(&self) -> &Transport {
-        &self.transport
-    }
-
     /// Sends `request` to the server at `addr` (which must belong to `expected_dc` if given)
     /// and waits for its response, at most `timeout` in all. A deadline that passes before
     /// the request was written reports `Unreachable` (retry-safe), after it `Timeout`.
@@ -281,7 +275,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             }
         };
         let rx_before = conn.stats().udp_rx.datagrams;
-        let sent = AtomicBool::new(false);
+        let mut sent = false;
         let exchange = async {
             let (send, recv) = conn
                 .open_bi()
@@ -292,7 +286,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 .send(Bytes::from(payload))
                 .await
                 .map_err(|e| stream_error(addr, e))?;
-            sent.store(true, Ordering::Relaxed);
+            sent = true;
             let _ = writer.into_inner().finish();
             let mut reader = FramedRead::new(recv, codec(max_frame));
             let frame = match reader.next().await {
@@ -321,7 +315,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 if conn.stats().udp_rx.datagrams == rx_before {
                     conn.close(VarInt::from_u32(0), b"peer unresponsive");
                 }
-                if sent.load(Ordering::Relaxed) {
+                if sent {
                     Err(TransportError::Timeout {
                         addr,
                         after: timeout,

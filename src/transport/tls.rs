@@ -70,17 +70,6 @@ pub struct TlsMaterial {
     domain: String,
 }
 
-impl Clone for TlsMaterial {
-    fn clone(&self) -> Self {
-        TlsMaterial {
-            ca: self.ca.clone(),
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-            domain: self.domain.clone(),
-        }
-    }
-}
-
 fn file_err(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File {
         what,
