@@ -23,7 +23,7 @@ pub enum PkiError {
     #[error("{0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file concerned.
         path: PathBuf,
@@ -265,9 +265,15 @@ pub fn issue_agent_cert_files(
     force: bool,
 ) -> Result<PemPaths, PkiError> {
     let ca_paths = ca_paths(dir, spec.domain);
-    let ca = read_pair(&ca_paths).map_err(|e| PkiError::BadCa {
-        path: ca_paths.cert.clone(),
-        reason: format!("{e} (create one with `consulate tls ca create`)"),
+    let ca = read_pair(&ca_paths).map_err(|e| {
+        let why = match e {
+            PkiError::Io { path, source } => format!("{}: {source}", path.display()),
+            other => other.to_string(),
+        };
+        PkiError::BadCa {
+            path: ca_paths.cert.clone(),
+            reason: format!("{why} (create one with `consulate tls ca create`)"),
+        }
     })?;
     let pair = create_agent_cert(&ca, spec, Validity::days(days))?;
     let paths = agent_paths(dir, spec);

@@ -22,9 +22,11 @@ struct Dc {
     addrs: Vec<SocketAddr>,
 }
 
+/// Four servers on 127.79.<net>.1-4; the first three bootstrap (`bootstrap_expect = 3`),
+/// the fourth has no `bootstrap_expect` and may only join an existing cluster.
 fn write_dc(net: u8, pki: &TestPki) -> Dc {
     let dir = tempfile::tempdir().unwrap();
-    let ips: Vec<String> = (1..=3).map(|i| format!("127.79.{net}.{i}")).collect();
+    let ips: Vec<String> = (1..=4).map(|i| format!("127.79.{net}.{i}")).collect();
     let mut configs = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
         let node = format!("s{}", i + 1);
@@ -34,8 +36,9 @@ fn write_dc(net: u8, pki: &TestPki) -> Dc {
             .filter(|o| *o != ip)
             .map(|o| format!("\"{o}\""))
             .collect();
+        let expect = if i < 3 { "bootstrap_expect = 3\n" } else { "" };
         let text = format!(
-            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\nbootstrap_expect = 3\nlan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\n{expect}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             join.join(", "),
             tls.ca_file.display(),
             tls.cert_file.display(),
@@ -118,7 +121,7 @@ fn has_keys(dir: &Path) -> bool {
 async fn kill_leader_under_writes_then_restart_everything() {
     let pki = TestPki::new();
     let dc = write_dc(1, &pki);
-    let mut procs: Vec<ChildGuard> = dc.configs.iter().map(|c| spawn_agent(c)).collect();
+    let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let me = TestNode::start(
         &pki.material(Role::Client, "dc1"),
         "dc1",
@@ -126,7 +129,7 @@ async fn kill_leader_under_writes_then_restart_everything() {
     );
     let client = me.client(Alpn::Rpc);
 
-    let li = agreed_leader(&client, &dc.addrs).await;
+    let li = agreed_leader(&client, &dc.addrs[..3]).await;
     let follower = dc.addrs[(li + 1) % 3];
     assert!(
         put(&client, follower, "via-follower").await,
@@ -181,18 +184,18 @@ async fn kill_leader_under_writes_then_restart_everything() {
     for i in 0..3 {
         assert!(has_keys(&data_dir(&dc, i)));
     }
-    let _procs: Vec<ChildGuard> = dc.configs.iter().map(|c| spawn_agent(c)).collect();
+    let _procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     // The same long-lived client recovers its pooled connections to the restarted servers.
-    agreed_leader(&client, &dc.addrs).await;
+    agreed_leader(&client, &dc.addrs[..3]).await;
     // Every acknowledged key on every server, checked through a forced read of applied state:
     // write a marker through the leader and wait for every server to apply it.
-    let li = agreed_leader(&client, &dc.addrs).await;
+    let li = agreed_leader(&client, &dc.addrs[..3]).await;
     assert!(put(&client, dc.addrs[li], "marker").await);
     let marker_applied = {
         let i = info(&client, dc.addrs[li]).await.unwrap();
         i.applied
     };
-    for (i, a) in dc.addrs.iter().enumerate() {
+    for (i, a) in dc.addrs[..3].iter().enumerate() {
         let got = eventually(
             Duration::from_secs(10),
             "marker applied everywhere",
@@ -229,4 +232,158 @@ async fn kill_leader_under_writes_then_restart_everything() {
             "server {i} lost acknowledged writes: {missing:?}"
         );
     }
+}
+
+/// Runs `consulate agent` on `config` and expects it to refuse to start; returns stderr.
+fn refuses_to_start(config: &Path) -> String {
+    let out = std::process::Command::new(consulate_bin())
+        .args(["agent", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the agent must refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_truncated_data_files_stop_the_server_with_a_clear_message() {
+    let pki = TestPki::new();
+    let dc = write_dc(2, &pki);
+    let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let client = me.client(Alpn::Rpc);
+    let li = agreed_leader(&client, &dc.addrs[..3]).await;
+    for n in 0..50 {
+        assert!(put(&client, dc.addrs[li], &format!("k{n}")).await);
+    }
+    for p in procs.iter_mut() {
+        p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
+    let dir = data_dir(&dc, 0);
+    let log = dir.join("raft/log.redb");
+    let original = std::fs::read(&log).unwrap();
+
+    // A truncated log.
+    std::fs::write(&log, &original[..original.len() / 2]).unwrap();
+    let err = refuses_to_start(&dc.configs[0]);
+    assert!(err.contains("log.redb"), "names the file: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one clear line, no panic dump: {err}"
+    );
+
+    // A log overwritten with garbage.
+    std::fs::write(&log, vec![0x5a; original.len()]).unwrap();
+    let err = refuses_to_start(&dc.configs[0]);
+    assert!(err.contains("log.redb"), "names the file: {err}");
+    std::fs::write(&log, &original).unwrap();
+
+    // A snapshot that does not match its digest.
+    let snap = dir.join("raft/snapshot.bin");
+    std::fs::write(&snap, b"0123456789abcdef0123456789abcdef not a snapshot").unwrap();
+    let err = refuses_to_start(&dc.configs[0]);
+    assert!(
+        err.contains("snapshot.bin") && err.contains("corrupt"),
+        "{err}"
+    );
+    std::fs::write(&snap, b"short").unwrap();
+    let err = refuses_to_start(&dc.configs[0]);
+    assert!(
+        err.contains("snapshot.bin") && err.contains("corrupt"),
+        "{err}"
+    );
+    std::fs::remove_file(&snap).unwrap();
+
+    // A damaged node id.
+    std::fs::write(dir.join("node-id"), "not-a-number").unwrap();
+    let err = refuses_to_start(&dc.configs[0]);
+    assert!(err.contains("node-id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_join_as_learners_and_a_wiped_server_replaces_itself() {
+    let pki = TestPki::new();
+    let dc = write_dc(3, &pki);
+    let mut procs: Vec<ChildGuard> = dc.configs.iter().map(|c| spawn_agent(c)).collect();
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let client = me.client(Alpn::Rpc);
+    let voters_of = |i: usize| {
+        let client = client.clone();
+        let addr = dc.addrs[i];
+        async move {
+            let mut v = info(&client, addr).await?.voters;
+            v.sort();
+            Some(v)
+        }
+    };
+
+    // s4 has no bootstrap_expect: it is added to the running cluster and promoted to voter.
+    eventually(
+        Duration::from_secs(20),
+        "s4 promoted to voter everywhere",
+        || async {
+            for i in 0..4 {
+                if voters_of(i).await? != ["s1", "s2", "s3", "s4"] {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let li = agreed_leader(&client, &dc.addrs).await;
+    assert!(put(&client, dc.addrs[li], "after-join").await);
+
+    // s2 loses its disk: it comes back with a new Raft id and replaces its old self.
+    let s2 = 1;
+    procs[s2].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    std::fs::remove_dir_all(data_dir(&dc, s2)).unwrap();
+    procs[s2] = spawn_agent(&dc.configs[s2]);
+    let old_ids: Vec<u64> = {
+        let mut ids = Vec::new();
+        for i in [0, 2, 3] {
+            ids.push(info(&client, dc.addrs[i]).await.unwrap().id);
+        }
+        ids
+    };
+    let new_s2 = eventually(
+        Duration::from_secs(20),
+        "wiped s2 back as a voter with its data",
+        || async {
+            let i = info(&client, dc.addrs[s2]).await?;
+            let keys = match client
+                .call(
+                    dc.addrs[s2],
+                    None,
+                    &AgentRequest::KvKeys {
+                        prefix: "after-join".into(),
+                    },
+                    Duration::from_secs(2),
+                )
+                .await
+            {
+                Ok(AgentResponse::KvKeys(Ok(k))) => k,
+                _ => return None,
+            };
+            (i.voters.len() == 4 && keys == ["after-join"]).then_some(i)
+        },
+    )
+    .await;
+    assert!(!old_ids.contains(&new_s2.id));
+    let mut voters = voters_of(0).await.unwrap();
+    voters.sort();
+    assert_eq!(
+        voters,
+        ["s1", "s2", "s3", "s4"],
+        "the old s2 was removed, not kept as a fifth voter"
+    );
 }

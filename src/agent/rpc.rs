@@ -79,6 +79,8 @@ pub struct ServerInfo {
     pub term: u64,
     /// The last log index it applied.
     pub applied: u64,
+    /// The voting members of its cluster, by name.
+    pub voters: Vec<String>,
 }
 
 /// Answers agent RPCs for one agent.
@@ -119,14 +121,19 @@ impl AgentRpc {
 
     async fn server_info(&self) -> Option<ServerInfo> {
         let raft = self.dispatcher.as_ref()?.raft()?;
-        let metrics = raft.raft().metrics().borrow().clone();
+        let (term, applied) = {
+            let m = raft.raft().metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_applied.map_or(0, |l| l.index))
+        };
         Some(ServerInfo {
             id: raft.id(),
             node: self.self_node.clone()?,
             initialized: raft.is_initialized().await.unwrap_or(false),
             leader: raft.leader().map(|(_, n)| n),
-            term: metrics.current_term,
-            applied: metrics.last_applied.map_or(0, |l| l.index),
+            term,
+            applied,
+            voters: raft.voters().into_iter().map(|n| n.name).collect(),
         })
     }
 

@@ -52,17 +52,51 @@ impl Debug for LogStore {
     }
 }
 
+/// Why the log cannot be opened. Never retryable: the data dir needs an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    /// redb reported an error (I/O, corruption it detected, lock held by another process).
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// The file is damaged in a way redb only notices by panicking (e.g. truncated).
+    #[error("the file is corrupt or truncated ({0}); refusing to start from it")]
+    Corrupt(String),
+}
+
+/// Opens the database, turning a panic inside redb (which it raises on some damaged files,
+/// such as a truncated one) into [`LogOpenError::Corrupt`] instead of a crash. The default
+/// panic message is silenced for that call only; hook swaps are serialized.
+fn open_guarded(path: &Path) -> Result<Database, LogOpenError> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| Database::create(path));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(db) => Ok(db.map_err(redb::Error::from)?),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb panicked".into());
+            Err(LogOpenError::Corrupt(what))
+        }
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the log at `path`. A file redb cannot open is an error: the server
     /// must not start from a log it cannot trust.
-    pub fn open(path: &Path) -> Result<LogStore, redb::Error> {
-        let db = Database::create(path)?;
-        let tx = db.begin_write()?;
+    pub fn open(path: &Path) -> Result<LogStore, LogOpenError> {
+        let db = open_guarded(path)?;
+        let tx = db.begin_write().map_err(redb::Error::from)?;
         {
-            tx.open_table(LOGS)?;
-            tx.open_table(META)?;
+            tx.open_table(LOGS).map_err(redb::Error::from)?;
+            tx.open_table(META).map_err(redb::Error::from)?;
         }
-        tx.commit()?;
+        tx.commit().map_err(redb::Error::from)?;
         Ok(LogStore { db: Arc::new(db) })
     }
 

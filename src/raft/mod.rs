@@ -57,12 +57,12 @@ openraft::declare_raft_types!(
 #[derive(Debug, thiserror::Error)]
 pub enum RaftNodeError {
     /// The log database cannot be opened (corrupt, locked, unreadable).
-    #[error("raft log {path}: {source}")]
+    #[error("raft log {path}")]
     Log {
         /// The database file.
         path: std::path::PathBuf,
         /// What redb said.
-        source: Box<redb::Error>,
+        source: Box<log_store::LogOpenError>,
     },
     /// The snapshot file cannot be used.
     #[error(transparent)]
@@ -254,6 +254,17 @@ impl RaftNode {
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+
+    /// The voting members of the cluster as this server knows them.
+    pub fn voters(&self) -> Vec<ServerNode> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).cloned())
+            .collect()
     }
 
     /// Whether this server is the leader right now.

@@ -23,7 +23,7 @@ type StorageResult<T> = Result<T, StorageError<u64>>;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -33,7 +33,7 @@ use tls::{TlsError, TlsMaterial, peer_identity};
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The local UDP socket could not be bound.
-    #[error("cannot bind QUIC endpoint on {addr}: {source}")]
+    #[error("cannot bind QUIC endpoint on {addr}")]
     Bind {
         /// The address we tried.
         addr: SocketAddr,
