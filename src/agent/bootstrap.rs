@@ -33,6 +33,7 @@ pub async fn run(
         id: raft.id(),
         node: me.clone(),
         initialized: false,
+        expect,
     };
     loop {
         if raft.is_initialized().await.unwrap_or(true) {
@@ -50,6 +51,7 @@ pub async fn run(
                         id: info.id,
                         node: info.node,
                         initialized: info.initialized,
+                        expect: info.bootstrap_expect,
                     }),
                     _ => None,
                 }

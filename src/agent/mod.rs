@@ -126,8 +126,11 @@ impl Agent {
             (None, None)
         };
         let dispatcher = Dispatcher::new(raft.clone(), transport.clone());
-        let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter)
-            .with_dispatcher(dispatcher.clone(), self_node.clone());
+        let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
+            dispatcher.clone(),
+            self_node.clone(),
+            config.bootstrap_expect,
+        );
         services = services.with(
             Alpn::Rpc,
             RpcService::new(Arc::new(handler), max_frame, metrics.transport.clone()),

@@ -81,6 +81,8 @@ pub struct ServerInfo {
     pub applied: u64,
     /// The voting members of its cluster, by name.
     pub voters: Vec<String>,
+    /// Its `bootstrap_expect`, if it is configured to bootstrap.
+    pub bootstrap_expect: Option<u32>,
 }
 
 /// Answers agent RPCs for one agent.
@@ -88,6 +90,7 @@ pub struct AgentRpc {
     node: String,
     datacenter: String,
     self_node: Option<ServerNode>,
+    bootstrap_expect: Option<u32>,
     dispatcher: Option<Dispatcher>,
 }
 
@@ -98,18 +101,22 @@ impl AgentRpc {
             node: node.into(),
             datacenter: datacenter.into(),
             self_node: None,
+            bootstrap_expect: None,
             dispatcher: None,
         }
     }
 
-    /// The full handler of an agent; `self_node` is this server's Raft identity.
+    /// The full handler of an agent; `self_node` is this server's Raft identity and
+    /// `bootstrap_expect` its bootstrap setting (both `None` on clients).
     pub fn with_dispatcher(
         mut self,
         dispatcher: Dispatcher,
         self_node: Option<ServerNode>,
+        bootstrap_expect: Option<u32>,
     ) -> AgentRpc {
         self.dispatcher = Some(dispatcher);
         self.self_node = self_node;
+        self.bootstrap_expect = bootstrap_expect;
         self
     }
 
@@ -134,6 +141,7 @@ impl AgentRpc {
             term,
             applied,
             voters: raft.voters().into_iter().map(|n| n.name).collect(),
+            bootstrap_expect: self.bootstrap_expect,
         })
     }
 

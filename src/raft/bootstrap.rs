@@ -2,9 +2,10 @@
 //! yet part of a cluster should do, given the servers it can see. Pure; the agent runs the
 //! probing loop around it.
 //!
-//! Rules (Consul's `bootstrap_expect`): once `expect` servers of the DC, none of which has
-//! Raft state, have found each other, the one with the lowest Raft id initializes the
-//! cluster with all of them; the others wait for it. If any visible server already belongs
+//! Rules (Consul's `bootstrap_expect`): once `expect` servers of the DC that are themselves
+//! configured to bootstrap, none of which has Raft state, have found each other, the one
+//! with the lowest Raft id initializes the cluster with all of them (servers without
+//! `bootstrap_expect` are left out: they join later); the others wait for it. If any visible server already belongs
 //! to a cluster, there is nothing to bootstrap: ask it to add us. A server that has Raft
 //! state never gets here, so a restart never re-bootstraps.
 
@@ -21,6 +22,8 @@ pub struct SeenServer {
     pub node: ServerNode,
     /// Whether it already has Raft state.
     pub initialized: bool,
+    /// Its `bootstrap_expect`, if it is configured to bootstrap.
+    pub expect: Option<u32>,
 }
 
 /// What to do next.
@@ -43,7 +46,11 @@ pub fn decide(me: &SeenServer, expect: Option<u32>, peers: &[SeenServer]) -> Dec
     let Some(expect) = expect else {
         return Decision::Wait;
     };
-    let mut all: BTreeMap<u64, ServerNode> = peers.iter().map(|p| (p.id, p.node.clone())).collect();
+    let mut all: BTreeMap<u64, ServerNode> = peers
+        .iter()
+        .filter(|p| p.expect.is_some())
+        .map(|p| (p.id, p.node.clone()))
+        .collect();
     all.insert(me.id, me.node.clone());
     if all.len() < expect as usize {
         return Decision::Wait;
@@ -61,6 +68,7 @@ mod tests {
 
     fn s(id: u64, initialized: bool) -> SeenServer {
         SeenServer {
+            expect: Some(3),
             id,
             node: ServerNode {
                 name: format!("s{id}"),
@@ -95,6 +103,27 @@ mod tests {
         assert_eq!(
             decide(&s(4, false), None, &[s(1, true)]),
             Decision::Join(s(1, true).node)
+        );
+    }
+
+    #[test]
+    fn servers_that_do_not_bootstrap_are_not_counted_or_chosen() {
+        let joiner = SeenServer {
+            expect: None,
+            ..s(1, false)
+        };
+        // The joiner has the lowest id but is not a candidate: s2 bootstraps s2..s4.
+        match decide(
+            &s(2, false),
+            Some(3),
+            &[joiner.clone(), s(3, false), s(4, false)],
+        ) {
+            Decision::Initialize(m) => assert_eq!(m.keys().copied().collect::<Vec<_>>(), [2, 3, 4]),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            decide(&s(2, false), Some(3), &[joiner, s(3, false)]),
+            Decision::Wait
         );
     }
 
