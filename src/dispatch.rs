@@ -7,19 +7,51 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::rpc::{AgentRequest, AgentResponse};
-use crate::raft::{RaftNode, RaftNodeError, ServerNode};
+use crate::metrics::{InFlight, RpcMetrics};
+use crate::raft::{RaftNode, RaftNodeError, ReadMeta, ReadMode, ServerNode};
+use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult};
 use crate::transport::identity::Alpn;
 use crate::transport::rpc::RpcClient;
 use crate::transport::{Transport, TransportError};
 
-/// How long a forwarded request may take in all.
+/// How long a forwarded request may take in all (beyond a blocking read's wait).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a read is to be answered (from Consul's query parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// Consistency mode.
+    pub mode: ReadMode,
+    /// For stale reads: if this server has not heard from the leader for longer, the read
+    /// goes to the leader instead (`?max_stale=`).
+    pub max_stale: Option<Duration>,
+    /// Blocking query: answer once the index exceeds this (0: answer now).
+    pub min_index: u64,
+    /// Blocking query: the longest wait.
+    pub wait: Duration,
+}
+
+/// A read's answer and what Consul's headers say about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOutcome {
+    /// The data.
+    pub result: QueryResult,
+    /// `X-Consul-Index`: the highest index of the tables read, never below 1.
+    pub index: u64,
+    /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    pub meta: ReadMeta,
+    /// `X-Consul-Effective-Consistency`.
+    pub mode: ReadMode,
+}
 
 /// Why a request could not be answered, as carried between agents and mapped to HTTP by the
 /// http module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum DispatchError {
+    /// The datacenter asked for is not known (Consul's message).
+    #[error("No path to datacenter")]
+    NoPathToDatacenter,
     /// No leader is known in the DC (Consul: `No cluster leader`).
     #[error("No cluster leader")]
     NoLeader,
@@ -43,7 +75,9 @@ impl DispatchError {
     /// Whether the request certainly was not applied.
     pub fn is_retry_safe(&self) -> bool {
         match self {
-            DispatchError::NoLeader | DispatchError::NotServed(_) => true,
+            DispatchError::NoLeader
+            | DispatchError::NotServed(_)
+            | DispatchError::NoPathToDatacenter => true,
             DispatchError::Forward { retry_safe, .. } => *retry_safe,
             DispatchError::Raft(_) => false,
         }
@@ -71,14 +105,23 @@ impl From<TransportError> for DispatchError {
 /// Routes requests for one agent.
 #[derive(Clone)]
 pub struct Dispatcher {
+    datacenter: String,
+    metrics: RpcMetrics,
     raft: Option<RaftNode>,
     client: RpcClient<AgentRequest, AgentResponse>,
 }
 
 impl Dispatcher {
     /// A dispatcher for an agent with (server) or without (client) a Raft node.
-    pub fn new(raft: Option<RaftNode>, transport: Transport) -> Dispatcher {
+    pub fn new(
+        datacenter: &str,
+        raft: Option<RaftNode>,
+        transport: Transport,
+        metrics: RpcMetrics,
+    ) -> Dispatcher {
         Dispatcher {
+            datacenter: datacenter.to_string(),
+            metrics,
             raft,
             client: RpcClient::new(transport, Alpn::Rpc),
         }
@@ -89,15 +132,13 @@ impl Dispatcher {
         self.raft.as_ref()
     }
 
-    /// The KV keys under `prefix` from this server's local state (stale read).
-    pub fn kv_keys_stale(&self, prefix: &str) -> Result<Vec<String>, DispatchError> {
-        Ok(self
-            .server()?
-            .read()
-            .state
-            .kv_prefix(prefix)
-            .map(|e| e.key.clone())
-            .collect())
+    /// Checks where a request naming `dc` goes. Only the local DC is reachable until WAN
+    /// federation routes the others.
+    pub fn route_dc(&self, dc: Option<&str>) -> Result<(), DispatchError> {
+        match dc {
+            Some(dc) if dc != self.datacenter => Err(DispatchError::NoPathToDatacenter),
+            _ => Ok(()),
+        }
     }
 
     fn server(&self) -> Result<&RaftNode, DispatchError> {
@@ -130,6 +171,81 @@ impl Dispatcher {
         match self.client.call(addr, None, &req, FORWARD_TIMEOUT).await? {
             AgentResponse::Written(r) => r,
             other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Answers `query` as `opts` asks: here if the mode allows this server to (stale, or this
+    /// server leads), else at the leader (one forwarding hop). Blocking reads wait on the
+    /// watch channels of the query's tables, not on a timer per change.
+    pub async fn read(
+        &self,
+        query: Query,
+        opts: ReadOptions,
+        forwarded: bool,
+    ) -> Result<ReadOutcome, DispatchError> {
+        let raft = self.server()?;
+        let local = match raft.read_barrier(opts.mode).await {
+            Ok(meta) => match opts.max_stale {
+                Some(max)
+                    if opts.mode == ReadMode::Stale
+                        && !forwarded
+                        && meta.last_contact_ms > max.as_millis() as u64 =>
+                {
+                    None
+                }
+                _ => Some(meta),
+            },
+            Err(RaftNodeError::NotLeader { .. }) if !forwarded => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(meta) = local else {
+            let (_, leader) = raft.leader().ok_or(DispatchError::NoLeader)?;
+            let addr = leader.addr.parse().map_err(|_| {
+                DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
+            })?;
+            let req = AgentRequest::Read {
+                query,
+                opts,
+                forwarded: true,
+            };
+            return match self
+                .client
+                .call(addr, None, &req, opts.wait + FORWARD_TIMEOUT)
+                .await?
+            {
+                AgentResponse::Read(r) => r,
+                other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
+            };
+        };
+        let deadline = tokio::time::Instant::now() + opts.wait;
+        loop {
+            // Subscribe before reading, so that a change between the two is not missed.
+            let (mut watches, result, index) = {
+                let r = raft.read();
+                let watches: Vec<_> = query.tables().iter().map(|t| r.state.watch(*t)).collect();
+                (
+                    watches,
+                    query.run(&r.state),
+                    r.state.max_index(query.tables()),
+                )
+            };
+            if opts.min_index == 0
+                || index > opts.min_index
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(ReadOutcome {
+                    result,
+                    index,
+                    meta,
+                    mode: opts.mode,
+                });
+            }
+            let changed =
+                futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            let _waiting = InFlight::new(&self.metrics.queries_blocking);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                continue; // deadline: answer with what is there now
+            }
         }
     }
 

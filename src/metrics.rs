@@ -3,7 +3,7 @@
 //! values are always drawn from bounded sets (ALPN, refusal reason, outcome), never from
 //! addresses, keys or URLs.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric of one agent, and the registry they are exposed from.
 #[derive(Clone)]
@@ -12,6 +12,33 @@ pub struct Metrics {
     pub registry: Registry,
     /// QUIC transport and framed RPC.
     pub transport: TransportMetrics,
+    /// Request routing (reads, writes, forwarding).
+    pub rpc: RpcMetrics,
+}
+
+/// Counts one in-flight thing on a gauge for as long as it lives, also when the future
+/// holding it is cancelled.
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    /// Increments `gauge` until the guard is dropped.
+    pub fn new(gauge: &IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Metrics of request routing.
+#[derive(Clone)]
+pub struct RpcMetrics {
+    /// Blocking queries currently waiting on this agent (Consul's `consul.rpc.queries_blocking`).
+    pub queries_blocking: IntGauge,
 }
 
 impl Metrics {
@@ -19,10 +46,30 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let transport = TransportMetrics::register(&registry);
+        let rpc = RpcMetrics {
+            queries_blocking: register(
+                &registry,
+                IntGauge::new(
+                    "consulate_rpc_queries_blocking",
+                    "Blocking queries currently waiting for a change.",
+                )
+                .expect("valid metric"),
+            ),
+        };
         Metrics {
             registry,
             transport,
+            rpc,
         }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
     }
 }
 

@@ -6,116 +6,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::dc::*;
 use common::*;
-use consulate::agent::rpc::{AgentRequest, AgentResponse, ServerInfo};
-use consulate::state::{Command, CommandResult};
+
 use consulate::transport::TransportOptions;
 use consulate::transport::identity::{Alpn, Role};
-
-struct Dc {
-    dir: tempfile::TempDir,
-    configs: Vec<PathBuf>,
-    addrs: Vec<SocketAddr>,
-}
-
-/// Four servers on 127.79.<net>.1-4; the first three bootstrap (`bootstrap_expect = 3`),
-/// the fourth has no `bootstrap_expect` and may only join an existing cluster.
-fn write_dc(net: u8, pki: &TestPki) -> Dc {
-    let dir = tempfile::tempdir().unwrap();
-    let ips: Vec<String> = (1..=4).map(|i| format!("127.79.{net}.{i}")).collect();
-    let mut configs = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let node = format!("s{}", i + 1);
-        let tls = pki.write_files(dir.path(), Role::Server, "dc1", &node);
-        let join: Vec<String> = ips
-            .iter()
-            .filter(|o| *o != ip)
-            .map(|o| format!("\"{o}\""))
-            .collect();
-        let expect = if i < 3 { "bootstrap_expect = 3\n" } else { "" };
-        let text = format!(
-            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\n{expect}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            join.join(", "),
-            tls.ca_file.display(),
-            tls.cert_file.display(),
-            tls.key_file.display()
-        );
-        let path = dir.path().join(format!("{node}.toml"));
-        std::fs::write(&path, text).unwrap();
-        configs.push(path);
-    }
-    let addrs = ips
-        .iter()
-        .map(|ip| format!("{ip}:8300").parse().unwrap())
-        .collect();
-    Dc {
-        dir,
-        configs,
-        addrs,
-    }
-}
-
-async fn info(client: &AgentClient, addr: SocketAddr) -> Option<ServerInfo> {
-    match client
-        .call(
-            addr,
-            None,
-            &AgentRequest::ServerInfo,
-            Duration::from_secs(1),
-        )
-        .await
-    {
-        Ok(AgentResponse::ServerInfo(i)) => i,
-        _ => None,
-    }
-}
-
-/// Waits until every address in `addrs` reports the same leader; returns its index.
-async fn agreed_leader(client: &AgentClient, addrs: &[SocketAddr]) -> usize {
-    eventually(
-        Duration::from_secs(15),
-        "all servers agree on a leader",
-        || async {
-            let mut leader = None;
-            for a in addrs {
-                let l = info(client, *a).await?.leader?;
-                if leader.get_or_insert(l.clone()) != &l {
-                    return None;
-                }
-            }
-            let l = leader?;
-            addrs.iter().position(|a| a.to_string() == l.addr)
-        },
-    )
-    .await
-}
-
-async fn put(client: &AgentClient, addr: SocketAddr, key: &str) -> bool {
-    let req = AgentRequest::Write {
-        cmd: Command::KvSet {
-            key: key.into(),
-            value: Bytes::from_static(b"v"),
-            flags: 0,
-        },
-        forwarded: false,
-    };
-    matches!(
-        client.call(addr, None, &req, Duration::from_secs(5)).await,
-        Ok(AgentResponse::Written(Ok(CommandResult::Bool(true))))
-    )
-}
-
-fn data_dir(dc: &Dc, i: usize) -> PathBuf {
-    dc.dir.path().join(format!("s{}-data", i + 1))
-}
-
-fn has_keys(dir: &Path) -> bool {
-    dir.join("raft/log.redb").is_file()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_leader_under_writes_then_restart_everything() {
@@ -212,20 +110,11 @@ async fn kill_leader_under_writes_then_restart_everything() {
             );
         }
         // The full set of acknowledged writes, not a sample.
-        let keys = match client
-            .call(
-                *a,
-                None,
-                &AgentRequest::KvKeys {
-                    prefix: String::new(),
-                },
-                Duration::from_secs(5),
-            )
+        let keys: BTreeSet<String> = keys_on(&client, *a, "")
             .await
-        {
-            Ok(AgentResponse::KvKeys(Ok(k))) => k.into_iter().collect::<BTreeSet<_>>(),
-            other => panic!("reading keys from server {i}: {other:?}"),
-        };
+            .unwrap_or_else(|| panic!("reading keys from server {i}"))
+            .into_iter()
+            .collect();
         let missing: Vec<_> = acked.difference(&keys).collect();
         assert!(
             missing.is_empty(),
@@ -360,20 +249,7 @@ async fn servers_join_as_learners_and_a_wiped_server_replaces_itself() {
         "wiped s2 back as a voter with its data",
         || async {
             let i = info(&client, dc.addrs[s2]).await?;
-            let keys = match client
-                .call(
-                    dc.addrs[s2],
-                    None,
-                    &AgentRequest::KvKeys {
-                        prefix: "after-join".into(),
-                    },
-                    Duration::from_secs(2),
-                )
-                .await
-            {
-                Ok(AgentResponse::KvKeys(Ok(k))) => k,
-                _ => return None,
-            };
+            let keys = keys_on(&client, dc.addrs[s2], "after-join").await?;
             (i.voters.len() == 4 && keys == ["after-join"]).then_some(i)
         },
     )

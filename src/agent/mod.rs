@@ -32,6 +32,14 @@ pub enum AgentError {
     /// The Raft state in the data dir cannot be used.
     #[error(transparent)]
     Raft(#[from] RaftNodeError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot serve HTTP on {addr}: {reason}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The data dir is unusable.
     #[error("data dir {path}: {reason}")]
     DataDir {
@@ -47,6 +55,7 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
 /// A running agent.
 pub struct Agent {
+    http_task: tokio::task::JoinHandle<()>,
     transport: Transport,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
@@ -125,7 +134,12 @@ impl Agent {
         } else {
             (None, None)
         };
-        let dispatcher = Dispatcher::new(raft.clone(), transport.clone());
+        let dispatcher = Dispatcher::new(
+            &config.datacenter,
+            raft.clone(),
+            transport.clone(),
+            metrics.rpc.clone(),
+        );
         let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
             dispatcher.clone(),
             self_node.clone(),
@@ -151,8 +165,20 @@ impl Agent {
                 shutdown.child_token(),
             ));
         }
+        let (http_addr, http_task) = crate::http::serve(
+            config.http_bind(),
+            dispatcher.clone(),
+            metrics.clone(),
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| AgentError::Http {
+            addr: config.http_bind(),
+            reason: e.to_string(),
+        })?;
         info!(
             node = %config.node_name,
+            http = %http_addr,
             datacenter = %config.datacenter,
             role = %config.role,
             quic = %transport.local_addr(),
@@ -161,6 +187,7 @@ impl Agent {
         Ok(Agent {
             transport,
             dispatcher,
+            http_task,
             shutdown,
         })
     }
@@ -170,6 +197,8 @@ impl Agent {
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
         info!("shutting down");
+        // The HTTP server stops taking requests first and lets in-flight ones finish.
+        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.http_task).await;
         if let Some(raft) = self.dispatcher.raft() {
             let _ = tokio::time::timeout(SHUTDOWN_BOUND, raft.shutdown()).await;
         }

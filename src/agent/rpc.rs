@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{DispatchError, Dispatcher};
+use crate::dispatch::{DispatchError, Dispatcher, ReadOptions, ReadOutcome};
 use crate::raft::ServerNode;
+use crate::state::query::Query;
 use crate::state::{Command, CommandResult};
 use crate::transport::identity::{Identity, Role};
 use crate::transport::rpc::Handler;
@@ -28,10 +29,14 @@ pub enum AgentRequest {
         /// Set once a server has forwarded it to the leader: never forwarded again.
         forwarded: bool,
     },
-    /// The KV keys under `prefix` in this server's local (stale) state.
-    KvKeys {
-        /// The prefix.
-        prefix: String,
+    /// Answer a read (forwarded to the leader by a server that may not answer it).
+    Read {
+        /// The query.
+        query: Query,
+        /// Consistency and blocking.
+        opts: ReadOptions,
+        /// Set once forwarded: never forwarded again.
+        forwarded: bool,
     },
     /// Add the sending server to the cluster (sent to a member; the leader does it).
     JoinRaft {
@@ -58,8 +63,8 @@ pub enum AgentResponse {
     ServerInfo(Option<ServerInfo>),
     /// Answer to [`AgentRequest::Write`].
     Written(Result<CommandResult, DispatchError>),
-    /// Answer to [`AgentRequest::KvKeys`].
-    KvKeys(Result<Vec<String>, DispatchError>),
+    /// Answer to [`AgentRequest::Read`].
+    Read(Result<ReadOutcome, DispatchError>),
     /// Answer to [`AgentRequest::JoinRaft`].
     Joined(Result<(), DispatchError>),
 }
@@ -174,9 +179,14 @@ impl Handler for AgentRpc {
                 };
                 AgentResponse::Written(result)
             }
-            AgentRequest::KvKeys { prefix } => {
-                AgentResponse::KvKeys(self.dispatcher().and_then(|d| d.kv_keys_stale(&prefix)))
-            }
+            AgentRequest::Read {
+                query,
+                opts,
+                forwarded,
+            } => AgentResponse::Read(match self.dispatcher() {
+                Ok(d) => d.read(query, opts, forwarded).await,
+                Err(e) => Err(e),
+            }),
             AgentRequest::JoinRaft { id, node } => {
                 AgentResponse::Joined(self.join(peer, id, node).await)
             }

@@ -371,6 +371,11 @@ impl AgentConfig {
         self.advertise_addr.unwrap_or(self.bind_addr)
     }
 
+    /// Where the HTTP API binds.
+    pub fn http_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_addr, self.ports.http)
+    }
+
     /// Where the QUIC endpoint binds.
     pub fn quic_bind(&self) -> SocketAddr {
         SocketAddr::new(self.bind_addr, self.ports.quic)

@@ -120,7 +120,7 @@ impl Default for RaftOptions {
 }
 
 /// The consistency mode of a read, as Consul's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadMode {
     /// Answered by the leader from its state.
     Leader,
@@ -131,7 +131,7 @@ pub enum ReadMode {
 }
 
 /// What a read says besides its data (Consul's `X-Consul-*` headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadMeta {
     /// Whether a leader is known.
     pub known_leader: bool,
@@ -162,6 +162,17 @@ impl LeaderContact {
     pub fn since_ms(&self) -> Option<u64> {
         let at = *self.0.lock().expect("contact lock poisoned");
         at.map(|at| at.elapsed().as_millis() as u64)
+    }
+}
+
+impl ReadMode {
+    /// The `X-Consul-Effective-Consistency` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Leader => "leader",
+            ReadMode::Stale => "stale",
+            ReadMode::Consistent => "consistent",
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! Each table has its own index (the log index of its last change), published on a watch
 //! channel, so that a blocking query waits on one channel instead of a timer or task each.
 
+pub mod query;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 //! helpers to run the built `consulate` binary as a real process.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod dc;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

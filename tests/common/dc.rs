@@ -1,0 +1,141 @@
+//! A datacenter of real server processes for the process-tier tests: configs on 127.79.<net>.x,
+//! and the probes that tell who leads and what each server holds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use consulate::agent::rpc::{AgentRequest, AgentResponse, ServerInfo};
+use consulate::dispatch::{ReadOptions, ReadOutcome};
+use consulate::raft::ReadMode;
+use consulate::state::query::{Query, QueryResult};
+use consulate::state::{Command, CommandResult};
+use consulate::transport::identity::Role;
+
+use super::{AgentClient, TestPki, eventually};
+
+pub struct Dc {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<PathBuf>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Four servers on 127.79.<net>.1-4; the first three bootstrap (`bootstrap_expect = 3`),
+/// the fourth has no `bootstrap_expect` and may only join an existing cluster.
+pub fn write_dc(net: u8, pki: &TestPki) -> Dc {
+    let dir = tempfile::tempdir().unwrap();
+    let ips: Vec<String> = (1..=4).map(|i| format!("127.79.{net}.{i}")).collect();
+    let mut configs = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let node = format!("s{}", i + 1);
+        let tls = pki.write_files(dir.path(), Role::Server, "dc1", &node);
+        let join: Vec<String> = ips
+            .iter()
+            .filter(|o| *o != ip)
+            .map(|o| format!("\"{o}\""))
+            .collect();
+        let expect = if i < 3 { "bootstrap_expect = 3\n" } else { "" };
+        let text = format!(
+            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\n{expect}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            join.join(", "),
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+        let path = dir.path().join(format!("{node}.toml"));
+        std::fs::write(&path, text).unwrap();
+        configs.push(path);
+    }
+    let addrs = ips
+        .iter()
+        .map(|ip| format!("{ip}:8300").parse().unwrap())
+        .collect();
+    Dc {
+        dir,
+        configs,
+        addrs,
+    }
+}
+
+pub async fn info(client: &AgentClient, addr: SocketAddr) -> Option<ServerInfo> {
+    match client
+        .call(
+            addr,
+            None,
+            &AgentRequest::ServerInfo,
+            Duration::from_secs(1),
+        )
+        .await
+    {
+        Ok(AgentResponse::ServerInfo(i)) => i,
+        _ => None,
+    }
+}
+
+/// Waits until every address in `addrs` reports the same leader; returns its index.
+pub async fn agreed_leader(client: &AgentClient, addrs: &[SocketAddr]) -> usize {
+    eventually(
+        Duration::from_secs(15),
+        "all servers agree on a leader",
+        || async {
+            let mut leader = None;
+            for a in addrs {
+                let l = info(client, *a).await?.leader?;
+                if leader.get_or_insert(l.clone()) != &l {
+                    return None;
+                }
+            }
+            let l = leader?;
+            addrs.iter().position(|a| a.to_string() == l.addr)
+        },
+    )
+    .await
+}
+
+pub async fn put(client: &AgentClient, addr: SocketAddr, key: &str) -> bool {
+    let req = AgentRequest::Write {
+        cmd: Command::KvSet {
+            key: key.into(),
+            value: Bytes::from_static(b"v"),
+            flags: 0,
+        },
+        forwarded: false,
+    };
+    matches!(
+        client.call(addr, None, &req, Duration::from_secs(5)).await,
+        Ok(AgentResponse::Written(Ok(CommandResult::Bool(true))))
+    )
+}
+
+pub fn data_dir(dc: &Dc, i: usize) -> PathBuf {
+    dc.dir.path().join(format!("s{}-data", i + 1))
+}
+
+pub fn has_keys(dir: &Path) -> bool {
+    dir.join("raft/log.redb").is_file()
+}
+
+/// The KV keys under `prefix` in the server's own (stale) state.
+pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Option<Vec<String>> {
+    let req = AgentRequest::Read {
+        query: Query::KvKeys {
+            prefix: prefix.into(),
+            separator: None,
+        },
+        opts: ReadOptions {
+            mode: ReadMode::Stale,
+            max_stale: None,
+            min_index: 0,
+            wait: Duration::ZERO,
+        },
+        forwarded: true,
+    };
+    match client.call(addr, None, &req, Duration::from_secs(5)).await {
+        Ok(AgentResponse::Read(Ok(ReadOutcome {
+            result: QueryResult::Keys(k),
+            ..
+        }))) => Some(k),
+        _ => None,
+    }
+}
