@@ -147,6 +147,16 @@ impl Dispatcher {
             .ok_or_else(|| DispatchError::NotServed("client agents hold no Raft state".into()))
     }
 
+    /// The DC's current leader, if one is known.
+    pub fn leader(&self) -> Result<Option<ServerNode>, DispatchError> {
+        Ok(self.server()?.leader().map(|(_, node)| node))
+    }
+
+    /// The DC's voting servers.
+    pub fn peers(&self) -> Result<Vec<ServerNode>, DispatchError> {
+        Ok(self.server()?.voters())
+    }
+
     /// Applies `cmd` through the DC's leader: locally if this server leads, else forwarded
     /// once to the leader (`forwarded` marks a request that already took that hop).
     pub async fn write(

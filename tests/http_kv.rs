@@ -40,6 +40,32 @@ async fn kv_api_against_a_real_dc() {
     let (leader, follower) = (http(&dc, li), http(&dc, fi));
     let c = reqwest::Client::new();
 
+    // Status: every server names the same leader and the three peers.
+    let want = dc.addrs[li].to_string();
+    for i in 0..3 {
+        let l: String = c
+            .get(format!("{}/v1/status/leader", http(&dc, i)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(l, want);
+        let mut peers: Vec<String> = c
+            .get(format!("{}/v1/status/peers", http(&dc, i)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        peers.sort();
+        let mut all: Vec<String> = dc.addrs[..3].iter().map(|a| a.to_string()).collect();
+        all.sort();
+        assert_eq!(peers, all);
+    }
+
     // A write through a follower is forwarded to the leader.
     let r = c
         .put(format!("{follower}/v1/kv/app/config"))

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod kv;
 pub mod params;
+pub mod status;
 
 use std::net::SocketAddr;
 
@@ -35,6 +36,8 @@ pub const MAX_KV_VALUE: usize = 512 * 1024;
 pub fn router(dispatcher: Dispatcher, metrics: Metrics) -> Router {
     Router::new()
         .route("/metrics", get(prometheus))
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",
