@@ -4,7 +4,7 @@
 # 64-byte values), then default-mode (leader) and ?stale reads of one key.
 # usage: benches/kv_http.sh CONNS SECONDS     (needs wrk and curl)
 set -euo pipefail
-c=${1:-64}; d=${2:-8}
+c=${1:-64}; d=${2:-8}; t=$(( c < 2 ? 1 : 2 ))
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q --manifest-path "$root/Cargo.toml"
 bin=$root/target/release/consulate
@@ -35,6 +35,6 @@ done
 [ -n "$leader" ] || { echo "no leader"; exit 1; }
 curl -sf -X PUT -d 'bench-value' "http://$leader:8500/v1/kv/bench-read" >/dev/null
 echo "consulate leader $leader; conns $c; ${d}s each"
-echo "write:";           wrk -t2 -c"$c" -d"${d}s" --latency -s "$root/benches/consulate_put.lua" "http://$leader:8500" | grep -E "Requests/sec|50%|99%"
-echo "read (default):";  wrk -t2 -c"$c" -d"${d}s" --latency "http://$leader:8500/v1/kv/bench-read" | grep -E "Requests/sec|50%|99%"
-echo "read (stale):";    wrk -t2 -c"$c" -d"${d}s" --latency "http://$leader:8500/v1/kv/bench-read?stale" | grep -E "Requests/sec|50%|99%"
+echo "write:";           wrk -t$t -c"$c" -d"${d}s" --latency -s "$root/benches/consulate_put.lua" "http://$leader:8500" | grep -E "Requests/sec|50%|99%"
+echo "read (default):";  wrk -t$t -c"$c" -d"${d}s" --latency "http://$leader:8500/v1/kv/bench-read" | grep -E "Requests/sec|50%|99%"
+echo "read (stale):";    wrk -t$t -c"$c" -d"${d}s" --latency "http://$leader:8500/v1/kv/bench-read?stale" | grep -E "Requests/sec|50%|99%"

@@ -87,6 +87,9 @@ fn bool_answer(r: CommandResult) -> Result<Response, HttpError> {
         CommandResult::Bool(b) => Ok(Json(b).into_response()),
         CommandResult::Ok => Ok(Json(true).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
+        CommandResult::Batch(_) => Err(HttpError::Dispatch(crate::dispatch::DispatchError::Raft(
+            "a single write answered with a batch result".into(),
+        ))),
     }
 }
 

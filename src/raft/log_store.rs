@@ -1,11 +1,18 @@
 //! The durable Raft log on redb: entries, vote, committed id and last purged id, each write
 //! committed with redb's immediate durability (fsync) before openraft is told it is done.
-//! Blocking disk work runs on tokio's blocking pool so the Raft core keeps its thread.
+//!
+//! Group commit: every write goes, in order, to one writer thread, which takes whatever has
+//! queued up since its last commit and writes it in a single fsync'd transaction, then
+//! completes each caller (openraft's flush callback for appends). Under load many appends
+//! share one fsync; alone, an append costs one. Appended entries stay readable from memory
+//! until their transaction has committed.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -18,7 +25,6 @@ use super::TypeConfig;
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
@@ -40,16 +46,100 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> StorageResult<T> {
     rmp_serde::from_slice(b).map_err(|e| io_err(e, false))
 }
 
-/// The log store of one server. Cheap to clone: readers share the database.
+/// One write, as queued for the writer thread.
+enum Op {
+    Append(Vec<(u64, u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    Truncate(u64, Reply),
+    Purge(u64, Vec<u8>, Reply),
+    Meta(&'static str, Vec<u8>, Reply),
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Entries appended but not yet committed, by index, with the sequence number of the
+/// append that wrote them (so a commit only clears what it wrote).
+type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
+
+/// The log store of one server. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: mpsc::Sender<Op>,
+    pending: Pending,
+    seq: Arc<AtomicU64>,
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LogStore")
     }
+}
+
+/// Most operations one transaction takes, to bound the latency of the first in a batch.
+const MAX_BATCH: usize = 4096;
+
+/// The writer thread: batches queued operations into one transaction each.
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&db, &batch).map_err(|e| e.to_string());
+        if result.is_ok() {
+            let mut p = pending.lock().expect("pending lock poisoned");
+            for op in &batch {
+                if let Op::Append(entries, _) = op {
+                    for (index, seq, _) in entries {
+                        if p.get(index).is_some_and(|(s, _)| s == seq) {
+                            p.remove(index);
+                        }
+                    }
+                }
+            }
+        }
+        for op in batch {
+            match op {
+                Op::Append(_, callback) => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
+                Op::Truncate(_, reply) | Op::Purge(_, _, reply) | Op::Meta(_, _, reply) => {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut logs = tx.open_table(LOGS)?;
+        let mut meta = tx.open_table(META)?;
+        for op in batch {
+            match op {
+                Op::Append(entries, _) => {
+                    for (index, _, bytes) in entries {
+                        logs.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                Op::Truncate(from, _) => logs.retain_in(*from.., |_, _| false)?,
+                Op::Purge(upto, purged, _) => {
+                    meta.insert(PURGED, purged.as_slice())?;
+                    logs.retain_in(..=*upto, |_, _| false)?;
+                }
+                Op::Meta(key, bytes, _) => {
+                    meta.insert(*key, bytes.as_slice())?;
+                }
+            }
+        }
+    }
+    // Durability::Immediate (redb's default): fsync'd when commit returns.
+    tx.commit()?;
+    Ok(())
 }
 
 /// Why the log cannot be opened. Never retryable: the data dir needs an operator.
@@ -97,7 +187,20 @@ impl LogStore {
             tx.open_table(META).map_err(redb::Error::from)?;
         }
         tx.commit().map_err(redb::Error::from)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Pending::default();
+        let (writer, rx) = mpsc::channel();
+        let (d, p) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(d, rx, p))
+            .map_err(|e| LogOpenError::Corrupt(format!("cannot start the log writer: {e}")))?;
+        Ok(LogStore {
+            db,
+            writer,
+            pending,
+            seq: Arc::default(),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -119,17 +222,19 @@ impl LogStore {
         }
     }
 
+    /// Queues `op` (built around its reply channel) and waits until it is on disk.
+    async fn submit(&self, op: impl FnOnce(Reply) -> Op) -> StorageResult<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || io_err(std::io::Error::other("the log writer stopped"), true);
+        self.writer.send(op(tx)).map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| io_err(std::io::Error::other(e), true))
+    }
+
     async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> StorageResult<()> {
         let bytes = encode(value)?;
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(|e| io_err(e, true))?;
-            tx.open_table(META)
-                .map_err(|e| io_err(e, true))?
-                .insert(key, bytes.as_slice())
-                .map_err(|e| io_err(e, true))?;
-            tx.commit().map_err(|e| io_err(e, true))
-        })
-        .await
+        self.submit(|reply| Op::Meta(key, bytes, reply)).await
     }
 }
 
@@ -138,19 +243,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        // Pending first, then disk: an entry leaves `pending` only after its commit, so
+        // whatever is missed in one is found in the other.
+        let mut found: BTreeMap<u64, Entry<TypeConfig>> = self
+            .pending
+            .lock()
+            .expect("pending lock poisoned")
+            .range(range.clone())
+            .map(|(i, (_, e))| (*i, e.clone()))
+            .collect();
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(|e| io_err(e, false))?;
-            let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
-            t.range::<u64>((start, end))
-                .map_err(|e| io_err(e, false))?
-                .map(|r| {
-                    let (_, v) = r.map_err(|e| io_err(e, false))?;
-                    decode(v.value())
-                })
-                .collect()
-        })
-        .await
+        let stored = self
+            .blocking(move |db| {
+                let tx = db.begin_read().map_err(|e| io_err(e, false))?;
+                let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
+                t.range::<u64>((start, end))
+                    .map_err(|e| io_err(e, false))?
+                    .map(|r| {
+                        let (_, v) = r.map_err(|e| io_err(e, false))?;
+                        decode::<Entry<TypeConfig>>(v.value())
+                    })
+                    .collect::<StorageResult<Vec<_>>>()
+            })
+            .await?;
+        for e in stored {
+            found.entry(e.log_id.index).or_insert(e);
+        }
+        Ok(found.into_values().collect())
     }
 }
 
@@ -158,20 +277,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        self.blocking(|db| {
-            let purged: Option<LogId<u64>> = Self::read_meta(db, PURGED)?;
-            let tx = db.begin_read().map_err(|e| io_err(e, false))?;
-            let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
-            let last = match t.last().map_err(|e| io_err(e, false))? {
-                Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
-                None => purged,
-            };
-            Ok(LogState {
-                last_purged_log_id: purged,
-                last_log_id: last,
+        let newest_pending = self
+            .pending
+            .lock()
+            .expect("pending lock poisoned")
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id);
+        let mut state = self
+            .blocking(|db| {
+                let purged: Option<LogId<u64>> = Self::read_meta(db, PURGED)?;
+                let tx = db.begin_read().map_err(|e| io_err(e, false))?;
+                let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
+                let last = match t.last().map_err(|e| io_err(e, false))? {
+                    Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+                    None => purged,
+                };
+                Ok(LogState {
+                    last_purged_log_id: purged,
+                    last_log_id: last,
+                })
             })
-        })
-        .await
+            .await?;
+        if newest_pending > state.last_log_id {
+            state.last_log_id = newest_pending;
+        }
+        Ok(state)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -186,76 +316,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.blocking(|db| Self::read_meta(db, VOTE)).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.write_meta(COMMITTED, &committed).await
-    }
-
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
-        Ok(self
-            .blocking(|db| Self::read_meta::<Option<LogId<u64>>>(db, COMMITTED))
-            .await?
-            .flatten())
-    }
-
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e)?)))
-            .collect::<StorageResult<_>>()?;
-        let result = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(|e| io_err(e, true))?;
-                {
-                    let mut t = tx.open_table(LOGS).map_err(|e| io_err(e, true))?;
-                    for (i, bytes) in &encoded {
-                        t.insert(*i, bytes.as_slice())
-                            .map_err(|e| io_err(e, true))?;
-                    }
-                }
-                // Durability::Immediate (redb's default): fsync'd when commit returns.
-                tx.commit().map_err(|e| io_err(e, true))
-            })
-            .await;
-        // Only now, with the entries on disk, may openraft count them as persisted.
-        callback.log_io_completed(
-            result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        );
-        result
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut encoded = Vec::new();
+        {
+            let mut pending = self.pending.lock().expect("pending lock poisoned");
+            for e in entries {
+                encoded.push((e.log_id.index, seq, encode(&e)?));
+                pending.insert(e.log_id.index, (seq, e));
+            }
+        }
+        // Returns at once; the writer calls `callback` when the entries are on disk, and
+        // only then may openraft count them as persisted.
+        self.writer
+            .send(Op::Append(encoded, callback))
+            .map_err(|_| io_err(std::io::Error::other("the log writer stopped"), true))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(|e| io_err(e, true))?;
-            tx.open_table(LOGS)
-                .map_err(|e| io_err(e, true))?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(|e| io_err(e, true))?;
-            tx.commit().map_err(|e| io_err(e, true))
-        })
-        .await
+        self.pending
+            .lock()
+            .expect("pending lock poisoned")
+            .retain(|i, _| *i < log_id.index);
+        self.submit(|reply| Op::Truncate(log_id.index, reply)).await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         let purged = encode(&log_id)?;
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(|e| io_err(e, true))?;
-            tx.open_table(META)
-                .map_err(|e| io_err(e, true))?
-                .insert(PURGED, purged.as_slice())
-                .map_err(|e| io_err(e, true))?;
-            tx.open_table(LOGS)
-                .map_err(|e| io_err(e, true))?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(|e| io_err(e, true))?;
-            tx.commit().map_err(|e| io_err(e, true))
-        })
-        .await
+        self.pending
+            .lock()
+            .expect("pending lock poisoned")
+            .retain(|i, _| *i > log_id.index);
+        self.submit(|reply| Op::Purge(log_id.index, purged, reply))
+            .await
     }
 }

@@ -7,6 +7,7 @@
 // openraft's traits; boxing them here would only add allocations on the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod batcher;
 pub mod bootstrap;
 pub mod log_store;
 pub mod network;
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,18 @@ pub enum RaftNodeError {
 }
 
 impl RaftNodeError {
+    /// A copy for each of the writes that shared a failed batch (the open-time variants,
+    /// which never come from a write, become `Fatal`).
+    pub fn duplicate(&self) -> RaftNodeError {
+        match self {
+            RaftNodeError::NotLeader { leader } => RaftNodeError::NotLeader {
+                leader: leader.clone(),
+            },
+            RaftNodeError::NoLeader => RaftNodeError::NoLeader,
+            other => RaftNodeError::Fatal(other.to_string()),
+        }
+    }
+
     /// True when the command was certainly not appended, so it can be sent (e.g. to the
     /// leader) again.
     pub fn is_retry_safe(&self) -> bool {
@@ -144,6 +157,7 @@ pub struct ReadMeta {
 pub struct RaftNode {
     id: u64,
     raft: Raft<TypeConfig>,
+    batcher: batcher::WriteBatcher,
     shared: Arc<RwLock<Replicated>>,
     last_contact: Arc<LeaderContact>,
 }
@@ -202,6 +216,9 @@ impl RaftNode {
             election_timeout_max: opts.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
             max_in_snapshot_log_to_keep: opts.keep_behind_snapshot,
+            // Entries can be batches of up to 256 KiB (or one 512 KiB value): bound what one
+            // AppendEntries frame carries.
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -220,6 +237,7 @@ impl RaftNode {
         Ok((
             RaftNode {
                 id,
+                batcher: batcher::WriteBatcher::start(raft.clone()),
                 raft,
                 shared,
                 last_contact,
@@ -283,20 +301,10 @@ impl RaftNode {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Appends `cmd` if this server leads; otherwise says who does.
+    /// Appends `cmd` if this server leads (group-committed with concurrent writes);
+    /// otherwise says who does.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftNodeError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => Err(RaftNodeError::NotLeader {
-                        leader: Some((id, node)),
-                    }),
-                    _ => Err(RaftNodeError::NoLeader),
-                }
-            }
-            Err(e) => Err(RaftNodeError::Fatal(e.to_string())),
-        }
+        self.batcher.write(cmd).await
     }
 
     /// Prepares a read in `mode`: checks leadership (leader and consistent modes, confirming

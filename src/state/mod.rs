@@ -83,6 +83,22 @@ pub enum Command {
         /// The prefix.
         prefix: String,
     },
+    /// Several commands written as one log entry (group commit), applied in order at the
+    /// same index; each gets its own result.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Roughly how many bytes the command carries (values and keys), for batching limits.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::KvSet { key, value, .. } | Command::KvCas { key, value, .. } => {
+                key.len() + value.len()
+            }
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            _ => 256,
+        }
+    }
 }
 
 /// The outcome of a [`Command`]. A failed CAS is an answer, not an error.
@@ -94,6 +110,8 @@ pub enum CommandResult {
     Bool(bool),
     /// The command was refused by validation (e.g. a check for a service not registered).
     Rejected(String),
+    /// The results of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// The catalog and KV store of one datacenter.
@@ -171,6 +189,9 @@ impl State {
     /// Applies `cmd` written at log `index`.
     pub fn apply(&mut self, index: u64, cmd: Command) -> CommandResult {
         match cmd {
+            Command::Batch(cmds) => {
+                CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c)).collect())
+            }
             Command::Register(req) => self.register(index, *req),
             Command::Deregister(req) => self.deregister(index, req),
             Command::KvSet { key, value, flags } => {

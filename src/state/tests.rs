@@ -234,3 +234,39 @@ fn snapshot_round_trip() {
     assert_eq!(t.index(Table::Services), 2);
     assert!(w.has_changed().unwrap());
 }
+
+#[test]
+fn a_batch_applies_in_order_at_one_index() {
+    let mut s = State::default();
+    let r = s.apply(
+        4,
+        Command::Batch(vec![
+            set("a", "1"),
+            Command::KvCas {
+                key: "a".into(),
+                value: bytes::Bytes::from_static(b"2"),
+                flags: 0,
+                index: 4,
+            },
+            Command::KvCas {
+                key: "b".into(),
+                value: bytes::Bytes::new(),
+                flags: 0,
+                index: 3,
+            },
+        ]),
+    );
+    assert_eq!(
+        r,
+        CommandResult::Batch(vec![
+            CommandResult::Bool(true),
+            CommandResult::Bool(true),
+            CommandResult::Bool(false)
+        ])
+    );
+    let e = s.kv_get("a").unwrap();
+    assert_eq!(
+        (e.create_index, e.modify_index, &e.value[..]),
+        (4, 4, &b"2"[..])
+    );
+}

@@ -169,7 +169,7 @@ pub struct TransportOptions {
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            max_frame: 4 * 1024 * 1024,
+            max_frame: 64 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
