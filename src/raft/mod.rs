@@ -124,8 +124,8 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
-            heartbeat: Duration::from_millis(150),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
         }
