@@ -39,14 +39,23 @@ struct Server {
 
 async fn start_server(pki: &TestPki, id: u64, dir: &Path, addr: SocketAddr) -> Server {
     let metrics = Metrics::new();
-    let transport = Transport::bind(
-        addr,
-        "dc1",
-        &pki.material(Role::Server, "dc1"),
-        TransportOptions::default(),
-        metrics.transport.clone(),
+    let tls = pki.material(Role::Server, "dc1");
+    // A restarted server reuses its address: wait until the previous endpoint released it.
+    let transport = eventually(
+        Duration::from_secs(10),
+        "the server's address free",
+        || async {
+            Transport::bind(
+                addr,
+                "dc1",
+                &tls,
+                TransportOptions::default(),
+                metrics.transport.clone(),
+            )
+            .ok()
+        },
     )
-    .unwrap();
+    .await;
     let (node, handler): (RaftNode, Arc<RaftHandler>) =
         RaftNode::open(id, dir, &fast(), transport.clone())
             .await
@@ -298,4 +307,44 @@ async fn an_isolated_follower_serves_stale_reads_and_refuses_consistent_ones() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     follower.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_lone_former_leader_does_not_answer_default_reads() {
+    let pki = TestPki::new();
+    let root = tempfile::tempdir().unwrap();
+    let mut servers = cluster(&pki, root.path()).await;
+    let li = leader_of(&servers).await;
+    servers[li].node.write(kv("x", "1")).await.unwrap();
+    let leader = servers.remove(li);
+    let (id, addr, dir) = (
+        leader.node.id(),
+        leader.transport.local_addr(),
+        leader.dir.clone(),
+    );
+    for s in servers {
+        s.stop().await;
+    }
+    leader.stop().await;
+
+    // Alone, with its old vote, it may believe it leads; it must not serve as the leader.
+    let lone = start_server(&pki, id, &dir, addr).await;
+    let started = std::time::Instant::now();
+    for mode in [ReadMode::Leader, ReadMode::Consistent] {
+        let r = tokio::time::timeout(Duration::from_secs(5), lone.node.read_barrier(mode))
+            .await
+            .expect("a leadership check is bounded");
+        assert!(
+            matches!(
+                r,
+                Err(RaftNodeError::NoLeader | RaftNodeError::NotLeader { .. })
+            ),
+            "{mode:?}: {r:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+    // Stale reads still answer from what it has.
+    assert!(lone.node.read_barrier(ReadMode::Stale).await.is_ok());
+    assert_eq!(value_of(&lone, "x").as_deref(), Some(&b"1"[..]));
+    lone.stop().await;
 }

@@ -25,6 +25,7 @@ use super::TypeConfig;
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
@@ -314,6 +315,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
         self.blocking(|db| Self::read_meta(db, VOTE)).await
+    }
+
+    /// Queued without waiting for the fsync: the committed id is only a hint that lets a
+    /// restarted server re-apply its log before it hears from a leader. Whatever value is on
+    /// disk was committed, and the entries up to it were flushed before it, so losing the
+    /// newest hint in a crash costs nothing but a later catch-up.
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        let bytes = encode(&committed)?;
+        let (reply, _) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Op::Meta(COMMITTED, bytes, reply))
+            .map_err(|_| io_err(std::io::Error::other("the log writer stopped"), true))
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        Ok(self
+            .blocking(|db| Self::read_meta::<Option<LogId<u64>>>(db, COMMITTED))
+            .await?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>

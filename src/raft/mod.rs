@@ -124,13 +124,17 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(200), Duration::from_millis(500)),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
         }
     }
 }
+
+/// How long a leader may take to confirm its leadership with a quorum before a read that
+/// needs it fails with "No cluster leader".
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The consistency mode of a read, as Consul's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +160,7 @@ pub struct ReadMeta {
 #[derive(Clone)]
 pub struct RaftNode {
     id: u64,
+    lease: Duration,
     raft: Raft<TypeConfig>,
     batcher: batcher::WriteBatcher,
     shared: Arc<RwLock<Replicated>>,
@@ -237,6 +242,7 @@ impl RaftNode {
         Ok((
             RaftNode {
                 id,
+                lease: opts.election_timeout.0,
                 batcher: batcher::WriteBatcher::start(raft.clone()),
                 raft,
                 shared,
@@ -285,6 +291,15 @@ impl RaftNode {
         Some((id, node))
     }
 
+    /// Whether a quorum acknowledged this leader recently enough that no other leader can
+    /// have been elected since (openraft's leader lease is the minimum election timeout).
+    fn within_lease(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.millis_since_quorum_ack
+            .is_some_and(|ms| ms < self.lease.as_millis() as u64)
+    }
+
     /// The voting members of the cluster as this server knows them.
     pub fn voters(&self) -> Vec<ServerNode> {
         let metrics = self.raft.metrics();
@@ -314,12 +329,21 @@ impl RaftNode {
         let me_leader = self.is_leader();
         match mode {
             ReadMode::Stale => {}
-            ReadMode::Leader if me_leader => {}
-            ReadMode::Consistent if me_leader => {
-                self.raft.ensure_linearizable().await.map_err(|e| match e {
-                    RaftError::APIError(_) => RaftNodeError::NoLeader,
-                    other => RaftNodeError::Fatal(other.to_string()),
-                })?;
+            // Default mode trusts a leader that a quorum acknowledged within the lease; a
+            // server that merely believes it leads (e.g. just restarted with its old vote)
+            // must confirm first, so it never answers from a deposed term's state.
+            ReadMode::Leader if me_leader && self.within_lease() => {}
+            ReadMode::Leader | ReadMode::Consistent if me_leader => {
+                // Without a quorum this would wait for one: answer "no leader" instead.
+                let confirm =
+                    tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable());
+                match confirm.await {
+                    Err(_) | Ok(Err(RaftError::APIError(_))) => {
+                        return Err(RaftNodeError::NoLeader);
+                    }
+                    Ok(Err(other)) => return Err(RaftNodeError::Fatal(other.to_string())),
+                    Ok(Ok(_)) => {}
+                }
             }
             _ => {
                 return Err(match leader {
