@@ -208,6 +208,13 @@ fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
     }
 }
 
+/// Frames the peer sent us on `conn` that prove it still has the connection (ACKs and
+/// stream data decrypt only with the connection's keys).
+fn frames_heard(conn: &quinn::Connection) -> u64 {
+    let rx = conn.stats().frame_rx;
+    rx.acks + rx.stream
+}
+
 /// A typed client for one protocol: which ALPN, which request and response types.
 pub struct RpcClient<Req, Resp> {
     transport: Transport,
@@ -274,7 +281,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 });
             }
         };
-        let rx_before = conn.stats().udp_rx.datagrams;
+        let heard_before = frames_heard(&conn);
         let mut sent = false;
         let exchange = async {
             let (send, recv) = conn
@@ -310,9 +317,10 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             Ok(result) => result,
             Err(_) => {
                 // Not even an ACK came back: the peer behind this pooled connection is gone
-                // (crashed, or restarted and lost the connection). Drop it so the next call
+                // (crashed, or restarted and lost the connection; its stateless resets or
+                // other undecryptable datagrams do not count). Drop it so the next call
                 // dials afresh instead of waiting for the idle timeout.
-                if conn.stats().udp_rx.datagrams == rx_before {
+                if frames_heard(&conn) == heard_before {
                     conn.close(VarInt::from_u32(0), b"peer unresponsive");
                 }
                 if sent {
