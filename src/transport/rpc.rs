@@ -208,6 +208,57 @@ fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
     }
 }
 
+/// Watches one call on a pooled connection. If the call ends without an answer (timed out,
+/// or its future dropped, e.g. by a caller that gave up) and the peer sent not even an ACK
+/// in a time it surely would have, the peer behind the connection is gone (crashed, or
+/// restarted and lost the connection; its stateless resets or other undecryptable datagrams
+/// do not count). The connection is closed so that the next call dials afresh instead of
+/// waiting out the idle timeout.
+struct Liveness<'a> {
+    conn: &'a quinn::Connection,
+    heard: u64,
+    started: tokio::time::Instant,
+    answered: bool,
+}
+
+impl<'a> Liveness<'a> {
+    fn new(conn: &'a quinn::Connection) -> Self {
+        Liveness {
+            conn,
+            heard: frames_heard(conn),
+            started: tokio::time::Instant::now(),
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// The call's deadline passed: with nothing heard from the peer meanwhile, the
+    /// connection is dead whatever the deadline was.
+    fn timed_out(&mut self) {
+        self.answered = true;
+        if frames_heard(self.conn) == self.heard {
+            self.conn.close(VarInt::from_u32(0), b"peer unresponsive");
+        }
+    }
+}
+
+impl Drop for Liveness<'_> {
+    /// A call abandoned by its caller: judged only once a live peer would surely have
+    /// ACKed (about an RTT plus its ACK delay, 25 ms by default).
+    fn drop(&mut self) {
+        let ack_due = self.conn.rtt() * 3 + std::time::Duration::from_millis(100);
+        if !self.answered
+            && self.started.elapsed() >= ack_due
+            && frames_heard(self.conn) == self.heard
+        {
+            self.conn.close(VarInt::from_u32(0), b"peer unresponsive");
+        }
+    }
+}
+
 /// Frames the peer sent us on `conn` that prove it still has the connection (ACKs and
 /// stream data decrypt only with the connection's keys).
 fn frames_heard(conn: &quinn::Connection) -> u64 {
@@ -281,7 +332,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                 });
             }
         };
-        let heard_before = frames_heard(&conn);
+        let mut watch = Liveness::new(&conn);
         let mut sent = false;
         let exchange = async {
             let (send, recv) = conn
@@ -314,15 +365,12 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         };
         let remaining = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(remaining, exchange).await {
-            Ok(result) => result,
+            Ok(result) => {
+                watch.answered();
+                result
+            }
             Err(_) => {
-                // Not even an ACK came back: the peer behind this pooled connection is gone
-                // (crashed, or restarted and lost the connection; its stateless resets or
-                // other undecryptable datagrams do not count). Drop it so the next call
-                // dials afresh instead of waiting for the idle timeout.
-                if frames_heard(&conn) == heard_before {
-                    conn.close(VarInt::from_u32(0), b"peer unresponsive");
-                }
+                watch.timed_out();
                 if sent {
                     Err(TransportError::Timeout {
                         addr,
