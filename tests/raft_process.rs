@@ -7,6 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::dc::*;
@@ -34,28 +36,50 @@ async fn kill_leader_under_writes_then_restart_everything() {
         "a write sent to a follower succeeds"
     );
 
-    // A stream of writes, round-robin over the servers; kill -9 the leader in the middle.
+    // Eight concurrent writers, round-robin over the servers; kill -9 the leader while they
+    // write. Each remembers the writes that were acknowledged.
+    let acks = Arc::new(AtomicUsize::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, acks, dead, addrs) = (
+                client.clone(),
+                acks.clone(),
+                dead.clone(),
+                dc.addrs[..3].to_vec(),
+            );
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for n in 0..60 {
+                    let key = format!("w{w}-{n:03}");
+                    // Like a real client, stop sending to a server known to be dead.
+                    let live: Vec<SocketAddr> = (0..3)
+                        .filter(|i| !dead.load(Ordering::Relaxed) || *i != li)
+                        .map(|i| addrs[i])
+                        .collect();
+                    if put(&client, live[(w + n) % live.len()], &key).await {
+                        acks.fetch_add(1, Ordering::Relaxed);
+                        mine.push(key);
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "a third of the writes acknowledged",
+        || async { (acks.load(Ordering::Relaxed) >= 160).then_some(()) },
+    )
+    .await;
+    let status =
+        procs[li].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    assert!(!status.success());
+    dead.store(true, Ordering::Relaxed);
     let mut acked = BTreeSet::new();
-    let mut killed_at = None;
-    for n in 0..400 {
-        if n == 150 {
-            let status = procs[li]
-                .signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
-            assert!(!status.success());
-            killed_at = Some(std::time::Instant::now());
-        }
-        let key = format!("w{n:04}");
-        // Like a real client, stop sending to a server known to be dead.
-        let live: Vec<SocketAddr> = (0..3)
-            .filter(|i| killed_at.is_none() || *i != li)
-            .map(|i| dc.addrs[i])
-            .collect();
-        let target = live[n % live.len()];
-        if put(&client, target, &key).await {
-            acked.insert(key);
-        }
+    for w in writers {
+        acked.extend(w.await.unwrap());
     }
-    assert!(killed_at.is_some());
     let alive: Vec<SocketAddr> = (0..3).filter(|i| *i != li).map(|i| dc.addrs[i]).collect();
     let new_li = agreed_leader(&client, &alive).await;
     assert!(put(&client, alive[new_li], "after-failover").await);
