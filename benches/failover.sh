@@ -4,25 +4,7 @@
 # the new leader once there is one). usage: benches/failover.sh [ROUNDS]   (needs curl)
 set -euo pipefail
 rounds=${1:-5}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/consulate
-dir=$(mktemp -d)
-declare -A pid
-trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-cat > "$dir/topo.toml" <<TOPO
-[[datacenters]]
-name = "dc1"
-agents = [
-  { name = "f1", role = "server", address = "127.0.91.1" },
-  { name = "f2", role = "server", address = "127.0.91.2" },
-  { name = "f3", role = "server", address = "127.0.91.3" },
-]
-TOPO
-"$bin" tls ca create --dir "$dir/certs" >/dev/null
-for n in f1 f2 f3; do "$bin" tls cert create --server --dc dc1 --node $n --dir "$dir/certs" >/dev/null; done
-"$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
-start() { RUST_LOG=warn "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
+. "$(dirname "$0")/cluster.sh" 91 f
 for n in f1 f2 f3; do start $n; done
 now_ms() { date +%s%3N; }
 leader_of() { curl -sf "http://$1:8500/v1/status/leader" | tr -d '"' | cut -d: -f1; }

@@ -5,27 +5,8 @@
 # usage: benches/kv_http.sh CONNS SECONDS     (needs wrk and curl)
 set -euo pipefail
 c=${1:-64}; d=${2:-8}; t=$(( c < 2 ? 1 : 2 ))
-root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/consulate
-dir=$(mktemp -d); pids=()
-trap 'kill ${pids[@]} 2>/dev/null; wait ${pids[@]} 2>/dev/null; rm -rf "$dir"' EXIT
-cat > "$dir/topo.toml" <<TOPO
-[[datacenters]]
-name = "dc1"
-agents = [
-  { name = "b1", role = "server", address = "127.0.90.1" },
-  { name = "b2", role = "server", address = "127.0.90.2" },
-  { name = "b3", role = "server", address = "127.0.90.3" },
-]
-TOPO
-"$bin" tls ca create --dir "$dir/certs" >/dev/null
-for n in b1 b2 b3; do "$bin" tls cert create --server --dc dc1 --node $n --dir "$dir/certs" >/dev/null; done
-"$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
-for n in b1 b2 b3; do
-  RUST_LOG=warn "$bin" agent --config "$dir/cfg/$n.toml" >"$dir/$n.log" 2>&1 &
-  pids+=($!)
-done
+. "$(dirname "$0")/cluster.sh" 90 b
+for n in b1 b2 b3; do start $n; done
 leader=""
 for _ in $(seq 100); do
   leader=$(curl -sf http://127.0.90.1:8500/v1/status/leader | tr -d '"' | cut -d: -f1 || true)

@@ -16,6 +16,14 @@ fn http(dc: &Dc, i: usize) -> String {
     format!("http://{}:8500", dc.addrs[i].ip())
 }
 
+async fn get(c: &reqwest::Client, url: String) -> reqwest::Response {
+    c.get(url).send().await.unwrap()
+}
+
+async fn del(c: &reqwest::Client, url: String) -> reqwest::Response {
+    c.delete(url).send().await.unwrap()
+}
+
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
         .get(name)
@@ -43,20 +51,14 @@ async fn kv_api_against_a_real_dc() {
     // Status: every server names the same leader and the three peers.
     let want = dc.addrs[li].to_string();
     for i in 0..3 {
-        let l: String = c
-            .get(format!("{}/v1/status/leader", http(&dc, i)))
-            .send()
+        let l: String = get(&c, format!("{}/v1/status/leader", http(&dc, i)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
         assert_eq!(l, want);
-        let mut peers: Vec<String> = c
-            .get(format!("{}/v1/status/peers", http(&dc, i)))
-            .send()
+        let mut peers: Vec<String> = get(&c, format!("{}/v1/status/peers", http(&dc, i)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -77,11 +79,7 @@ async fn kv_api_against_a_real_dc() {
     assert_eq!(r.text().await.unwrap(), "true");
 
     // Default mode, answered by the leader (forwarded from the follower).
-    let r = c
-        .get(format!("{follower}/v1/kv/app/config"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{follower}/v1/kv/app/config")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "X-Consul-Effective-Consistency"), "leader");
     assert_eq!(header(&r, "X-Consul-KnownLeader"), "true");
@@ -109,20 +107,12 @@ async fn kv_api_against_a_real_dc() {
     .await;
     assert_eq!(header(&r, "X-Consul-Effective-Consistency"), "stale");
     let _: u64 = header(&r, "X-Consul-LastContact").parse().unwrap();
-    let r = c
-        .get(format!("{leader}/v1/kv/app/config?consistent"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/app/config?consistent")).await;
     assert_eq!(header(&r, "X-Consul-Effective-Consistency"), "consistent");
     assert_eq!(header(&r, "X-Consul-LastContact"), "0");
 
     // raw, flags, keys with separator, recurse.
-    let r = c
-        .get(format!("{leader}/v1/kv/app/config?raw"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/app/config?raw")).await;
     assert_eq!(r.text().await.unwrap(), "hello");
     for k in ["app/db/host", "app/db/port", "apple"] {
         let r = c
@@ -133,20 +123,14 @@ async fn kv_api_against_a_real_dc() {
             .unwrap();
         assert_eq!(r.text().await.unwrap(), "true");
     }
-    let keys: Vec<String> = c
-        .get(format!("{leader}/v1/kv/app/?keys&separator=/"))
-        .send()
+    let keys: Vec<String> = get(&c, format!("{leader}/v1/kv/app/?keys&separator=/"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(keys, ["app/config", "app/db/"]);
-    let all: serde_json::Value = c
-        .get(format!("{leader}/v1/kv/app?recurse"))
-        .send()
+    let all: serde_json::Value = get(&c, format!("{leader}/v1/kv/app?recurse"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -154,7 +138,7 @@ async fn kv_api_against_a_real_dc() {
     assert_eq!(all[1]["Flags"], 42);
 
     // Missing keys: 404 that still carries the index.
-    let r = c.get(format!("{leader}/v1/kv/nope")).send().await.unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/nope")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(header(&r, "X-Consul-Index").parse::<u64>().unwrap() >= 1);
 
@@ -177,11 +161,8 @@ async fn kv_api_against_a_real_dc() {
         put(format!("{leader}/v1/kv/lock?cas=0"), "b").await,
         "false"
     );
-    let e: serde_json::Value = c
-        .get(format!("{leader}/v1/kv/lock"))
-        .send()
+    let e: serde_json::Value = get(&c, format!("{leader}/v1/kv/lock"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -194,28 +175,17 @@ async fn kv_api_against_a_real_dc() {
         put(format!("{leader}/v1/kv/lock?cas={mi}"), "d").await,
         "true"
     );
-    let r = c
-        .delete(format!("{leader}/v1/kv/lock?cas={mi}"))
-        .send()
-        .await
-        .unwrap();
+    let r = del(&c, format!("{leader}/v1/kv/lock?cas={mi}")).await;
     assert_eq!(r.text().await.unwrap(), "false");
 
     // Blocking query that wakes on a write from elsewhere.
-    let e: serde_json::Value = c
-        .get(format!("{leader}/v1/kv/app/config"))
-        .send()
+    let e: serde_json::Value = get(&c, format!("{leader}/v1/kv/app/config"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let idx = e[0]["ModifyIndex"].as_u64().unwrap();
-    let r0 = c
-        .get(format!("{leader}/v1/kv/app/config"))
-        .send()
-        .await
-        .unwrap();
+    let r0 = get(&c, format!("{leader}/v1/kv/app/config")).await;
     let table_index: u64 = header(&r0, "X-Consul-Index").parse().unwrap();
     assert!(table_index >= idx);
     let waiter = {
@@ -223,7 +193,7 @@ async fn kv_api_against_a_real_dc() {
         let url = format!("{follower}/v1/kv/app/config?index={table_index}&wait=30s");
         tokio::spawn(async move {
             let t = Instant::now();
-            let r = c.get(url).send().await.unwrap();
+            let r = get(&c, url).await;
             let i: u64 = header(&r, "X-Consul-Index").parse().unwrap();
             let body: serde_json::Value = r.json().await.unwrap();
             (t.elapsed(), i, body)
@@ -266,13 +236,11 @@ async fn kv_api_against_a_real_dc() {
 
     // Blocking query that times out: same index back after about the wait.
     let t = Instant::now();
-    let r = c
-        .get(format!(
-            "{leader}/v1/kv/app/config?index={new_index}&wait=400ms"
-        ))
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &c,
+        format!("{leader}/v1/kv/app/config?index={new_index}&wait=400ms"),
+    )
+    .await;
     let waited = t.elapsed();
     assert_eq!(
         header(&r, "X-Consul-Index").parse::<u64>().unwrap(),
@@ -284,35 +252,19 @@ async fn kv_api_against_a_real_dc() {
     );
 
     // Recursive delete.
-    let r = c
-        .delete(format!("{leader}/v1/kv/app?recurse"))
-        .send()
-        .await
-        .unwrap();
+    let r = del(&c, format!("{leader}/v1/kv/app?recurse")).await;
     assert_eq!(r.text().await.unwrap(), "true");
-    let r = c
-        .get(format!("{leader}/v1/kv/app?recurse"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/app?recurse")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Errors: conflicting modes, bad numbers, unknown DC, oversized value.
-    let r = c
-        .get(format!("{leader}/v1/kv/apple?stale&consistent"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/apple?stale&consistent")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         r.text().await.unwrap(),
         "Cannot specify ?stale with ?consistent, conflicting semantics."
     );
-    let r = c
-        .get(format!("{leader}/v1/kv/apple?index=abc"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/apple?index=abc")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = c
         .put(format!("{leader}/v1/kv/apple?cas=-1"))
@@ -321,11 +273,7 @@ async fn kv_api_against_a_real_dc() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = c
-        .get(format!("{leader}/v1/kv/apple?dc=dc9"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{leader}/v1/kv/apple?dc=dc9")).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(r.text().await.unwrap(), "No path to datacenter");
     let r = c

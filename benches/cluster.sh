@@ -1,0 +1,19 @@
+# Sourced by the benchmark scripts: builds the release binary and prepares a 3-server DC
+# named dc1 on 127.0.<NET>.1-3 in a temporary folder. Defines $bin, $dir, start NODE.
+# usage: . benches/cluster.sh NET PREFIX     (nodes are PREFIX1..PREFIX3)
+net=$1; prefix=$2
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cargo build --release -q --manifest-path "$root/Cargo.toml"
+bin=$root/target/release/consulate
+dir=$(mktemp -d)
+declare -A pid
+trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+{
+  echo '[[datacenters]]'; echo 'name = "dc1"'; echo 'agents = ['
+  for n in 1 2 3; do echo "  { name = \"$prefix$n\", role = \"server\", address = \"127.0.$net.$n\" },"; done
+  echo ']'
+} > "$dir/topo.toml"
+"$bin" tls ca create --dir "$dir/certs" >/dev/null
+for n in 1 2 3; do "$bin" tls cert create --server --dc dc1 --node "$prefix$n" --dir "$dir/certs" >/dev/null; done
+"$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
+start() { RUST_LOG=warn "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
