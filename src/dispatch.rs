@@ -1,7 +1,10 @@
 //! The one place that decides where a request is answered: here, at this DC's Raft leader,
-//! or (later) in another datacenter. Every entry point (agent RPC, HTTP API, DNS) calls it
-//! instead of deciding for itself.
+//! through one of the DC's servers (on client agents), or (later) in another datacenter.
+//! Every entry point (agent RPC, HTTP API, DNS) calls it instead of deciding for itself.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -102,20 +105,77 @@ impl From<TransportError> for DispatchError {
     }
 }
 
+/// The DC's servers as a client agent knows them, and which one it uses now. A server
+/// that fails a request is skipped, so the next request starts at the one that answered.
+#[derive(Default)]
+pub struct ServerList {
+    addrs: RwLock<Vec<SocketAddr>>,
+    current: AtomicUsize,
+}
+
+impl ServerList {
+    /// A list holding `addrs`.
+    pub fn new(addrs: Vec<SocketAddr>) -> ServerList {
+        ServerList {
+            addrs: RwLock::new(addrs),
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the list (membership changed).
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        *self.addrs.write().expect("server list lock") = addrs;
+    }
+
+    /// The servers in the order to try them: the current one first.
+    fn rotation(&self) -> (usize, Vec<SocketAddr>) {
+        let addrs = self.addrs.read().expect("server list lock").clone();
+        let start = self.current.load(Ordering::Relaxed);
+        let n = addrs.len().max(1);
+        let order = (0..addrs.len())
+            .map(|i| addrs[(start + i) % n])
+            .collect::<Vec<_>>();
+        (start, order)
+    }
+
+    fn settle(&self, start: usize, skipped: usize) {
+        if skipped > 0 {
+            let _ = self.current.compare_exchange(
+                start,
+                start.wrapping_add(skipped),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 /// Routes requests for one agent.
 #[derive(Clone)]
 pub struct Dispatcher {
     datacenter: String,
     metrics: RpcMetrics,
     raft: Option<RaftNode>,
+    servers: Arc<ServerList>,
     client: RpcClient<AgentRequest, AgentResponse>,
 }
 
+/// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// The leader, if one is known.
+    pub leader: Option<ServerNode>,
+    /// The voting servers.
+    pub voters: Vec<ServerNode>,
+}
+
 impl Dispatcher {
-    /// A dispatcher for an agent with (server) or without (client) a Raft node.
+    /// A dispatcher for an agent with (server) or without (client) a Raft node. A client
+    /// sends everything to one of `servers`.
     pub fn new(
         datacenter: &str,
         raft: Option<RaftNode>,
+        servers: Arc<ServerList>,
         transport: Transport,
         metrics: RpcMetrics,
     ) -> Dispatcher {
@@ -123,8 +183,44 @@ impl Dispatcher {
             datacenter: datacenter.to_string(),
             metrics,
             raft,
+            servers,
             client: RpcClient::new(transport, Alpn::Rpc),
         }
+    }
+
+    /// The local datacenter's name.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// Sends `req` from a client agent to the DC's servers, the current one first, moving
+    /// on while a server cannot be reached (and, for writes, while it surely did not apply
+    /// the request). The first answer is returned, whatever it says.
+    async fn via_server(
+        &self,
+        req: &AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentResponse, DispatchError> {
+        let (start, order) = self.servers.rotation();
+        let mut last = DispatchError::NotServed("no server of this datacenter is known".into());
+        for (i, addr) in order.into_iter().enumerate() {
+            match self.client.call(addr, None, req, timeout).await {
+                Ok(resp) => {
+                    self.servers.settle(start, i);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let safe = e.is_retry_safe() || matches!(req, AgentRequest::Read { .. });
+                    last = e.into();
+                    if !safe {
+                        self.servers.settle(start, i);
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        self.servers.settle(start, 1);
+        Err(last)
     }
 
     /// This agent's Raft node, on servers.
@@ -147,14 +243,22 @@ impl Dispatcher {
             .ok_or_else(|| DispatchError::NotServed("client agents hold no Raft state".into()))
     }
 
-    /// The DC's current leader, if one is known.
-    pub fn leader(&self) -> Result<Option<ServerNode>, DispatchError> {
-        Ok(self.server()?.leader().map(|(_, node)| node))
-    }
-
-    /// The DC's voting servers.
-    pub fn peers(&self) -> Result<Vec<ServerNode>, DispatchError> {
-        Ok(self.server()?.voters())
+    /// The DC's leader and voting servers, as this server sees them (asked of a server on
+    /// client agents).
+    pub async fn raft_status(&self) -> Result<RaftStatus, DispatchError> {
+        match &self.raft {
+            Some(raft) => Ok(RaftStatus {
+                leader: raft.leader().map(|(_, node)| node),
+                voters: raft.voters(),
+            }),
+            None => match self
+                .via_server(&AgentRequest::RaftStatus, FORWARD_TIMEOUT)
+                .await?
+            {
+                AgentResponse::RaftStatus(r) => r,
+                other => Err(unexpected(other)),
+            },
+        }
     }
 
     /// Applies `cmd` through the DC's leader: locally if this server leads, else forwarded
@@ -164,7 +268,13 @@ impl Dispatcher {
         cmd: Command,
         forwarded: bool,
     ) -> Result<CommandResult, DispatchError> {
-        let raft = self.server()?;
+        let Some(raft) = &self.raft else {
+            let req = AgentRequest::Write { cmd, forwarded };
+            return match self.via_server(&req, FORWARD_TIMEOUT).await? {
+                AgentResponse::Written(r) => r,
+                other => Err(unexpected(other)),
+            };
+        };
         if raft.is_leader() {
             return Ok(raft.write(cmd).await?);
         }
@@ -180,7 +290,7 @@ impl Dispatcher {
         };
         match self.client.call(addr, None, &req, FORWARD_TIMEOUT).await? {
             AgentResponse::Written(r) => r,
-            other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -193,7 +303,17 @@ impl Dispatcher {
         opts: ReadOptions,
         forwarded: bool,
     ) -> Result<ReadOutcome, DispatchError> {
-        let raft = self.server()?;
+        let Some(raft) = &self.raft else {
+            let req = AgentRequest::Read {
+                query,
+                opts,
+                forwarded,
+            };
+            return match self.via_server(&req, opts.wait + FORWARD_TIMEOUT).await? {
+                AgentResponse::Read(r) => r,
+                other => Err(unexpected(other)),
+            };
+        };
         let local = match raft.read_barrier(opts.mode).await {
             Ok(meta) => match opts.max_stale {
                 Some(max)
@@ -224,7 +344,7 @@ impl Dispatcher {
                 .await?
             {
                 AgentResponse::Read(r) => r,
-                other => Err(DispatchError::Raft(format!("unexpected reply {other:?}"))),
+                other => Err(unexpected(other)),
             };
         };
         let deadline = tokio::time::Instant::now() + opts.wait;
@@ -264,4 +384,8 @@ impl Dispatcher {
     pub async fn join(&self, id: u64, node: ServerNode) -> Result<(), DispatchError> {
         Ok(self.server()?.add_server(id, node).await?)
     }
+}
+
+fn unexpected(reply: AgentResponse) -> DispatchError {
+    DispatchError::Raft(format!("unexpected reply {reply:?}"))
 }

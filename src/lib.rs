@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod dispatch;
+pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod pki;

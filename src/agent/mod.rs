@@ -2,7 +2,9 @@
 //! takes them down in order when the shared cancellation token fires. This is the only
 //! place that knows every subsystem; each of them knows only its own boundary.
 
+pub mod anti_entropy;
 pub mod bootstrap;
+pub mod local;
 pub mod rpc;
 
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::AgentConfig;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, ServerList};
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
 use crate::transport::identity::{Alpn, Role};
@@ -52,6 +54,26 @@ pub enum AgentError {
 
 /// How long shutdown waits for peers to be told connections are closing.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+
+/// Default full anti-entropy interval (Consul's for small clusters).
+const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The node's catalog UUID, derived from its persistent node id.
+fn node_uuid(id: u64) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, &id.to_be_bytes());
+    let h: String = d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
 
 /// A running agent.
 pub struct Agent {
@@ -113,8 +135,8 @@ impl Agent {
         )?;
         let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
         let mut services = Services::default();
+        let id = node_id(&config.data_dir)?;
         let (raft, self_node) = if config.role == Role::Server {
-            let id = node_id(&config.data_dir)?;
             let (raft, handler) = RaftNode::open(
                 id,
                 &config.data_dir,
@@ -134,12 +156,28 @@ impl Agent {
         } else {
             (None, None)
         };
+        // Until LAN gossip tells them, the DC's servers are the LAN join addresses on the
+        // QUIC port.
+        let join_servers: Vec<SocketAddr> = config
+            .lan_join
+            .iter()
+            .map(|a| SocketAddr::new(a.ip, config.ports.quic))
+            .collect();
         let dispatcher = Dispatcher::new(
             &config.datacenter,
             raft.clone(),
+            Arc::new(ServerList::new(join_servers.clone())),
             transport.clone(),
             metrics.rpc.clone(),
         );
+        let local = Arc::new(local::LocalAgent::new(local::NodeInfo {
+            id: node_uuid(id),
+            name: config.node_name.clone(),
+            address: config.advertise().to_string(),
+            datacenter: config.datacenter.clone(),
+            server: config.role == Role::Server,
+            port: quic_addr.port(),
+        }));
         let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
             dispatcher.clone(),
             self_node.clone(),
@@ -151,23 +189,27 @@ impl Agent {
         );
         transport.serve(services, shutdown.child_token());
         if let (Some(raft), Some(me)) = (raft, self_node) {
-            let peers = config
-                .lan_join
-                .iter()
-                .map(|a| SocketAddr::new(a.ip, config.ports.quic))
-                .collect();
             tokio::spawn(bootstrap::run(
                 raft,
                 me,
                 config.bootstrap_expect,
-                peers,
+                join_servers,
                 transport.clone(),
                 shutdown.child_token(),
             ));
         }
+        tokio::spawn(anti_entropy::run(
+            local.clone(),
+            dispatcher.clone(),
+            config.sync_interval.map_or(DEFAULT_SYNC_INTERVAL, |d| {
+                d.0.max(Duration::from_millis(100))
+            }),
+            shutdown.child_token(),
+        ));
         let (http_addr, http_task) = crate::http::serve(
             config.http_bind(),
             dispatcher.clone(),
+            local,
             metrics.clone(),
             shutdown.child_token(),
         )

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{DispatchError, Dispatcher, ReadOptions, ReadOutcome};
+use crate::dispatch::{DispatchError, Dispatcher, RaftStatus, ReadOptions, ReadOutcome};
 use crate::raft::ServerNode;
 use crate::state::query::Query;
 use crate::state::{Command, CommandResult};
@@ -38,6 +38,8 @@ pub enum AgentRequest {
         /// Set once forwarded: never forwarded again.
         forwarded: bool,
     },
+    /// The DC's Raft leader and voters (asked by client agents).
+    RaftStatus,
     /// Add the sending server to the cluster (sent to a member; the leader does it).
     JoinRaft {
         /// Its Raft id.
@@ -65,6 +67,8 @@ pub enum AgentResponse {
     Written(Result<CommandResult, DispatchError>),
     /// Answer to [`AgentRequest::Read`].
     Read(Result<ReadOutcome, DispatchError>),
+    /// Answer to [`AgentRequest::RaftStatus`].
+    RaftStatus(Result<RaftStatus, DispatchError>),
     /// Answer to [`AgentRequest::JoinRaft`].
     Joined(Result<(), DispatchError>),
 }
@@ -185,6 +189,13 @@ impl Handler for AgentRpc {
                 forwarded,
             } => AgentResponse::Read(match self.dispatcher() {
                 Ok(d) => d.read(query, opts, forwarded).await,
+                Err(e) => Err(e),
+            }),
+            AgentRequest::RaftStatus => AgentResponse::RaftStatus(match self.dispatcher() {
+                Ok(d) if d.raft().is_some() => d.raft_status().await,
+                Ok(_) => Err(DispatchError::NotServed(
+                    "a client agent holds no Raft state".into(),
+                )),
                 Err(e) => Err(e),
             }),
             AgentRequest::JoinRaft { id, node } => {

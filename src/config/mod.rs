@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::duration::GoDuration;
 use crate::transport::identity::{Identity, Role};
 use crate::transport::tls::TlsFiles;
 
@@ -230,6 +231,10 @@ pub struct AgentConfig {
     /// The LAN gossip encryption key (base64 of 32 bytes); unset means plaintext gossip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypt: Option<GossipKey>,
+    /// How often anti-entropy fully re-syncs this agent's services and checks with the
+    /// catalog (Go syntax, default `60s`); changes are synced at once regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<GoDuration>,
 }
 
 /// Where a dotted key is defined in a TOML document (1-based line).

@@ -180,6 +180,7 @@ impl Topology {
                         key_file: certs.key,
                     },
                     encrypt: self.encrypt.clone(),
+                    sync_interval: None,
                 }
             })
             .collect()

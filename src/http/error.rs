@@ -14,22 +14,33 @@ pub enum HttpError {
     /// The thing asked for does not exist.
     #[error("not found")]
     NotFound,
+    /// The thing named does not exist; the body says which.
+    #[error("{0}")]
+    NotFoundBecause(String),
     /// The request body exceeds the endpoint's limit.
     #[error("Request body too large, max size: {0} bytes")]
     TooLarge(usize),
+    /// A bug: an answer of the wrong shape. Never a client mistake.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Routing or Raft failed.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
 }
 
 impl HttpError {
+    /// A query answered with a result of another kind than asked.
+    pub fn shape() -> HttpError {
+        HttpError::Internal("unexpected query result shape".into())
+    }
+
     /// The status code Consul answers with.
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::NotFound | HttpError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
             HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::Dispatch(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Internal(_) | HttpError::Dispatch(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::HttpError;
 use super::params::Params;
-use super::{Api, read_headers};
+use super::{Api, read};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult, KvEntry};
 
@@ -52,8 +52,6 @@ pub async fn get(
     path: Option<Path<String>>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
-    let opts = p.read_options()?;
     let key = key_of(path);
     let query = if p.flag("keys") {
         Query::KvKeys {
@@ -65,8 +63,7 @@ pub async fn get(
     } else {
         Query::KvGet { key }
     };
-    let out = api.dispatcher.read(query, opts, false).await?;
-    let headers = read_headers(&out);
+    let (headers, out) = read(&api, &p, query).await?;
     let not_found = || (axum::http::StatusCode::NOT_FOUND, headers.clone()).into_response();
     Ok(match &out.result {
         QueryResult::Keys(keys) if keys.is_empty() => not_found(),
@@ -79,6 +76,7 @@ pub async fn get(
             let json: Vec<KvJson> = entries.iter().map(KvJson::from).collect();
             (headers, Json(json)).into_response()
         }
+        _ => return Err(HttpError::shape()),
     })
 }
 
@@ -87,9 +85,7 @@ fn bool_answer(r: CommandResult) -> Result<Response, HttpError> {
         CommandResult::Bool(b) => Ok(Json(b).into_response()),
         CommandResult::Ok => Ok(Json(true).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
-        CommandResult::Batch(_) => Err(HttpError::Dispatch(crate::dispatch::DispatchError::Raft(
-            "a single write answered with a batch result".into(),
-        ))),
+        CommandResult::Batch(_) => Err(HttpError::shape()),
     }
 }
 

@@ -3,41 +3,107 @@
 //! and `X-Consul-*` headers. Only this module knows JSON; errors become status codes in one
 //! place ([`error`]).
 
+pub mod agent;
+pub mod catalog;
 pub mod error;
+pub mod health;
+pub mod json;
 pub mod kv;
 pub mod params;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::local::LocalAgent;
 use crate::dispatch::{Dispatcher, ReadOutcome};
 use crate::metrics::Metrics;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use crate::state::query::Query;
+use crate::state::{Command, CommandResult};
+use error::HttpError;
+use params::Params;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct Api {
     dispatcher: Dispatcher,
+    local: Arc<LocalAgent>,
     metrics: Metrics,
+}
+
+/// Runs a read for an endpoint that takes `?dc=` and the consistency and blocking
+/// parameters; returns Consul's headers with the answer.
+async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOutcome), HttpError> {
+    api.dispatcher.route_dc(p.dc())?;
+    let opts = p.read_options()?;
+    let out = api.dispatcher.read(query, opts, false).await?;
+    Ok((read_headers(&out), out))
+}
+
+/// Applies a catalog write and answers Consul's `true`, or 400 with the refusal.
+async fn write_ok(api: &Api, cmd: Command) -> Result<Response, HttpError> {
+    match api.dispatcher.write(cmd, false).await? {
+        CommandResult::Ok | CommandResult::Bool(true) => Ok(Json(true).into_response()),
+        CommandResult::Bool(false) => Ok(Json(false).into_response()),
+        CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
+        CommandResult::Batch(_) => Err(HttpError::shape()),
+    }
 }
 
 /// Largest KV value, as Consul's.
 pub const MAX_KV_VALUE: usize = 512 * 1024;
 
 /// The API's routes.
-pub fn router(dispatcher: Dispatcher, metrics: Metrics) -> Router {
+pub fn router(dispatcher: Dispatcher, local: Arc<LocalAgent>, metrics: Metrics) -> Router {
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/checks/{name}", get(health::service_checks))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/services", get(agent::services))
+        .route("/v1/agent/checks", get(agent::checks))
+        .route("/v1/agent/service/register", put(agent::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent::deregister_service).get(agent::deregister_service),
+        )
+        .route("/v1/agent/check/register", put(agent::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent::deregister_check).get(agent::deregister_check),
+        )
+        .route(
+            "/v1/agent/check/pass/{id}",
+            put(agent::pass).get(agent::pass),
+        )
+        .route(
+            "/v1/agent/check/warn/{id}",
+            put(agent::warn).get(agent::warn),
+        )
+        .route(
+            "/v1/agent/check/fail/{id}",
+            put(agent::fail).get(agent::fail),
+        )
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",
@@ -46,6 +112,7 @@ pub fn router(dispatcher: Dispatcher, metrics: Metrics) -> Router {
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
         .with_state(Api {
             dispatcher,
+            local,
             metrics,
         })
 }
@@ -54,12 +121,13 @@ pub fn router(dispatcher: Dispatcher, metrics: Metrics) -> Router {
 pub async fn serve(
     addr: SocketAddr,
     dispatcher: Dispatcher,
+    local: Arc<LocalAgent>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(dispatcher, metrics);
+    let app = router(dispatcher, local, metrics);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

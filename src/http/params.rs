@@ -1,10 +1,10 @@
 //! Consul's query-parameter conventions, parsed once for every endpoint: bare and valued
 //! boolean flags, Go-syntax durations, consistency modes, blocking-query parameters.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::dispatch::ReadOptions;
+use crate::duration::parse_go_duration;
 use crate::raft::ReadMode;
 
 use super::error::HttpError;
@@ -14,8 +14,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest blocking wait (Consul: 10 minutes).
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
-/// The query string of one request (bare flags map to "").
-pub struct Params(pub HashMap<String, String>);
+/// The query string of one request, in order (bare flags map to ""; a name may repeat).
+pub struct Params(pub Vec<(String, String)>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     type Rejection = HttpError;
@@ -34,12 +34,37 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
 impl Params {
     /// Whether a flag is present (`?recurse`, `?recurse=`, `?recurse=1` all count, as Consul).
     pub fn flag(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.0.iter().any(|(k, _)| k == name)
     }
 
-    /// A raw value.
+    /// A raw value (the first, if the name repeats).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value given for a repeatable parameter (`?tag=a&tag=b`).
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `?node-meta=key:value` pairs; one without a colon is a 400.
+    pub fn node_meta(&self) -> Result<Vec<(String, String)>, HttpError> {
+        self.all("node-meta")
+            .into_iter()
+            .map(|kv| match kv.split_once(':') {
+                Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                None => Err(HttpError::BadRequest(format!(
+                    "Invalid node-meta {kv:?}: expected key:value"
+                ))),
+            })
+            .collect()
     }
 
     /// An unsigned integer parameter; a malformed one is a 400.
@@ -102,45 +127,6 @@ impl Params {
     }
 }
 
-/// Parses Go's `time.ParseDuration` syntax: a sequence of decimal numbers with units
-/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h` (`1h30m`, `1.5s`, `120000ms`). Negative values are
-/// rejected: no Consul parameter takes one.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += value * seconds;
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,20 +138,6 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
-    }
-
-    #[test]
-    fn go_durations() {
-        let d = |s| parse_go_duration(s);
-        assert_eq!(d("120000ms"), Some(Duration::from_secs(120)));
-        assert_eq!(d("525s"), Some(Duration::from_secs(525)));
-        assert_eq!(d("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(d("0"), Some(Duration::ZERO));
-        for bad in ["", "5", "s", "-1s", "1x", "1.2.3s"] {
-            assert_eq!(d(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -10,19 +10,13 @@ use super::params::Params;
 /// `GET /v1/status/leader`: the leader's address, `""` when there is none.
 pub async fn leader(State(api): State<Api>, p: Params) -> Result<Json<String>, HttpError> {
     api.dispatcher.route_dc(p.dc())?;
-    Ok(Json(
-        api.dispatcher.leader()?.map(|l| l.addr).unwrap_or_default(),
-    ))
+    let status = api.dispatcher.raft_status().await?;
+    Ok(Json(status.leader.map(|l| l.addr).unwrap_or_default()))
 }
 
 /// `GET /v1/status/peers`: the voting servers' addresses.
 pub async fn peers(State(api): State<Api>, p: Params) -> Result<Json<Vec<String>>, HttpError> {
     api.dispatcher.route_dc(p.dc())?;
-    Ok(Json(
-        api.dispatcher
-            .peers()?
-            .into_iter()
-            .map(|n| n.addr)
-            .collect(),
-    ))
+    let status = api.dispatcher.raft_status().await?;
+    Ok(Json(status.voters.into_iter().map(|n| n.addr).collect()))
 }

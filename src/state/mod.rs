@@ -10,7 +10,7 @@
 pub mod query;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,9 @@ pub enum CommandResult {
 #[derive(Debug)]
 pub struct State {
     data: Tables,
+    /// Service name -> the (node, id) keys of its instances: a catalog lookup by name walks
+    /// only that service's instances. Derived from `data`, never serialized.
+    by_name: BTreeMap<String, BTreeSet<NodeKey>>,
     watches: Vec<watch::Sender<u64>>,
 }
 
@@ -144,11 +147,17 @@ impl State {
             .iter()
             .map(|t| watch::channel(data.indexes[t.slot()]).0)
             .collect();
-        State { data, watches }
+        let by_name = name_index(&data);
+        State {
+            data,
+            by_name,
+            watches,
+        }
     }
 
     /// Replaces the whole content (snapshot install); every watcher is woken.
     pub fn restore(&mut self, data: Tables) {
+        self.by_name = name_index(&data);
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -300,6 +309,15 @@ impl State {
         if let Some(def) = req.service {
             let key = (req.node.clone(), def.effective_id().to_string());
             let service = def.into_service(req.node.clone());
+            if let Some(old) = self.data.services.get(&key)
+                && old.service != service.service
+            {
+                self.unindex_service(&key, &old.service.clone());
+            }
+            self.by_name
+                .entry(service.service.clone())
+                .or_default()
+                .insert(key.clone());
             if upsert(&mut self.data.services, key, service, index) {
                 self.touch(Table::Services, index);
             }
@@ -324,6 +342,7 @@ impl State {
                 service_id,
                 service_name,
                 service_tags,
+                kind: def.kind,
                 create_index: 0,
                 modify_index: 0,
             };
@@ -348,12 +367,9 @@ impl State {
         }
         let range = node_range(&req.node);
         if let Some(service_id) = req.service_id {
-            if self
-                .data
-                .services
-                .remove(&(req.node.clone(), service_id.clone()))
-                .is_some()
-            {
+            let key = (req.node.clone(), service_id.clone());
+            if let Some(old) = self.data.services.remove(&key) {
+                self.unindex_service(&key, &old.service);
                 self.touch(Table::Services, index);
             }
             if remove_in(&mut self.data.checks, range, |c| c.service_id == service_id) {
@@ -364,13 +380,32 @@ impl State {
         if self.data.nodes.remove(&req.node).is_some() {
             self.touch(Table::Nodes, index);
         }
-        if remove_in(&mut self.data.services, range.clone(), |_| true) {
+        let gone: Vec<(NodeKey, String)> = self
+            .data
+            .services
+            .range(range.clone())
+            .map(|(k, s)| (k.clone(), s.service.clone()))
+            .collect();
+        for (key, name) in &gone {
+            self.data.services.remove(key);
+            self.unindex_service(key, name);
+        }
+        if !gone.is_empty() {
             self.touch(Table::Services, index);
         }
         if remove_in(&mut self.data.checks, range, |_| true) {
             self.touch(Table::Checks, index);
         }
         CommandResult::Ok
+    }
+
+    fn unindex_service(&mut self, key: &NodeKey, name: &str) {
+        if let Some(keys) = self.by_name.get_mut(name) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
     }
 
     /// A KV entry.
@@ -410,6 +445,30 @@ impl State {
     /// The service instances registered on `node`.
     pub fn node_services<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Service> + 'a {
         self.data.services.range(node_range(node)).map(|(_, s)| s)
+    }
+
+    /// The instances of the service called `name`, ordered by (node, service ID).
+    pub fn service_instances<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.data.services.get(k))
+    }
+
+    /// Every service name with its instances, in name order.
+    pub fn service_names(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &Service>)> {
+        self.by_name.iter().map(|(name, keys)| {
+            (
+                name.as_str(),
+                keys.iter().filter_map(|k| self.data.services.get(k)),
+            )
+        })
+    }
+
+    /// Every check, ordered by (node, check ID).
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.data.checks.values()
     }
 
     /// The checks registered on `node`.
@@ -473,6 +532,18 @@ fn remove_in<K: Ord + Clone, V>(
         map.remove(k);
     }
     !keys.is_empty()
+}
+
+/// Builds the service-name index of `data`.
+fn name_index(data: &Tables) -> BTreeMap<String, BTreeSet<NodeKey>> {
+    let mut index: BTreeMap<String, BTreeSet<NodeKey>> = BTreeMap::new();
+    for (key, s) in &data.services {
+        index
+            .entry(s.service.clone())
+            .or_default()
+            .insert(key.clone());
+    }
+    index
 }
 
 /// A (node, id) key: the primary key of services and checks.

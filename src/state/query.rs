@@ -3,7 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{KvEntry, State, Table};
+use std::collections::BTreeMap;
+
+use super::{Check, HealthStatus, KvEntry, Node, Service, State, Table};
+
+/// Node metadata pairs a node must carry (`?node-meta=key:value`, all of them).
+pub type NodeMetaFilter = Vec<(String, String)>;
 
 /// A read of the DC's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +30,67 @@ pub enum Query {
         /// Group keys up to the first separator after the prefix.
         separator: Option<String>,
     },
+    /// `catalog/nodes`.
+    Nodes {
+        /// Required node metadata.
+        node_meta: NodeMetaFilter,
+    },
+    /// `catalog/services`: every service name with its tags.
+    Services {
+        /// Only services on nodes carrying this metadata.
+        node_meta: NodeMetaFilter,
+    },
+    /// `catalog/service/:name`: the instances of one service with their nodes.
+    ServiceNodes {
+        /// The service name.
+        service: String,
+        /// Tags every instance must carry.
+        tags: Vec<String>,
+        /// Required node metadata.
+        node_meta: NodeMetaFilter,
+    },
+    /// `catalog/node/:node`: a node and its services.
+    NodeServices {
+        /// The node name.
+        node: String,
+    },
+    /// `health/service/:name`: instances with their node and every check that applies.
+    ServiceHealth {
+        /// The service name.
+        service: String,
+        /// Tags every instance must carry.
+        tags: Vec<String>,
+        /// Only instances whose every check (node and service) passes.
+        passing: bool,
+        /// Required node metadata.
+        node_meta: NodeMetaFilter,
+    },
+    /// `health/checks/:service`: the checks of a service's instances.
+    ServiceChecks {
+        /// The service name.
+        service: String,
+    },
+    /// `health/node/:node`: every check on a node.
+    NodeChecks {
+        /// The node name.
+        node: String,
+    },
+    /// `health/state/:state`: every check in a state (`None`: any state).
+    ChecksInState {
+        /// The state asked for.
+        state: Option<HealthStatus>,
+    },
+}
+
+/// One service instance with its node and the checks that decide its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    /// The node.
+    pub node: Node,
+    /// The instance.
+    pub service: Service,
+    /// Node-level checks, then the instance's own.
+    pub checks: Vec<Check>,
 }
 
 /// What a [`Query`] returns.
@@ -34,6 +100,42 @@ pub enum QueryResult {
     Kv(Vec<KvEntry>),
     /// Key names.
     Keys(Vec<String>),
+    /// Catalog nodes.
+    Nodes(Vec<Node>),
+    /// Service names with the union of their instances' tags.
+    ServiceTags(BTreeMap<String, Vec<String>>),
+    /// Service instances with their nodes.
+    ServiceNodes(Vec<(Node, Service)>),
+    /// A node and its services (`None`: no such node).
+    NodeServices(Option<(Node, Vec<Service>)>),
+    /// Instances with their health.
+    Health(Vec<ServiceHealth>),
+    /// Health checks.
+    Checks(Vec<Check>),
+}
+
+fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
+    filter
+        .iter()
+        .all(|(k, v)| node.meta.get(k).is_some_and(|have| have == v))
+}
+
+fn tags_match(service: &Service, tags: &[String]) -> bool {
+    tags.iter().all(|t| service.tags.contains(t))
+}
+
+/// The instances of `name` carrying `tags`, on nodes matching `node_meta`.
+fn instances<'a>(
+    state: &'a State,
+    name: &str,
+    tags: &'a [String],
+    node_meta: &'a NodeMetaFilter,
+) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
+    state
+        .service_instances(name)
+        .filter(move |s| tags_match(s, tags))
+        .filter_map(|s| state.node(&s.node).map(|n| (n, s)))
+        .filter(move |(n, _)| meta_matches(n, node_meta))
 }
 
 impl Query {
@@ -41,6 +143,14 @@ impl Query {
     pub fn tables(&self) -> &'static [Table] {
         match self {
             Query::KvGet { .. } | Query::KvList { .. } | Query::KvKeys { .. } => &[Table::Kv],
+            Query::Nodes { .. } => &[Table::Nodes],
+            Query::Services { .. } | Query::ServiceNodes { .. } | Query::NodeServices { .. } => {
+                &[Table::Nodes, Table::Services]
+            }
+            Query::ServiceHealth { .. } => &[Table::Nodes, Table::Services, Table::Checks],
+            Query::ServiceChecks { .. }
+            | Query::NodeChecks { .. }
+            | Query::ChecksInState { .. } => &[Table::Checks],
         }
     }
 
@@ -68,6 +178,93 @@ impl Query {
                 }
                 QueryResult::Keys(keys)
             }
+            Query::Nodes { node_meta } => QueryResult::Nodes(
+                state
+                    .nodes()
+                    .filter(|n| meta_matches(n, node_meta))
+                    .cloned()
+                    .collect(),
+            ),
+            Query::Services { node_meta } => {
+                let mut out = BTreeMap::new();
+                for (name, list) in state.service_names() {
+                    let mut tags: Vec<String> = Vec::new();
+                    let mut any = false;
+                    for s in list {
+                        if !node_meta.is_empty()
+                            && !state
+                                .node(&s.node)
+                                .is_some_and(|n| meta_matches(n, node_meta))
+                        {
+                            continue;
+                        }
+                        any = true;
+                        tags.extend(s.tags.iter().cloned());
+                    }
+                    if any {
+                        tags.sort();
+                        tags.dedup();
+                        out.insert(name.to_string(), tags);
+                    }
+                }
+                QueryResult::ServiceTags(out)
+            }
+            Query::ServiceNodes {
+                service,
+                tags,
+                node_meta,
+            } => QueryResult::ServiceNodes(
+                instances(state, service, tags, node_meta)
+                    .map(|(n, s)| (n.clone(), s.clone()))
+                    .collect(),
+            ),
+            Query::NodeServices { node } => QueryResult::NodeServices(
+                state
+                    .node(node)
+                    .map(|n| (n.clone(), state.node_services(node).cloned().collect())),
+            ),
+            Query::ServiceHealth {
+                service,
+                tags,
+                passing,
+                node_meta,
+            } => QueryResult::Health(
+                instances(state, service, tags, node_meta)
+                    .map(|(n, s)| ServiceHealth {
+                        node: n.clone(),
+                        service: s.clone(),
+                        checks: state
+                            .node_checks(&n.node)
+                            .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                            .cloned()
+                            .collect(),
+                    })
+                    .filter(|h| {
+                        !passing || h.checks.iter().all(|c| c.status == HealthStatus::Passing)
+                    })
+                    .collect(),
+            ),
+            Query::ServiceChecks { service } => QueryResult::Checks(
+                state
+                    .service_instances(service)
+                    .flat_map(|s| {
+                        state
+                            .node_checks(&s.node)
+                            .filter(move |c| c.service_id == s.id)
+                    })
+                    .cloned()
+                    .collect(),
+            ),
+            Query::NodeChecks { node } => {
+                QueryResult::Checks(state.node_checks(node).cloned().collect())
+            }
+            Query::ChecksInState { state: wanted } => QueryResult::Checks(
+                state
+                    .checks()
+                    .filter(|c| wanted.is_none_or(|w| c.status == w))
+                    .cloned()
+                    .collect(),
+            ),
         }
     }
 }

@@ -270,3 +270,107 @@ fn a_batch_applies_in_order_at_one_index() {
         (4, 4, &b"2"[..])
     );
 }
+
+fn check(id: &str, service: Option<&str>, status: HealthStatus) -> CheckDefinition {
+    CheckDefinition {
+        check_id: id.into(),
+        name: id.into(),
+        status,
+        service_id: service.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn catalog_queries_filter_like_consul() {
+    use crate::state::query::{Query, QueryResult};
+    let mut s = State::default();
+    let tagged = |node: &str, id: &str, tags: &[&str], meta: &str| {
+        let Command::Register(mut r) = reg(node, Some((id, "web")), vec![]) else {
+            unreachable!()
+        };
+        r.service.as_mut().unwrap().tags = tags.iter().map(|t| t.to_string()).collect();
+        r.node_meta.insert("rack".into(), meta.into());
+        r
+    };
+    let a = tagged("n1", "web-1", &["prod", "v1"], "r1");
+    let b = tagged("n2", "web-2", &["v1"], "r2");
+    s.apply(1, Command::Register(a));
+    s.apply(2, Command::Register(b));
+    let ids = |s: &State, q: Query| match q.run(s) {
+        QueryResult::ServiceNodes(rows) => rows.into_iter().map(|(_, s)| s.id).collect(),
+        QueryResult::Health(rows) => rows.into_iter().map(|h| h.service.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let sn = |tags: &[&str], meta: &[(&str, &str)]| Query::ServiceNodes {
+        service: "web".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        node_meta: meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    assert_eq!(ids(&s, sn(&[], &[])), ["web-1", "web-2"]);
+    assert_eq!(ids(&s, sn(&["prod"], &[])), ["web-1"]);
+    assert_eq!(
+        ids(&s, sn(&["v1", "prod"], &[])),
+        ["web-1"],
+        "every tag must match"
+    );
+    assert_eq!(ids(&s, sn(&[], &[("rack", "r2")])), ["web-2"]);
+    s.apply(
+        3,
+        reg(
+            "n1",
+            None,
+            vec![check("serfHealth", None, HealthStatus::Passing)],
+        ),
+    );
+    s.apply(
+        4,
+        reg(
+            "n2",
+            None,
+            vec![check("c", Some("web-2"), HealthStatus::Warning)],
+        ),
+    );
+    let health = |passing| Query::ServiceHealth {
+        service: "web".into(),
+        tags: vec![],
+        passing,
+        node_meta: vec![],
+    };
+    assert_eq!(ids(&s, health(false)), ["web-1", "web-2"]);
+    assert_eq!(ids(&s, health(true)), ["web-1"], "a warning is not passing");
+    let QueryResult::Health(h) = health(false).run(&s) else {
+        panic!()
+    };
+    assert_eq!(h[0].checks.len(), 1, "node checks count for the instance");
+    let QueryResult::ServiceTags(tags) = (Query::Services { node_meta: vec![] }).run(&s) else {
+        panic!()
+    };
+    assert_eq!(tags["web"], ["prod", "v1"], "union of tags, deduplicated");
+    let QueryResult::Checks(c) = (Query::ChecksInState {
+        state: Some(HealthStatus::Warning),
+    })
+    .run(&s) else {
+        panic!()
+    };
+    assert_eq!(c.len(), 1);
+
+    // Renaming an instance and deregistering a node keep the name index right, and a
+    // restored state rebuilds it.
+    s.apply(5, reg("n2", Some(("web-2", "api")), vec![]));
+    assert_eq!(ids(&s, sn(&[], &[])), ["web-1"]);
+    s.apply(
+        6,
+        Command::Deregister(DeregisterRequest {
+            node: "n1".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(ids(&s, sn(&[], &[])).is_empty());
+    let restored = State::from_tables(s.tables().clone());
+    assert_eq!(restored.service_instances("api").count(), 1);
+    assert_eq!(restored.service_instances("web").count(), 0);
+}

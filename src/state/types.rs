@@ -84,6 +84,8 @@ pub struct Service {
     pub address: String,
     /// Port.
     pub port: u16,
+    /// Extra addresses (`lan`, `wan`, ...).
+    pub tagged_addresses: BTreeMap<String, String>,
     /// User metadata.
     pub meta: BTreeMap<String, String>,
     /// DNS weights.
@@ -117,6 +119,8 @@ pub struct Check {
     pub service_name: String,
     /// That service's tags.
     pub service_tags: Vec<String>,
+    /// How the agent runs it (`ttl`, `http`, `tcp`, `script`; empty for a catalog check).
+    pub kind: String,
     /// Log index that created it.
     pub create_index: u64,
     /// Log index that last changed it.
@@ -155,6 +159,8 @@ pub struct ServiceDefinition {
     pub address: String,
     /// Port.
     pub port: u16,
+    /// Extra addresses.
+    pub tagged_addresses: BTreeMap<String, String>,
     /// Metadata.
     pub meta: BTreeMap<String, String>,
     /// DNS weights.
@@ -182,6 +188,7 @@ impl ServiceDefinition {
             tags: self.tags,
             address: self.address,
             port: self.port,
+            tagged_addresses: self.tagged_addresses,
             meta: self.meta,
             weights: self.weights,
             enable_tag_override: self.enable_tag_override,
@@ -206,6 +213,8 @@ pub struct CheckDefinition {
     pub output: String,
     /// The service checked, if any.
     pub service_id: Option<String>,
+    /// How the agent runs it (`ttl`, `http`, ...; empty for a catalog check).
+    pub kind: String,
 }
 
 /// Consul's catalog register request.

@@ -1,0 +1,92 @@
+//! Anti-entropy: keeps the catalog's view of this agent's node equal to its local state
+//! ([`super::local`]). It syncs at once after every local change, and fully every
+//! `interval` (with jitter), which re-asserts what a server failover or a catalog wipe
+//! lost and removes what the agent no longer has. Failed syncs are retried with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::local::{LocalAgent, sync_plan};
+use crate::dispatch::{DispatchError, Dispatcher, ReadOptions};
+use crate::raft::ReadMode;
+use crate::state::Command;
+use crate::state::query::{Query, QueryResult};
+
+/// First retry delay after a failed sync; doubles up to the sync interval.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// Runs until `shutdown` fires.
+pub async fn run(
+    local: Arc<LocalAgent>,
+    dispatcher: Dispatcher,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut retry = RETRY_FIRST;
+    loop {
+        let wait = match sync_once(&local, &dispatcher).await {
+            Ok(0) => interval + interval.mul_f64(rand::random::<f64>() / 4.0),
+            Ok(writes) => {
+                debug!(writes, "anti-entropy synced the catalog");
+                retry = RETRY_FIRST;
+                interval
+            }
+            Err(e) => {
+                warn!(error = %e, "anti-entropy sync failed; retrying");
+                let wait = retry;
+                retry = (retry * 2).min(interval);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = local.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One sync: read this node's catalog entries at the leader, write the difference in one
+/// Raft entry. Returns how many changes were written.
+pub async fn sync_once(
+    local: &LocalAgent,
+    dispatcher: &Dispatcher,
+) -> Result<usize, DispatchError> {
+    let opts = ReadOptions {
+        mode: ReadMode::Leader,
+        max_stale: None,
+        min_index: 0,
+        wait: Duration::ZERO,
+    };
+    let name = local.node.name.clone();
+    let services = dispatcher
+        .read(Query::NodeServices { node: name.clone() }, opts, false)
+        .await?;
+    let checks = dispatcher
+        .read(Query::NodeChecks { node: name }, opts, false)
+        .await?;
+    let (QueryResult::NodeServices(node), QueryResult::Checks(checks)) =
+        (services.result, checks.result)
+    else {
+        return Err(DispatchError::Raft("unexpected query result shape".into()));
+    };
+    let (node, services) = match node {
+        Some((n, s)) => (Some(n), s),
+        None => (None, Vec::new()),
+    };
+    let plan = sync_plan(
+        &local.node,
+        &local.snapshot(),
+        node.as_ref(),
+        &services,
+        &checks,
+    );
+    let n = plan.len();
+    if n > 0 {
+        dispatcher.write(Command::Batch(plan), false).await?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,495 @@
+//! Agent-local state: the services and checks registered through this agent's
+//! `/v1/agent/...` endpoints. They belong to the agent, not to the catalog: the agent is
+//! the source of truth and anti-entropy ([`super::anti_entropy`]) makes the catalog's view
+//! of this node match them. [`sync_plan`] is the pure diff that decides what to write.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::state::{
+    Check, CheckDefinition, Command, DeregisterRequest, HealthStatus, Node, RegisterRequest,
+    Service, ServiceDefinition,
+};
+
+/// Node checks that other parts of the system own (gossip reconciliation on the leader):
+/// anti-entropy never removes them.
+const FOREIGN_CHECKS: &[&str] = &["serfHealth"];
+
+/// Who this agent is, as the catalog shows its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node UUID.
+    pub id: String,
+    /// Node name.
+    pub name: String,
+    /// Advertised address.
+    pub address: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Whether this agent is a server.
+    pub server: bool,
+    /// Its QUIC port.
+    pub port: u16,
+}
+
+impl NodeInfo {
+    /// A register request for this node alone.
+    fn register(&self) -> RegisterRequest {
+        let mut tagged = BTreeMap::new();
+        tagged.insert("lan".to_string(), self.address.clone());
+        tagged.insert("wan".to_string(), self.address.clone());
+        RegisterRequest {
+            id: self.id.clone(),
+            node: self.name.clone(),
+            address: self.address.clone(),
+            datacenter: self.datacenter.clone(),
+            tagged_addresses: tagged,
+            ..RegisterRequest::default()
+        }
+    }
+
+    fn matches(&self, n: &Node) -> bool {
+        let want = self.register();
+        n.id == want.id
+            && n.address == want.address
+            && n.datacenter == want.datacenter
+            && n.tagged_addresses == want.tagged_addresses
+    }
+}
+
+/// How an agent check is run (the runner comes with health checking; the definition is
+/// kept from registration on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Set by the application through `check/pass|warn|fail` before the TTL runs out.
+    Ttl(Duration),
+    /// An HTTP GET (or `method`) of `url`: 2xx passing, 429 warning, else critical.
+    Http {
+        /// The URL.
+        url: String,
+        /// The method (GET by default).
+        method: String,
+        /// Extra request headers.
+        header: BTreeMap<String, Vec<String>>,
+        /// Request body.
+        body: String,
+        /// Skip certificate verification.
+        tls_skip_verify: bool,
+    },
+    /// A TCP connect to `host:port`.
+    Tcp(String),
+    /// A command run with these arguments.
+    Script(Vec<String>),
+}
+
+impl CheckKind {
+    /// Consul's `Type` string.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckKind::Ttl(_) => "ttl",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp(_) => "tcp",
+            CheckKind::Script(_) => "script",
+        }
+    }
+}
+
+/// An agent check: its catalog shape plus how it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCheck {
+    /// The check as written to the catalog.
+    pub def: CheckDefinition,
+    /// How it runs.
+    pub kind: CheckKind,
+    /// How often (non-TTL checks).
+    pub interval: Option<Duration>,
+    /// Per-run timeout.
+    pub timeout: Option<Duration>,
+    /// Deregister the service after being critical this long.
+    pub deregister_critical_after: Option<Duration>,
+}
+
+/// A refused agent registration (a client mistake: HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocalError {
+    /// The registration is incomplete or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such service or check on this agent.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// The services and checks of this agent.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalState {
+    /// Services by ID.
+    pub services: BTreeMap<String, ServiceDefinition>,
+    /// Checks by ID.
+    pub checks: BTreeMap<String, LocalCheck>,
+}
+
+impl LocalState {
+    /// Registers (or replaces) a service and the checks given with it. Checks without an
+    /// ID get Consul's `service:<id>` (`service:<id>:N` when there are several). With
+    /// `replace_checks`, the service's checks not given now are removed.
+    pub fn add_service(
+        &mut self,
+        mut def: ServiceDefinition,
+        mut checks: Vec<LocalCheck>,
+        replace_checks: bool,
+    ) -> Result<(), LocalError> {
+        if def.service.is_empty() {
+            return Err(LocalError::Invalid("Missing service name".into()));
+        }
+        let id = def.effective_id().to_string();
+        def.id = id.clone();
+        let several = checks.len() > 1;
+        for (i, c) in checks.iter_mut().enumerate() {
+            if c.def.check_id.is_empty() {
+                c.def.check_id = if several {
+                    format!("service:{id}:{}", i + 1)
+                } else {
+                    format!("service:{id}")
+                };
+            }
+            if c.def.name.is_empty() {
+                c.def.name = format!("Service '{}' check", def.service);
+            }
+            c.def.service_id = Some(id.clone());
+        }
+        if replace_checks {
+            self.checks
+                .retain(|_, c| c.def.service_id.as_deref() != Some(id.as_str()));
+        }
+        self.services.insert(id, def);
+        for c in checks {
+            self.checks.insert(c.def.check_id.clone(), c);
+        }
+        Ok(())
+    }
+
+    /// Removes a service and its checks.
+    pub fn remove_service(&mut self, id: &str) -> Result<(), LocalError> {
+        if self.services.remove(id).is_none() {
+            return Err(LocalError::Unknown(format!("Unknown service ID {id:?}")));
+        }
+        self.checks
+            .retain(|_, c| c.def.service_id.as_deref() != Some(id));
+        Ok(())
+    }
+
+    /// Registers (or replaces) a check; a service it names must be registered here.
+    pub fn add_check(&mut self, mut check: LocalCheck) -> Result<(), LocalError> {
+        if check.def.name.is_empty() {
+            return Err(LocalError::Invalid("Missing check name".into()));
+        }
+        if check.def.check_id.is_empty() {
+            check.def.check_id = check.def.name.clone();
+        }
+        if let Some(sid) = check.def.service_id.as_deref().filter(|s| !s.is_empty())
+            && !self.services.contains_key(sid)
+        {
+            return Err(LocalError::Invalid(format!(
+                "ServiceID {sid:?} does not exist"
+            )));
+        }
+        self.checks.insert(check.def.check_id.clone(), check);
+        Ok(())
+    }
+
+    /// Removes a check.
+    pub fn remove_check(&mut self, id: &str) -> Result<(), LocalError> {
+        self.checks
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| LocalError::Unknown(format!("Unknown check ID {id:?}")))
+    }
+
+    /// Sets a check's status and output (`check/pass|warn|fail`, TTL expiry).
+    pub fn update_check(
+        &mut self,
+        id: &str,
+        status: HealthStatus,
+        output: String,
+    ) -> Result<(), LocalError> {
+        let c = self
+            .checks
+            .get_mut(id)
+            .ok_or_else(|| LocalError::Unknown(format!("Unknown check ID {id:?}")))?;
+        c.def.status = status;
+        c.def.output = output;
+        Ok(())
+    }
+
+    /// The catalog checks this agent's checks should be, on `node`, given its services.
+    pub fn catalog_checks(&self, node: &str) -> BTreeMap<String, Check> {
+        self.checks
+            .values()
+            .map(|c| {
+                let service_id = c.def.service_id.clone().unwrap_or_default();
+                let svc = self.services.get(&service_id);
+                let check = Check {
+                    node: node.to_string(),
+                    check_id: c.def.check_id.clone(),
+                    name: c.def.name.clone(),
+                    status: c.def.status,
+                    notes: c.def.notes.clone(),
+                    output: c.def.output.clone(),
+                    service_id,
+                    service_name: svc.map(|s| s.service.clone()).unwrap_or_default(),
+                    service_tags: svc.map(|s| s.tags.clone()).unwrap_or_default(),
+                    kind: c.kind.as_str().to_string(),
+                    create_index: 0,
+                    modify_index: 0,
+                };
+                (c.def.check_id.clone(), check)
+            })
+            .collect()
+    }
+}
+
+fn same_ignoring_indexes<T: Clone + PartialEq>(a: &T, b: &T, clear: impl Fn(&mut T)) -> bool {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    clear(&mut a);
+    clear(&mut b);
+    a == b
+}
+
+/// What to write so that the catalog's view of `node` matches `local`: the catalog holds
+/// `catalog_node` (if registered), `catalog_services` and `catalog_checks` for it now.
+/// Nothing is written for what already matches, so a sync of an unchanged agent costs no
+/// Raft write. Checks owned by others (`serfHealth`) are left alone.
+pub fn sync_plan(
+    node: &NodeInfo,
+    local: &LocalState,
+    catalog_node: Option<&Node>,
+    catalog_services: &[Service],
+    catalog_checks: &[Check],
+) -> Vec<Command> {
+    let mut plan = Vec::new();
+    if !catalog_node.is_some_and(|n| node.matches(n)) {
+        plan.push(Command::Register(Box::new(node.register())));
+    }
+    for s in catalog_services {
+        if !local.services.contains_key(&s.id) {
+            plan.push(Command::Deregister(DeregisterRequest {
+                node: node.name.clone(),
+                service_id: Some(s.id.clone()),
+                check_id: None,
+            }));
+        }
+    }
+    let wanted_checks = local.catalog_checks(&node.name);
+    for c in catalog_checks {
+        let service_going = !c.service_id.is_empty() && !local.services.contains_key(&c.service_id);
+        if !wanted_checks.contains_key(&c.check_id)
+            && !FOREIGN_CHECKS.contains(&c.check_id.as_str())
+            && !service_going
+        {
+            plan.push(Command::Deregister(DeregisterRequest {
+                node: node.name.clone(),
+                service_id: None,
+                check_id: Some(c.check_id.clone()),
+            }));
+        }
+    }
+    let clear_service = |s: &mut Service| {
+        s.create_index = 0;
+        s.modify_index = 0;
+    };
+    let clear_check = |c: &mut Check| {
+        c.create_index = 0;
+        c.modify_index = 0;
+    };
+    for (id, def) in &local.services {
+        let want = def.clone().into_service(node.name.clone());
+        let have = catalog_services.iter().find(|s| &s.id == id);
+        if !have.is_some_and(|h| same_ignoring_indexes(h, &want, clear_service)) {
+            let mut req = node.register();
+            req.service = Some(def.clone());
+            plan.push(Command::Register(Box::new(req)));
+        }
+    }
+    for (id, want) in &wanted_checks {
+        let have = catalog_checks.iter().find(|c| &c.check_id == id);
+        if !have.is_some_and(|h| same_ignoring_indexes(h, want, clear_check)) {
+            let local_check = &local.checks[id];
+            let mut req = node.register();
+            let mut def = local_check.def.clone();
+            def.kind = local_check.kind.as_str().to_string();
+            req.checks = vec![def];
+            plan.push(Command::Register(Box::new(req)));
+        }
+    }
+    plan
+}
+
+/// The agent's local state, shared by its HTTP handlers and the anti-entropy loop.
+pub struct LocalAgent {
+    /// This agent's node.
+    pub node: NodeInfo,
+    state: Mutex<LocalState>,
+    changed: Notify,
+}
+
+impl LocalAgent {
+    /// An agent with nothing registered yet.
+    pub fn new(node: NodeInfo) -> LocalAgent {
+        LocalAgent {
+            node,
+            state: Mutex::new(LocalState::default()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> LocalState {
+        self.state.lock().expect("local state lock").clone()
+    }
+
+    /// Runs `f` on the state; a success wakes anti-entropy to sync the change.
+    pub fn update<T>(
+        &self,
+        f: impl FnOnce(&mut LocalState) -> Result<T, LocalError>,
+    ) -> Result<T, LocalError> {
+        let out = f(&mut self.state.lock().expect("local state lock"))?;
+        self.changed.notify_one();
+        Ok(out)
+    }
+
+    /// Resolves when the state changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            id: "0000".into(),
+            name: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+            server: false,
+            port: 8300,
+        }
+    }
+
+    fn ttl_check(id: &str) -> LocalCheck {
+        LocalCheck {
+            def: CheckDefinition {
+                check_id: id.into(),
+                name: id.into(),
+                ..CheckDefinition::default()
+            },
+            kind: CheckKind::Ttl(Duration::from_secs(10)),
+            interval: None,
+            timeout: None,
+            deregister_critical_after: None,
+        }
+    }
+
+    fn web() -> ServiceDefinition {
+        ServiceDefinition {
+            id: "web-1".into(),
+            service: "web".into(),
+            port: 80,
+            ..ServiceDefinition::default()
+        }
+    }
+
+    /// Applies the plan to `state` and returns the next plan, which must be empty.
+    fn sync(state: &mut State, local: &LocalState, at: &mut u64) -> usize {
+        let plan_of = |s: &State| {
+            let services: Vec<Service> = s.node_services("n1").cloned().collect();
+            let checks: Vec<Check> = s.node_checks("n1").cloned().collect();
+            sync_plan(&node(), local, s.node("n1"), &services, &checks)
+        };
+        let plan = plan_of(state);
+        let n = plan.len();
+        for cmd in plan {
+            *at += 1;
+            let r = state.apply(*at, cmd);
+            assert_eq!(r, crate::state::CommandResult::Ok);
+        }
+        assert_eq!(plan_of(state), vec![], "a second sync writes nothing");
+        n
+    }
+
+    #[test]
+    fn checks_get_consul_ids() {
+        let mut l = LocalState::default();
+        l.add_service(web(), vec![ttl_check(""), ttl_check("")], false)
+            .unwrap();
+        let ids: Vec<&String> = l.checks.keys().collect();
+        assert_eq!(ids, ["service:web-1:1", "service:web-1:2"]);
+        let mut l = LocalState::default();
+        l.add_service(web(), vec![ttl_check("")], false).unwrap();
+        assert!(l.checks.contains_key("service:web-1"));
+        assert!(l.add_check(ttl_check("x")).is_ok());
+        let mut orphan = ttl_check("y");
+        orphan.def.service_id = Some("nope".into());
+        assert!(matches!(l.add_check(orphan), Err(LocalError::Invalid(_))));
+        l.remove_service("web-1").unwrap();
+        assert_eq!(l.checks.keys().collect::<Vec<_>>(), ["x"]);
+        assert!(l.remove_service("web-1").is_err());
+    }
+
+    #[test]
+    fn sync_converges_and_is_idempotent() {
+        let mut s = State::default();
+        let mut at = 0;
+        let mut l = LocalState::default();
+        l.add_service(web(), vec![ttl_check("")], false).unwrap();
+        assert_eq!(sync(&mut s, &l, &mut at), 3, "node, service, check");
+        assert_eq!(s.node_checks("n1").next().unwrap().kind, "ttl");
+
+        l.update_check("service:web-1", HealthStatus::Passing, "ok".into())
+            .unwrap();
+        assert_eq!(sync(&mut s, &l, &mut at), 1, "only the check changed");
+        assert_eq!(
+            s.node_checks("n1").next().unwrap().status,
+            HealthStatus::Passing
+        );
+
+        // Someone wipes the node from the catalog: everything is re-asserted.
+        at += 1;
+        s.apply(
+            at,
+            Command::Deregister(DeregisterRequest {
+                node: "n1".into(),
+                ..DeregisterRequest::default()
+            }),
+        );
+        assert_eq!(sync(&mut s, &l, &mut at), 3);
+
+        // A leader-owned check and a stray service registered through the catalog.
+        at += 1;
+        let mut stray = node().register();
+        stray.service = Some(ServiceDefinition {
+            service: "stray".into(),
+            ..ServiceDefinition::default()
+        });
+        stray.checks = vec![CheckDefinition {
+            check_id: "serfHealth".into(),
+            name: "Serf Health Status".into(),
+            ..CheckDefinition::default()
+        }];
+        s.apply(at, Command::Register(Box::new(stray)));
+        assert_eq!(sync(&mut s, &l, &mut at), 1, "the stray service goes");
+        assert!(s.node_checks("n1").any(|c| c.check_id == "serfHealth"));
+
+        l.remove_service("web-1").unwrap();
+        assert_eq!(sync(&mut s, &l, &mut at), 1);
+        assert_eq!(s.node_services("n1").count(), 0);
+        assert_eq!(s.node_checks("n1").count(), 1, "serfHealth stays");
+    }
+}

@@ -1,0 +1,402 @@
+//! `/v1/agent/...`: this agent's own view: who it is, its members, and the services and
+//! checks registered with it (kept by [`crate::agent::local`], synced to the catalog by
+//! anti-entropy). These endpoints never take `?dc=`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::Api;
+use super::catalog::{WeightsBody, parse_status, tagged_address};
+use super::error::HttpError;
+use super::json::{CheckJson, ServiceJson, decode};
+use super::params::Params;
+use crate::agent::local::{CheckKind, LocalCheck, LocalError};
+use crate::duration::parse_go_duration;
+use crate::state::{CheckDefinition, HealthStatus, ServiceDefinition, Weights};
+use crate::transport::identity::Role;
+
+impl From<LocalError> for HttpError {
+    fn from(e: LocalError) -> Self {
+        match e {
+            LocalError::Invalid(m) => HttpError::BadRequest(m),
+            LocalError::Unknown(m) => HttpError::NotFoundBecause(m),
+        }
+    }
+}
+
+/// A gossip member in Consul's `agent/members` shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MemberJson {
+    name: String,
+    addr: String,
+    port: u16,
+    tags: BTreeMap<&'static str, String>,
+    /// 1 alive, 2 leaving, 3 left, 4 failed.
+    status: u8,
+}
+
+fn member(name: String, addr: String, port: u16, dc: &str, role: Role) -> MemberJson {
+    let mut tags = BTreeMap::new();
+    tags.insert("dc", dc.to_string());
+    tags.insert(
+        "role",
+        match role {
+            Role::Server => "consul",
+            Role::Client => "node",
+        }
+        .to_string(),
+    );
+    tags.insert("port", port.to_string());
+    tags.insert("build", env!("CARGO_PKG_VERSION").to_string());
+    MemberJson {
+        name,
+        addr,
+        port,
+        tags,
+        status: 1,
+    }
+}
+
+fn self_member(api: &Api) -> MemberJson {
+    let n = &api.local.node;
+    let role = if n.server { Role::Server } else { Role::Client };
+    member(
+        n.name.clone(),
+        n.address.clone(),
+        n.port,
+        &n.datacenter,
+        role,
+    )
+}
+
+/// `agent/self`'s `Config`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SelfConfig<'a> {
+    datacenter: &'a str,
+    primary_datacenter: &'a str,
+    node_name: &'a str,
+    #[serde(rename = "NodeID")]
+    node_id: &'a str,
+    server: bool,
+    revision: &'static str,
+    version: &'static str,
+}
+
+/// `GET /v1/agent/self`: what Prometheus reads `Config.Datacenter` from.
+pub async fn self_info(State(api): State<Api>) -> Response {
+    let n = &api.local.node;
+    let config = SelfConfig {
+        datacenter: &n.datacenter,
+        primary_datacenter: &n.datacenter,
+        node_name: &n.name,
+        node_id: &n.id,
+        server: n.server,
+        revision: "",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    Json(serde_json::json!({
+        "Config": config,
+        "Member": self_member(&api),
+        "Meta": {},
+    }))
+    .into_response()
+}
+
+/// `GET /v1/agent/members` (`?wan` on servers: the servers as `<node>.<dc>`). Until LAN
+/// gossip lands this agent knows itself and the DC's Raft voters.
+pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let wan = p.flag("wan") && !matches!(p.get("wan"), Some("0" | "false"));
+    let n = &api.local.node;
+    if wan && !n.server {
+        return Err(HttpError::BadRequest(
+            "WAN members are only known to servers".into(),
+        ));
+    }
+    let status = api.dispatcher.raft_status().await.unwrap_or_default();
+    let mut out = vec![self_member(&api)];
+    for v in status.voters.into_iter().filter(|v| v.name != n.name) {
+        let (addr, port) = match v.addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => (a.ip().to_string(), a.port()),
+            Err(_) => (v.addr.clone(), 0),
+        };
+        out.push(member(v.name, addr, port, &n.datacenter, Role::Server));
+    }
+    if wan {
+        for m in &mut out {
+            m.name = format!("{}.{}", m.name, n.datacenter);
+        }
+    }
+    Ok(Json(out).into_response())
+}
+
+/// `GET /v1/agent/services`: this agent's services by ID.
+pub async fn services(State(api): State<Api>) -> Response {
+    let local = api.local.snapshot();
+    let services: Vec<_> = local
+        .services
+        .values()
+        .map(|d| d.clone().into_service(api.local.node.name.clone()))
+        .collect();
+    let json: BTreeMap<&str, ServiceJson> = services
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                ServiceJson::new(s, &api.local.node.datacenter),
+            )
+        })
+        .collect();
+    Json(json).into_response()
+}
+
+/// `GET /v1/agent/checks`: this agent's checks by ID.
+pub async fn checks(State(api): State<Api>) -> Response {
+    let local = api.local.snapshot();
+    let checks = local.catalog_checks(&api.local.node.name);
+    let json: BTreeMap<&str, CheckJson> = checks
+        .iter()
+        .map(|(id, c)| (id.as_str(), CheckJson::from(c)))
+        .collect();
+    Json(json).into_response()
+}
+
+/// A check in an agent registration (alone or inside a service).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    id: String,
+    #[serde(rename = "checkid", default)]
+    check_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(rename = "serviceid", default)]
+    service_id: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    http: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    header: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(rename = "tlsskipverify", default)]
+    tls_skip_verify: bool,
+    #[serde(default)]
+    tcp: Option<String>,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(rename = "scriptargs", default)]
+    script_args: Option<Vec<String>>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(rename = "deregistercriticalserviceafter", default)]
+    deregister_critical_after: Option<String>,
+}
+
+fn duration(name: &str, v: Option<String>) -> Result<Option<Duration>, HttpError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            parse_go_duration(&s)
+                .ok_or_else(|| HttpError::BadRequest(format!("Invalid {name} duration {s:?}")))
+        })
+        .transpose()
+}
+
+impl CheckBody {
+    fn into_local(self) -> Result<LocalCheck, HttpError> {
+        let interval = duration("Interval", self.interval)?;
+        let kind = if let Some(ttl) = duration("TTL", self.ttl)? {
+            CheckKind::Ttl(ttl)
+        } else if let Some(url) = self.http.filter(|u| !u.is_empty()) {
+            CheckKind::Http {
+                url,
+                method: self.method.unwrap_or_else(|| "GET".into()),
+                header: self.header.unwrap_or_default(),
+                body: self.body.unwrap_or_default(),
+                tls_skip_verify: self.tls_skip_verify,
+            }
+        } else if let Some(addr) = self.tcp.filter(|a| !a.is_empty()) {
+            CheckKind::Tcp(addr)
+        } else if let Some(args) = self.args.or(self.script_args).filter(|a| !a.is_empty()) {
+            CheckKind::Script(args)
+        } else {
+            return Err(HttpError::BadRequest(
+                "Must provide TTL or Args, HTTP or TCP with an Interval".into(),
+            ));
+        };
+        if !matches!(kind, CheckKind::Ttl(_)) && interval.is_none() {
+            return Err(HttpError::BadRequest(
+                "Interval must be given for HTTP, TCP and script checks".into(),
+            ));
+        }
+        Ok(LocalCheck {
+            def: CheckDefinition {
+                check_id: if self.check_id.is_empty() {
+                    self.id
+                } else {
+                    self.check_id
+                },
+                name: self.name,
+                status: self
+                    .status
+                    .as_deref()
+                    .map(parse_status)
+                    .transpose()?
+                    .unwrap_or(HealthStatus::Critical),
+                notes: self.notes,
+                output: String::new(),
+                service_id: self.service_id.filter(|s| !s.is_empty()),
+                kind: kind.as_str().to_string(),
+            },
+            kind,
+            interval,
+            timeout: duration("Timeout", self.timeout)?,
+            deregister_critical_after: duration(
+                "DeregisterCriticalServiceAfter",
+                self.deregister_critical_after,
+            )?,
+        })
+    }
+}
+
+/// `agent/service/register`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(rename = "taggedaddresses", default)]
+    tagged_addresses: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    weights: Option<WeightsBody>,
+    #[serde(rename = "enabletagoverride", default)]
+    enable_tag_override: bool,
+    #[serde(default)]
+    check: Option<CheckBody>,
+    #[serde(default)]
+    checks: Option<Vec<CheckBody>>,
+}
+
+/// `PUT /v1/agent/service/register` (`?replace-existing-checks`).
+pub async fn register_service(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let b: ServiceBody = decode(&body)?;
+    let def = ServiceDefinition {
+        id: b.id,
+        service: b.name,
+        tags: b.tags.unwrap_or_default(),
+        address: b.address,
+        port: b.port,
+        tagged_addresses: b
+            .tagged_addresses
+            .into_iter()
+            .map(|(k, v)| Ok((k, tagged_address(v)?)))
+            .collect::<Result<_, HttpError>>()?,
+        meta: b.meta.unwrap_or_default(),
+        weights: b.weights.map(Weights::from).unwrap_or_default(),
+        enable_tag_override: b.enable_tag_override,
+    };
+    let checks = b
+        .check
+        .into_iter()
+        .chain(b.checks.unwrap_or_default())
+        .map(CheckBody::into_local)
+        .collect::<Result<Vec<_>, _>>()?;
+    let replace = p.flag("replace-existing-checks")
+        && !matches!(p.get("replace-existing-checks"), Some("false" | "0"));
+    api.local.update(|l| l.add_service(def, checks, replace))?;
+    Ok(().into_response())
+}
+
+/// `PUT /v1/agent/service/deregister/:id`.
+pub async fn deregister_service(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    api.local.update(|l| l.remove_service(&id))?;
+    Ok(().into_response())
+}
+
+/// `PUT /v1/agent/check/register`.
+pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Response, HttpError> {
+    let check = decode::<CheckBody>(&body)?.into_local()?;
+    api.local.update(|l| l.add_check(check))?;
+    Ok(().into_response())
+}
+
+/// `PUT /v1/agent/check/deregister/:id`.
+pub async fn deregister_check(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    api.local.update(|l| l.remove_check(&id))?;
+    Ok(().into_response())
+}
+
+async fn set_status(
+    api: &Api,
+    id: &str,
+    status: HealthStatus,
+    p: &Params,
+) -> Result<Response, HttpError> {
+    let note = p.get("note").unwrap_or_default().to_string();
+    api.local.update(|l| l.update_check(id, status, note))?;
+    Ok(().into_response())
+}
+
+/// `PUT /v1/agent/check/pass/:id` (`?note=` becomes the output).
+pub async fn pass(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    set_status(&api, &id, HealthStatus::Passing, &p).await
+}
+
+/// `PUT /v1/agent/check/warn/:id`.
+pub async fn warn(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    set_status(&api, &id, HealthStatus::Warning, &p).await
+}
+
+/// `PUT /v1/agent/check/fail/:id`.
+pub async fn fail(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    set_status(&api, &id, HealthStatus::Critical, &p).await
+}

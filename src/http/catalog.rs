@@ -1,0 +1,342 @@
+//! `/v1/catalog/...`: Consul's catalog endpoints.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::error::HttpError;
+use super::json::{CatalogServiceJson, NodeJson, ServiceJson, decode};
+use super::params::Params;
+use super::{Api, read, write_ok};
+use crate::state::query::{Query, QueryResult};
+use crate::state::{
+    CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest, ServiceDefinition,
+    Weights,
+};
+
+/// Consul's `Weights` in a request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsBody {
+    #[serde(default = "one")]
+    passing: u32,
+    #[serde(default = "one")]
+    warning: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl From<WeightsBody> for Weights {
+    fn from(w: WeightsBody) -> Self {
+        Weights {
+            passing: w.passing,
+            warning: w.warning,
+        }
+    }
+}
+
+/// A service inside `catalog/register`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(rename = "taggedaddresses", default)]
+    tagged_addresses: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<WeightsBody>,
+    #[serde(rename = "enabletagoverride", default)]
+    enable_tag_override: bool,
+}
+
+/// A check inside `catalog/register`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    node: String,
+    #[serde(rename = "checkid", default)]
+    check_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    output: String,
+    #[serde(rename = "serviceid", default)]
+    service_id: Option<String>,
+}
+
+/// Parses Consul's status strings.
+pub fn parse_status(s: &str) -> Result<HealthStatus, HttpError> {
+    match s {
+        "passing" => Ok(HealthStatus::Passing),
+        "warning" => Ok(HealthStatus::Warning),
+        "critical" => Ok(HealthStatus::Critical),
+        other => Err(HttpError::BadRequest(format!(
+            "Invalid check status {other:?}: must be passing, warning or critical"
+        ))),
+    }
+}
+
+/// A tagged address given as a string or as Consul's `{"Address":..,"Port":..}`.
+pub fn tagged_address(v: serde_json::Value) -> Result<String, HttpError> {
+    match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Object(m) => Ok(m
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("address"))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .to_string()),
+        other => Err(HttpError::BadRequest(format!(
+            "Invalid tagged address {other}"
+        ))),
+    }
+}
+
+impl ServiceBody {
+    fn into_definition(self) -> Result<ServiceDefinition, HttpError> {
+        Ok(ServiceDefinition {
+            id: self.id,
+            service: self.service,
+            tags: self.tags.unwrap_or_default(),
+            address: self.address,
+            port: self.port,
+            tagged_addresses: self
+                .tagged_addresses
+                .into_iter()
+                .map(|(k, v)| Ok((k, tagged_address(v)?)))
+                .collect::<Result<_, HttpError>>()?,
+            meta: self.meta.unwrap_or_default(),
+            weights: self.weights.map(Weights::from).unwrap_or_default(),
+            enable_tag_override: self.enable_tag_override,
+        })
+    }
+}
+
+/// `catalog/register`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    datacenter: String,
+    #[serde(rename = "taggedaddresses", default)]
+    tagged_addresses: Option<BTreeMap<String, String>>,
+    #[serde(rename = "nodemeta", default)]
+    node_meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    service: Option<ServiceBody>,
+    #[serde(default)]
+    check: Option<CheckBody>,
+    #[serde(default)]
+    checks: Option<Vec<CheckBody>>,
+}
+
+/// `PUT /v1/catalog/register`.
+pub async fn register(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let b: RegisterBody = decode(&body)?;
+    let dc = p
+        .dc()
+        .or(Some(b.datacenter.as_str()).filter(|d| !d.is_empty()));
+    api.dispatcher.route_dc(dc)?;
+    if b.node.is_empty() {
+        return Err(HttpError::BadRequest("Must provide node".into()));
+    }
+    if b.address.is_empty() {
+        return Err(HttpError::BadRequest("Must provide address".into()));
+    }
+    let checks = b
+        .check
+        .into_iter()
+        .chain(b.checks.unwrap_or_default())
+        .map(|c| {
+            if !c.node.is_empty() && c.node != b.node {
+                return Err(HttpError::BadRequest(
+                    "Check node must match the registered node".into(),
+                ));
+            }
+            Ok(CheckDefinition {
+                check_id: if c.check_id.is_empty() {
+                    c.name.clone()
+                } else {
+                    c.check_id
+                },
+                name: c.name,
+                status: c
+                    .status
+                    .as_deref()
+                    .map(parse_status)
+                    .transpose()?
+                    .unwrap_or(HealthStatus::Critical),
+                notes: c.notes,
+                output: c.output,
+                service_id: c.service_id.filter(|s| !s.is_empty()),
+                kind: String::new(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let req = RegisterRequest {
+        id: b.id,
+        node: b.node,
+        address: b.address,
+        datacenter: api.dispatcher.datacenter().to_string(),
+        tagged_addresses: b.tagged_addresses.unwrap_or_default(),
+        node_meta: b.node_meta.unwrap_or_default(),
+        service: b.service.map(ServiceBody::into_definition).transpose()?,
+        checks,
+    };
+    write_ok(&api, Command::Register(Box::new(req))).await
+}
+
+/// `catalog/deregister`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeregisterBody {
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    datacenter: String,
+    #[serde(rename = "serviceid", default)]
+    service_id: Option<String>,
+    #[serde(rename = "checkid", default)]
+    check_id: Option<String>,
+}
+
+/// `PUT /v1/catalog/deregister`.
+pub async fn deregister(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let b: DeregisterBody = decode(&body)?;
+    let dc = p
+        .dc()
+        .or(Some(b.datacenter.as_str()).filter(|d| !d.is_empty()));
+    api.dispatcher.route_dc(dc)?;
+    if b.node.is_empty() {
+        return Err(HttpError::BadRequest("Must provide node".into()));
+    }
+    let req = DeregisterRequest {
+        node: b.node,
+        service_id: b.service_id.filter(|s| !s.is_empty()),
+        check_id: b.check_id.filter(|s| !s.is_empty()),
+    };
+    write_ok(&api, Command::Deregister(req)).await
+}
+
+/// `GET /v1/catalog/datacenters`: the DCs this agent can route to, local first.
+pub async fn datacenters(State(api): State<Api>) -> Json<Vec<String>> {
+    Json(vec![api.dispatcher.datacenter().to_string()])
+}
+
+/// `GET /v1/catalog/nodes`.
+pub async fn nodes(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let (headers, out) = read(
+        &api,
+        &p,
+        Query::Nodes {
+            node_meta: p.node_meta()?,
+        },
+    )
+    .await?;
+    let QueryResult::Nodes(nodes) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json: Vec<NodeJson> = nodes.iter().map(NodeJson::from).collect();
+    Ok((headers, Json(json)).into_response())
+}
+
+/// `GET /v1/catalog/services`: `{"name":["tag",...]}`.
+pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let (headers, out) = read(
+        &api,
+        &p,
+        Query::Services {
+            node_meta: p.node_meta()?,
+        },
+    )
+    .await?;
+    let QueryResult::ServiceTags(tags) = out.result else {
+        return Err(HttpError::shape());
+    };
+    Ok((headers, Json(tags)).into_response())
+}
+
+/// `GET /v1/catalog/service/:name` with `?tag=` (repeatable) and `?node-meta=`.
+pub async fn service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    let query = Query::ServiceNodes {
+        service: name,
+        tags: p.all("tag"),
+        node_meta: p.node_meta()?,
+    };
+    let (headers, out) = read(&api, &p, query).await?;
+    let QueryResult::ServiceNodes(rows) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json: Vec<CatalogServiceJson> = rows
+        .iter()
+        .map(|(n, s)| CatalogServiceJson::new(n, s))
+        .collect();
+    Ok((headers, Json(json)).into_response())
+}
+
+/// `catalog/node/:node`'s shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeServicesJson<'a> {
+    node: NodeJson<'a>,
+    services: BTreeMap<&'a str, ServiceJson<'a>>,
+}
+
+/// `GET /v1/catalog/node/:node`: the node and its services (`null` for an unknown node).
+pub async fn node(
+    State(api): State<Api>,
+    Path(node): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    let (headers, out) = read(&api, &p, Query::NodeServices { node }).await?;
+    let QueryResult::NodeServices(found) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json = found.as_ref().map(|(n, services)| NodeServicesJson {
+        node: NodeJson::from(n),
+        services: services
+            .iter()
+            .map(|s| (s.id.as_str(), ServiceJson::new(s, &n.datacenter)))
+            .collect(),
+    });
+    Ok((headers, Json(json)).into_response())
+}

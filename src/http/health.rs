@@ -1,0 +1,91 @@
+//! `/v1/health/...`: Consul's health endpoints.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::catalog::parse_status;
+use super::error::HttpError;
+use super::json::{CheckJson, NodeJson, ServiceJson};
+use super::params::Params;
+use super::{Api, read};
+use crate::state::query::{Query, QueryResult};
+
+/// One entry of `health/service/:name`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthJson<'a> {
+    node: NodeJson<'a>,
+    service: ServiceJson<'a>,
+    checks: Vec<CheckJson<'a>>,
+}
+
+/// `GET /v1/health/service/:name` with `?passing`, `?tag=` and `?node-meta=`.
+pub async fn service(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    // `?passing=false` (py-consul's default spelling of "not passing") does not filter.
+    let passing = p.flag("passing") && !matches!(p.get("passing"), Some("false" | "0"));
+    let query = Query::ServiceHealth {
+        service,
+        tags: p.all("tag"),
+        passing,
+        node_meta: p.node_meta()?,
+    };
+    let (headers, out) = read(&api, &p, query).await?;
+    let QueryResult::Health(entries) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json: Vec<HealthJson> = entries
+        .iter()
+        .map(|h| HealthJson {
+            node: NodeJson::from(&h.node),
+            service: ServiceJson::new(&h.service, &h.node.datacenter),
+            checks: h.checks.iter().map(CheckJson::from).collect(),
+        })
+        .collect();
+    Ok((headers, Json(json)).into_response())
+}
+
+async fn checks(api: &Api, p: &Params, query: Query) -> Result<Response, HttpError> {
+    let (headers, out) = read(api, p, query).await?;
+    let QueryResult::Checks(checks) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json: Vec<CheckJson> = checks.iter().map(CheckJson::from).collect();
+    Ok((headers, Json(json)).into_response())
+}
+
+/// `GET /v1/health/checks/:service`.
+pub async fn service_checks(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    checks(&api, &p, Query::ServiceChecks { service }).await
+}
+
+/// `GET /v1/health/node/:node`.
+pub async fn node(
+    State(api): State<Api>,
+    Path(node): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    checks(&api, &p, Query::NodeChecks { node }).await
+}
+
+/// `GET /v1/health/state/:state`: `any`, `passing`, `warning` or `critical`.
+pub async fn state(
+    State(api): State<Api>,
+    Path(state): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    let state = match state.as_str() {
+        "any" => None,
+        other => Some(parse_status(other)?),
+    };
+    checks(&api, &p, Query::ChecksInState { state }).await
+}
