@@ -139,3 +139,24 @@ pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Op
         _ => None,
     }
 }
+
+/// A client agent `node` of the DC on 127.79.<net>.<host>, joining the first three servers,
+/// with a 1 s anti-entropy interval.
+pub fn write_client(dc: &Dc, pki: &TestPki, net: u8, host: u8, node: &str) -> PathBuf {
+    let ip = format!("127.79.{net}.{host}");
+    let tls = pki.write_files(dc.dir.path(), Role::Client, "dc1", node);
+    let join: Vec<String> = dc.addrs[..3]
+        .iter()
+        .map(|a| format!("\"{}\"", a.ip()))
+        .collect();
+    let text = format!(
+        "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"client\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\nsync_interval = \"1s\"\nlan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        join.join(", "),
+        tls.ca_file.display(),
+        tls.cert_file.display(),
+        tls.key_file.display()
+    );
+    let path = dc.dir.path().join(format!("{node}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,429 @@
+//! Consul's catalog, health and agent HTTP API against a real DC of processes: three servers
+//! and one client agent. The client answers every endpoint by forwarding to a server, keeps
+//! its own services in sync with the catalog (anti-entropy), and moves to another server
+//! when the one it uses dies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dc::*;
+use common::*;
+use consulate::transport::TransportOptions;
+use consulate::transport::identity::{Alpn, Role};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const NET: u8 = 11;
+
+fn header(r: &reqwest::Response, name: &str) -> u64 {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+struct Api {
+    c: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.c
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.c
+            .put(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `path` until `ok` holds for its JSON (anti-entropy and replication are
+    /// asynchronous).
+    async fn until(&self, path: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(15), what, || async {
+            let r = self
+                .c
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            ok(&v).then_some(v)
+        })
+        .await
+    }
+}
+
+fn names(v: &Value, field: &str) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} missing in {v}"))
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_health_and_agent_api_through_a_client_agent() {
+    let pki = TestPki::new();
+    let dc = write_dc(NET, &pki);
+    let mut servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let client_cfg = write_client(&dc, &pki, NET, 9, "c1");
+    let _client = spawn_agent(&client_cfg);
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let http = reqwest::Client::new();
+    let client = Api {
+        c: http.clone(),
+        base: format!("http://127.79.{NET}.9:8500"),
+    };
+    let server = |i: usize| Api {
+        c: http.clone(),
+        base: format!("http://{}:8500", dc.addrs[i].ip()),
+    };
+
+    // Status through the client: it asks a server.
+    let leader: String = client
+        .until("/v1/status/leader", "the client reaches a server", |v| {
+            v.as_str().is_some_and(|s| !s.is_empty())
+        })
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(leader, dc.addrs[li].to_string());
+    assert_eq!(
+        client
+            .json("/v1/status/peers")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // agent/self: what Prometheus reads the datacenter from.
+    let me_json = client.json("/v1/agent/self").await;
+    assert_eq!(me_json["Config"]["Datacenter"], "dc1");
+    assert_eq!(me_json["Config"]["NodeName"], "c1");
+    assert_eq!(me_json["Config"]["Server"], false);
+    assert_eq!(me_json["Member"]["Tags"]["role"], "node");
+    let members = client.json("/v1/agent/members").await;
+    assert_eq!(names(&members, "Name"), ["c1", "s1", "s2", "s3"]);
+    assert!(members.as_array().unwrap().iter().all(|m| m["Status"] == 1));
+    let wan = server(0).json("/v1/agent/members?wan=1").await;
+    assert!(names(&wan, "Name").contains(&"s1.dc1".to_string()));
+
+    // Every agent registers its own node through anti-entropy.
+    client
+        .until("/v1/catalog/nodes", "all four agents in the catalog", |v| {
+            names(v, "Node") == ["c1", "s1", "s2", "s3"]
+        })
+        .await;
+
+    // catalog/register through the client, Consul's PascalCase with a check.
+    let reg = json!({
+        "Node": "ext1", "Address": "10.1.0.1", "NodeMeta": {"rack": "r1"},
+        "Service": {"ID": "web-1", "Service": "web", "Tags": ["prod", "v1"], "Port": 80,
+                    "Meta": {"Version": "1.2"}},
+        "Check": {"CheckID": "web-alive", "Name": "web alive", "Status": "passing",
+                  "ServiceID": "web-1"}
+    });
+    let r = client.put("/v1/catalog/register", reg.to_string()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "true");
+    let reg2 = json!({
+        "node": "ext2", "address": "10.1.0.2",
+        "service": {"id": "web-2", "service": "web", "tags": ["v1"], "port": 81},
+        "checks": [{"checkid": "web2-alive", "name": "alive", "status": "critical",
+                    "serviceid": "web-2"}]
+    });
+    assert_eq!(
+        client
+            .put("/v1/catalog/register", reg2.to_string())
+            .await
+            .status(),
+        StatusCode::OK,
+        "lowercase keys are Consul's keys too"
+    );
+
+    let r = client.get("/v1/catalog/services").await;
+    assert!(header(&r, "X-Consul-Index") >= 1);
+    let services: Value = r.json().await.unwrap();
+    assert_eq!(services["web"], json!(["prod", "v1"]));
+
+    let rows = client.json("/v1/catalog/service/web").await;
+    assert_eq!(names(&rows, "ServiceID"), ["web-1", "web-2"]);
+    let row = &rows[0];
+    for field in [
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "NodeMeta",
+        "CreateIndex",
+        "ModifyIndex",
+        "ServiceAddress",
+        "ServiceEnableTagOverride",
+        "ServiceID",
+        "ServiceName",
+        "ServicePort",
+        "ServiceMeta",
+        "ServiceTaggedAddresses",
+        "ServiceTags",
+        "ServiceWeights",
+    ] {
+        assert!(
+            row.get(field).is_some(),
+            "catalog/service row lacks {field}"
+        );
+    }
+    assert_eq!(
+        row["ServiceMeta"]["Version"], "1.2",
+        "meta keys keep their case"
+    );
+    assert_eq!(row["ServiceWeights"], json!({"Passing": 1, "Warning": 1}));
+    let prod = client.json("/v1/catalog/service/web?tag=prod").await;
+    assert_eq!(names(&prod, "ServiceID"), ["web-1"]);
+    let racked = client
+        .json("/v1/catalog/service/web?node-meta=rack:r1")
+        .await;
+    assert_eq!(names(&racked, "Node"), ["ext1"]);
+    let node = client.json("/v1/catalog/node/ext1").await;
+    assert_eq!(node["Node"]["Address"], "10.1.0.1");
+    assert_eq!(node["Services"]["web-1"]["Port"], 80);
+    assert_eq!(client.json("/v1/catalog/node/nope").await, Value::Null);
+    assert_eq!(client.json("/v1/catalog/datacenters").await, json!(["dc1"]));
+
+    // Health.
+    let all = client.json("/v1/health/service/web").await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all[0]["Service"]["Service"], "web");
+    assert_eq!(all[0]["Checks"][0]["CheckID"], "web-alive");
+    let passing = client.json("/v1/health/service/web?passing=1").await;
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+    assert_eq!(passing[0]["Node"]["Node"], "ext1");
+    let checks = client.json("/v1/health/checks/web").await;
+    assert_eq!(names(&checks, "CheckID"), ["web-alive", "web2-alive"]);
+    let critical = client.json("/v1/health/state/critical").await;
+    assert!(names(&critical, "CheckID").contains(&"web2-alive".to_string()));
+    let on_node = client.json("/v1/health/node/ext1").await;
+    assert_eq!(on_node[0]["ServiceName"], "web");
+
+    // Agent services with a TTL check, in py-consul's lowercase spelling.
+    let svc = json!({"name": "api", "id": "api-1", "port": 9000, "tags": ["a"],
+                     "meta": {"Team": "x"}, "check": {"ttl": "30s"}});
+    let r = client
+        .put("/v1/agent/service/register", svc.to_string())
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let local = client.json("/v1/agent/services").await;
+    assert_eq!(local["api-1"]["Service"], "api");
+    let local_checks = client.json("/v1/agent/checks").await;
+    assert_eq!(local_checks["service:api-1"]["Status"], "critical");
+    assert_eq!(local_checks["service:api-1"]["Type"], "ttl");
+    client
+        .until("/v1/health/service/api", "the agent service synced", |v| {
+            v.as_array().is_some_and(|a| {
+                a.len() == 1
+                    && a[0]["Node"]["Node"] == "c1"
+                    && a[0]["Checks"][0]["Status"] == "critical"
+            })
+        })
+        .await;
+    assert_eq!(
+        client.json("/v1/health/service/api?passing").await,
+        json!([])
+    );
+    let r = client
+        .put("/v1/agent/check/pass/service:api-1?note=fine", "")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let ok = client
+        .until("/v1/health/service/api?passing", "the check passes", |v| {
+            v.as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    assert_eq!(ok[0]["Checks"][0]["Output"], "fine");
+
+    // A blocking query through the client wakes on a catalog write.
+    let r = client.get("/v1/catalog/service/web").await;
+    let index = header(&r, "X-Consul-Index");
+    let waiter = {
+        let c = http.clone();
+        let url = format!(
+            "{}/v1/catalog/service/web?index={index}&wait=30s",
+            client.base
+        );
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.get(url).send().await.unwrap();
+            let i = header(&r, "X-Consul-Index");
+            let v: Value = r.json().await.unwrap();
+            (t.elapsed(), i, v)
+        })
+    };
+    // It waits on the leader (the client's server forwards it there).
+    eventually(
+        Duration::from_secs(5),
+        "the query blocking on the leader",
+        || async {
+            let text = server(li).get("/metrics").await.text().await.ok()?;
+            text.lines()
+                .any(|l| l == "consulate_rpc_queries_blocking 1")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!waiter.is_finished(), "a current index waits");
+    let reg3 = json!({"Node": "ext3", "Address": "10.1.0.3",
+                      "Service": {"Service": "web", "Port": 82}});
+    assert_eq!(
+        client
+            .put("/v1/catalog/register", reg3.to_string())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (took, new_index, rows) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new_index > index && took < Duration::from_secs(10));
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    // And one that times out returns the same index.
+    let t = Instant::now();
+    let r = client
+        .get(&format!(
+            "/v1/health/service/web?index={new_index}&wait=300ms"
+        ))
+        .await;
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(header(&r, "X-Consul-Index"), new_index);
+
+    // Anti-entropy: wiping the client's node from the catalog is undone; deregistering on
+    // the agent removes it.
+    let wipe = json!({"Node": "c1"});
+    assert_eq!(
+        server(li)
+            .put("/v1/catalog/deregister", wipe.to_string())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    client
+        .until(
+            "/v1/health/service/api?passing",
+            "re-asserted after a wipe",
+            |v| v.as_array().is_some_and(|a| a.len() == 1),
+        )
+        .await;
+    let r = client.put("/v1/agent/service/deregister/api-1", "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    client
+        .until("/v1/catalog/services", "the agent service removed", |v| {
+            v.get("api").is_none()
+        })
+        .await;
+
+    // Client mistakes: 400/404 with a reason, never a 500.
+    let bad = [
+        ("/v1/catalog/register", "{not json".to_string()),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Colour": 1}).to_string(),
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Address": "1.2.3.4"}).to_string(),
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Check": {"Name": "c", "Status": "meh"}})
+                .to_string(),
+        ),
+        ("/v1/agent/service/register", json!({"port": 1}).to_string()),
+        (
+            "/v1/agent/service/register",
+            json!({"name": "a", "check": {"http": "http://x"}}).to_string(),
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"name": "c", "ttl": "ten seconds"}).to_string(),
+        ),
+    ];
+    for (path, body) in bad {
+        let r = client.put(path, body.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path} {body}");
+        assert!(!r.text().await.unwrap().is_empty());
+    }
+    let r = client.put("/v1/agent/check/pass/nope", "").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = client.get("/v1/health/state/sleepy").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = client.get("/v1/catalog/nodes?dc=dc9").await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.text().await.unwrap(), "No path to datacenter");
+    let r = client
+        .get("/v1/catalog/service/web?node-meta=nocolon")
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // kill -9 a server: the client moves on to another and keeps answering.
+    let victim = li;
+    servers[victim].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    client
+        .until(
+            "/v1/catalog/service/web",
+            "answered after a server died",
+            |v| v.as_array().is_some_and(|a| a.len() == 3),
+        )
+        .await;
+    let r = client.put("/v1/kv/after-failover", "x").await;
+    assert_eq!(r.text().await.unwrap(), "true");
+
+    // Without a quorum there is no leader: Consul's 500.
+    let survivor = (victim + 1) % 3;
+    servers[(victim + 2) % 3]
+        .signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    let s = server(survivor);
+    eventually(Duration::from_secs(15), "no cluster leader", || async {
+        let r = s.get("/v1/catalog/nodes").await;
+        (r.status() == StatusCode::INTERNAL_SERVER_ERROR
+            && r.text().await.ok()? == "No cluster leader")
+            .then_some(())
+    })
+    .await;
+    let r = s.get("/v1/catalog/nodes?stale").await;
+    assert_eq!(r.status(), StatusCode::OK, "stale reads need no leader");
+}
