@@ -184,7 +184,7 @@ impl Dispatcher {
             metrics,
             raft,
             servers,
-            client: RpcClient::new(transport, Alpn::Rpc),
+            client: RpcClient::new(transport, Alpn::Rpc).fail_fast(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! HashiCorp Consul. See `ARCHITECTURE.md` for the map of modules.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod duration;

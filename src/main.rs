@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use consulate::agent::Agent;
+use consulate::cli::{self as ops, DEFAULT_HTTP_ADDR, Format};
 use consulate::config::topology::{RenderPaths, Topology};
 use consulate::config::{AgentConfig, GossipKey};
 use consulate::pki::{self, AgentCertSpec, CA_DAYS, CERT_DAYS, Validity};
@@ -45,6 +46,113 @@ enum Command {
     },
     /// Print a new random gossip encryption key (base64, 32 bytes).
     Keygen,
+    /// List the members this agent knows.
+    Members {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// WAN members (the servers of every DC), asked of a server.
+        #[arg(long)]
+        wan: bool,
+    },
+    /// Read the catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Read and write the KV store.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Register services with the local agent.
+    Services {
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+}
+
+/// How the operator commands reach the agent and print.
+#[derive(Args)]
+struct HttpArgs {
+    /// The agent's HTTP address.
+    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    http_addr: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "pretty")]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// List the known datacenters.
+    Datacenters {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// List the nodes of a datacenter.
+    Nodes {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The datacenter (default: the agent's).
+        #[arg(long)]
+        datacenter: Option<String>,
+    },
+    /// List the services of a datacenter.
+    Services {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The datacenter (default: the agent's).
+        #[arg(long)]
+        datacenter: Option<String>,
+        /// Show each service's tags.
+        #[arg(long)]
+        tags: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Print a value (or every `key:value` under a prefix with -recurse).
+    Get {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Every key under KEY.
+        #[arg(long)]
+        recurse: bool,
+        /// The key.
+        key: String,
+    },
+    /// Write a value.
+    Put {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The key.
+        key: String,
+        /// The value (empty if omitted).
+        #[arg(default_value = "")]
+        value: String,
+    },
+    /// Delete a key (or every key under a prefix with -recurse).
+    Delete {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Every key under KEY.
+        #[arg(long)]
+        recurse: bool,
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// Register the services in a JSON file (`{"service": {...}}` or `{"services": [...]}`).
+    Register {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,8 +272,60 @@ fn run_agent(config: PathBuf) -> anyhow::Result<()> {
     })
 }
 
+/// Runs an operator command against the agent and prints what it returns.
+fn operate<F, Fut>(http: &HttpArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(ops::Client, Format) -> Fut,
+    Fut: std::future::Future<Output = Result<String, ops::CliError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let out = runtime.block_on(f(ops::Client::new(&http.http_addr), http.format))?;
+    print!("{out}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Members { http, wan } => {
+            operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
+        }
+        Command::Catalog { command } => match command {
+            CatalogCommand::Datacenters { http } => {
+                operate(&http, |c, f| async move { ops::datacenters(&c, f).await })
+            }
+            CatalogCommand::Nodes { http, datacenter } => operate(&http, |c, f| async move {
+                ops::nodes(&c, datacenter.as_deref(), f).await
+            }),
+            CatalogCommand::Services {
+                http,
+                datacenter,
+                tags,
+            } => operate(&http, |c, f| async move {
+                ops::services(&c, datacenter.as_deref(), tags, f).await
+            }),
+        },
+        Command::Kv { command } => match command {
+            KvCommand::Get { http, recurse, key } => operate(&http, |c, f| async move {
+                ops::kv_get(&c, &key, recurse, f).await
+            }),
+            KvCommand::Put { http, key, value } => {
+                operate(
+                    &http,
+                    |c, _| async move { ops::kv_put(&c, &key, &value).await },
+                )
+            }
+            KvCommand::Delete { http, recurse, key } => operate(&http, |c, _| async move {
+                ops::kv_delete(&c, &key, recurse).await
+            }),
+        },
+        Command::Services {
+            command: ServicesCommand::Register { http, file },
+        } => operate(&http, |c, _| async move {
+            ops::services_register(&c, &file).await
+        }),
         Command::Agent { config } => run_agent(config),
         Command::Keygen => {
             println!("{}", GossipKey::generate().to_base64());
@@ -234,8 +394,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Consul's CLI spells long flags with one dash (`-recurse`, `-format=json`); clap wants
+/// two. Single-dash words are given a second dash, up to a `--`.
+fn consul_style_args() -> Vec<std::ffi::OsString> {
+    let mut done = false;
+    std::env::args_os()
+        .map(|a| {
+            let Some(s) = a.to_str() else { return a };
+            if s == "--" {
+                done = true;
+            }
+            let long_single = s.len() > 2
+                && s.starts_with('-')
+                && !s.starts_with("--")
+                && s.as_bytes()[1].is_ascii_alphabetic();
+            if !done && long_single {
+                format!("-{s}").into()
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(Cli::parse_from(consul_style_args())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));

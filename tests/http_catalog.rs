@@ -399,6 +399,86 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
+    // The operator CLI against the client agent, Consul-style flags, CONSUL_HTTP_ADDR.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(consulate_bin())
+            .args(args)
+            .env("CONSUL_HTTP_ADDR", format!("127.79.{NET}.9:8500"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = cli(&["members"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("Node") && lines[0].contains("Status"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("c1 ") && l.contains("alive") && l.contains("client"))
+    );
+    let (_, out, _) = cli(&["members", "-format=json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(cli(&["catalog", "datacenters"]).1, "dc1\n");
+    let (_, out, _) = cli(&["catalog", "nodes", "-datacenter", "dc1"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ext1 ") && l.contains("10.1.0.1")),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["catalog", "services"]);
+    assert!(out.lines().any(|l| l == "web"), "{out}");
+    let (ok, out, _) = cli(&["kv", "put", "cli/a", "hello"]);
+    assert!(
+        ok && out.contains("Success! Data written to: cli/a"),
+        "{out}"
+    );
+    assert_eq!(cli(&["kv", "get", "cli/a"]).1, "hello\n");
+    assert_eq!(cli(&["kv", "get", "-recurse", "cli/"]).1, "cli/a:hello\n");
+    assert!(cli(&["kv", "delete", "-recurse", "cli/"]).0);
+    let (ok, _, err) = cli(&["kv", "get", "cli/a"]);
+    assert!(!ok && err.contains("No key exists at: cli/a"), "{err}");
+    let (ok, _, err) = cli(&["catalog", "nodes", "-datacenter", "dc9"]);
+    assert!(!ok && err.contains("No path to datacenter"), "{err}");
+    let (ok, _, err) = cli(&["members", "-http-addr", "127.79.0.254:1"]);
+    assert!(!ok && err.contains("cannot reach the agent"), "{err}");
+    let file = dc.dir.path().join("svc.json");
+    std::fs::write(
+        &file,
+        json!({"service": {"name": "cli-svc", "port": 1234, "tags": ["t"]}}).to_string(),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&["services", "register", file.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("Registered service: cli-svc"),
+        "{out}{err}"
+    );
+    client
+        .until(
+            "/v1/catalog/service/cli-svc",
+            "the CLI-registered service synced",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.len() == 1 && a[0]["Node"] == "c1")
+            },
+        )
+        .await;
+
     // kill -9 a server: the client moves on to another and keeps answering.
     let victim = li;
     servers[victim].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));

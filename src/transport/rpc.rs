@@ -208,6 +208,10 @@ fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
     }
 }
 
+/// How long past three RTTs a call waits for the peer's first ACK before the peer is
+/// declared gone (generous: a loaded peer may be slow to run its endpoint task).
+const UNACKED_GRACE: Duration = Duration::from_millis(500);
+
 /// Watches one call on a pooled connection. If the call ends without an answer (timed out,
 /// or its future dropped, e.g. by a caller that gave up) and the peer sent not even an ACK
 /// in a time it surely would have, the peer behind the connection is gone (crashed, or
@@ -270,6 +274,7 @@ fn frames_heard(conn: &quinn::Connection) -> u64 {
 pub struct RpcClient<Req, Resp> {
     transport: Transport,
     alpn: Alpn,
+    fail_fast: bool,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -278,6 +283,7 @@ impl<Req, Resp> Clone for RpcClient<Req, Resp> {
         RpcClient {
             transport: self.transport.clone(),
             alpn: self.alpn,
+            fail_fast: self.fail_fast,
             _types: PhantomData,
         }
     }
@@ -289,8 +295,18 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         RpcClient {
             transport,
             alpn,
+            fail_fast: false,
             _types: PhantomData,
         }
+    }
+
+    /// Makes calls fail as soon as the peer has not acknowledged the request within three
+    /// RTTs and a grace period, instead of at their deadline: for callers that have another
+    /// server to try (client agents, forwarding). A false alarm on a stalled peer costs a
+    /// retry elsewhere; Raft, which retries on its own schedule, does not use it.
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
     }
 
     /// Sends `request` to the server at `addr` (which must belong to `expected_dc` if given)
@@ -364,7 +380,29 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             reply.map_err(|error| TransportError::Remote { addr, error })
         };
         let remaining = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(remaining, exchange).await {
+        // A live peer ACKs the request within about an RTT; one that has not after a
+        // generous margin is gone, and the caller hears so now rather than at its deadline.
+        let ack_due = conn.rtt() * 3 + UNACKED_GRACE;
+        let heard = watch.heard;
+        let unacked = async {
+            tokio::time::sleep(ack_due).await;
+            if frames_heard(&conn) == heard {
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(remaining, exchange) => r,
+            _ = unacked, if self.fail_fast && ack_due < remaining => {
+                watch.answered();
+                conn.close(VarInt::from_u32(0), b"peer unresponsive");
+                return Err(TransportError::ConnectionLost {
+                    addr,
+                    reason: format!("no acknowledgement within {ack_due:?}"),
+                });
+            }
+        };
+        match outcome {
             Ok(result) => {
                 watch.answered();
                 result

@@ -180,7 +180,11 @@ pub fn run_cli(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-pub struct ChildGuard(pub Option<std::process::Child>);
+/// A child process killed on drop; if the test is failing, its log's tail is printed.
+pub struct ChildGuard(
+    pub Option<std::process::Child>,
+    pub Option<std::path::PathBuf>,
+);
 
 impl ChildGuard {
     pub fn pid(&self) -> i32 {
@@ -215,12 +219,24 @@ impl Drop for ChildGuard {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if std::thread::panicking()
+            && let Some(log) = &self.1
+        {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
 /// Starts `consulate agent --config CONFIG`, logging to `<config>.log`.
 pub fn spawn_agent(config: &Path) -> ChildGuard {
-    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    let log_path = config.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let child = std::process::Command::new(consulate_bin())
         .args(["agent", "--config"])
         .arg(config)
@@ -228,5 +244,5 @@ pub fn spawn_agent(config: &Path) -> ChildGuard {
         .stderr(log)
         .spawn()
         .expect("spawn agent");
-    ChildGuard(Some(child))
+    ChildGuard(Some(child), Some(log_path))
 }

@@ -1,0 +1,424 @@
+//! The operator commands (`members`, `catalog`, `kv`, `services`): an HTTP client of the
+//! local agent's Consul API, printing aligned tables as Consul's CLI does, or JSON for
+//! scripts (`-format=json`). It speaks only the public API, so it works against any agent
+//! and against Consul itself.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Where the agent's HTTP API is: `CONSUL_HTTP_ADDR` or `-http-addr`, Consul's default
+/// `127.0.0.1:8500` otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Pretty,
+    /// The API's JSON.
+    Json,
+}
+
+/// A failed command: what was asked and what the agent said. Retrying helps only when the
+/// agent was unreachable or answered 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The agent could not be reached.
+    #[error("cannot reach the agent at {addr}: {reason}")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent refused or failed the request.
+    #[error("{what}: {status} ({body})")]
+    Refused {
+        /// The request.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The agent's explanation.
+        body: String,
+    },
+    /// A local problem: unreadable file, bad JSON.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl CliError {
+    /// Whether running the command again may succeed without a change.
+    pub fn is_retry_safe(&self) -> bool {
+        match self {
+            CliError::Unreachable { .. } => true,
+            CliError::Refused { status, .. } => *status >= 500,
+            CliError::Input(_) => false,
+        }
+    }
+}
+
+/// A client of one agent's HTTP API.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the agent at `addr` (`host:port` or a URL).
+    pub fn new(addr: &str) -> Client {
+        let base = if addr.contains("://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        Client {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, CliError> {
+        let resp = req.send().await.map_err(|e| CliError::Unreachable {
+            addr: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        Err(CliError::Refused {
+            what: what.to_string(),
+            status,
+            body: body.trim().to_string(),
+        })
+    }
+
+    /// `GET path`; `None` for a 404 (a missing key).
+    async fn get(&self, path: &str, what: &str) -> Result<Option<Value>, CliError> {
+        match self
+            .send(self.http.get(format!("{}{path}", self.base)), what)
+            .await
+        {
+            Ok(resp) => resp
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| CliError::Input(format!("{what}: bad answer: {e}"))),
+            Err(CliError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, path: &str, body: Vec<u8>, what: &str) -> Result<String, CliError> {
+        let resp = self
+            .send(
+                self.http.put(format!("{}{path}", self.base)).body(body),
+                what,
+            )
+            .await?;
+        Ok(resp.text().await.unwrap_or_default())
+    }
+
+    async fn delete(&self, path: &str, what: &str) -> Result<String, CliError> {
+        let resp = self
+            .send(self.http.delete(format!("{}{path}", self.base)), what)
+            .await?;
+        Ok(resp.text().await.unwrap_or_default())
+    }
+}
+
+/// Renders rows as columns separated by two spaces, each as wide as its widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  ", w = *w));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn dc_param(dc: Option<&str>) -> String {
+    dc.map(|d| format!("?dc={d}")).unwrap_or_default()
+}
+
+fn json_out(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// `consulate members [-wan]`.
+pub async fn members(c: &Client, wan: bool, format: Format) -> Result<String, CliError> {
+    let path = if wan {
+        "/v1/agent/members?wan=1"
+    } else {
+        "/v1/agent/members"
+    };
+    let v = c.get(path, "listing members").await?.unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let status = |s: &Value| match s.as_u64() {
+        Some(1) => "alive",
+        Some(2) => "leaving",
+        Some(3) => "left",
+        Some(4) => "failed",
+        _ => "unknown",
+    };
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let role = match m["Tags"]["role"].as_str() {
+                Some("consul") => "server",
+                _ => "client",
+            };
+            vec![
+                text(&m["Name"]),
+                format!("{}:{}", text(&m["Addr"]), text(&m["Port"])),
+                status(&m["Status"]).to_string(),
+                role.to_string(),
+                text(&m["Tags"]["build"]),
+                text(&m["Tags"]["dc"]),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["Node", "Address", "Status", "Type", "Build", "DC"],
+        &rows,
+    ))
+}
+
+/// `consulate catalog datacenters`.
+pub async fn datacenters(c: &Client, format: Format) -> Result<String, CliError> {
+    let v = c
+        .get("/v1/catalog/datacenters", "listing datacenters")
+        .await?
+        .unwrap_or_default();
+    Ok(match format {
+        Format::Json => json_out(&v),
+        Format::Pretty => lines(&v),
+    })
+}
+
+fn lines(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| text(d) + "\n")
+        .collect()
+}
+
+/// `consulate catalog nodes [-datacenter DC]`.
+pub async fn nodes(c: &Client, dc: Option<&str>, format: Format) -> Result<String, CliError> {
+    let v = c
+        .get(
+            &format!("/v1/catalog/nodes{}", dc_param(dc)),
+            "listing nodes",
+        )
+        .await?
+        .unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let id = text(&n["ID"]);
+            vec![
+                text(&n["Node"]),
+                id.chars().take(8).collect(),
+                text(&n["Address"]),
+                text(&n["Datacenter"]),
+            ]
+        })
+        .collect();
+    Ok(table(&["Node", "ID", "Address", "DC"], &rows))
+}
+
+/// `consulate catalog services [-datacenter DC] [-tags]`.
+pub async fn services(
+    c: &Client,
+    dc: Option<&str>,
+    tags: bool,
+    format: Format,
+) -> Result<String, CliError> {
+    let v = c
+        .get(
+            &format!("/v1/catalog/services{}", dc_param(dc)),
+            "listing services",
+        )
+        .await?
+        .unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let Some(map) = v.as_object() else {
+        return Ok(String::new());
+    };
+    if !tags {
+        return Ok(map.keys().map(|k| format!("{k}\n")).collect());
+    }
+    let rows: Vec<Vec<String>> = map
+        .iter()
+        .map(|(name, t)| {
+            let tags: Vec<String> = t.as_array().into_iter().flatten().map(text).collect();
+            vec![name.clone(), tags.join(",")]
+        })
+        .collect();
+    Ok(table(&["Service", "Tags"], &rows))
+}
+
+fn decode_value(e: &Value) -> Result<String, CliError> {
+    use base64::Engine;
+    let raw = match e["Value"].as_str() {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|err| CliError::Input(format!("bad value encoding: {err}")))?,
+        None => Vec::new(),
+    };
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// `consulate kv get KEY [-recurse]`: the value, or `key:value` lines with `-recurse`.
+pub async fn kv_get(
+    c: &Client,
+    key: &str,
+    recurse: bool,
+    format: Format,
+) -> Result<String, CliError> {
+    let path = format!("/v1/kv/{key}{}", if recurse { "?recurse" } else { "" });
+    let Some(v) = c.get(&path, &format!("reading {key}")).await? else {
+        return Err(CliError::Input(format!("No key exists at: {key}")));
+    };
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let entries = v.as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    for e in &entries {
+        if recurse {
+            out.push_str(&format!("{}:{}\n", text(&e["Key"]), decode_value(e)?));
+        } else {
+            out.push_str(&decode_value(e)?);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// `consulate kv put KEY [VALUE]`.
+pub async fn kv_put(c: &Client, key: &str, value: &str) -> Result<String, CliError> {
+    let answer = c
+        .put(
+            &format!("/v1/kv/{key}"),
+            value.as_bytes().to_vec(),
+            &format!("writing {key}"),
+        )
+        .await?;
+    if answer.trim() != "true" {
+        return Err(CliError::Input(format!("Failed writing data to {key}")));
+    }
+    Ok(format!("Success! Data written to: {key}\n"))
+}
+
+/// `consulate kv delete KEY [-recurse]`.
+pub async fn kv_delete(c: &Client, key: &str, recurse: bool) -> Result<String, CliError> {
+    let path = format!("/v1/kv/{key}{}", if recurse { "?recurse" } else { "" });
+    c.delete(&path, &format!("deleting {key}")).await?;
+    Ok(if recurse {
+        format!("Success! Deleted keys with prefix: {key}\n")
+    } else {
+        format!("Success! Deleted key: {key}\n")
+    })
+}
+
+/// `consulate services register FILE`: a JSON file holding Consul's `{"service": {...}}`
+/// or `{"services": [...]}` (or a bare service object), registered with the local agent.
+pub async fn services_register(c: &Client, file: &Path) -> Result<String, CliError> {
+    let content = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Input(format!("{}: {e}", file.display())))?;
+    let v: Value = serde_json::from_str(&content)
+        .map_err(|e| CliError::Input(format!("{}: {e}", file.display())))?;
+    let field = |name: &str| {
+        v.as_object().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let defs: Vec<Value> = match (field("service"), field("services")) {
+        (Some(one), _) => vec![one],
+        (None, Some(Value::Array(many))) => many,
+        _ => vec![v.clone()],
+    };
+    let mut out = String::new();
+    for def in defs {
+        let name = def
+            .as_object()
+            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
+            .map(|(_, v)| text(v))
+            .unwrap_or_default();
+        c.put(
+            "/v1/agent/service/register",
+            def.to_string().into_bytes(),
+            &format!("registering service {name:?}"),
+        )
+        .await?;
+        out.push_str(&format!("Registered service: {name}\n"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_like_consul() {
+        let t = table(
+            &["Node", "Address", "Status"],
+            &[
+                vec!["s1".into(), "127.0.0.1:8300".into(), "alive".into()],
+                vec!["client-22".into(), "10.0.0.2:8300".into(), "failed".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "Node       Address         Status\n\
+             s1         127.0.0.1:8300  alive\n\
+             client-22  10.0.0.2:8300   failed\n"
+        );
+    }
+}
