@@ -1,0 +1,75 @@
+//! Compatibility with a real Consul client: the PyPI `py-consul` library (installed into
+//! `target/py-venv` by `.ci/run`) drives a client agent of a real 3-server DC through
+//! `tests/py/consul_compat.py`: agent service with a check, catalog, health `?passing`, KV
+//! put/get/CAS/recurse/delete, and a blocking `kv.get(index=...)` woken by another thread.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::dc::*;
+use common::*;
+use consulate::transport::TransportOptions;
+use consulate::transport::identity::{Alpn, Role};
+
+const NET: u8 = 12;
+
+/// The venv's Python: `CONSULATE_PYTHON`, else `target/py-venv/bin/python`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONSULATE_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "{} is missing: run .ci/run (it creates the venv and installs py-consul)",
+        venv.display()
+    );
+    venv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_consul_drives_a_client_agent() {
+    let python = python();
+    let pki = TestPki::new();
+    let dc = write_dc(NET, &pki);
+    let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let _client = spawn_agent(&write_client(&dc, &pki, NET, 9, "c1"));
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let agent = format!("127.79.{NET}.9:8500");
+    let leader = format!("{}:8500", dc.addrs[li].ip());
+    // The client agent serves HTTP once it is up.
+    let http = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(10),
+        "the client agent's API",
+        || async {
+            let r = http
+                .get(format!("http://{agent}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_compat.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&agent, &leader])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-consul run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
