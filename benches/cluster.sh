@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts: builds the release binary and prepares a 3-server DC
-# named dc1 on 127.0.<NET>.1-3 in a temporary folder. Defines $bin, $dir, start NODE.
+# named dc1 on 127.0.<NET>.1-3 (and, with CLIENT=1, a client agent PREFIXc on 127.0.<NET>.9)
+# in a temporary folder. Defines $bin, $dir, start NODE, wait_leader (sets $leader).
 # usage: . benches/cluster.sh NET PREFIX     (nodes are PREFIX1..PREFIX3)
 net=$1; prefix=$2
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,9 +12,21 @@ trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 {
   echo '[[datacenters]]'; echo 'name = "dc1"'; echo 'agents = ['
   for n in 1 2 3; do echo "  { name = \"$prefix$n\", role = \"server\", address = \"127.0.$net.$n\" },"; done
+  if [ "${CLIENT:-0}" = 1 ]; then echo "  { name = \"${prefix}c\", role = \"client\", address = \"127.0.$net.9\" },"; fi
   echo ']'
 } > "$dir/topo.toml"
 "$bin" tls ca create --dir "$dir/certs" >/dev/null
 for n in 1 2 3; do "$bin" tls cert create --server --dc dc1 --node "$prefix$n" --dir "$dir/certs" >/dev/null; done
+if [ "${CLIENT:-0}" = 1 ]; then "$bin" tls cert create --client --dc dc1 --node "${prefix}c" --dir "$dir/certs" >/dev/null; fi
 "$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
 start() { RUST_LOG=warn "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
+# Waits until server 1 names a leader; sets $leader to its IP.
+wait_leader() {
+  leader=""
+  for _ in $(seq 100); do
+    leader=$(curl -sf "http://127.0.$net.1:8500/v1/status/leader" | tr -d '"' | cut -d: -f1 || true)
+    [ -n "$leader" ] && return 0
+    sleep 0.1
+  done
+  echo "no leader" >&2; exit 1
+}

@@ -7,13 +7,7 @@ set -euo pipefail
 c=${1:-64}; d=${2:-8}; t=$(( c < 2 ? 1 : 2 ))
 . "$(dirname "$0")/cluster.sh" 90 b
 for n in b1 b2 b3; do start $n; done
-leader=""
-for _ in $(seq 100); do
-  leader=$(curl -sf http://127.0.90.1:8500/v1/status/leader | tr -d '"' | cut -d: -f1 || true)
-  [ -n "$leader" ] && break
-  sleep 0.1
-done
-[ -n "$leader" ] || { echo "no leader"; exit 1; }
+wait_leader
 curl -sf -X PUT -d 'bench-value' "http://$leader:8500/v1/kv/bench-read" >/dev/null
 echo "consulate leader $leader; conns $c; ${d}s each"
 echo "write:";           wrk -t$t -c"$c" -d"${d}s" --latency -s "$root/benches/consulate_put.lua" "http://$leader:8500" | grep -E "Requests/sec|50%|99%"

@@ -349,27 +349,25 @@ impl Dispatcher {
         };
         let deadline = tokio::time::Instant::now() + opts.wait;
         loop {
-            // Subscribe before reading, so that a change between the two is not missed.
-            let (mut watches, result, index) = {
+            // Subscribe before reading, so that a change between the two is not missed. The
+            // query runs only when it answers: a waiting request holds no result.
+            let mut watches: Vec<_> = {
                 let r = raft.read();
-                let watches: Vec<_> = query.tables().iter().map(|t| r.state.watch(*t)).collect();
-                (
-                    watches,
-                    query.run(&r.state),
-                    r.state.max_index(query.tables()),
-                )
+                let watches = query.tables().iter().map(|t| r.state.watch(*t)).collect();
+                let index = r.state.max_index(query.tables());
+                if opts.min_index == 0
+                    || index > opts.min_index
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(ReadOutcome {
+                        result: query.run(&r.state),
+                        index,
+                        meta,
+                        mode: opts.mode,
+                    });
+                }
+                watches
             };
-            if opts.min_index == 0
-                || index > opts.min_index
-                || tokio::time::Instant::now() >= deadline
-            {
-                return Ok(ReadOutcome {
-                    result,
-                    index,
-                    meta,
-                    mode: opts.mode,
-                });
-            }
             let changed =
                 futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
             let _waiting = InFlight::new(&self.metrics.queries_blocking);
