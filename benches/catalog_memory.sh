@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory and idle cost of a server: RSS of each of 3 servers fresh, then holding 10,000
 # service instances (with a check each) over 1,000 nodes; then 5,000 idle blocking queries
-# held open on the leader: its RSS growth and CPU time over HOLD seconds.
+# held open on the leader: its RSS growth, and its CPU time over HOLD/2 seconds against the
+# same interval just before without them (Raft heartbeats cost the leader a little anyway).
 # usage: benches/catalog_memory.sh [HOLD]     (needs curl and python3)
 set -euo pipefail
 hold=${1:-20}
@@ -20,6 +21,8 @@ curl -sf "http://$leader:8500/v1/catalog/services" | python3 -c 'import json,sys
 sleep 2   # let followers apply and settle before sampling
 echo "RSS holding the catalog (MB): $(for n in m1 m2 m3; do echo -n "$n=$(rss ${pid[$n]}) "; done)"
 before=$(rss "$lpid")
+b0=$(cpu_ticks "$lpid"); sleep $(( hold / 2 )); b1=$(cpu_ticks "$lpid")
+echo "leader CPU idle, no queries (baseline): $(( b1 - b0 )) ticks (10 ms) over $(( hold / 2 )) s"
 python3 "$root/benches/catalog_memory.py" block "$leader:8500" ${BLOCKERS:-5000} /v1/catalog/service/svc-3 "$hold" &
 blocker=$!
 for _ in $(seq 600); do

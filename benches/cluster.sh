@@ -19,7 +19,7 @@ trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 for n in 1 2 3; do "$bin" tls cert create --server --dc dc1 --node "$prefix$n" --dir "$dir/certs" >/dev/null; done
 if [ "${CLIENT:-0}" = 1 ]; then "$bin" tls cert create --client --dc dc1 --node "${prefix}c" --dir "$dir/certs" >/dev/null; fi
 "$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
-start() { RUST_LOG=warn "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
+start() { env RUST_LOG=warn ${AGENT_ENV:-} "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
 # Waits until server 1 names a leader; sets $leader to its IP.
 wait_leader() {
   leader=""

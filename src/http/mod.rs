@@ -117,7 +117,12 @@ pub fn router(dispatcher: Dispatcher, local: Arc<LocalAgent>, metrics: Metrics) 
         })
 }
 
+/// How long a connection may take to send a request's headers (slow-loris defence).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Binds the HTTP listener and serves until `shutdown` fires (in-flight requests finish).
+/// HTTP/1.1 only, as Consul's plain-HTTP API: an idle connection then costs hyper's two
+/// buffers and a small task, which matters with thousands of blocking queries held open.
 pub async fn serve(
     addr: SocketAddr,
     dispatcher: Dispatcher,
@@ -125,13 +130,39 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = router(dispatcher, local, metrics);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(app.clone());
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
     });
     Ok((bound, task))
 }
