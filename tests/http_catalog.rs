@@ -276,6 +276,62 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
         .await;
     assert_eq!(ok[0]["Checks"][0]["Output"], "fine");
 
+    // A node-level agent check: register, warn, see it in health, deregister.
+    let r = client
+        .put(
+            "/v1/agent/check/register",
+            json!({"Name": "mem", "TTL": "10s", "Notes": "memory"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        client.json("/v1/agent/checks").await["mem"]["Notes"],
+        "memory"
+    );
+    let r = client.put("/v1/agent/check/warn/mem?note=high", "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    client
+        .until("/v1/health/state/warning", "the node check warns", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|c| c["CheckID"] == "mem" && c["Node"] == "c1"))
+        })
+        .await;
+    assert_eq!(
+        client.put("/v1/agent/check/fail/mem", "").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        client
+            .put("/v1/agent/check/deregister/mem", "")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    client
+        .until("/v1/health/node/c1", "the node check removed", |v| {
+            v.as_array()
+                .is_some_and(|a| !a.iter().any(|c| c["CheckID"] == "mem"))
+        })
+        .await;
+
+    // Consistency modes on catalog reads through the client, with Consul's headers.
+    let mode = |r: &reqwest::Response| {
+        r.headers()["X-Consul-Effective-Consistency"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = client.get("/v1/catalog/services?stale").await;
+    assert_eq!(mode(&r), "stale");
+    assert_eq!(r.headers()["X-Consul-KnownLeader"], "true");
+    let _: u64 = header(&r, "X-Consul-LastContact");
+    let r = client.get("/v1/health/service/web?consistent").await;
+    assert_eq!(mode(&r), "consistent");
+    let r = client.get("/v1/catalog/nodes").await;
+    assert_eq!(mode(&r), "leader");
+    let r = client.get("/v1/catalog/nodes?stale&consistent").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
     // A blocking query through the client wakes on a catalog write.
     let r = client.get("/v1/catalog/service/web").await;
     let index = header(&r, "X-Consul-Index");
