@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Api;
-use super::catalog::{WeightsBody, parse_status, tagged_address};
+use super::catalog::parse_status;
 use super::error::HttpError;
-use super::json::{CheckJson, ServiceJson, decode};
+use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
 use super::params::Params;
 use crate::agent::local::{CheckKind, LocalCheck, LocalError};
 use crate::duration::parse_go_duration;
-use crate::state::{CheckDefinition, HealthStatus, ServiceDefinition, Weights};
+use crate::state::{CheckDefinition, HealthStatus};
 use crate::transport::identity::Role;
 
 impl From<LocalError> for HttpError {
@@ -276,61 +276,16 @@ impl CheckBody {
     }
 }
 
-/// `agent/service/register`'s body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceBody {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    address: String,
-    #[serde(rename = "taggedaddresses", default)]
-    tagged_addresses: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    weights: Option<WeightsBody>,
-    #[serde(rename = "enabletagoverride", default)]
-    enable_tag_override: bool,
-    #[serde(default)]
-    check: Option<CheckBody>,
-    #[serde(default)]
-    checks: Option<Vec<CheckBody>>,
-}
-
 /// `PUT /v1/agent/service/register` (`?replace-existing-checks`).
 pub async fn register_service(
     State(api): State<Api>,
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let b: ServiceBody = decode(&body)?;
-    let def = ServiceDefinition {
-        id: b.id,
-        service: b.name,
-        tags: b.tags.unwrap_or_default(),
-        address: b.address,
-        port: b.port,
-        tagged_addresses: b
-            .tagged_addresses
-            .into_iter()
-            .map(|(k, v)| Ok((k, tagged_address(v)?)))
-            .collect::<Result<_, HttpError>>()?,
-        meta: b.meta.unwrap_or_default(),
-        weights: b.weights.map(Weights::from).unwrap_or_default(),
-        enable_tag_override: b.enable_tag_override,
-    };
-    let checks = b
-        .check
+    let (def, checks) = decode::<ServiceBody>(&body)?.into_definition()?;
+    let checks = checks
         .into_iter()
-        .chain(b.checks.unwrap_or_default())
-        .map(CheckBody::into_local)
+        .map(|c| decode_value::<CheckBody>(c)?.into_local())
         .collect::<Result<Vec<_>, _>>()?;
     let replace = p.flag("replace-existing-checks")
         && !matches!(p.get("replace-existing-checks"), Some("false" | "0"));

@@ -9,61 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::error::HttpError;
-use super::json::{CatalogServiceJson, NodeJson, ServiceJson, decode};
+use super::json::{CatalogServiceJson, NodeJson, ServiceBody, ServiceJson, decode};
 use super::params::Params;
 use super::{Api, read, write_ok};
 use crate::state::query::{Query, QueryResult};
-use crate::state::{
-    CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest, ServiceDefinition,
-    Weights,
-};
-
-/// Consul's `Weights` in a request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightsBody {
-    #[serde(default = "one")]
-    passing: u32,
-    #[serde(default = "one")]
-    warning: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl From<WeightsBody> for Weights {
-    fn from(w: WeightsBody) -> Self {
-        Weights {
-            passing: w.passing,
-            warning: w.warning,
-        }
-    }
-}
-
-/// A service inside `catalog/register`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceBody {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    service: String,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    port: u16,
-    #[serde(rename = "taggedaddresses", default)]
-    tagged_addresses: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    weights: Option<WeightsBody>,
-    #[serde(rename = "enabletagoverride", default)]
-    enable_tag_override: bool,
-}
+use crate::state::{CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest};
 
 /// A check inside `catalog/register`.
 #[derive(Deserialize)]
@@ -97,42 +47,6 @@ pub fn parse_status(s: &str) -> Result<HealthStatus, HttpError> {
     }
 }
 
-/// A tagged address given as a string or as Consul's `{"Address":..,"Port":..}`.
-pub fn tagged_address(v: serde_json::Value) -> Result<String, HttpError> {
-    match v {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Object(m) => Ok(m
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("address"))
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or_default()
-            .to_string()),
-        other => Err(HttpError::BadRequest(format!(
-            "Invalid tagged address {other}"
-        ))),
-    }
-}
-
-impl ServiceBody {
-    fn into_definition(self) -> Result<ServiceDefinition, HttpError> {
-        Ok(ServiceDefinition {
-            id: self.id,
-            service: self.service,
-            tags: self.tags.unwrap_or_default(),
-            address: self.address,
-            port: self.port,
-            tagged_addresses: self
-                .tagged_addresses
-                .into_iter()
-                .map(|(k, v)| Ok((k, tagged_address(v)?)))
-                .collect::<Result<_, HttpError>>()?,
-            meta: self.meta.unwrap_or_default(),
-            weights: self.weights.map(Weights::from).unwrap_or_default(),
-            enable_tag_override: self.enable_tag_override,
-        })
-    }
-}
-
 /// `catalog/register`'s body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +71,11 @@ struct RegisterBody {
     checks: Option<Vec<CheckBody>>,
 }
 
+/// The DC a write names: `?dc=`, else the body's `Datacenter`.
+fn body_dc<'a>(p: &'a Params, datacenter: &'a str) -> Option<&'a str> {
+    p.dc().or(Some(datacenter).filter(|d| !d.is_empty()))
+}
+
 /// `PUT /v1/catalog/register`.
 pub async fn register(
     State(api): State<Api>,
@@ -164,10 +83,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: RegisterBody = decode(&body)?;
-    let dc = p
-        .dc()
-        .or(Some(b.datacenter.as_str()).filter(|d| !d.is_empty()));
-    api.dispatcher.route_dc(dc)?;
+    api.dispatcher.route_dc(body_dc(&p, &b.datacenter))?;
     if b.node.is_empty() {
         return Err(HttpError::BadRequest("Must provide node".into()));
     }
@@ -204,6 +120,14 @@ pub async fn register(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let service = match b.service.map(ServiceBody::into_definition).transpose()? {
+        Some((_, checks)) if !checks.is_empty() => {
+            return Err(HttpError::BadRequest(
+                "Checks of a catalog registration go at its top level, not in Service".into(),
+            ));
+        }
+        other => other.map(|(def, _)| def),
+    };
     let req = RegisterRequest {
         id: b.id,
         node: b.node,
@@ -211,7 +135,7 @@ pub async fn register(
         datacenter: api.dispatcher.datacenter().to_string(),
         tagged_addresses: b.tagged_addresses.unwrap_or_default(),
         node_meta: b.node_meta.unwrap_or_default(),
-        service: b.service.map(ServiceBody::into_definition).transpose()?,
+        service,
         checks,
     };
     write_ok(&api, Command::Register(Box::new(req))).await
@@ -238,10 +162,7 @@ pub async fn deregister(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: DeregisterBody = decode(&body)?;
-    let dc = p
-        .dc()
-        .or(Some(b.datacenter.as_str()).filter(|d| !d.is_empty()));
-    api.dispatcher.route_dc(dc)?;
+    api.dispatcher.route_dc(body_dc(&p, &b.datacenter))?;
     if b.node.is_empty() {
         return Err(HttpError::BadRequest("Must provide node".into()));
     }

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::HttpError;
-use crate::state::{Check, Node, Service, Weights};
+use crate::state::{Check, Node, Service, ServiceDefinition, Weights};
 
 /// Keys whose values are user maps: their own keys are data and keep their spelling.
 const USER_MAPS: &[&str] = &[
@@ -86,6 +86,108 @@ pub fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
         ));
     }
     serde_json::from_value(normalize(value)).map_err(bad)
+}
+
+/// Consul's `Weights` in a request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsBody {
+    #[serde(default = "one")]
+    passing: u32,
+    #[serde(default = "one")]
+    warning: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl From<WeightsBody> for Weights {
+    fn from(w: WeightsBody) -> Self {
+        Weights {
+            passing: w.passing,
+            warning: w.warning,
+        }
+    }
+}
+
+/// A service definition as `catalog/register` (its `Service`) and `agent/service/register`
+/// take it: the name as `Service` or `Name`. Checks are only for agent registrations; they
+/// stay JSON here and are decoded by the agent endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default, alias = "name")]
+    service: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(rename = "taggedaddresses", default)]
+    tagged_addresses: BTreeMap<String, Value>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<WeightsBody>,
+    #[serde(rename = "enabletagoverride", default)]
+    enable_tag_override: bool,
+    #[serde(default)]
+    check: Option<Value>,
+    #[serde(default)]
+    checks: Option<Vec<Value>>,
+}
+
+impl ServiceBody {
+    /// The definition, and the check bodies given with it (`Check` then `Checks`).
+    pub fn into_definition(self) -> Result<(ServiceDefinition, Vec<Value>), HttpError> {
+        let def = ServiceDefinition {
+            id: self.id,
+            service: self.service,
+            tags: self.tags.unwrap_or_default(),
+            address: self.address,
+            port: self.port,
+            tagged_addresses: self
+                .tagged_addresses
+                .into_iter()
+                .map(|(k, v)| Ok((k, tagged_address(v)?)))
+                .collect::<Result<_, HttpError>>()?,
+            meta: self.meta.unwrap_or_default(),
+            weights: self.weights.map(Weights::from).unwrap_or_default(),
+            enable_tag_override: self.enable_tag_override,
+        };
+        let checks = self
+            .check
+            .into_iter()
+            .chain(self.checks.unwrap_or_default())
+            .collect();
+        Ok((def, checks))
+    }
+}
+
+/// A tagged address given as a string or as Consul's `{"Address":..,"Port":..}`.
+pub fn tagged_address(v: Value) -> Result<String, HttpError> {
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Object(m) => Ok(m
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("address"))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .to_string()),
+        other => Err(HttpError::BadRequest(format!(
+            "Invalid tagged address {other}"
+        ))),
+    }
+}
+
+/// Decodes a part of an already normalized body (e.g. a check inside a service).
+pub fn decode_value<T: DeserializeOwned>(v: Value) -> Result<T, HttpError> {
+    serde_json::from_value(v)
+        .map_err(|e| HttpError::BadRequest(format!("Request decode failed: {e}")))
 }
 
 /// A catalog node (`catalog/nodes`, `catalog/node/:n`, `health/service` entries).
