@@ -14,6 +14,8 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     /// Request routing (reads, writes, forwarding).
     pub rpc: RpcMetrics,
+    /// LAN gossip.
+    pub gossip: GossipMetrics,
 }
 
 /// Counts one in-flight thing on a gauge for as long as it lives, also when the future
@@ -56,10 +58,12 @@ impl Metrics {
                 .expect("valid metric"),
             ),
         };
+        let gossip = GossipMetrics::register(&registry);
         Metrics {
             registry,
             transport,
             rpc,
+            gossip,
         }
     }
 
@@ -159,5 +163,86 @@ impl TransportMetrics {
                 .expect("valid metric"),
             ),
         }
+    }
+}
+
+/// Metrics of LAN gossip (Consul's `consul.serf.*`, `consul.memberlist.*`, network `lan`).
+#[derive(Clone)]
+pub struct GossipMetrics {
+    /// Datagrams sent and received.
+    pub packets: IntCounterVec,
+    /// Bytes sent and received.
+    pub bytes: IntCounterVec,
+    /// Datagrams dropped, by reason (`decrypt`, `malformed`, `oversized`).
+    pub dropped: IntCounterVec,
+    /// Members by status (`alive`, `failed`, `left`).
+    pub members: IntGaugeVec,
+}
+
+impl GossipMetrics {
+    fn register(r: &Registry) -> GossipMetrics {
+        GossipMetrics {
+            packets: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_packets_total",
+                        "LAN gossip datagrams, by direction (in/out).",
+                    ),
+                    &["direction"],
+                )
+                .expect("valid metric"),
+            ),
+            bytes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_bytes_total",
+                        "LAN gossip bytes on the wire, by direction (in/out).",
+                    ),
+                    &["direction"],
+                )
+                .expect("valid metric"),
+            ),
+            dropped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_packets_dropped_total",
+                        "LAN gossip datagrams dropped, by reason (decrypt, malformed, oversized).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            members: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "consulate_gossip_members",
+                        "LAN members this agent knows, by status (alive, failed, left).",
+                    ),
+                    &["status"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    /// Counts a datagram sent.
+    pub fn sent(&self, bytes: usize) {
+        self.packets.with_label_values(&["out"]).inc();
+        self.bytes.with_label_values(&["out"]).inc_by(bytes as u64);
+    }
+
+    /// Counts a datagram received.
+    pub fn received(&self, bytes: usize) {
+        self.packets.with_label_values(&["in"]).inc();
+        self.bytes.with_label_values(&["in"]).inc_by(bytes as u64);
+    }
+
+    /// Counts a datagram dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.with_label_values(&[reason]).inc();
     }
 }

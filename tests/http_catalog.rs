@@ -72,6 +72,14 @@ impl Api {
     }
 }
 
+/// The check `id` of a `health/service` entry.
+fn check_of<'a>(entry: &'a Value, id: &str) -> &'a Value {
+    entry["Checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["CheckID"] == id))
+        .unwrap_or_else(|| panic!("no check {id} in {entry}"))
+}
+
 fn names(v: &Value, field: &str) -> Vec<String> {
     let mut out: Vec<String> = v
         .as_array()
@@ -137,10 +145,19 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
     assert_eq!(me_json["Config"]["NodeName"], "c1");
     assert_eq!(me_json["Config"]["Server"], false);
     assert_eq!(me_json["Member"]["Tags"]["role"], "node");
-    let members = client.json("/v1/agent/members").await;
-    assert_eq!(names(&members, "Name"), ["c1", "s1", "s2", "s3"]);
+    let members = client
+        .until("/v1/agent/members", "gossip finds all four agents", |v| {
+            names(v, "Name") == ["c1", "s1", "s2", "s3"]
+        })
+        .await;
     assert!(members.as_array().unwrap().iter().all(|m| m["Status"] == 1));
-    let wan = server(0).json("/v1/agent/members?wan=1").await;
+    let wan = server(0)
+        .until(
+            "/v1/agent/members?wan=1",
+            "the servers as WAN members",
+            |v| names(v, "Name").len() == 3,
+        )
+        .await;
     assert!(names(&wan, "Name").contains(&"s1.dc1".to_string()));
 
     // Every agent registers its own node through anti-entropy.
@@ -257,7 +274,7 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
             v.as_array().is_some_and(|a| {
                 a.len() == 1
                     && a[0]["Node"]["Node"] == "c1"
-                    && a[0]["Checks"][0]["Status"] == "critical"
+                    && check_of(&a[0], "service:api-1")["Status"] == "critical"
             })
         })
         .await;
@@ -274,7 +291,8 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
             v.as_array().is_some_and(|a| a.len() == 1)
         })
         .await;
-    assert_eq!(ok[0]["Checks"][0]["Output"], "fine");
+    assert_eq!(check_of(&ok[0], "service:api-1")["Output"], "fine");
+    assert_eq!(check_of(&ok[0], "serfHealth")["Status"], "passing");
 
     // A node-level agent check: register, warn, see it in health, deregister.
     let r = client

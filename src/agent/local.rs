@@ -36,8 +36,9 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    /// A register request for this node alone.
-    fn register(&self) -> RegisterRequest {
+    /// A register request for this node alone (anti-entropy and gossip reconciliation
+    /// write the node identically, so neither undoes the other).
+    pub fn register(&self) -> RegisterRequest {
         let mut tagged = BTreeMap::new();
         tagged.insert("lan".to_string(), self.address.clone());
         tagged.insert("wan".to_string(), self.address.clone());
@@ -51,7 +52,8 @@ impl NodeInfo {
         }
     }
 
-    fn matches(&self, n: &Node) -> bool {
+    /// Whether the catalog's `n` is this node as [`NodeInfo::register`] writes it.
+    pub fn matches(&self, n: &Node) -> bool {
         let want = self.register();
         n.id == want.id
             && n.address == want.address

@@ -5,6 +5,7 @@
 pub mod anti_entropy;
 pub mod bootstrap;
 pub mod local;
+pub mod reconcile;
 pub mod rpc;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tracing::info;
 
 use crate::config::AgentConfig;
 use crate::dispatch::{Dispatcher, ServerList};
+use crate::gossip::{GossipError, GossipOptions, LanConfig, LanGossip, Member, MemberStatus};
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
 use crate::transport::identity::{Alpn, Role};
@@ -34,6 +36,9 @@ pub enum AgentError {
     /// The Raft state in the data dir cannot be used.
     #[error(transparent)]
     Raft(#[from] RaftNodeError),
+    /// LAN gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] GossipError),
     /// The HTTP listener could not be bound.
     #[error("cannot serve HTTP on {addr}: {reason}")]
     Http {
@@ -77,10 +82,40 @@ fn node_uuid(id: u64) -> String {
 
 /// A running agent.
 pub struct Agent {
+    gossip: LanGossip,
     http_task: tokio::task::JoinHandle<()>,
     transport: Transport,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
+}
+
+/// Keeps a client agent's server list to the DC's live servers that gossip knows of (the
+/// `lan_join` addresses serve until gossip has found any).
+async fn track_servers(
+    mut members: tokio::sync::watch::Receiver<Vec<Member>>,
+    servers: Arc<ServerList>,
+    datacenter: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let live: Vec<SocketAddr> = members
+            .borrow_and_update()
+            .iter()
+            .filter(|m| {
+                m.role == Role::Server
+                    && m.status == MemberStatus::Alive
+                    && m.datacenter == datacenter
+            })
+            .filter_map(|m| m.quic)
+            .collect();
+        if !live.is_empty() {
+            servers.set(live);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = members.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// This server's Raft id: random on first start, then read back from `node-id` in the data
@@ -163,10 +198,11 @@ impl Agent {
             .iter()
             .map(|a| SocketAddr::new(a.ip, config.ports.quic))
             .collect();
+        let servers = Arc::new(ServerList::new(join_servers.clone()));
         let dispatcher = Dispatcher::new(
             &config.datacenter,
             raft.clone(),
-            Arc::new(ServerList::new(join_servers.clone())),
+            servers.clone(),
             transport.clone(),
             metrics.rpc.clone(),
         );
@@ -198,6 +234,43 @@ impl Agent {
                 shutdown.child_token(),
             ));
         }
+        let gossip = LanGossip::start(
+            LanConfig {
+                node: config.node_name.clone(),
+                node_id: node_uuid(id),
+                role: config.role,
+                datacenter: config.datacenter.clone(),
+                bind: SocketAddr::new(config.bind_addr, config.ports.lan),
+                advertise: SocketAddr::new(config.advertise(), config.ports.lan),
+                seeds: config
+                    .lan_join
+                    .iter()
+                    .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(config.ports.lan)))
+                    .collect(),
+                quic: quic_addr,
+                http: SocketAddr::new(config.advertise(), config.ports.http),
+                key: config.encrypt.clone(),
+                options: GossipOptions::default(),
+            },
+            metrics.gossip.clone(),
+            shutdown.child_token(),
+        )
+        .await?;
+        let members = gossip.members();
+        if config.role == Role::Server {
+            tokio::spawn(reconcile::run(
+                dispatcher.clone(),
+                members.clone(),
+                shutdown.child_token(),
+            ));
+        } else {
+            tokio::spawn(track_servers(
+                members.clone(),
+                servers,
+                config.datacenter.clone(),
+                shutdown.child_token(),
+            ));
+        }
         tokio::spawn(anti_entropy::run(
             local.clone(),
             dispatcher.clone(),
@@ -206,18 +279,20 @@ impl Agent {
             }),
             shutdown.child_token(),
         ));
-        let (http_addr, http_task) = crate::http::serve(
-            config.http_bind(),
+        let api = crate::http::Api::new(
             dispatcher.clone(),
             local,
+            members,
             metrics.clone(),
-            shutdown.child_token(),
-        )
-        .await
-        .map_err(|e| AgentError::Http {
-            addr: config.http_bind(),
-            reason: e.to_string(),
-        })?;
+            shutdown.clone(),
+        );
+        let (http_addr, http_task) =
+            crate::http::serve(config.http_bind(), api, shutdown.child_token())
+                .await
+                .map_err(|e| AgentError::Http {
+                    addr: config.http_bind(),
+                    reason: e.to_string(),
+                })?;
         info!(
             node = %config.node_name,
             http = %http_addr,
@@ -227,6 +302,7 @@ impl Agent {
             "agent started"
         );
         Ok(Agent {
+            gossip,
             transport,
             dispatcher,
             http_task,
@@ -238,7 +314,9 @@ impl Agent {
     /// Raft first (no new log writes), then the transport.
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
-        info!("shutting down");
+        info!("leaving and shutting down");
+        // Tell the pool first, so the leader deregisters this node rather than failing it.
+        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.gossip.leave()).await;
         // The HTTP server stops taking requests first and lets in-flight ones finish.
         let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.http_task).await;
         if let Some(raft) = self.dispatcher.raft() {

@@ -110,8 +110,8 @@ pub async fn self_info(State(api): State<Api>) -> Response {
     .into_response()
 }
 
-/// `GET /v1/agent/members` (`?wan` on servers: the servers as `<node>.<dc>`). Until LAN
-/// gossip lands this agent knows itself and the DC's Raft voters.
+/// `GET /v1/agent/members`: the LAN pool as gossip sees it (`?wan` on servers: the
+/// servers, named `<node>.<dc>`).
 pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
     let wan = p.flag("wan") && !matches!(p.get("wan"), Some("0" | "false"));
     let n = &api.local.node;
@@ -120,21 +120,37 @@ pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, Http
             "WAN members are only known to servers".into(),
         ));
     }
-    let status = api.dispatcher.raft_status().await.unwrap_or_default();
-    let mut out = vec![self_member(&api)];
-    for v in status.voters.into_iter().filter(|v| v.name != n.name) {
-        let (addr, port) = match v.addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => (a.ip().to_string(), a.port()),
-            Err(_) => (v.addr.clone(), 0),
-        };
-        out.push(member(v.name, addr, port, &n.datacenter, Role::Server));
-    }
-    if wan {
-        for m in &mut out {
-            m.name = format!("{}.{}", m.name, n.datacenter);
-        }
-    }
+    let out: Vec<MemberJson> = api
+        .members
+        .borrow()
+        .iter()
+        .filter(|m| !wan || m.role == Role::Server)
+        .map(|m| {
+            let mut j = member(
+                m.name.clone(),
+                m.gossip_addr.ip().to_string(),
+                m.gossip_addr.port(),
+                &m.datacenter,
+                m.role,
+            );
+            j.status = m.status.code();
+            j.tags.insert("build", m.build.clone());
+            if let Some(q) = m.quic {
+                j.tags.insert("port", q.port().to_string());
+            }
+            if wan {
+                j.name = format!("{}.{}", m.name, m.datacenter);
+            }
+            j
+        })
+        .collect();
     Ok(Json(out).into_response())
+}
+
+/// `PUT /v1/agent/leave`: this agent leaves the pool gracefully and shuts down.
+pub async fn leave(State(api): State<Api>) -> Response {
+    api.shutdown.cancel();
+    ().into_response()
 }
 
 /// `GET /v1/agent/services`: this agent's services by ID.

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::local::LocalAgent;
 use crate::dispatch::{Dispatcher, ReadOutcome};
+use crate::gossip::Member;
 use crate::metrics::Metrics;
 use crate::state::query::Query;
 use crate::state::{Command, CommandResult};
@@ -36,7 +37,30 @@ use params::Params;
 pub struct Api {
     dispatcher: Dispatcher,
     local: Arc<LocalAgent>,
+    members: tokio::sync::watch::Receiver<Vec<Member>>,
     metrics: Metrics,
+    /// The agent's shutdown signal (`/v1/agent/leave` fires it).
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    /// What the handlers of one agent share; `leave` is the agent's shutdown signal, which
+    /// `/v1/agent/leave` fires.
+    pub fn new(
+        dispatcher: Dispatcher,
+        local: Arc<LocalAgent>,
+        members: tokio::sync::watch::Receiver<Vec<Member>>,
+        metrics: Metrics,
+        leave: CancellationToken,
+    ) -> Api {
+        Api {
+            dispatcher,
+            local,
+            members,
+            metrics,
+            shutdown: leave,
+        }
+    }
 }
 
 /// Runs a read for an endpoint that takes `?dc=` and the consistency and blocking
@@ -62,7 +86,7 @@ async fn write_ok(api: &Api, cmd: Command) -> Result<Response, HttpError> {
 pub const MAX_KV_VALUE: usize = 512 * 1024;
 
 /// The API's routes.
-pub fn router(dispatcher: Dispatcher, local: Arc<LocalAgent>, metrics: Metrics) -> Router {
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/status/leader", get(status::leader))
@@ -80,6 +104,7 @@ pub fn router(dispatcher: Dispatcher, local: Arc<LocalAgent>, metrics: Metrics) 
         .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/checks", get(agent::checks))
         .route("/v1/agent/service/register", put(agent::register_service))
@@ -110,11 +135,7 @@ pub fn router(dispatcher: Dispatcher, local: Arc<LocalAgent>, metrics: Metrics) 
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
-        .with_state(Api {
-            dispatcher,
-            local,
-            metrics,
-        })
+        .with_state(api)
 }
 
 /// How long a connection may take to send a request's headers (slow-loris defence).
@@ -125,9 +146,7 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// buffers and a small task, which matters with thousands of blocking queries held open.
 pub async fn serve(
     addr: SocketAddr,
-    dispatcher: Dispatcher,
-    local: Arc<LocalAgent>,
-    metrics: Metrics,
+    api: Api,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -135,7 +154,7 @@ pub async fn serve(
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(dispatcher, local, metrics);
+    let app = router(api);
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();

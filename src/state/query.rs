@@ -75,6 +75,11 @@ pub enum Query {
         /// The node name.
         node: String,
     },
+    /// Every check with this ID, on any node (e.g. every `serfHealth`).
+    CheckById {
+        /// The check ID.
+        check_id: String,
+    },
     /// `health/state/:state`: every check in a state (`None`: any state).
     ChecksInState {
         /// The state asked for.
@@ -150,7 +155,8 @@ impl Query {
             Query::ServiceHealth { .. } => &[Table::Nodes, Table::Services, Table::Checks],
             Query::ServiceChecks { .. }
             | Query::NodeChecks { .. }
-            | Query::ChecksInState { .. } => &[Table::Checks],
+            | Query::ChecksInState { .. }
+            | Query::CheckById { .. } => &[Table::Checks],
         }
     }
 
@@ -258,6 +264,13 @@ impl Query {
             Query::NodeChecks { node } => {
                 QueryResult::Checks(state.node_checks(node).cloned().collect())
             }
+            Query::CheckById { check_id } => QueryResult::Checks(
+                state
+                    .checks()
+                    .filter(|c| &c.check_id == check_id)
+                    .cloned()
+                    .collect(),
+            ),
             Query::ChecksInState { state: wanted } => QueryResult::Checks(
                 state
                     .checks()

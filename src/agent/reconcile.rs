@@ -1,0 +1,238 @@
+//! Catalog reconciliation on the leader (Consul's `serfHealth`): every LAN member is a
+//! catalog node with a `serfHealth` check, passing while the member is alive and critical
+//! once it is failed; a member that left is deregistered with its services, and so is a
+//! node whose member was forgotten. [`reconcile_plan`] is the pure diff; [`run`] applies it
+//! whenever membership or leadership changes, and every few seconds regardless, so that a
+//! new leader repeats it and nothing is missed across failovers.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::local::NodeInfo;
+use crate::dispatch::{DispatchError, Dispatcher, ReadOptions};
+use crate::gossip::{Member, MemberStatus};
+use crate::raft::ReadMode;
+use crate::state::query::{Query, QueryResult};
+use crate::state::{
+    Check, CheckDefinition, Command, DeregisterRequest, HealthStatus, Node, RegisterRequest,
+};
+
+/// The node check gossip owns (Consul's name).
+pub const SERF_CHECK_ID: &str = "serfHealth";
+const SERF_CHECK_NAME: &str = "Serf Health Status";
+const OUTPUT_ALIVE: &str = "Agent alive and reachable";
+const OUTPUT_FAILED: &str = "Agent not live or unreachable";
+
+/// How often the leader reconciles even when nothing was signalled.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+fn member_node(m: &Member, datacenter: &str) -> NodeInfo {
+    NodeInfo {
+        id: m.id.clone(),
+        name: m.name.clone(),
+        address: m.gossip_addr.ip().to_string(),
+        datacenter: datacenter.to_string(),
+        server: m.role == crate::transport::identity::Role::Server,
+        port: m.quic.map_or(0, |q| q.port()),
+    }
+}
+
+/// What to write so that the catalog's nodes and `serfHealth` checks match `members` (of
+/// this DC). `nodes` are the catalog's nodes, `serf_checks` its `serfHealth` checks.
+pub fn reconcile_plan(
+    datacenter: &str,
+    members: &[Member],
+    nodes: &[Node],
+    serf_checks: &[Check],
+) -> Vec<Command> {
+    let mut plan = Vec::new();
+    let deregister = |node: &str| {
+        Command::Deregister(DeregisterRequest {
+            node: node.to_string(),
+            service_id: None,
+            check_id: None,
+        })
+    };
+    for m in members.iter().filter(|m| m.datacenter == datacenter) {
+        let in_catalog = nodes.iter().find(|n| n.node == m.name);
+        let (status, output) = match m.status {
+            MemberStatus::Left => {
+                if in_catalog.is_some() {
+                    plan.push(deregister(&m.name));
+                }
+                continue;
+            }
+            MemberStatus::Alive => (HealthStatus::Passing, OUTPUT_ALIVE),
+            MemberStatus::Failed => (HealthStatus::Critical, OUTPUT_FAILED),
+        };
+        let info = member_node(m, datacenter);
+        let node_ok = in_catalog.is_some_and(|n| info.matches(n));
+        let check_ok = serf_checks.iter().any(|c| {
+            c.node == m.name
+                && c.status == status
+                && c.output == output
+                && c.name == SERF_CHECK_NAME
+        });
+        if !(node_ok && check_ok) {
+            let mut req: RegisterRequest = info.register();
+            req.checks = vec![CheckDefinition {
+                check_id: SERF_CHECK_ID.to_string(),
+                name: SERF_CHECK_NAME.to_string(),
+                status,
+                notes: String::new(),
+                output: output.to_string(),
+                service_id: None,
+                kind: String::new(),
+            }];
+            plan.push(Command::Register(Box::new(req)));
+        }
+    }
+    // A node that gossip registered (it has serfHealth) but no member names any more was
+    // reaped after the reconnect timeout: it goes too.
+    for c in serf_checks {
+        if !members.iter().any(|m| m.name == c.node) {
+            plan.push(deregister(&c.node));
+        }
+    }
+    plan
+}
+
+/// Reconciles while this server leads, until `shutdown` fires.
+pub async fn run(
+    dispatcher: Dispatcher,
+    mut members: watch::Receiver<Vec<Member>>,
+    shutdown: CancellationToken,
+) {
+    let Some(raft) = dispatcher.raft().cloned() else {
+        return;
+    };
+    let mut leadership = raft.raft().metrics();
+    loop {
+        if raft.is_leader() {
+            let current = members.borrow_and_update().clone();
+            if let Err(e) = reconcile_once(&dispatcher, &current).await {
+                warn!(error = %e, "catalog reconciliation failed; will retry");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = members.changed() => if r.is_err() { return },
+            r = leadership.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+    }
+}
+
+async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(), DispatchError> {
+    let opts = ReadOptions {
+        mode: ReadMode::Stale,
+        max_stale: None,
+        min_index: 0,
+        wait: Duration::ZERO,
+    };
+    let nodes = dispatcher
+        .read(Query::Nodes { node_meta: vec![] }, opts, true)
+        .await?;
+    let checks = dispatcher
+        .read(
+            Query::CheckById {
+                check_id: SERF_CHECK_ID.to_string(),
+            },
+            opts,
+            true,
+        )
+        .await?;
+    let (QueryResult::Nodes(nodes), QueryResult::Checks(checks)) = (nodes.result, checks.result)
+    else {
+        return Err(DispatchError::Raft("unexpected query result shape".into()));
+    };
+    let plan = reconcile_plan(dispatcher.datacenter(), members, &nodes, &checks);
+    if !plan.is_empty() {
+        debug!(
+            writes = plan.len(),
+            "reconciling the catalog with LAN membership"
+        );
+        dispatcher.write(Command::Batch(plan), true).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use crate::transport::identity::Role;
+
+    fn member(name: &str, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            id: format!("id-{name}"),
+            gossip_addr: "127.0.0.9:8301".parse().unwrap(),
+            role: Role::Client,
+            datacenter: "dc1".into(),
+            quic: Some("127.0.0.9:8300".parse().unwrap()),
+            http: None,
+            build: "0".into(),
+            status,
+        }
+    }
+
+    fn sync(s: &mut State, members: &[Member], at: &mut u64) -> usize {
+        let plan_of = |s: &State| {
+            let nodes: Vec<Node> = s.nodes().cloned().collect();
+            let checks: Vec<Check> = s
+                .checks()
+                .filter(|c| c.check_id == SERF_CHECK_ID)
+                .cloned()
+                .collect();
+            reconcile_plan("dc1", members, &nodes, &checks)
+        };
+        let plan = plan_of(s);
+        let n = plan.len();
+        for c in plan {
+            *at += 1;
+            s.apply(*at, c);
+        }
+        assert!(plan_of(s).is_empty(), "converged");
+        n
+    }
+
+    fn serf(s: &State, node: &str) -> Option<HealthStatus> {
+        s.node_checks(node)
+            .find(|c| c.check_id == SERF_CHECK_ID)
+            .map(|c| c.status)
+    }
+
+    #[test]
+    fn members_become_nodes_with_serf_health() {
+        let mut s = State::default();
+        let mut at = 0;
+        let mut ms = vec![
+            member("a", MemberStatus::Alive),
+            member("b", MemberStatus::Alive),
+        ];
+        let mut other_dc = member("x", MemberStatus::Alive);
+        other_dc.datacenter = "dc2".into();
+        ms.push(other_dc);
+        assert_eq!(sync(&mut s, &ms, &mut at), 2);
+        assert_eq!(serf(&s, "a"), Some(HealthStatus::Passing));
+        assert!(s.node("x").is_none(), "other DCs' members are not ours");
+
+        ms[1].status = MemberStatus::Failed;
+        assert_eq!(sync(&mut s, &ms, &mut at), 1);
+        assert_eq!(serf(&s, "b"), Some(HealthStatus::Critical));
+        ms[1].status = MemberStatus::Alive;
+        assert_eq!(sync(&mut s, &ms, &mut at), 1);
+        assert_eq!(serf(&s, "b"), Some(HealthStatus::Passing));
+
+        ms[0].status = MemberStatus::Left;
+        assert_eq!(sync(&mut s, &ms, &mut at), 1);
+        assert!(s.node("a").is_none(), "a member that left is deregistered");
+        ms.remove(1);
+        assert_eq!(sync(&mut s, &ms, &mut at), 1);
+        assert!(s.node("b").is_none(), "a forgotten member is deregistered");
+    }
+}

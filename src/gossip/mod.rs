@@ -1,0 +1,313 @@
+//! LAN gossip: one chitchat pool per datacenter, servers and clients alike, over UDP
+//! ([`sealed`]: AES-256-GCM when the DC has a gossip key). Each agent publishes what the
+//! others need to reach it (role, datacenter, QUIC and HTTP addresses, build, node ID);
+//! chitchat's phi-accrual failure detector says who is alive. The module turns chitchat's
+//! state into a [`Member`] list (Consul's statuses: alive, left, failed), published on a
+//! watch channel for the agent (server discovery, `/v1/agent/members`) and the leader's
+//! catalog reconciliation.
+
+pub mod sealed;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::GossipKey;
+use crate::metrics::GossipMetrics;
+use crate::transport::identity::Role;
+
+const KEY_ROLE: &str = "role";
+const KEY_DC: &str = "dc";
+const KEY_QUIC: &str = "quic";
+const KEY_HTTP: &str = "http";
+const KEY_BUILD: &str = "build";
+const KEY_ID: &str = "id";
+const KEY_STATUS: &str = "status";
+const STATUS_LEFT: &str = "left";
+
+/// A member's state, with Consul's numeric codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemberStatus {
+    /// Reachable.
+    Alive,
+    /// Left gracefully.
+    Left,
+    /// Detected as failed.
+    Failed,
+}
+
+impl MemberStatus {
+    /// Consul's `Status` code: 1 alive, 3 left, 4 failed.
+    pub fn code(self) -> u8 {
+        match self {
+            MemberStatus::Alive => 1,
+            MemberStatus::Left => 3,
+            MemberStatus::Failed => 4,
+        }
+    }
+
+    /// Consul's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Left => "left",
+            MemberStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One agent of the pool, as gossip knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Node UUID (as in the catalog).
+    pub id: String,
+    /// Its gossip address (its advertised IP).
+    pub gossip_addr: SocketAddr,
+    /// Server or client.
+    pub role: Role,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// Its QUIC address.
+    pub quic: Option<SocketAddr>,
+    /// Its HTTP API address.
+    pub http: Option<SocketAddr>,
+    /// Its build version.
+    pub build: String,
+    /// Alive, left or failed.
+    pub status: MemberStatus,
+}
+
+/// Gossip timings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GossipOptions {
+    /// How often each agent gossips with a few others (Consul's LAN: 200 ms).
+    pub interval: Duration,
+    /// Phi-accrual threshold above which a member is failed.
+    pub phi_threshold: f64,
+    /// How long a failed or left member is remembered before it is forgotten (reaped).
+    pub reconnect_timeout: Duration,
+}
+
+impl Default for GossipOptions {
+    fn default() -> Self {
+        GossipOptions {
+            interval: Duration::from_millis(200),
+            phi_threshold: 8.0,
+            reconnect_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What this agent publishes and where it gossips.
+#[derive(Debug, Clone)]
+pub struct LanConfig {
+    /// Node name.
+    pub node: String,
+    /// Node UUID.
+    pub node_id: String,
+    /// Server or client.
+    pub role: Role,
+    /// Datacenter (also chitchat's cluster id: pools of different DCs never mix).
+    pub datacenter: String,
+    /// UDP address to bind.
+    pub bind: SocketAddr,
+    /// Address others reach us at.
+    pub advertise: SocketAddr,
+    /// Members to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Our QUIC address.
+    pub quic: SocketAddr,
+    /// Our HTTP address.
+    pub http: SocketAddr,
+    /// The gossip key, if the DC encrypts gossip.
+    pub key: Option<GossipKey>,
+    /// Timings.
+    pub options: GossipOptions,
+}
+
+/// Why gossip could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("LAN gossip on {addr}: {reason}")]
+pub struct GossipError {
+    /// The bind address.
+    pub addr: SocketAddr,
+    /// What failed (typically the port is taken; not retryable without a change).
+    pub reason: String,
+}
+
+/// A running LAN gossip member.
+pub struct LanGossip {
+    handle: ChitchatHandle,
+    members: watch::Receiver<Vec<Member>>,
+    interval: Duration,
+}
+
+impl LanGossip {
+    /// Joins the pool; the member list is kept current until `shutdown` fires.
+    pub async fn start(
+        config: LanConfig,
+        metrics: GossipMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<LanGossip, GossipError> {
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let id = ChitchatId::new(config.node.clone(), generation, config.advertise);
+        let o = config.options;
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: id,
+            cluster_id: config.datacenter.clone(),
+            gossip_interval: o.interval,
+            listen_addr: config.bind,
+            seed_nodes: config.seeds.iter().map(|s| s.to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: o.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: o.interval * 50,
+                initial_interval: o.interval * 5,
+                dead_node_grace_period: o.reconnect_timeout,
+            },
+            marked_for_deletion_grace_period: o.reconnect_timeout,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let role = match config.role {
+            Role::Server => "server",
+            Role::Client => "client",
+        };
+        let kvs = vec![
+            (KEY_ROLE.to_string(), role.to_string()),
+            (KEY_DC.to_string(), config.datacenter.clone()),
+            (KEY_QUIC.to_string(), config.quic.to_string()),
+            (KEY_HTTP.to_string(), config.http.to_string()),
+            (KEY_BUILD.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (KEY_ID.to_string(), config.node_id.clone()),
+        ];
+        let transport = sealed::SealedUdpTransport::new(config.key.as_ref(), metrics.clone());
+        let handle = chitchat::spawn_chitchat(chitchat_config, kvs, &transport)
+            .await
+            .map_err(|e| GossipError {
+                addr: config.bind,
+                reason: format!("{e:#}"),
+            })?;
+        let (tx, members) = watch::channel(Vec::new());
+        tokio::spawn(watch_members(
+            handle.chitchat(),
+            tx,
+            o.interval,
+            metrics,
+            shutdown,
+        ));
+        info!(bind = %config.bind, seeds = config.seeds.len(), "LAN gossip started");
+        Ok(LanGossip {
+            handle,
+            members,
+            interval: o.interval,
+        })
+    }
+
+    /// The member list, updated as gossip learns.
+    pub fn members(&self) -> watch::Receiver<Vec<Member>> {
+        self.members.clone()
+    }
+
+    /// Leaves gracefully: tells the pool this member left, gives gossip a few rounds to
+    /// spread it (bounded), then stops.
+    pub async fn leave(self) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, STATUS_LEFT))
+            .await;
+        tokio::time::sleep(self.interval * 5).await;
+        if let Err(e) = self.handle.shutdown().await {
+            warn!(error = %e, "LAN gossip stopped with an error");
+        }
+    }
+}
+
+/// Republishes the member list whenever it changes (checked every gossip interval).
+async fn watch_members(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    tx: watch::Sender<Vec<Member>>,
+    interval: Duration,
+    metrics: GossipMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let members = {
+            let c = chitchat.lock().await;
+            members_of(&c)
+        };
+        for status in [
+            MemberStatus::Alive,
+            MemberStatus::Failed,
+            MemberStatus::Left,
+        ] {
+            let n = members.iter().filter(|m| m.status == status).count();
+            metrics
+                .members
+                .with_label_values(&[status.as_str()])
+                .set(n as i64);
+        }
+        tx.send_if_modified(|current| {
+            if *current == members {
+                return false;
+            }
+            *current = members;
+            true
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// The members chitchat knows, one per node name (the newest generation wins: a restarted
+/// agent replaces its previous incarnation), sorted by name.
+fn members_of(c: &Chitchat) -> Vec<Member> {
+    let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
+    let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
+    for (id, state) in c.node_states() {
+        let get = |k: &str| state.get(k).unwrap_or_default().to_string();
+        let Some(role) = (match state.get(KEY_ROLE) {
+            Some("server") => Some(Role::Server),
+            Some("client") => Some(Role::Client),
+            _ => None,
+        }) else {
+            continue; // not yet gossiped its keys
+        };
+        let status = if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
+            MemberStatus::Left
+        } else if live.contains(id) {
+            MemberStatus::Alive
+        } else {
+            MemberStatus::Failed
+        };
+        let member = Member {
+            name: id.node_id.to_string(),
+            id: get(KEY_ID),
+            gossip_addr: id.gossip_advertise_addr,
+            role,
+            datacenter: get(KEY_DC),
+            quic: state.get(KEY_QUIC).and_then(|a| a.parse().ok()),
+            http: state.get(KEY_HTTP).and_then(|a| a.parse().ok()),
+            build: get(KEY_BUILD),
+            status,
+        };
+        match by_name.get(&member.name) {
+            Some((generation, _)) if *generation > id.generation_id => {}
+            _ => {
+                by_name.insert(member.name.clone(), (id.generation_id, member));
+            }
+        }
+    }
+    by_name.into_values().map(|(_, m)| m).collect()
+}

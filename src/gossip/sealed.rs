@@ -1,0 +1,182 @@
+//! chitchat's UDP transport, wrapped: every datagram is a chitchat message, sealed with
+//! AES-256-GCM under the DC's gossip key when one is configured (Consul's `encrypt`).
+//! A datagram that does not open or does not parse is dropped and counted, never
+//! answered: an agent with a wrong or missing key cannot join, and garbage on the port
+//! costs one failed decryption.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use tracing::debug;
+
+use crate::config::GossipKey;
+use crate::metrics::GossipMetrics;
+
+/// The largest UDP payload (IPv4).
+const MAX_DATAGRAM: usize = 65_507;
+/// What sealing adds: the nonce in front, the tag behind.
+const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+/// Bound into every sealed datagram, so that a sealed packet of another protocol using the
+/// same key cannot be replayed as gossip.
+const AAD: &[u8] = b"consulate-lan-gossip-v1";
+
+/// Seals and opens datagrams (pure: no I/O).
+#[derive(Clone)]
+pub struct Sealer {
+    key: Option<std::sync::Arc<LessSafeKey>>,
+}
+
+impl Sealer {
+    /// A sealer for `key`; without one, datagrams are plaintext.
+    pub fn new(key: Option<&GossipKey>) -> Sealer {
+        Sealer {
+            key: key.map(|k| {
+                let unbound =
+                    UnboundKey::new(&AES_256_GCM, &k.0).expect("32 bytes is an AES-256 key");
+                std::sync::Arc::new(LessSafeKey::new(unbound))
+            }),
+        }
+    }
+
+    /// Seals `plain` into a datagram.
+    pub fn seal(&self, mut plain: Vec<u8>) -> Vec<u8> {
+        let Some(key) = &self.key else {
+            return plain;
+        };
+        let nonce_bytes: [u8; NONCE_LEN] = rand::random();
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
+        key.seal_in_place_append_tag(nonce, Aad::from(AAD), &mut plain)
+            .expect("AES-GCM sealing of a datagram-sized buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&plain);
+        out
+    }
+
+    /// Opens a datagram; `None` if it was not sealed with our key.
+    pub fn open<'a>(&self, datagram: &'a mut [u8]) -> Option<&'a [u8]> {
+        let Some(key) = &self.key else {
+            return Some(datagram);
+        };
+        if datagram.len() < SEAL_OVERHEAD {
+            return None;
+        }
+        let (nonce, body) = datagram.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        key.open_in_place(nonce, Aad::from(AAD), body)
+            .ok()
+            .map(|plain| &*plain)
+    }
+}
+
+/// The chitchat [`Transport`] of LAN gossip.
+pub struct SealedUdpTransport {
+    sealer: Sealer,
+    metrics: GossipMetrics,
+}
+
+impl SealedUdpTransport {
+    /// A transport sealing with `key` (if any), counting into `metrics`.
+    pub fn new(key: Option<&GossipKey>, metrics: GossipMetrics) -> SealedUdpTransport {
+        SealedUdpTransport {
+            sealer: Sealer::new(key),
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for SealedUdpTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = tokio::net::UdpSocket::bind(listen_addr)
+            .await
+            .with_context(|| format!("cannot bind LAN gossip to {listen_addr}/UDP"))?;
+        Ok(Box::new(SealedSocket {
+            socket,
+            sealer: self.sealer.clone(),
+            metrics: self.metrics.clone(),
+            buf: vec![0u8; MAX_DATAGRAM],
+        }))
+    }
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    sealer: Sealer,
+    metrics: GossipMetrics,
+    buf: Vec<u8>,
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        let datagram = self.sealer.seal(msg.serialize_to_vec());
+        if datagram.len() > MAX_DATAGRAM {
+            self.metrics.dropped("oversized");
+            return Ok(());
+        }
+        self.metrics.sent(datagram.len());
+        // A peer that is down (ICMP unreachable) is the failure detector's business.
+        if let Err(e) = self.socket.send_to(&datagram, to).await {
+            debug!(error = %e, %to, "gossip send failed");
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "gossip recv error");
+                    continue;
+                }
+            };
+            self.metrics.received(len);
+            let Some(mut plain) = self.sealer.open(&mut self.buf[..len]) else {
+                self.metrics.dropped("decrypt");
+                continue;
+            };
+            match ChitchatMessage::deserialize(&mut plain) {
+                Ok(msg) => return Ok((from, msg)),
+                Err(_) => self.metrics.dropped("malformed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_datagrams_open_only_with_the_same_key() {
+        let k1 = GossipKey([7u8; 32]);
+        let k2 = GossipKey([8u8; 32]);
+        let a = Sealer::new(Some(&k1));
+        let mut sealed = a.seal(b"hello gossip".to_vec());
+        assert_eq!(sealed.len(), 12 + SEAL_OVERHEAD);
+        assert_ne!(&sealed[NONCE_LEN..NONCE_LEN + 12], b"hello gossip");
+        let mut copy = sealed.clone();
+        assert_eq!(a.open(&mut sealed), Some(&b"hello gossip"[..]));
+        assert_eq!(
+            Sealer::new(Some(&k2)).open(&mut copy.clone()),
+            None,
+            "wrong key"
+        );
+        copy[NONCE_LEN] ^= 1;
+        assert_eq!(a.open(&mut copy), None, "tampered");
+        assert_eq!(a.open(&mut [0u8; 5]), None, "too short");
+        let plain = Sealer::new(None);
+        assert_eq!(plain.open(&mut b"x".to_vec()), Some(&b"x"[..]));
+        assert_eq!(
+            Sealer::new(Some(&k1)).open(&mut plain.seal(b"plaintext gossip".to_vec())),
+            None,
+            "an agent without the key is refused"
+        );
+    }
+}
