@@ -218,6 +218,12 @@ pub async fn members(c: &Client, wan: bool, format: Format) -> Result<String, Cl
     ))
 }
 
+/// `consulate leave`: the agent leaves its LAN pool gracefully and shuts down.
+pub async fn leave(c: &Client) -> Result<String, CliError> {
+    c.put("/v1/agent/leave", Vec::new(), "leaving").await?;
+    Ok("Graceful leave complete\n".to_string())
+}
+
 /// `consulate catalog datacenters`.
 pub async fn datacenters(c: &Client, format: Format) -> Result<String, CliError> {
     let v = c

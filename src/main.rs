@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         wan: bool,
     },
+    /// Make the agent leave its pool gracefully and shut down.
+    Leave {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// Read the catalog.
     Catalog {
         #[command(subcommand)]
@@ -292,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members { http, wan } => {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
+        Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
         Command::Catalog { command } => match command {
             CatalogCommand::Datacenters { http } => {
                 operate(&http, |c, f| async move { ops::datacenters(&c, f).await })

@@ -4,10 +4,13 @@
 //! of this node match them. [`sync_plan`] is the pure diff that decides what to write.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tracing::warn;
 
 use crate::state::{
     Check, CheckDefinition, Command, DeregisterRequest, HealthStatus, Node, RegisterRequest,
@@ -64,7 +67,7 @@ impl NodeInfo {
 
 /// How an agent check is run (the runner comes with health checking; the definition is
 /// kept from registration on).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckKind {
     /// Set by the application through `check/pass|warn|fail` before the TTL runs out.
     Ttl(Duration),
@@ -100,7 +103,7 @@ impl CheckKind {
 }
 
 /// An agent check: its catalog shape plus how it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalCheck {
     /// The check as written to the catalog.
     pub def: CheckDefinition,
@@ -126,7 +129,7 @@ pub enum LocalError {
 }
 
 /// The services and checks of this agent.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalState {
     /// Services by ID.
     pub services: BTreeMap<String, ServiceDefinition>,
@@ -330,21 +333,51 @@ pub fn sync_plan(
     plan
 }
 
-/// The agent's local state, shared by its HTTP handlers and the anti-entropy loop.
+/// The agent's local state, shared by its HTTP handlers and the anti-entropy loop, and
+/// kept in a file of the data dir so that a restarted agent still has its services (as
+/// Consul's agent does).
 pub struct LocalAgent {
     /// This agent's node.
     pub node: NodeInfo,
     state: Mutex<LocalState>,
     changed: Notify,
+    file: PathBuf,
 }
 
 impl LocalAgent {
-    /// An agent with nothing registered yet.
-    pub fn new(node: NodeInfo) -> LocalAgent {
+    /// An agent whose state lives in `file`: read back now (an unreadable file is logged
+    /// and set aside, the agent starts empty), rewritten atomically after every change.
+    pub fn persistent(node: NodeInfo, file: PathBuf) -> LocalAgent {
+        let state = match std::fs::read(&file) {
+            Ok(bytes) => rmp_serde::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(file = %file.display(), error = %e, "unreadable agent state set aside");
+                let _ = std::fs::rename(&file, file.with_extension("corrupt"));
+                LocalState::default()
+            }),
+            Err(_) => LocalState::default(),
+        };
         LocalAgent {
             node,
-            state: Mutex::new(LocalState::default()),
+            state: Mutex::new(state),
             changed: Notify::new(),
+            file,
+        }
+    }
+
+    fn save(&self, state: &LocalState) {
+        let file = &self.file;
+        let tmp = file.with_extension("tmp");
+        let written = rmp_serde::to_vec_named(state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            warn!(file = %file.display(), error = %e, "cannot save agent state");
         }
     }
 
@@ -358,7 +391,10 @@ impl LocalAgent {
         &self,
         f: impl FnOnce(&mut LocalState) -> Result<T, LocalError>,
     ) -> Result<T, LocalError> {
-        let out = f(&mut self.state.lock().expect("local state lock"))?;
+        let mut state = self.state.lock().expect("local state lock");
+        let out = f(&mut state)?;
+        self.save(&state);
+        drop(state);
         self.changed.notify_one();
         Ok(out)
     }
@@ -424,6 +460,24 @@ mod tests {
         }
         assert_eq!(plan_of(state), vec![], "a second sync writes nothing");
         n
+    }
+
+    #[test]
+    fn state_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent-local");
+        let a = LocalAgent::persistent(node(), file.clone());
+        a.update(|l| l.add_service(web(), vec![ttl_check("")], false))
+            .unwrap();
+        let b = LocalAgent::persistent(node(), file.clone());
+        assert_eq!(b.snapshot(), a.snapshot());
+        std::fs::write(&file, b"garbage").unwrap();
+        let c = LocalAgent::persistent(node(), file);
+        assert_eq!(
+            c.snapshot(),
+            LocalState::default(),
+            "a corrupt file is set aside"
+        );
     }
 
     #[test]

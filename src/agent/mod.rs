@@ -206,14 +206,17 @@ impl Agent {
             transport.clone(),
             metrics.rpc.clone(),
         );
-        let local = Arc::new(local::LocalAgent::new(local::NodeInfo {
-            id: node_uuid(id),
-            name: config.node_name.clone(),
-            address: config.advertise().to_string(),
-            datacenter: config.datacenter.clone(),
-            server: config.role == Role::Server,
-            port: quic_addr.port(),
-        }));
+        let local = Arc::new(local::LocalAgent::persistent(
+            local::NodeInfo {
+                id: node_uuid(id),
+                name: config.node_name.clone(),
+                address: config.advertise().to_string(),
+                datacenter: config.datacenter.clone(),
+                server: config.role == Role::Server,
+                port: quic_addr.port(),
+            },
+            config.data_dir.join("agent-local"),
+        ));
         let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
             dispatcher.clone(),
             self_node.clone(),

@@ -24,6 +24,11 @@ pub struct Dc {
 /// Four servers on 127.79.<net>.1-4; the first three bootstrap (`bootstrap_expect = 3`),
 /// the fourth has no `bootstrap_expect` and may only join an existing cluster.
 pub fn write_dc(net: u8, pki: &TestPki) -> Dc {
+    write_dc_with(net, pki, "")
+}
+
+/// [`write_dc`] with `extra` top-level config lines in every server's file.
+pub fn write_dc_with(net: u8, pki: &TestPki, extra: &str) -> Dc {
     let dir = tempfile::tempdir().unwrap();
     let ips: Vec<String> = (1..=4).map(|i| format!("127.79.{net}.{i}")).collect();
     let mut configs = Vec::new();
@@ -37,7 +42,7 @@ pub fn write_dc(net: u8, pki: &TestPki) -> Dc {
             .collect();
         let expect = if i < 3 { "bootstrap_expect = 3\n" } else { "" };
         let text = format!(
-            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\n{expect}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"server\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\n{expect}{extra}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             join.join(", "),
             tls.ca_file.display(),
             tls.cert_file.display(),
@@ -143,6 +148,18 @@ pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Op
 /// A client agent `node` of the DC on 127.79.<net>.<host>, joining the first three servers,
 /// with a 1 s anti-entropy interval.
 pub fn write_client(dc: &Dc, pki: &TestPki, net: u8, host: u8, node: &str) -> PathBuf {
+    write_client_with(dc, pki, net, host, node, "")
+}
+
+/// [`write_client`] with `extra` top-level config lines.
+pub fn write_client_with(
+    dc: &Dc,
+    pki: &TestPki,
+    net: u8,
+    host: u8,
+    node: &str,
+    extra: &str,
+) -> PathBuf {
     let ip = format!("127.79.{net}.{host}");
     let tls = pki.write_files(dc.dir.path(), Role::Client, "dc1", node);
     let join: Vec<String> = dc.addrs[..3]
@@ -150,7 +167,7 @@ pub fn write_client(dc: &Dc, pki: &TestPki, net: u8, host: u8, node: &str) -> Pa
         .map(|a| format!("\"{}\"", a.ip()))
         .collect();
     let text = format!(
-        "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"client\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\nsync_interval = \"1s\"\nlan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        "node_name = \"{node}\"\ndatacenter = \"dc1\"\nrole = \"client\"\ndata_dir = \"{node}-data\"\nbind_addr = \"{ip}\"\nsync_interval = \"1s\"\n{extra}lan_join = [{}]\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         join.join(", "),
         tls.ca_file.display(),
         tls.cert_file.display(),

@@ -1,0 +1,203 @@
+//! LAN gossip with real processes: 3 servers and 5 client agents of one DC, gossip sealed
+//! with a key. Everyone sees everyone; `kill -9` of a client turns its `serfHealth`
+//! critical and takes its service out of `?passing`; restarting it brings it back; a
+//! graceful leave (`consulate leave`, SIGTERM) deregisters the node; an agent with the
+//! wrong key never becomes a member and its packets are counted as rejected.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dc::*;
+use common::*;
+use consulate::config::GossipKey;
+use consulate::transport::TransportOptions;
+use consulate::transport::identity::{Alpn, Role};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+const NET: u8 = 13;
+
+async fn get_json(c: &reqwest::Client, url: &str) -> Option<Value> {
+    c.get(url).send().await.ok()?.json().await.ok()
+}
+
+fn serf_status(checks: &Value) -> Option<String> {
+    checks
+        .as_array()?
+        .iter()
+        .find(|c| c["CheckID"] == "serfHealth")
+        .map(|c| c["Status"].as_str().unwrap_or_default().to_string())
+}
+
+fn member_status(members: &Value, name: &str) -> Option<u64> {
+    members
+        .as_array()?
+        .iter()
+        .find(|m| m["Name"] == name)
+        .and_then(|m| m["Status"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_gossip_membership_failure_and_leave() {
+    let key = GossipKey::generate();
+    let extra = format!("encrypt = \"{}\"\n", key.to_base64());
+    let pki = TestPki::new();
+    let dc = write_dc_with(NET, &pki, &extra);
+    let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let client_cfgs: Vec<_> = (1..=5)
+        .map(|i| write_client_with(&dc, &pki, NET, 20 + i, &format!("c{i}"), &extra))
+        .collect();
+    let mut clients: Vec<ChildGuard> = client_cfgs.iter().map(|c| spawn_agent(c)).collect();
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let leader = format!("http://{}:8500", dc.addrs[li].ip());
+    let client_url = |i: usize| format!("http://127.79.{NET}.{}:8500", 20 + i);
+    let http = reqwest::Client::new();
+
+    // Everyone sees all eight, alive, from a server and from a client.
+    for url in [leader.clone(), client_url(3)] {
+        eventually(Duration::from_secs(15), "all 8 members alive", || async {
+            let m = get_json(&http, &format!("{url}/v1/agent/members")).await?;
+            let a = m.as_array()?;
+            (a.len() == 8 && a.iter().all(|x| x["Status"] == 1)).then_some(())
+        })
+        .await;
+    }
+
+    // Each client registers a web instance with its agent.
+    for i in 1..=5 {
+        let r = http
+            .put(format!("{}/v1/agent/service/register", client_url(i)))
+            .body(json!({"Name": "web", "ID": format!("web-c{i}"), "Port": 80}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let passing = |n: usize| {
+        let http = http.clone();
+        let url = format!("{leader}/v1/health/service/web?passing");
+        async move {
+            let v = get_json(&http, &url).await?;
+            (v.as_array()?.len() == n).then_some(())
+        }
+    };
+    eventually(Duration::from_secs(15), "5 passing web instances", || {
+        passing(5)
+    })
+    .await;
+
+    // kill -9 of c1: serfHealth critical, out of ?passing.
+    clients[0].signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
+    let killed = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "c1's serfHealth critical",
+        || async {
+            let checks = get_json(&http, &format!("{leader}/v1/health/node/c1")).await?;
+            (serf_status(&checks)? == "critical").then_some(())
+        },
+    )
+    .await;
+    let detected = killed.elapsed();
+    eventually(Duration::from_secs(5), "4 passing web instances", || {
+        passing(4)
+    })
+    .await;
+    eprintln!("kill -9 to serfHealth critical: {detected:?}");
+    let members = get_json(&http, &format!("{leader}/v1/agent/members"))
+        .await
+        .unwrap();
+    assert_eq!(member_status(&members, "c1"), Some(4), "failed");
+
+    // Restarted, it is alive and passing again.
+    clients[0] = spawn_agent(&client_cfgs[0]);
+    eventually(Duration::from_secs(20), "c1 passing again", || async {
+        let checks = get_json(&http, &format!("{leader}/v1/health/node/c1")).await?;
+        (serf_status(&checks)? == "passing").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(15), "5 passing again", || passing(5)).await;
+
+    // Graceful leaves: `consulate leave` for c2, SIGTERM for c3. Both are deregistered.
+    let out = std::process::Command::new(consulate_bin())
+        .args(["leave", "-http-addr", &format!("127.79.{NET}.22:8500")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = clients[2].signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+    assert!(status.success());
+    for node in ["c2", "c3"] {
+        eventually(
+            Duration::from_secs(15),
+            "a left node deregistered",
+            || async {
+                let nodes = get_json(&http, &format!("{leader}/v1/catalog/nodes")).await?;
+                (!nodes.as_array()?.iter().any(|n| n["Node"] == node)).then_some(())
+            },
+        )
+        .await;
+        let members = get_json(&http, &format!("{leader}/v1/agent/members"))
+            .await
+            .unwrap();
+        assert_eq!(member_status(&members, node), Some(3), "{node} left");
+    }
+    eventually(Duration::from_secs(5), "3 passing", || passing(3)).await;
+
+    // An agent with the wrong key: its packets are rejected, it never becomes a member.
+    let metric = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("consulate_gossip_packets_dropped_total{reason=\"decrypt\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let dropped_before = metric(
+        &http
+            .get(format!("{leader}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let wrong = format!("encrypt = \"{}\"\n", GossipKey::generate().to_base64());
+    let bad_cfg = write_client_with(&dc, &pki, NET, 29, "intruder", &wrong);
+    let _bad = spawn_agent(&bad_cfg);
+    eventually(
+        Duration::from_secs(15),
+        "the intruder's packets rejected",
+        || async {
+            let text = http
+                .get(format!("{leader}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (metric(&text) >= dropped_before + 5).then_some(())
+        },
+    )
+    .await;
+    let members = get_json(&http, &format!("{leader}/v1/agent/members"))
+        .await
+        .unwrap();
+    assert_eq!(member_status(&members, "intruder"), None);
+    let theirs = get_json(
+        &http,
+        &format!("http://127.79.{NET}.29:8500/v1/agent/members"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(theirs.as_array().unwrap().len(), 1, "it knows only itself");
+}
