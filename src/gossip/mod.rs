@@ -172,7 +172,7 @@ impl LanGossip {
                 phi_threshold: o.phi_threshold,
                 sampling_window_size: 1000,
                 max_interval: o.interval * 50,
-                initial_interval: o.interval * 5,
+                initial_interval: o.interval,
                 dead_node_grace_period: o.reconnect_timeout,
             },
             marked_for_deletion_grace_period: o.reconnect_timeout,
