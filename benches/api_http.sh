@@ -6,10 +6,10 @@
 # usage: benches/api_http.sh CONNS SECONDS     (needs wrk and curl)
 set -euo pipefail
 c=${1:-64}; d=${2:-8}; t=$(( c < 2 ? 1 : 2 ))
-CLIENT=1 . "$(dirname "$0")/cluster.sh" 91 a
-for n in a1 a2 a3 ac; do start $n; done
+CLIENTS=1 . "$(dirname "$0")/cluster.sh" 91 a
+for n in a1 a2 a3 ac1; do start $n; done
 wait_leader
-client=127.0.91.9
+client=127.0.91.21
 for _ in $(seq 100); do curl -sf "http://$client:8500/v1/status/leader" >/dev/null && break; sleep 0.1; done
 curl -sf -X PUT -d 'bench-value' "http://$leader:8500/v1/kv/bench-read" >/dev/null
 for i in 1 2 3; do

@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: builds the release binary and prepares a 3-server DC
-# named dc1 on 127.0.<NET>.1-3 (and, with CLIENT=1, a client agent PREFIXc on 127.0.<NET>.9)
-# in a temporary folder. Defines $bin, $dir, start NODE, wait_leader (sets $leader).
+# named dc1 on 127.0.<NET>.1-3 (and, with CLIENTS=N, client agents PREFIXc1..N on
+# 127.0.<NET>.21..) in a temporary folder. Defines $bin, $dir, start NODE, wait_leader
+# (sets $leader).
 # usage: . benches/cluster.sh NET PREFIX     (nodes are PREFIX1..PREFIX3)
 net=$1; prefix=$2
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,12 +13,12 @@ trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 {
   echo '[[datacenters]]'; echo 'name = "dc1"'; echo 'agents = ['
   for n in 1 2 3; do echo "  { name = \"$prefix$n\", role = \"server\", address = \"127.0.$net.$n\" },"; done
-  if [ "${CLIENT:-0}" = 1 ]; then echo "  { name = \"${prefix}c\", role = \"client\", address = \"127.0.$net.9\" },"; fi
+  for n in $(seq 1 "${CLIENTS:-0}"); do echo "  { name = \"${prefix}c$n\", role = \"client\", address = \"127.0.$net.$((20 + n))\" },"; done
   echo ']'
 } > "$dir/topo.toml"
 "$bin" tls ca create --dir "$dir/certs" >/dev/null
 for n in 1 2 3; do "$bin" tls cert create --server --dc dc1 --node "$prefix$n" --dir "$dir/certs" >/dev/null; done
-if [ "${CLIENT:-0}" = 1 ]; then "$bin" tls cert create --client --dc dc1 --node "${prefix}c" --dir "$dir/certs" >/dev/null; fi
+for n in $(seq 1 "${CLIENTS:-0}"); do "$bin" tls cert create --client --dc dc1 --node "${prefix}c$n" --dir "$dir/certs" >/dev/null; done
 "$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
 start() { env RUST_LOG=warn ${AGENT_ENV:-} "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
 # Waits until server 1 names a leader; sets $leader to its IP.

@@ -253,7 +253,12 @@ impl Agent {
                 quic: quic_addr,
                 http: SocketAddr::new(config.advertise(), config.ports.http),
                 key: config.encrypt.clone(),
-                options: GossipOptions::default(),
+                options: GossipOptions {
+                    reconnect_timeout: config
+                        .reconnect_timeout
+                        .map_or(GossipOptions::default().reconnect_timeout, |d| d.0),
+                    ..GossipOptions::default()
+                },
             },
             metrics.gossip.clone(),
             shutdown.child_token(),

@@ -235,6 +235,10 @@ pub struct AgentConfig {
     /// catalog (Go syntax, default `60s`); changes are synced at once regardless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval: Option<GoDuration>,
+    /// How long a failed or left LAN member is remembered before it is forgotten and its
+    /// node removed from the catalog (Go syntax, default `30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_timeout: Option<GoDuration>,
 }
 
 /// Where a dotted key is defined in a TOML document (1-based line).

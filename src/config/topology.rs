@@ -181,6 +181,7 @@ impl Topology {
                     },
                     encrypt: self.encrypt.clone(),
                     sync_interval: None,
+                    reconnect_timeout: None,
                 }
             })
             .collect()
