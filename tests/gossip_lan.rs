@@ -44,7 +44,7 @@ async fn lan_gossip_membership_failure_and_leave() {
     let extra = format!("encrypt = \"{}\"\n", key.to_base64());
     let pki = TestPki::new();
     let dc = write_dc_with(NET, &pki, &extra);
-    let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let mut servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let client_cfgs: Vec<_> = (1..=5)
         .map(|i| write_client_with(&dc, &pki, NET, 20 + i, &format!("c{i}"), &extra))
         .collect();
@@ -200,4 +200,19 @@ async fn lan_gossip_membership_failure_and_leave() {
     .await
     .unwrap();
     assert_eq!(theirs.as_array().unwrap().len(), 1, "it knows only itself");
+
+    // The server a client uses first (its list comes from gossip, by name: s1) dies: the
+    // client keeps serving reads and writes through the others.
+    servers[0].signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
+    let c4 = client_url(4);
+    for i in 0..5 {
+        let key = format!("{c4}/v1/kv/after-s1/{i}");
+        eventually(Duration::from_secs(15), "a write through c4", || async {
+            let r = http.put(&key).body("v").send().await.ok()?;
+            (r.text().await.ok()? == "true").then_some(())
+        })
+        .await;
+        let v = get_json(&http, &format!("{c4}/v1/catalog/service/web")).await;
+        assert!(v.is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())));
+    }
 }
