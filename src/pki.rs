@@ -237,24 +237,28 @@ pub fn write_pair(paths: &PemPaths, pair: &PemPair, force: bool) -> Result<(), P
     write_file(&paths.cert, pair.cert_pem.as_bytes(), 0o644)
 }
 
+/// Writes `data` to `path` atomically: a reader (an agent starting up) sees the old file
+/// or the new one, never a half-written one.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
+        .open(&tmp)
         .map_err(io)?;
-    // `mode` applies only on creation: tighten an existing file too.
+    // `mode` applies only on creation: tighten a leftover file too.
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
 }
 
 /// Loads the CA from `dir` and writes a new agent certificate next to it; returns its paths.

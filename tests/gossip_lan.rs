@@ -215,4 +215,27 @@ async fn lan_gossip_membership_failure_and_leave() {
         let v = get_json(&http, &format!("{c4}/v1/catalog/service/web")).await;
         assert!(v.is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())));
     }
+
+    // A new leader re-runs the reconciliation: with s1 back, the leader and a client die
+    // together; the next leader marks both failed.
+    servers[0] = spawn_agent(&dc.configs[0]);
+    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let old_leader = format!("s{}", li + 1);
+    servers[li].signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
+    clients[4].signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
+    let survivors: Vec<_> = (0..3).filter(|i| *i != li).map(|i| dc.addrs[i]).collect();
+    let ni = agreed_leader(&me.client(Alpn::Rpc), &survivors).await;
+    let new_leader = format!("http://{}:8500", survivors[ni].ip());
+    for node in ["c5", old_leader.as_str()] {
+        eventually(
+            Duration::from_secs(20),
+            "failed while the leader changed",
+            || async {
+                let checks =
+                    get_json(&http, &format!("{new_leader}/v1/health/node/{node}")).await?;
+                (serf_status(&checks)? == "critical").then_some(())
+            },
+        )
+        .await;
+    }
 }
