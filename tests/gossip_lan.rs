@@ -154,22 +154,8 @@ async fn lan_gossip_membership_failure_and_leave() {
     eventually(Duration::from_secs(5), "3 passing", || passing(3)).await;
 
     // An agent with the wrong key: its packets are rejected, it never becomes a member.
-    let metric = |text: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with("consulate_gossip_packets_dropped_total{reason=\"decrypt\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let dropped_before = metric(
-        &http
-            .get(format!("{leader}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let decrypt = "consulate_gossip_packets_dropped_total{reason=\"decrypt\"}";
+    let dropped_before = metric(&http, &leader, decrypt).await.unwrap();
     let wrong = format!("encrypt = \"{}\"\n", GossipKey::generate().to_base64());
     let bad_cfg = write_client_with(&dc, &pki, NET, 29, "intruder", &wrong);
     let _bad = spawn_agent(&bad_cfg);
@@ -177,15 +163,8 @@ async fn lan_gossip_membership_failure_and_leave() {
         Duration::from_secs(15),
         "the intruder's packets rejected",
         || async {
-            let text = http
-                .get(format!("{leader}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (metric(&text) >= dropped_before + 5).then_some(())
+            let n = metric(&http, &leader, decrypt).await?;
+            (n >= dropped_before + 5.0).then_some(())
         },
     )
     .await;

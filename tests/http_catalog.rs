@@ -372,10 +372,8 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
         Duration::from_secs(5),
         "the query blocking on the leader",
         || async {
-            let text = server(li).get("/metrics").await.text().await.ok()?;
-            text.lines()
-                .any(|l| l == "consulate_rpc_queries_blocking 1")
-                .then_some(())
+            let n = metric(&http, &server(li).base, "consulate_rpc_queries_blocking").await?;
+            (n == 1.0).then_some(())
         },
     )
     .await;

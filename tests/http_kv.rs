@@ -204,17 +204,8 @@ async fn kv_api_against_a_real_dc() {
         Duration::from_secs(5),
         "the query blocking on the leader",
         || async {
-            let text = c
-                .get(format!("{leader}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .any(|l| l == "consulate_rpc_queries_blocking 1")
-                .then_some(())
+            let n = metric(&c, &leader, "consulate_rpc_queries_blocking").await?;
+            (n == 1.0).then_some(())
         },
     )
     .await;

@@ -246,3 +246,21 @@ pub fn spawn_agent(config: &Path) -> ChildGuard {
         .expect("spawn agent");
     ChildGuard(Some(child), Some(log_path))
 }
+
+/// The value of the Prometheus sample `series` (name and labels exactly as exposed) on the
+/// agent whose HTTP API is at `base`; `None` if it cannot be read, 0 if it is not exposed.
+pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0),
+    )
+}
