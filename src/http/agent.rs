@@ -18,6 +18,7 @@ use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
 use super::params::Params;
 use crate::agent::local::{CheckKind, LocalCheck, LocalError};
 use crate::duration::parse_go_duration;
+use crate::gossip::{Member, MemberStatus};
 use crate::state::{CheckDefinition, HealthStatus};
 use crate::transport::identity::Role;
 
@@ -42,38 +43,53 @@ struct MemberJson {
     status: u8,
 }
 
-fn member(name: String, addr: String, port: u16, dc: &str, role: Role) -> MemberJson {
+fn role_tag(role: Role) -> String {
+    match role {
+        Role::Server => "consul",
+        Role::Client => "node",
+    }
+    .to_string()
+}
+
+/// A gossip member in Consul's shape: address and port are the gossip ones; the `port` tag
+/// is the server RPC (QUIC) port.
+fn member_json(m: &Member) -> MemberJson {
     let mut tags = BTreeMap::new();
-    tags.insert("dc", dc.to_string());
-    tags.insert(
-        "role",
-        match role {
-            Role::Server => "consul",
-            Role::Client => "node",
-        }
-        .to_string(),
-    );
-    tags.insert("port", port.to_string());
-    tags.insert("build", env!("CARGO_PKG_VERSION").to_string());
+    tags.insert("dc", m.datacenter.clone());
+    tags.insert("role", role_tag(m.role));
+    if let Some(q) = m.quic {
+        tags.insert("port", q.port().to_string());
+    }
+    tags.insert("build", m.build.clone());
     MemberJson {
-        name,
-        addr,
-        port,
+        name: m.name.clone(),
+        addr: m.gossip_addr.ip().to_string(),
+        port: m.gossip_addr.port(),
         tags,
-        status: 1,
+        status: m.status.code(),
     }
 }
 
+/// This agent as a member: as gossip knows it, or (before gossip has run a round) from
+/// its own configuration.
 fn self_member(api: &Api) -> MemberJson {
     let n = &api.local.node;
+    if let Some(m) = api.members.borrow().iter().find(|m| m.name == n.name) {
+        return member_json(m);
+    }
     let role = if n.server { Role::Server } else { Role::Client };
-    member(
-        n.name.clone(),
-        n.address.clone(),
-        n.port,
-        &n.datacenter,
-        role,
-    )
+    let mut tags = BTreeMap::new();
+    tags.insert("dc", n.datacenter.clone());
+    tags.insert("role", role_tag(role));
+    tags.insert("port", n.port.to_string());
+    tags.insert("build", env!("CARGO_PKG_VERSION").to_string());
+    MemberJson {
+        name: n.name.clone(),
+        addr: n.address.clone(),
+        port: n.port,
+        tags,
+        status: MemberStatus::Alive.code(),
+    }
 }
 
 /// `agent/self`'s `Config`.
@@ -126,18 +142,7 @@ pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, Http
         .iter()
         .filter(|m| !wan || m.role == Role::Server)
         .map(|m| {
-            let mut j = member(
-                m.name.clone(),
-                m.gossip_addr.ip().to_string(),
-                m.gossip_addr.port(),
-                &m.datacenter,
-                m.role,
-            );
-            j.status = m.status.code();
-            j.tags.insert("build", m.build.clone());
-            if let Some(q) = m.quic {
-                j.tags.insert("port", q.port().to_string());
-            }
+            let mut j = member_json(m);
             if wan {
                 j.name = format!("{}.{}", m.name, m.datacenter);
             }
