@@ -341,6 +341,10 @@ pub struct LocalAgent {
     pub node: NodeInfo,
     state: Mutex<LocalState>,
     changed: Notify,
+    /// Bumped on every change, for the check runner (anti-entropy uses `changed`).
+    version: tokio::sync::watch::Sender<u64>,
+    /// When each TTL check was last set by its application.
+    refreshed: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     file: PathBuf,
 }
 
@@ -360,6 +364,8 @@ impl LocalAgent {
             node,
             state: Mutex::new(state),
             changed: Notify::new(),
+            version: tokio::sync::watch::channel(0).0,
+            refreshed: Mutex::new(std::collections::HashMap::new()),
             file,
         }
     }
@@ -392,11 +398,45 @@ impl LocalAgent {
         f: impl FnOnce(&mut LocalState) -> Result<T, LocalError>,
     ) -> Result<T, LocalError> {
         let mut state = self.state.lock().expect("local state lock");
+        let before = state.clone();
         let out = f(&mut state)?;
-        self.save(&state);
-        drop(state);
-        self.changed.notify_one();
+        if *state != before {
+            self.save(&state);
+            drop(state);
+            self.version.send_modify(|v| *v += 1);
+            self.changed.notify_one();
+        }
         Ok(out)
+    }
+
+    /// A receiver that changes whenever the state does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Sets a check's status as its application does (`check/pass|warn|fail|update`): for
+    /// a TTL check this also restarts its TTL.
+    pub fn set_check(
+        &self,
+        id: &str,
+        status: HealthStatus,
+        output: String,
+    ) -> Result<(), LocalError> {
+        self.update(|l| l.update_check(id, status, output))?;
+        self.refreshed
+            .lock()
+            .expect("refresh lock")
+            .insert(id.to_string(), std::time::Instant::now());
+        Ok(())
+    }
+
+    /// When the application last set check `id` (`None`: never since this agent started).
+    pub fn last_refresh(&self, id: &str) -> Option<std::time::Instant> {
+        self.refreshed
+            .lock()
+            .expect("refresh lock")
+            .get(id)
+            .copied()
     }
 
     /// Resolves when the state changed since the last call.

@@ -4,6 +4,7 @@
 
 pub mod anti_entropy;
 pub mod bootstrap;
+pub mod checks;
 pub mod local;
 pub mod reconcile;
 pub mod rpc;
@@ -279,6 +280,7 @@ impl Agent {
                 shutdown.child_token(),
             ));
         }
+        tokio::spawn(checks::run(local.clone(), shutdown.child_token()));
         tokio::spawn(anti_entropy::run(
             local.clone(),
             dispatcher.clone(),

@@ -346,7 +346,7 @@ async fn set_status(
     p: &Params,
 ) -> Result<Response, HttpError> {
     let note = p.get("note").unwrap_or_default().to_string();
-    api.local.update(|l| l.update_check(id, status, note))?;
+    api.local.set_check(id, status, note)?;
     Ok(().into_response())
 }
 
@@ -375,4 +375,25 @@ pub async fn fail(
     p: Params,
 ) -> Result<Response, HttpError> {
     set_status(&api, &id, HealthStatus::Critical, &p).await
+}
+
+/// `PUT /v1/agent/check/update/:id`'s body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    status: String,
+    #[serde(default)]
+    output: String,
+}
+
+/// `PUT /v1/agent/check/update/:id`: `{"Status": "passing", "Output": "..."}`.
+pub async fn update(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let b: UpdateBody = decode(&body)?;
+    api.local
+        .set_check(&id, parse_status(&b.status)?, b.output)?;
+    Ok(().into_response())
 }

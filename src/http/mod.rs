@@ -129,6 +129,7 @@ pub fn router(api: Api) -> Router {
             "/v1/agent/check/fail/{id}",
             put(agent::fail).get(agent::fail),
         )
+        .route("/v1/agent/check/update/{id}", put(agent::update))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",

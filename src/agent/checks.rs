@@ -1,0 +1,195 @@
+//! The check runner: runs the HTTP and TCP checks registered with this agent on their
+//! intervals (jittered, each with its own timeout, so a hung target delays nothing else)
+//! and expires TTL checks that their application stopped refreshing. Results go into the
+//! agent-local state; anti-entropy carries them to the catalog, writing only changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::local::{CheckKind, LocalAgent, LocalCheck};
+use crate::state::HealthStatus;
+
+/// Timeout when a check gives none (Consul's default).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an HTTP body the output keeps.
+const OUTPUT_LIMIT: usize = 4096;
+
+/// The verdict on an HTTP status code, as Consul's: 2xx passing, 429 warning, else critical.
+pub fn http_status(code: u16) -> HealthStatus {
+    match code {
+        200..=299 => HealthStatus::Passing,
+        429 => HealthStatus::Warning,
+        _ => HealthStatus::Critical,
+    }
+}
+
+/// Runs until `shutdown` fires: one task per runnable check, restarted when its definition
+/// changes and stopped when it is deregistered.
+pub async fn run(local: Arc<LocalAgent>, shutdown: CancellationToken) {
+    let http = reqwest::Client::new();
+    let mut running: HashMap<String, (LocalCheck, CancellationToken)> = HashMap::new();
+    let mut version = local.subscribe();
+    loop {
+        let checks = local.snapshot().checks;
+        running.retain(|id, (def, token)| {
+            let keep = checks.get(id).is_some_and(|c| same_runner(c, def));
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, check) in checks {
+            if running.contains_key(&id) || matches!(check.kind, CheckKind::Script(_)) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            tokio::spawn(run_one(
+                local.clone(),
+                http.clone(),
+                id.clone(),
+                check.clone(),
+                token.clone(),
+            ));
+            running.insert(id, (check, token));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = version.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Whether a running task for `b` also serves `a` (status and output changes do not
+/// restart a runner; a changed definition does).
+fn same_runner(a: &LocalCheck, b: &LocalCheck) -> bool {
+    a.kind == b.kind && a.interval == b.interval && a.timeout == b.timeout
+}
+
+async fn run_one(
+    local: Arc<LocalAgent>,
+    http: reqwest::Client,
+    id: String,
+    check: LocalCheck,
+    token: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut first = true;
+    let interval = check.interval.unwrap_or(Duration::from_secs(10));
+    // Spread checks over their interval so that they do not fire in lockstep.
+    let mut next = tokio::time::Instant::now() + interval.mul_f64(rand::random::<f64>());
+    loop {
+        let verdict = match &check.kind {
+            CheckKind::Ttl(ttl) => {
+                next = tokio::time::Instant::now()
+                    + (*ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                let since = local.last_refresh(&id).unwrap_or(started);
+                (since.elapsed() > *ttl).then(|| {
+                    (
+                        HealthStatus::Critical,
+                        format!("TTL expired (last refreshed {:?} ago)", since.elapsed()),
+                    )
+                })
+            }
+            CheckKind::Http {
+                url,
+                method,
+                header,
+                body,
+                ..
+            } => {
+                let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
+                Some(http_check(&http, url, method, header, body, timeout).await)
+            }
+            CheckKind::Tcp(addr) => {
+                let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
+                Some(tcp_check(addr, timeout).await)
+            }
+            CheckKind::Script(_) => return,
+        };
+        if let Some((status, output)) = verdict {
+            let current = local.snapshot().checks.get(&id).map(|c| c.def.status);
+            // Output alone is refreshed only with a status change, or on the first run, so
+            // that a chatty target does not turn every run into a catalog write.
+            if current != Some(status) || first {
+                first = false;
+                debug!(check = %id, status = status.as_str(), "check changed");
+                let _ = local.update(|l| l.update_check(&id, status, output));
+            }
+        }
+        if matches!(check.kind, CheckKind::Http { .. } | CheckKind::Tcp(_)) {
+            let now = tokio::time::Instant::now();
+            while next <= now {
+                next += interval;
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+async fn http_check(
+    http: &reqwest::Client,
+    url: &str,
+    method: &str,
+    header: &std::collections::BTreeMap<String, Vec<String>>,
+    body: &str,
+    timeout: Duration,
+) -> (HealthStatus, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut req = http.request(method.clone(), url).timeout(timeout);
+    for (k, vs) in header {
+        for v in vs {
+            req = req.header(k, v);
+        }
+    }
+    if !body.is_empty() {
+        req = req.body(body.to_string());
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let excerpt: String = text.chars().take(OUTPUT_LIMIT).collect();
+            (
+                http_status(status.as_u16()),
+                format!("HTTP {method} {url}: {status} Output: {excerpt}"),
+            )
+        }
+        Err(e) => (HealthStatus::Critical, format!("HTTP {method} {url}: {e}")),
+    }
+}
+
+async fn tcp_check(addr: &str, timeout: Duration) -> (HealthStatus, String) {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => (
+            HealthStatus::Passing,
+            format!("TCP connect {addr}: Success"),
+        ),
+        Ok(Err(e)) => (HealthStatus::Critical, format!("TCP connect {addr}: {e}")),
+        Err(_) => (
+            HealthStatus::Critical,
+            format!("TCP connect {addr}: timed out after {timeout:?}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_codes_map_like_consul() {
+        assert_eq!(http_status(200), HealthStatus::Passing);
+        assert_eq!(http_status(204), HealthStatus::Passing);
+        assert_eq!(http_status(429), HealthStatus::Warning);
+        assert_eq!(http_status(500), HealthStatus::Critical);
+        assert_eq!(http_status(404), HealthStatus::Critical);
+        assert_eq!(http_status(301), HealthStatus::Critical);
+    }
+}

@@ -1,0 +1,146 @@
+//! Checks run by a client agent (real processes: 3 servers + 1 client): an HTTP check
+//! follows its target (200 passing, 500 critical, back to passing), a hung target only
+//! fails its own check, a TCP check follows a port, and a TTL check that is not refreshed
+//! goes critical. Results are read through a server's catalog.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::dc::*;
+use common::*;
+use consulate::transport::TransportOptions;
+use consulate::transport::identity::{Alpn, Role};
+use serde_json::{Value, json};
+
+const NET: u8 = 14;
+
+/// The status of check `id` in the catalog, read at `base`.
+async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
+    let v: Value = http
+        .get(format!("{base}/v1/health/node/c1"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v.as_array()?
+        .iter()
+        .find(|c| c["CheckID"] == id)
+        .and_then(|c| c["Status"].as_str().map(str::to_string))
+}
+
+async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &str) -> Duration {
+    let t = Instant::now();
+    eventually(Duration::from_secs(15), &format!("{id} {want}"), || async {
+        (status(http, base, id).await? == want).then_some(())
+    })
+    .await;
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tcp_and_ttl_checks_reach_the_catalog() {
+    // The checked application: answers with whatever code `code` holds.
+    let code = Arc::new(AtomicU16::new(200));
+    let app = {
+        let code = code.clone();
+        axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let code = code.clone();
+                async move {
+                    axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap()
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(format!("127.79.{NET}.50:0"))
+        .await
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // A target that accepts connections and never answers.
+    let hung = std::net::TcpListener::bind(format!("127.79.{NET}.51:0")).unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+
+    let pki = TestPki::new();
+    let dc = write_dc(NET, &pki);
+    let client_cfg = write_client(&dc, &pki, NET, 9, "c1");
+    let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let _client = spawn_agent(&client_cfg);
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let server = format!("http://{}:8500", dc.addrs[li].ip());
+    let agent = format!("http://127.79.{NET}.9:8500");
+    let http = reqwest::Client::new();
+
+    let svc = json!({
+        "Name": "app", "ID": "app-1", "Port": target.port(),
+        "Checks": [
+            {"CheckID": "app-http", "Name": "http", "HTTP": format!("http://{target}/health"),
+             "Interval": "200ms", "Timeout": "500ms"},
+            {"CheckID": "app-tcp", "Name": "tcp", "TCP": target.to_string(),
+             "Interval": "200ms", "Timeout": "500ms"},
+            {"CheckID": "app-hung", "Name": "hung", "HTTP": format!("http://{hung_addr}/"),
+             "Interval": "200ms", "Timeout": "300ms"},
+            {"CheckID": "app-ttl", "Name": "ttl", "TTL": "1s"}
+        ]
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the service registered",
+        || async {
+            let r = http
+                .put(format!("{agent}/v1/agent/service/register"))
+                .body(svc.to_string())
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+
+    wait_status(&http, &server, "app-http", "passing").await;
+    wait_status(&http, &server, "app-tcp", "passing").await;
+    wait_status(&http, &server, "app-hung", "critical").await;
+
+    // The target fails: critical within interval + timeout (+ propagation); it recovers.
+    code.store(500, Ordering::SeqCst);
+    let took = wait_status(&http, &server, "app-http", "critical").await;
+    eprintln!("HTTP 500 to critical in the catalog: {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    code.store(200, Ordering::SeqCst);
+    wait_status(&http, &server, "app-http", "passing").await;
+    code.store(429, Ordering::SeqCst);
+    wait_status(&http, &server, "app-http", "warning").await;
+    code.store(200, Ordering::SeqCst);
+
+    // TTL: refreshed it passes; left alone it lapses.
+    let r = http
+        .put(format!("{agent}/v1/agent/check/update/app-ttl"))
+        .body(json!({"Status": "passing", "Output": "fine"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    wait_status(&http, &server, "app-ttl", "passing").await;
+    let took = wait_status(&http, &server, "app-ttl", "critical").await;
+    assert!(took < Duration::from_secs(4), "{took:?}");
+
+    // The hung target never held up the others: the HTTP check kept flipping on time above
+    // while app-hung stayed critical.
+    assert_eq!(
+        status(&http, &server, "app-hung").await.as_deref(),
+        Some("critical")
+    );
+    drop(hung);
+}
