@@ -143,4 +143,50 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
         Some("critical")
     );
     drop(hung);
+
+    // DeregisterCriticalServiceAfter: a service whose check stays critical goes away.
+    let doomed = json!({
+        "Name": "doomed", "ID": "doomed-1", "Port": 1,
+        "Check": {"TCP": format!("127.79.{NET}.52:1"), "Interval": "200ms", "Timeout": "200ms",
+                  "DeregisterCriticalServiceAfter": "1s"}
+    });
+    let r = http
+        .put(format!("{agent}/v1/agent/service/register"))
+        .body(doomed.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let doomed_listed = |present: bool| {
+        let http = http.clone();
+        let url = format!("{server}/v1/catalog/services");
+        async move {
+            let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            (v.get("app").is_some() && v.get("doomed").is_some() == present).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the doomed service registered",
+        || doomed_listed(true),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the doomed service deregistered",
+        || doomed_listed(false),
+    )
+    .await;
+    let local: Value = http
+        .get(format!("{agent}/v1/agent/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        local.get("doomed-1").is_none() && local.get("app-1").is_some(),
+        "{local}"
+    );
 }

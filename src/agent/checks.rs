@@ -78,6 +78,7 @@ async fn run_one(
 ) {
     let started = Instant::now();
     let mut first = true;
+    let mut critical_since: Option<Instant> = None;
     let interval = check.interval.unwrap_or(Duration::from_secs(10));
     // Spread checks over their interval so that they do not fire in lockstep.
     let mut next = tokio::time::Instant::now() + interval.mul_f64(rand::random::<f64>());
@@ -110,6 +111,22 @@ async fn run_one(
             }
             CheckKind::Script(_) => return,
         };
+        if let Some((status, _)) = &verdict {
+            if *status == HealthStatus::Critical {
+                let since = *critical_since.get_or_insert_with(Instant::now);
+                if let (Some(after), Some(service)) = (
+                    check.deregister_critical_after,
+                    check.def.service_id.as_deref(),
+                ) && since.elapsed() >= after
+                {
+                    debug!(check = %id, service, "critical too long: deregistering the service");
+                    let _ = local.update(|l| l.remove_service(service));
+                    return;
+                }
+            } else {
+                critical_since = None;
+            }
+        }
         if let Some((status, output)) = verdict {
             let current = local.snapshot().checks.get(&id).map(|c| c.def.status);
             // Output alone is refreshed only with a status change, or on the first run, so
