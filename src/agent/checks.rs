@@ -128,7 +128,7 @@ async fn run_one(
             }
         }
         if let Some((status, output)) = verdict {
-            let current = local.snapshot().checks.get(&id).map(|c| c.def.status);
+            let current = local.check_status(&id);
             // Output alone is refreshed only with a status change, or on the first run, so
             // that a chatty target does not turn every run into a catalog write.
             if current != Some(status) || first {

@@ -409,6 +409,12 @@ impl LocalAgent {
         Ok(out)
     }
 
+    /// The current status of check `id`, if registered (cheap: no copy of the state).
+    pub fn check_status(&self, id: &str) -> Option<HealthStatus> {
+        let state = self.state.lock().expect("local state lock");
+        state.checks.get(id).map(|c| c.def.status)
+    }
+
     /// A receiver that changes whenever the state does.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.version.subscribe()
