@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use common::dc::*;
 use common::*;
 use consulate::config::GossipKey;
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
+use consulate::transport::identity::Alpn;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -49,12 +48,7 @@ async fn lan_gossip_membership_failure_and_leave() {
         .map(|i| write_client_with(&dc, &pki, NET, 20 + i, &format!("c{i}"), &extra))
         .collect();
     let mut clients: Vec<ChildGuard> = client_cfgs.iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let (me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let leader = format!("http://{}:8500", dc.addrs[li].ip());
     let client_url = |i: usize| format!("http://127.79.{NET}.{}:8500", 20 + i);
     let http = reqwest::Client::new();

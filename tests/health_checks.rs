@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::dc::*;
 use common::*;
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
 use serde_json::{Value, json};
 
 const NET: u8 = 14;
@@ -72,12 +70,7 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     let client_cfg = write_client(&dc, &pki, NET, 9, "c1");
     let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let _client = spawn_agent(&client_cfg);
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let server = format!("http://{}:8500", dc.addrs[li].ip());
     let agent = format!("http://127.79.{NET}.9:8500");
     let http = reqwest::Client::new();

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::dc::*;
 use common::*;
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -103,12 +101,7 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
     let mut servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let client_cfg = write_client(&dc, &pki, NET, 9, "c1");
     let _client = spawn_agent(&client_cfg);
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let http = reqwest::Client::new();
     let client = Api {
         c: http.clone(),

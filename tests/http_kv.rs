@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::dc::*;
 use common::*;
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
 use reqwest::StatusCode;
 
 fn http(dc: &Dc, i: usize) -> String {
@@ -38,12 +36,7 @@ async fn kv_api_against_a_real_dc() {
     let pki = TestPki::new();
     let dc = write_dc(10, &pki);
     let _procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let fi = (li + 1) % 3;
     let (leader, follower) = (http(&dc, li), http(&dc, fi));
     let c = reqwest::Client::new();

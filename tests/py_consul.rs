@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use common::dc::*;
 use common::*;
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
 
 const NET: u8 = 12;
 
@@ -36,12 +34,7 @@ async fn py_consul_drives_a_client_agent() {
     let dc = write_dc(NET, &pki);
     let _servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let _client = spawn_agent(&write_client(&dc, &pki, NET, 9, "c1"));
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let li = agreed_leader(&me.client(Alpn::Rpc), &dc.addrs[..3]).await;
+    let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let agent = format!("127.79.{NET}.9:8500");
     let leader = format!("{}:8500", dc.addrs[li].ip());
     // The client agent serves HTTP once it is up.

@@ -129,7 +129,7 @@ pub async fn self_info(State(api): State<Api>) -> Response {
 /// `GET /v1/agent/members`: the LAN pool as gossip sees it (`?wan` on servers: the
 /// servers, named `<node>.<dc>`).
 pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let wan = p.flag("wan") && !matches!(p.get("wan"), Some("0" | "false"));
+    let wan = p.enabled("wan");
     let n = &api.local.node;
     if wan && !n.server {
         return Err(HttpError::BadRequest(
@@ -308,8 +308,7 @@ pub async fn register_service(
         .into_iter()
         .map(|c| decode_value::<CheckBody>(c)?.into_local())
         .collect::<Result<Vec<_>, _>>()?;
-    let replace = p.flag("replace-existing-checks")
-        && !matches!(p.get("replace-existing-checks"), Some("false" | "0"));
+    let replace = p.enabled("replace-existing-checks");
     api.local.update(|l| l.add_service(def, checks, replace))?;
     Ok(().into_response())
 }

@@ -27,8 +27,8 @@ pub async fn service(
     Path(service): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    // `?passing=false` (py-consul's default spelling of "not passing") does not filter.
-    let passing = p.flag("passing") && !matches!(p.get("passing"), Some("false" | "0"));
+    // `?passing=false`, as some clients always send it, does not filter.
+    let passing = p.enabled("passing");
     let query = Query::ServiceHealth {
         service,
         tags: p.all("tag"),

@@ -37,6 +37,12 @@ impl Params {
         self.0.iter().any(|(k, _)| k == name)
     }
 
+    /// Whether a flag is on: present and not spelled off (`?passing=false`, `?wan=0`, as
+    /// clients that always send the parameter do).
+    pub fn enabled(&self, name: &str) -> bool {
+        self.flag(name) && !matches!(self.get(name), Some("false" | "0"))
+    }
+
     /// A raw value (the first, if the name repeats).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -177,3 +177,15 @@ pub fn write_client_with(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// An in-process observer holding a dc1 client certificate, and the index in `addrs` of
+/// the leader all those servers agree on.
+pub async fn observe_leader(pki: &TestPki, addrs: &[SocketAddr]) -> (super::TestNode, usize) {
+    let me = super::TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        consulate::transport::TransportOptions::default(),
+    );
+    let li = agreed_leader(&me.client(consulate::transport::identity::Alpn::Rpc), addrs).await;
+    (me, li)
+}
