@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use consulate::gossip::{GossipOptions, LanConfig, LanGossip, MemberStatus};
+use consulate::gossip::{Gossip, GossipOptions, LanConfig, MemberStatus};
 use consulate::metrics::Metrics;
 use consulate::transport::identity::Role;
 use tokio_util::sync::CancellationToken;
@@ -36,10 +36,11 @@ async fn run(n: usize, window: Duration) {
             seeds: (0..3).filter(|s| *s != i).map(addr).collect(),
             quic: SocketAddr::from(([127, 0, 96, 1], 8300)),
             http: SocketAddr::from(([127, 0, 96, 1], 8500)),
+            wan: None,
             key: Some(consulate::config::GossipKey([9u8; 32])),
             options: GossipOptions::default(),
         };
-        let g = LanGossip::start(config, m.gossip.clone(), shutdown.child_token())
+        let g = Gossip::lan(config, m.gossip.clone(), shutdown.child_token())
             .await
             .expect("gossip starts");
         agents.push(g);
@@ -61,7 +62,7 @@ async fn run(n: usize, window: Duration) {
     };
     let sent = |ms: &[Metrics]| -> f64 {
         ms.iter()
-            .map(|m| m.gossip.bytes.with_label_values(&["out"]).get() as f64)
+            .map(|m| m.gossip.bytes.with_label_values(&["lan", "out"]).get() as f64)
             .sum()
     };
     let before = sent(&metrics);

@@ -1,5 +1,6 @@
 //! The one place that decides where a request is answered: here, at this DC's Raft leader,
-//! through one of the DC's servers (on client agents), or (later) in another datacenter.
+//! through one of the DC's servers (on client agents), or in another datacenter (servers
+//! forward through the [`Router`]; client agents send such requests to a local server).
 //! Every entry point (agent RPC, HTTP API, DNS) calls it instead of deciding for itself.
 
 use std::net::SocketAddr;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::rpc::{AgentRequest, AgentResponse};
+use crate::federation::Router;
+use crate::gossip::Member;
 use crate::metrics::{InFlight, RpcMetrics};
 use crate::raft::{RaftNode, RaftNodeError, ReadMeta, ReadMode, ServerNode};
 use crate::state::query::{Query, QueryResult};
@@ -20,6 +23,8 @@ use crate::transport::{Transport, TransportError};
 
 /// How long a forwarded request may take in all (beyond a blocking read's wait).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a blocking read waits, whoever asks (Consul: 10 minutes plus jitter).
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(660);
 
 /// How a read is to be answered (from Consul's query parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +60,9 @@ pub enum DispatchError {
     /// The datacenter asked for is not known (Consul's message).
     #[error("No path to datacenter")]
     NoPathToDatacenter,
+    /// The datacenter is known but none of its servers could be reached (Consul's message).
+    #[error("Remote DC has no server currently reachable")]
+    NoReachableServer,
     /// No leader is known in the DC (Consul: `No cluster leader`).
     #[error("No cluster leader")]
     NoLeader,
@@ -80,7 +88,8 @@ impl DispatchError {
         match self {
             DispatchError::NoLeader
             | DispatchError::NotServed(_)
-            | DispatchError::NoPathToDatacenter => true,
+            | DispatchError::NoPathToDatacenter
+            | DispatchError::NoReachableServer => true,
             DispatchError::Forward { retry_safe, .. } => *retry_safe,
             DispatchError::Raft(_) => false,
         }
@@ -158,6 +167,7 @@ pub struct Dispatcher {
     raft: Option<RaftNode>,
     servers: Arc<ServerList>,
     client: RpcClient<AgentRequest, AgentResponse>,
+    router: Option<Arc<Router>>,
 }
 
 /// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.
@@ -171,13 +181,15 @@ pub struct RaftStatus {
 
 impl Dispatcher {
     /// A dispatcher for an agent with (server) or without (client) a Raft node. A client
-    /// sends everything to one of `servers`.
+    /// sends everything to one of `servers`; a server sends requests for other DCs through
+    /// `router`.
     pub fn new(
         datacenter: &str,
         raft: Option<RaftNode>,
         servers: Arc<ServerList>,
         transport: Transport,
         metrics: RpcMetrics,
+        router: Option<Arc<Router>>,
     ) -> Dispatcher {
         Dispatcher {
             datacenter: datacenter.to_string(),
@@ -185,6 +197,7 @@ impl Dispatcher {
             raft,
             servers,
             client: RpcClient::new(transport, Alpn::Rpc).fail_fast(),
+            router,
         }
     }
 
@@ -210,7 +223,7 @@ impl Dispatcher {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    let safe = e.is_retry_safe() || matches!(req, AgentRequest::Read { .. });
+                    let safe = e.is_retry_safe() || req.is_read();
                     last = e.into();
                     if !safe {
                         self.servers.settle(start, i);
@@ -228,13 +241,45 @@ impl Dispatcher {
         self.raft.as_ref()
     }
 
-    /// Checks where a request naming `dc` goes. Only the local DC is reachable until WAN
-    /// federation routes the others.
-    pub fn route_dc(&self, dc: Option<&str>) -> Result<(), DispatchError> {
-        match dc {
-            Some(dc) if dc != self.datacenter => Err(DispatchError::NoPathToDatacenter),
-            _ => Ok(()),
+    /// The datacenter a request naming `dc` must be answered in, when that is not this one.
+    fn remote<'a>(&self, dc: Option<&'a str>) -> Option<&'a str> {
+        dc.filter(|dc| *dc != self.datacenter)
+    }
+
+    /// Sends `req` towards datacenter `dc`: through the router on servers, to a local
+    /// server on client agents (which never talk to another DC themselves).
+    async fn cross_dc(
+        &self,
+        dc: &str,
+        req: AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentResponse, DispatchError> {
+        match &self.router {
+            Some(router) => router.forward(dc, &req, timeout).await,
+            None if self.raft.is_none() => self.via_server(&req, timeout).await,
+            None => Err(DispatchError::NoPathToDatacenter),
         }
+    }
+
+    /// Every datacenter known, this one first, then nearest first (a client agent asks a
+    /// server).
+    pub async fn datacenters(&self) -> Result<Vec<String>, DispatchError> {
+        match (&self.router, &self.raft) {
+            (Some(router), _) => Ok(router.datacenters()),
+            (None, Some(_)) => Ok(vec![self.datacenter.clone()]),
+            (None, None) => match self
+                .via_server(&AgentRequest::Datacenters, FORWARD_TIMEOUT)
+                .await?
+            {
+                AgentResponse::Datacenters(r) => r,
+                other => Err(unexpected(other)),
+            },
+        }
+    }
+
+    /// The WAN pool as this server sees it (`None` on client agents).
+    pub fn wan_members(&self) -> Option<Vec<Member>> {
+        self.router.as_ref().map(|r| r.members())
     }
 
     fn server(&self) -> Result<&RaftNode, DispatchError> {
@@ -243,16 +288,25 @@ impl Dispatcher {
             .ok_or_else(|| DispatchError::NotServed("client agents hold no Raft state".into()))
     }
 
-    /// The DC's leader and voting servers, as this server sees them (asked of a server on
-    /// client agents).
-    pub async fn raft_status(&self) -> Result<RaftStatus, DispatchError> {
+    /// The leader and voting servers of `dc` (default: this one), as a server of it sees
+    /// them.
+    pub async fn raft_status(&self, dc: Option<&str>) -> Result<RaftStatus, DispatchError> {
+        if let Some(dc) = self.remote(dc) {
+            let req = AgentRequest::RaftStatus {
+                dc: Some(dc.to_string()),
+            };
+            return match self.cross_dc(dc, req, FORWARD_TIMEOUT).await? {
+                AgentResponse::RaftStatus(r) => r,
+                other => Err(unexpected(other)),
+            };
+        }
         match &self.raft {
             Some(raft) => Ok(RaftStatus {
                 leader: raft.leader().map(|(_, node)| node),
                 voters: raft.voters(),
             }),
             None => match self
-                .via_server(&AgentRequest::RaftStatus, FORWARD_TIMEOUT)
+                .via_server(&AgentRequest::RaftStatus { dc: None }, FORWARD_TIMEOUT)
                 .await?
             {
                 AgentResponse::RaftStatus(r) => r,
@@ -261,15 +315,32 @@ impl Dispatcher {
         }
     }
 
-    /// Applies `cmd` through the DC's leader: locally if this server leads, else forwarded
-    /// once to the leader (`forwarded` marks a request that already took that hop).
+    /// Applies `cmd` through the leader of `dc` (default: this one): locally if this server
+    /// leads, else forwarded once to the leader (`forwarded` marks a request that already
+    /// took that hop), or to the other DC.
     pub async fn write(
         &self,
+        dc: Option<&str>,
         cmd: Command,
         forwarded: bool,
     ) -> Result<CommandResult, DispatchError> {
+        if let Some(dc) = self.remote(dc) {
+            let req = AgentRequest::Write {
+                dc: Some(dc.to_string()),
+                cmd,
+                forwarded: false,
+            };
+            return match self.cross_dc(dc, req, FORWARD_TIMEOUT).await? {
+                AgentResponse::Written(r) => r,
+                other => Err(unexpected(other)),
+            };
+        }
         let Some(raft) = &self.raft else {
-            let req = AgentRequest::Write { cmd, forwarded };
+            let req = AgentRequest::Write {
+                dc: None,
+                cmd,
+                forwarded,
+            };
             return match self.via_server(&req, FORWARD_TIMEOUT).await? {
                 AgentResponse::Written(r) => r,
                 other => Err(unexpected(other)),
@@ -285,6 +356,7 @@ impl Dispatcher {
             DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
         })?;
         let req = AgentRequest::Write {
+            dc: None,
             cmd,
             forwarded: true,
         };
@@ -294,17 +366,33 @@ impl Dispatcher {
         }
     }
 
-    /// Answers `query` as `opts` asks: here if the mode allows this server to (stale, or this
-    /// server leads), else at the leader (one forwarding hop). Blocking reads wait on the
-    /// watch channels of the query's tables, not on a timer per change.
+    /// Answers `query` as `opts` asks, in `dc` (default: this one): here if the mode allows
+    /// this server to (stale, or this server leads), else at the leader (one forwarding
+    /// hop), or in the other DC, where the mode applies. Blocking reads wait on the watch
+    /// channels of the query's tables, not on a timer per change.
     pub async fn read(
         &self,
+        dc: Option<&str>,
         query: Query,
-        opts: ReadOptions,
+        mut opts: ReadOptions,
         forwarded: bool,
     ) -> Result<ReadOutcome, DispatchError> {
+        opts.wait = opts.wait.min(MAX_BLOCKING_WAIT);
+        if let Some(dc) = self.remote(dc) {
+            let req = AgentRequest::Read {
+                dc: Some(dc.to_string()),
+                query,
+                opts,
+                forwarded: false,
+            };
+            return match self.cross_dc(dc, req, opts.wait + FORWARD_TIMEOUT).await? {
+                AgentResponse::Read(r) => r,
+                other => Err(unexpected(other)),
+            };
+        }
         let Some(raft) = &self.raft else {
             let req = AgentRequest::Read {
+                dc: None,
                 query,
                 opts,
                 forwarded,
@@ -334,6 +422,7 @@ impl Dispatcher {
                 DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
             })?;
             let req = AgentRequest::Read {
+                dc: None,
                 query,
                 opts,
                 forwarded: true,

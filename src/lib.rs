@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod duration;
+pub mod federation;
 pub mod gossip;
 pub mod http;
 pub mod metrics;

@@ -14,8 +14,12 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     /// Request routing (reads, writes, forwarding).
     pub rpc: RpcMetrics,
-    /// LAN gossip.
+    /// LAN gossip (`network="lan"`).
     pub gossip: GossipMetrics,
+    /// WAN gossip among the servers of all DCs (`network="wan"`).
+    pub wan_gossip: GossipMetrics,
+    /// Requests forwarded to other datacenters.
+    pub federation: FederationMetrics,
 }
 
 /// Counts one in-flight thing on a gauge for as long as it lives, also when the future
@@ -59,11 +63,15 @@ impl Metrics {
             ),
         };
         let gossip = GossipMetrics::register(&registry);
+        let wan_gossip = gossip.network("wan");
+        let federation = FederationMetrics::register(&registry);
         Metrics {
             registry,
             transport,
             rpc,
             gossip,
+            wan_gossip,
+            federation,
         }
     }
 
@@ -166,83 +174,139 @@ impl TransportMetrics {
     }
 }
 
-/// Metrics of LAN gossip (Consul's `consul.serf.*`, `consul.memberlist.*`, network `lan`).
+/// Metrics of gossip (Consul's `consul.serf.*`, `consul.memberlist.*`), one handle per
+/// network: `lan` (chitchat over sealed UDP) and `wan` (chitchat over QUIC).
 #[derive(Clone)]
 pub struct GossipMetrics {
-    /// Datagrams sent and received.
+    network: &'static str,
+    /// Messages sent and received, by network and direction.
     pub packets: IntCounterVec,
-    /// Bytes sent and received.
+    /// Bytes sent and received, by network and direction.
     pub bytes: IntCounterVec,
-    /// Datagrams dropped, by reason (`decrypt`, `malformed`, `oversized`).
+    /// Messages dropped, by network and reason (`decrypt`, `malformed`, `oversized`,
+    /// `queue_full`, `unreachable`).
     pub dropped: IntCounterVec,
-    /// Members by status (`alive`, `failed`, `left`).
+    /// Members by network and status (`alive`, `failed`, `left`).
     pub members: IntGaugeVec,
 }
 
 impl GossipMetrics {
     fn register(r: &Registry) -> GossipMetrics {
+        let vec = |name: &str, help: &str, label: &str| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), &["network", label])
+                    .expect("valid metric"),
+            )
+        };
         GossipMetrics {
-            packets: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "consulate_gossip_packets_total",
-                        "LAN gossip datagrams, by direction (in/out).",
-                    ),
-                    &["direction"],
-                )
-                .expect("valid metric"),
+            network: "lan",
+            packets: vec(
+                "consulate_gossip_packets_total",
+                "Gossip messages, by network (lan/wan) and direction (in/out).",
+                "direction",
             ),
-            bytes: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "consulate_gossip_bytes_total",
-                        "LAN gossip bytes on the wire, by direction (in/out).",
-                    ),
-                    &["direction"],
-                )
-                .expect("valid metric"),
+            bytes: vec(
+                "consulate_gossip_bytes_total",
+                "Gossip bytes on the wire, by network (lan/wan) and direction (in/out).",
+                "direction",
             ),
-            dropped: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "consulate_gossip_packets_dropped_total",
-                        "LAN gossip datagrams dropped, by reason (decrypt, malformed, oversized).",
-                    ),
-                    &["reason"],
-                )
-                .expect("valid metric"),
+            dropped: vec(
+                "consulate_gossip_packets_dropped_total",
+                "Gossip messages dropped, by network and reason (decrypt, malformed, oversized, \
+                 queue_full, unreachable).",
+                "reason",
             ),
             members: register(
                 r,
                 IntGaugeVec::new(
                     Opts::new(
                         "consulate_gossip_members",
-                        "LAN members this agent knows, by status (alive, failed, left).",
+                        "Gossip members this agent knows, by network (lan/wan) and status \
+                         (alive, failed, left).",
                     ),
-                    &["status"],
+                    &["network", "status"],
                 )
                 .expect("valid metric"),
             ),
         }
     }
 
-    /// Counts a datagram sent.
+    /// The same metric families, labelled for `network`.
+    fn network(&self, network: &'static str) -> GossipMetrics {
+        GossipMetrics {
+            network,
+            ..self.clone()
+        }
+    }
+
+    /// Counts a message sent.
     pub fn sent(&self, bytes: usize) {
-        self.packets.with_label_values(&["out"]).inc();
-        self.bytes.with_label_values(&["out"]).inc_by(bytes as u64);
+        self.packets.with_label_values(&[self.network, "out"]).inc();
+        self.bytes
+            .with_label_values(&[self.network, "out"])
+            .inc_by(bytes as u64);
     }
 
-    /// Counts a datagram received.
+    /// Counts a message received.
     pub fn received(&self, bytes: usize) {
-        self.packets.with_label_values(&["in"]).inc();
-        self.bytes.with_label_values(&["in"]).inc_by(bytes as u64);
+        self.packets.with_label_values(&[self.network, "in"]).inc();
+        self.bytes
+            .with_label_values(&[self.network, "in"])
+            .inc_by(bytes as u64);
     }
 
-    /// Counts a datagram dropped for `reason`.
+    /// Counts a message dropped for `reason`.
     pub fn dropped(&self, reason: &'static str) {
-        self.dropped.with_label_values(&[reason]).inc();
+        self.dropped
+            .with_label_values(&[self.network, reason])
+            .inc();
+    }
+
+    /// Sets the number of members in `status`.
+    pub fn set_members(&self, status: &'static str, n: usize) {
+        self.members
+            .with_label_values(&[self.network, status])
+            .set(n as i64);
+    }
+}
+
+/// Metrics of cross-DC forwarding (Consul's `consul.rpc.cross-dc`).
+#[derive(Clone)]
+pub struct FederationMetrics {
+    /// Requests forwarded to another DC, by outcome (`ok`, `failover`: answered after a
+    /// server failed, `no_path`: unknown DC, `unreachable`: no server answered, `error`).
+    pub forwards: IntCounterVec,
+    /// Attempts on one remote server that failed and marked it, by reason
+    /// (`unreachable`, `timeout`).
+    pub server_failures: IntCounterVec,
+}
+
+impl FederationMetrics {
+    fn register(r: &Registry) -> FederationMetrics {
+        FederationMetrics {
+            forwards: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_federation_forwards_total",
+                        "Requests forwarded to another datacenter, by outcome.",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            server_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_federation_server_failures_total",
+                        "Forwarding attempts on a remote server that failed and marked it, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+        }
     }
 }

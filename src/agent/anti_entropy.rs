@@ -63,10 +63,15 @@ pub async fn sync_once(
     };
     let name = local.node.name.clone();
     let services = dispatcher
-        .read(Query::NodeServices { node: name.clone() }, opts, false)
+        .read(
+            None,
+            Query::NodeServices { node: name.clone() },
+            opts,
+            false,
+        )
         .await?;
     let checks = dispatcher
-        .read(Query::NodeChecks { node: name }, opts, false)
+        .read(None, Query::NodeChecks { node: name }, opts, false)
         .await?;
     let (QueryResult::NodeServices(node), QueryResult::Checks(checks)) =
         (services.result, checks.result)
@@ -86,7 +91,7 @@ pub async fn sync_once(
     );
     let n = plan.len();
     if n > 0 {
-        dispatcher.write(Command::Batch(plan), false).await?;
+        dispatcher.write(None, Command::Batch(plan), false).await?;
     }
     Ok(n)
 }

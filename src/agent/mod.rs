@@ -19,7 +19,10 @@ use tracing::info;
 
 use crate::config::AgentConfig;
 use crate::dispatch::{Dispatcher, ServerList};
-use crate::gossip::{GossipError, GossipOptions, LanConfig, LanGossip, Member, MemberStatus};
+use crate::federation::{Router, RouterOptions};
+use crate::gossip::quic::QuicGossip;
+use crate::gossip::wan::{self, WanConfig};
+use crate::gossip::{Gossip, GossipError, GossipOptions, LanConfig, Member, MemberStatus};
 use crate::metrics::Metrics;
 use crate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
 use crate::transport::identity::{Alpn, Role};
@@ -83,7 +86,8 @@ fn node_uuid(id: u64) -> String {
 
 /// A running agent.
 pub struct Agent {
-    gossip: LanGossip,
+    gossip: Gossip,
+    wan: Option<Gossip>,
     http_task: tokio::task::JoinHandle<()>,
     transport: Transport,
     dispatcher: Dispatcher,
@@ -115,6 +119,24 @@ async fn track_servers(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = members.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Keeps this server's WAN `leader` flag equal to its Raft leadership, so that other DCs
+/// send it the requests only a leader answers.
+async fn publish_leadership(wan: Gossip, raft: RaftNode, shutdown: CancellationToken) {
+    let mut metrics = raft.raft().metrics();
+    let mut published = None;
+    loop {
+        let leader = raft.is_leader();
+        if published != Some(leader) {
+            wan.set_leader(leader).await;
+            published = Some(leader);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
         }
     }
 }
@@ -172,6 +194,42 @@ impl Agent {
         let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
         let mut services = Services::default();
         let id = node_id(&config.data_dir)?;
+        let wan_addr = config.wan_advertise(transport.local_addr().port());
+        // Servers join the WAN pool (over QUIC) and route other DCs' requests through it.
+        let (wan, router) = if config.role == Role::Server {
+            let carrier = QuicGossip::new(
+                transport.clone(),
+                wan_addr,
+                metrics.wan_gossip.clone(),
+                shutdown.child_token(),
+            );
+            services = services.with(Alpn::WanGossip, carrier.service());
+            let wan = Gossip::wan(
+                WanConfig {
+                    node: config.node_name.clone(),
+                    node_id: node_uuid(id),
+                    datacenter: config.datacenter.clone(),
+                    domain: config.domain.clone(),
+                    advertise: wan_addr,
+                    seeds: config.wan_seeds(),
+                    options: wan::default_options(),
+                },
+                &carrier,
+                metrics.wan_gossip.clone(),
+                shutdown.child_token(),
+            )
+            .await?;
+            let router = Router::new(
+                &config.datacenter,
+                wan.members(),
+                transport.clone(),
+                RouterOptions::default(),
+                metrics.federation.clone(),
+            );
+            (Some(wan), Some(Arc::new(router)))
+        } else {
+            (None, None)
+        };
         let (raft, self_node) = if config.role == Role::Server {
             let (raft, handler) = RaftNode::open(
                 id,
@@ -206,6 +264,7 @@ impl Agent {
             servers.clone(),
             transport.clone(),
             metrics.rpc.clone(),
+            router,
         );
         let local = Arc::new(local::LocalAgent::persistent(
             local::NodeInfo {
@@ -238,7 +297,7 @@ impl Agent {
                 shutdown.child_token(),
             ));
         }
-        let gossip = LanGossip::start(
+        let gossip = Gossip::lan(
             LanConfig {
                 node: config.node_name.clone(),
                 node_id: node_uuid(id),
@@ -253,6 +312,7 @@ impl Agent {
                     .collect(),
                 quic: quic_addr,
                 http: SocketAddr::new(config.advertise(), config.ports.http),
+                wan: wan.as_ref().map(|_| wan_addr),
                 key: config.encrypt.clone(),
                 options: GossipOptions {
                     reconnect_timeout: config
@@ -266,6 +326,22 @@ impl Agent {
         )
         .await?;
         let members = gossip.members();
+        if let Some(wan) = &wan {
+            tokio::spawn(wan::flood_join(
+                wan.clone(),
+                config.datacenter.clone(),
+                wan_addr,
+                members.clone(),
+                shutdown.child_token(),
+            ));
+        }
+        if let (Some(wan), Some(raft)) = (&wan, dispatcher.raft()) {
+            tokio::spawn(publish_leadership(
+                wan.clone(),
+                raft.clone(),
+                shutdown.child_token(),
+            ));
+        }
         if config.role == Role::Server {
             tokio::spawn(reconcile::run(
                 dispatcher.clone(),
@@ -313,6 +389,7 @@ impl Agent {
         );
         Ok(Agent {
             gossip,
+            wan,
             transport,
             dispatcher,
             http_task,
@@ -325,8 +402,18 @@ impl Agent {
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
         info!("leaving and shutting down");
-        // Tell the pool first, so the leader deregisters this node rather than failing it.
-        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.gossip.leave()).await;
+        // Tell the pools first, so the leader deregisters this node rather than failing it,
+        // and other DCs stop routing to it.
+        let wan_leave = async {
+            if let Some(wan) = &self.wan {
+                wan.leave().await;
+            }
+        };
+        let _ = tokio::time::timeout(
+            SHUTDOWN_BOUND,
+            futures::future::join(self.gossip.leave(), wan_leave),
+        )
+        .await;
         // The HTTP server stops taking requests first and lets in-flight ones finish.
         let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.http_task).await;
         if let Some(raft) = self.dispatcher.raft() {

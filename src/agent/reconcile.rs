@@ -134,10 +134,11 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
         wait: Duration::ZERO,
     };
     let nodes = dispatcher
-        .read(Query::Nodes { node_meta: vec![] }, opts, true)
+        .read(None, Query::Nodes { node_meta: vec![] }, opts, true)
         .await?;
     let checks = dispatcher
         .read(
+            None,
             Query::CheckById {
                 check_id: SERF_CHECK_ID.to_string(),
             },
@@ -155,7 +156,7 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
             writes = plan.len(),
             "reconciling the catalog with LAN membership"
         );
-        dispatcher.write(Command::Batch(plan), true).await?;
+        dispatcher.write(None, Command::Batch(plan), true).await?;
     }
     Ok(())
 }
@@ -174,8 +175,10 @@ mod tests {
             role: Role::Client,
             datacenter: "dc1".into(),
             quic: Some("127.0.0.9:8300".parse().unwrap()),
+            wan: None,
             http: None,
             build: "0".into(),
+            leader: false,
             status,
         }
     }

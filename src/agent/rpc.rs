@@ -1,6 +1,6 @@
-//! The agent RPC protocol (ALPN `rpc`): the typed requests one agent sends another, and the
-//! handler that answers them by calling the [`Dispatcher`]. Later subsystems (reads,
-//! registrations, cross-DC forwarding) add their variants here.
+//! The agent RPC protocol (ALPN `rpc`): the typed requests one agent sends another (client
+//! to server, server to leader, server to a server of another DC), and the handler that
+//! answers them by calling the [`Dispatcher`].
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,8 @@ pub enum AgentRequest {
     ServerInfo,
     /// Apply a command through the DC's leader.
     Write {
+        /// The DC it is for (`None`: the receiver's).
+        dc: Option<String>,
         /// The command.
         cmd: Command,
         /// Set once a server has forwarded it to the leader: never forwarded again.
@@ -31,6 +33,8 @@ pub enum AgentRequest {
     },
     /// Answer a read (forwarded to the leader by a server that may not answer it).
     Read {
+        /// The DC it is for (`None`: the receiver's).
+        dc: Option<String>,
         /// The query.
         query: Query,
         /// Consistency and blocking.
@@ -38,8 +42,13 @@ pub enum AgentRequest {
         /// Set once forwarded: never forwarded again.
         forwarded: bool,
     },
-    /// The DC's Raft leader and voters (asked by client agents).
-    RaftStatus,
+    /// The DC's Raft leader and voters (asked by client agents and other DCs).
+    RaftStatus {
+        /// The DC it is for (`None`: the receiver's).
+        dc: Option<String>,
+    },
+    /// The datacenters the server knows, nearest first (asked by client agents).
+    Datacenters,
     /// Add the sending server to the cluster (sent to a member; the leader does it).
     JoinRaft {
         /// Its Raft id.
@@ -47,6 +56,37 @@ pub enum AgentRequest {
         /// Its name and address.
         node: ServerNode,
     },
+}
+
+impl AgentRequest {
+    /// The datacenter a request names, if any.
+    fn datacenter(&self) -> Option<&str> {
+        match self {
+            AgentRequest::Write { dc, .. }
+            | AgentRequest::Read { dc, .. }
+            | AgentRequest::RaftStatus { dc } => dc.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether only the DC's leader answers it without another hop (writes, and reads in
+    /// default or consistent mode): a router sends it to the leader when it knows one.
+    pub fn wants_leader(&self) -> bool {
+        match self {
+            AgentRequest::Write { .. } => true,
+            AgentRequest::Read { opts, .. } => opts.mode != crate::raft::ReadMode::Stale,
+            _ => false,
+        }
+    }
+
+    /// Whether answering it changes nothing, so that it may be sent to another server
+    /// whatever happened to it on the first.
+    pub fn is_read(&self) -> bool {
+        !matches!(
+            self,
+            AgentRequest::Write { .. } | AgentRequest::JoinRaft { .. }
+        )
+    }
 }
 
 /// The answer to an [`AgentRequest`].
@@ -69,6 +109,8 @@ pub enum AgentResponse {
     Read(Result<ReadOutcome, DispatchError>),
     /// Answer to [`AgentRequest::RaftStatus`].
     RaftStatus(Result<RaftStatus, DispatchError>),
+    /// Answer to [`AgentRequest::Datacenters`].
+    Datacenters(Result<Vec<String>, DispatchError>),
     /// Answer to [`AgentRequest::JoinRaft`].
     Joined(Result<(), DispatchError>),
 }
@@ -169,6 +211,14 @@ impl Handler for AgentRpc {
     type Response = AgentResponse;
 
     async fn handle(&self, peer: &Identity, request: AgentRequest) -> AgentResponse {
+        // A request from another DC is answered here or not at all: never sent on to a
+        // third DC (no forwarding loops, one WAN hop).
+        let relay = peer.datacenter != self.datacenter
+            && request.datacenter().is_some_and(|dc| dc != self.datacenter);
+        let dispatcher = match self.dispatcher() {
+            Ok(_) if relay => Err(DispatchError::NoPathToDatacenter),
+            other => other,
+        };
         match request {
             AgentRequest::Ping { payload } => AgentResponse::Pong {
                 node: self.node.clone(),
@@ -176,26 +226,30 @@ impl Handler for AgentRpc {
                 payload,
             },
             AgentRequest::ServerInfo => AgentResponse::ServerInfo(self.server_info().await),
-            AgentRequest::Write { cmd, forwarded } => {
-                let result = match self.dispatcher() {
-                    Ok(d) => d.write(cmd, forwarded).await,
+            AgentRequest::Write { dc, cmd, forwarded } => {
+                AgentResponse::Written(match dispatcher {
+                    Ok(d) => d.write(dc.as_deref(), cmd, forwarded).await,
                     Err(e) => Err(e),
-                };
-                AgentResponse::Written(result)
+                })
             }
             AgentRequest::Read {
+                dc,
                 query,
                 opts,
                 forwarded,
-            } => AgentResponse::Read(match self.dispatcher() {
-                Ok(d) => d.read(query, opts, forwarded).await,
+            } => AgentResponse::Read(match dispatcher {
+                Ok(d) => d.read(dc.as_deref(), query, opts, forwarded).await,
                 Err(e) => Err(e),
             }),
-            AgentRequest::RaftStatus => AgentResponse::RaftStatus(match self.dispatcher() {
-                Ok(d) if d.raft().is_some() => d.raft_status().await,
+            AgentRequest::RaftStatus { dc } => AgentResponse::RaftStatus(match dispatcher {
+                Ok(d) if d.raft().is_some() => d.raft_status(dc.as_deref()).await,
                 Ok(_) => Err(DispatchError::NotServed(
                     "a client agent holds no Raft state".into(),
                 )),
+                Err(e) => Err(e),
+            }),
+            AgentRequest::Datacenters => AgentResponse::Datacenters(match dispatcher {
+                Ok(d) => d.datacenters().await,
                 Err(e) => Err(e),
             }),
             AgentRequest::JoinRaft { id, node } => {

@@ -212,6 +212,11 @@ pub struct AgentConfig {
     /// The address others are told to reach us at. Defaults to `bind_addr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_addr: Option<IpAddr>,
+    /// Servers only: the address other DCs reach this server's QUIC port at (`ip` or
+    /// `ip:port`; default: the advertised address on the QUIC port), for a server behind
+    /// NAT or a relay (Consul's `advertise_addr_wan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_addr_wan: Option<JoinAddr>,
     /// Listening ports.
     #[serde(default)]
     pub ports: Ports,
@@ -329,6 +334,12 @@ impl AgentConfig {
             if !self.wan_join.is_empty() {
                 return Err(("wan_join", "only servers join the WAN pool".into()));
             }
+            if self.advertise_addr_wan.is_some() {
+                return Err((
+                    "advertise_addr_wan",
+                    "only servers join the WAN pool".into(),
+                ));
+            }
             if self.bootstrap_expect.is_some() {
                 return Err((
                     "bootstrap_expect",
@@ -378,6 +389,22 @@ impl AgentConfig {
     /// The address advertised to peers.
     pub fn advertise(&self) -> IpAddr {
         self.advertise_addr.unwrap_or(self.bind_addr)
+    }
+
+    /// The address other DCs reach this server at, given its bound QUIC port.
+    pub fn wan_advertise(&self, quic_port: u16) -> SocketAddr {
+        match self.advertise_addr_wan {
+            Some(a) => SocketAddr::new(a.ip, a.port.unwrap_or(quic_port)),
+            None => SocketAddr::new(self.advertise(), quic_port),
+        }
+    }
+
+    /// The WAN addresses to join through (`wan_join`, default port: the QUIC port).
+    pub fn wan_seeds(&self) -> Vec<SocketAddr> {
+        self.wan_join
+            .iter()
+            .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(self.ports.quic)))
+            .collect()
     }
 
     /// Where the HTTP API binds.

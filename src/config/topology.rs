@@ -155,6 +155,7 @@ impl Topology {
                     data_dir: paths.state_dir.join(&a.name),
                     bind_addr: a.address,
                     advertise_addr: None,
+                    advertise_addr_wan: None,
                     ports: self.ports.clone(),
                     lan_join: servers
                         .iter()

@@ -1,18 +1,24 @@
-//! LAN gossip: one chitchat pool per datacenter, servers and clients alike, over UDP
-//! ([`sealed`]: AES-256-GCM when the DC has a gossip key). Each agent publishes what the
-//! others need to reach it (role, datacenter, QUIC and HTTP addresses, build, node ID);
-//! chitchat's phi-accrual failure detector says who is alive. The module turns chitchat's
-//! state into a [`Member`] list (Consul's statuses: alive, left, failed), published on a
-//! watch channel for the agent (server discovery, `/v1/agent/members`) and the leader's
-//! catalog reconciliation.
+//! Gossip: chitchat pools and what agents publish in them. Two pools use the same machinery
+//! ([`Gossip`]): the LAN pool of one datacenter, servers and clients alike, over UDP
+//! ([`sealed`]: AES-256-GCM when the DC has a gossip key), and the WAN pool of the servers
+//! of every DC, over the QUIC transport's `wan-gossip` ALPN ([`quic`], [`wan`]). Each
+//! member publishes what the others need to reach it (role, datacenter, QUIC, WAN and HTTP
+//! addresses, build, node ID, DC leadership); chitchat's phi-accrual failure detector says
+//! who is alive. The module turns chitchat's state into a [`Member`] list (Consul's
+//! statuses: alive, left, failed), published on a watch channel for the agent (server
+//! discovery, `/v1/agent/members`, the federation router) and the leader's catalog
+//! reconciliation.
 
+pub mod quic;
 pub mod sealed;
+pub mod wan;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chitchat::transport::Transport as ChitchatTransport;
 use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +31,12 @@ use crate::transport::identity::Role;
 const KEY_ROLE: &str = "role";
 const KEY_DC: &str = "dc";
 const KEY_QUIC: &str = "quic";
+const KEY_WAN: &str = "wan";
 const KEY_HTTP: &str = "http";
 const KEY_BUILD: &str = "build";
 const KEY_ID: &str = "id";
 const KEY_STATUS: &str = "status";
+const KEY_LEADER: &str = "leader";
 const STATUS_LEFT: &str = "left";
 
 /// A member's state, with Consul's numeric codes.
@@ -62,25 +70,29 @@ impl MemberStatus {
     }
 }
 
-/// One agent of the pool, as gossip knows it.
+/// One agent of a pool, as gossip knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// Node name.
+    /// Node name (`node.dc` in the WAN pool, as Consul names WAN members).
     pub name: String,
     /// Node UUID (as in the catalog).
     pub id: String,
-    /// Its gossip address (its advertised IP).
+    /// Its gossip address (LAN: its advertised IP and LAN port; WAN: its WAN QUIC address).
     pub gossip_addr: SocketAddr,
     /// Server or client.
     pub role: Role,
     /// Its datacenter.
     pub datacenter: String,
-    /// Its QUIC address.
+    /// Its QUIC address within its DC.
     pub quic: Option<SocketAddr>,
+    /// Servers, in the LAN pool: the QUIC address other DCs reach it at (flood-join).
+    pub wan: Option<SocketAddr>,
     /// Its HTTP API address.
     pub http: Option<SocketAddr>,
     /// Its build version.
     pub build: String,
+    /// WAN pool: whether it leads its DC's Raft.
+    pub leader: bool,
     /// Alive, left or failed.
     pub status: MemberStatus,
 }
@@ -127,6 +139,8 @@ pub struct LanConfig {
     pub quic: SocketAddr,
     /// Our HTTP address.
     pub http: SocketAddr,
+    /// Servers: the QUIC address other DCs reach us at, for flood-join.
+    pub wan: Option<SocketAddr>,
     /// The gossip key, if the DC encrypts gossip.
     pub key: Option<GossipKey>,
     /// Timings.
@@ -135,38 +149,93 @@ pub struct LanConfig {
 
 /// Why gossip could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("LAN gossip on {addr}: {reason}")]
+#[error("{network} gossip on {addr}: {reason}")]
 pub struct GossipError {
+    /// `LAN` or `WAN`.
+    pub network: &'static str,
     /// The bind address.
     pub addr: SocketAddr,
     /// What failed (typically the port is taken; not retryable without a change).
     pub reason: String,
 }
 
-/// A running LAN gossip member.
-pub struct LanGossip {
-    handle: ChitchatHandle,
+/// What a pool member is and publishes, whichever the pool.
+struct PoolConfig {
+    network: &'static str,
+    name: String,
+    cluster_id: String,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+    seeds: Vec<SocketAddr>,
+    kvs: Vec<(String, String)>,
+    options: GossipOptions,
+}
+
+/// A running member of a gossip pool (LAN or WAN). Clones share the member.
+#[derive(Clone)]
+pub struct Gossip {
+    handle: Arc<ChitchatHandle>,
     members: watch::Receiver<Vec<Member>>,
     interval: Duration,
 }
 
-impl LanGossip {
-    /// Joins the pool; the member list is kept current until `shutdown` fires.
-    pub async fn start(
+impl Gossip {
+    /// Joins the DC's LAN pool; the member list is kept current until `shutdown` fires.
+    pub async fn lan(
         config: LanConfig,
         metrics: GossipMetrics,
         shutdown: CancellationToken,
-    ) -> Result<LanGossip, GossipError> {
+    ) -> Result<Gossip, GossipError> {
+        let role = match config.role {
+            Role::Server => "server",
+            Role::Client => "client",
+        };
+        let mut kvs = vec![
+            (KEY_ROLE.to_string(), role.to_string()),
+            (KEY_DC.to_string(), config.datacenter.clone()),
+            (KEY_QUIC.to_string(), config.quic.to_string()),
+            (KEY_HTTP.to_string(), config.http.to_string()),
+            (KEY_BUILD.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (KEY_ID.to_string(), config.node_id.clone()),
+        ];
+        if let Some(wan) = config.wan {
+            kvs.push((KEY_WAN.to_string(), wan.to_string()));
+        }
+        let transport = sealed::SealedUdpTransport::new(config.key.as_ref(), metrics.clone());
+        Gossip::start(
+            PoolConfig {
+                network: "LAN",
+                name: config.node,
+                cluster_id: config.datacenter,
+                listen: config.bind,
+                advertise: config.advertise,
+                seeds: config.seeds,
+                kvs,
+                options: config.options,
+            },
+            &transport,
+            metrics,
+            shutdown,
+        )
+        .await
+    }
+
+    async fn start(
+        config: PoolConfig,
+        transport: &dyn ChitchatTransport,
+        metrics: GossipMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Gossip, GossipError> {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let id = ChitchatId::new(config.node.clone(), generation, config.advertise);
+        let id = ChitchatId::new(config.name.clone(), generation, config.advertise);
         let o = config.options;
         let chitchat_config = ChitchatConfig {
             chitchat_id: id,
-            cluster_id: config.datacenter.clone(),
+            cluster_id: config.cluster_id,
             gossip_interval: o.interval,
-            listen_addr: config.bind,
+            listen_addr: config.listen,
             seed_nodes: config.seeds.iter().map(|s| s.to_string()).collect(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: o.phi_threshold,
@@ -179,23 +248,11 @@ impl LanGossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let role = match config.role {
-            Role::Server => "server",
-            Role::Client => "client",
-        };
-        let kvs = vec![
-            (KEY_ROLE.to_string(), role.to_string()),
-            (KEY_DC.to_string(), config.datacenter.clone()),
-            (KEY_QUIC.to_string(), config.quic.to_string()),
-            (KEY_HTTP.to_string(), config.http.to_string()),
-            (KEY_BUILD.to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            (KEY_ID.to_string(), config.node_id.clone()),
-        ];
-        let transport = sealed::SealedUdpTransport::new(config.key.as_ref(), metrics.clone());
-        let handle = chitchat::spawn_chitchat(chitchat_config, kvs, &transport)
+        let handle = chitchat::spawn_chitchat(chitchat_config, config.kvs, transport)
             .await
             .map_err(|e| GossipError {
-                addr: config.bind,
+                network: config.network,
+                addr: config.listen,
                 reason: format!("{e:#}"),
             })?;
         let (tx, members) = watch::channel(Vec::new());
@@ -206,9 +263,9 @@ impl LanGossip {
             metrics,
             shutdown,
         ));
-        info!(bind = %config.bind, seeds = config.seeds.len(), "LAN gossip started");
-        Ok(LanGossip {
-            handle,
+        info!(network = config.network, listen = %config.listen, seeds = config.seeds.len(), "gossip started");
+        Ok(Gossip {
+            handle: Arc::new(handle),
             members,
             interval: o.interval,
         })
@@ -219,15 +276,27 @@ impl LanGossip {
         self.members.clone()
     }
 
+    /// Publishes `key = value` about this member (e.g. DC leadership in the WAN pool).
+    async fn publish(&self, key: &str, value: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(key, value))
+            .await;
+    }
+
+    /// Gossips with `addr` at once: how a member that knows the pool pulls in one that
+    /// does not (flood-join), or rejoins a seed.
+    fn join(&self, addr: SocketAddr) {
+        let _ = self.handle.gossip(addr);
+    }
+
     /// Leaves gracefully: tells the pool this member left, gives gossip a few rounds to
     /// spread it (bounded), then stops.
-    pub async fn leave(self) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, STATUS_LEFT))
-            .await;
-        tokio::time::sleep(self.interval * 5).await;
-        if let Err(e) = self.handle.shutdown().await {
-            warn!(error = %e, "LAN gossip stopped with an error");
+    pub async fn leave(&self) {
+        self.publish(KEY_STATUS, STATUS_LEFT).await;
+        tokio::time::sleep((self.interval * 5).min(Duration::from_secs(1))).await;
+        let _ = self.handle.initiate_shutdown();
+        if let Err(e) = self.handle.termination_watcher().await {
+            warn!(error = %e, "gossip stopped with an error");
         }
     }
 }
@@ -251,10 +320,7 @@ async fn watch_members(
             MemberStatus::Left,
         ] {
             let n = members.iter().filter(|m| m.status == status).count();
-            metrics
-                .members
-                .with_label_values(&[status.as_str()])
-                .set(n as i64);
+            metrics.set_members(status.as_str(), n);
         }
         tx.send_if_modified(|current| {
             if *current == members {
@@ -298,8 +364,10 @@ fn members_of(c: &Chitchat) -> Vec<Member> {
             role,
             datacenter: get(KEY_DC),
             quic: state.get(KEY_QUIC).and_then(|a| a.parse().ok()),
+            wan: state.get(KEY_WAN).and_then(|a| a.parse().ok()),
             http: state.get(KEY_HTTP).and_then(|a| a.parse().ok()),
             build: get(KEY_BUILD),
+            leader: state.get(KEY_LEADER) == Some("true"),
             status,
         };
         match by_name.get(&member.name) {

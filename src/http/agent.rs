@@ -126,29 +126,18 @@ pub async fn self_info(State(api): State<Api>) -> Response {
     .into_response()
 }
 
-/// `GET /v1/agent/members`: the LAN pool as gossip sees it (`?wan` on servers: the
-/// servers, named `<node>.<dc>`).
+/// `GET /v1/agent/members`: the LAN pool as gossip sees it (`?wan` on servers: the WAN
+/// pool of every DC's servers, named `<node>.<dc>`).
 pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let wan = p.enabled("wan");
-    let n = &api.local.node;
-    if wan && !n.server {
-        return Err(HttpError::BadRequest(
-            "WAN members are only known to servers".into(),
-        ));
-    }
-    let out: Vec<MemberJson> = api
-        .members
-        .borrow()
-        .iter()
-        .filter(|m| !wan || m.role == Role::Server)
-        .map(|m| {
-            let mut j = member_json(m);
-            if wan {
-                j.name = format!("{}.{}", m.name, m.datacenter);
-            }
-            j
-        })
-        .collect();
+    let out: Vec<MemberJson> = if p.enabled("wan") {
+        let wan = api
+            .dispatcher
+            .wan_members()
+            .ok_or_else(|| HttpError::BadRequest("WAN members are only known to servers".into()))?;
+        wan.iter().map(member_json).collect()
+    } else {
+        api.members.borrow().iter().map(member_json).collect()
+    };
     Ok(Json(out).into_response())
 }
 

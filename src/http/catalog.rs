@@ -83,7 +83,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: RegisterBody = decode(&body)?;
-    api.dispatcher.route_dc(body_dc(&p, &b.datacenter))?;
+    let dc = body_dc(&p, &b.datacenter).map(str::to_string);
     if b.node.is_empty() {
         return Err(HttpError::BadRequest("Must provide node".into()));
     }
@@ -132,13 +132,15 @@ pub async fn register(
         id: b.id,
         node: b.node,
         address: b.address,
-        datacenter: api.dispatcher.datacenter().to_string(),
+        datacenter: dc
+            .clone()
+            .unwrap_or_else(|| api.dispatcher.datacenter().to_string()),
         tagged_addresses: b.tagged_addresses.unwrap_or_default(),
         node_meta: b.node_meta.unwrap_or_default(),
         service,
         checks,
     };
-    write_ok(&api, Command::Register(Box::new(req))).await
+    write_ok(&api, dc.as_deref(), Command::Register(Box::new(req))).await
 }
 
 /// `catalog/deregister`'s body.
@@ -162,7 +164,7 @@ pub async fn deregister(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: DeregisterBody = decode(&body)?;
-    api.dispatcher.route_dc(body_dc(&p, &b.datacenter))?;
+    let dc = body_dc(&p, &b.datacenter).map(str::to_string);
     if b.node.is_empty() {
         return Err(HttpError::BadRequest("Must provide node".into()));
     }
@@ -171,12 +173,13 @@ pub async fn deregister(
         service_id: b.service_id.filter(|s| !s.is_empty()),
         check_id: b.check_id.filter(|s| !s.is_empty()),
     };
-    write_ok(&api, Command::Deregister(req)).await
+    write_ok(&api, dc.as_deref(), Command::Deregister(req)).await
 }
 
-/// `GET /v1/catalog/datacenters`: the DCs this agent can route to, local first.
-pub async fn datacenters(State(api): State<Api>) -> Json<Vec<String>> {
-    Json(vec![api.dispatcher.datacenter().to_string()])
+/// `GET /v1/catalog/datacenters`: the DCs of the federation, the local one first, then by
+/// the median round-trip time from the answering server to their servers.
+pub async fn datacenters(State(api): State<Api>) -> Result<Json<Vec<String>>, HttpError> {
+    Ok(Json(api.dispatcher.datacenters().await?))
 }
 
 /// `GET /v1/catalog/nodes`.

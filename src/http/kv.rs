@@ -96,7 +96,6 @@ pub async fn put(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
     let key = key_of(path);
     if key.is_empty() {
         return Err(HttpError::BadRequest("Missing key name".into()));
@@ -115,7 +114,7 @@ pub async fn put(
             flags,
         },
     };
-    bool_answer(api.dispatcher.write(cmd, false).await?)
+    bool_answer(api.dispatcher.write(p.dc(), cmd, false).await?)
 }
 
 /// `DELETE /v1/kv/:key` with `?recurse` or `?cas=`.
@@ -124,7 +123,6 @@ pub async fn delete(
     path: Option<Path<String>>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
     let key = key_of(path);
     let cmd = if p.flag("recurse") {
         Command::KvDeleteTree { prefix: key }
@@ -133,5 +131,5 @@ pub async fn delete(
     } else {
         Command::KvDelete { key }
     };
-    bool_answer(api.dispatcher.write(cmd, false).await?)
+    bool_answer(api.dispatcher.write(p.dc(), cmd, false).await?)
 }

@@ -66,15 +66,15 @@ impl Api {
 /// Runs a read for an endpoint that takes `?dc=` and the consistency and blocking
 /// parameters; returns Consul's headers with the answer.
 async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOutcome), HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
     let opts = p.read_options()?;
-    let out = api.dispatcher.read(query, opts, false).await?;
+    let out = api.dispatcher.read(p.dc(), query, opts, false).await?;
     Ok((read_headers(&out), out))
 }
 
-/// Applies a catalog write and answers Consul's `true`, or 400 with the refusal.
-async fn write_ok(api: &Api, cmd: Command) -> Result<Response, HttpError> {
-    match api.dispatcher.write(cmd, false).await? {
+/// Applies a catalog write in `dc` (default: this one) and answers Consul's `true`, or 400
+/// with the refusal.
+async fn write_ok(api: &Api, dc: Option<&str>, cmd: Command) -> Result<Response, HttpError> {
+    match api.dispatcher.write(dc, cmd, false).await? {
         CommandResult::Ok | CommandResult::Bool(true) => Ok(Json(true).into_response()),
         CommandResult::Bool(false) => Ok(Json(false).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),

@@ -9,14 +9,12 @@ use super::params::Params;
 
 /// `GET /v1/status/leader`: the leader's address, `""` when there is none.
 pub async fn leader(State(api): State<Api>, p: Params) -> Result<Json<String>, HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
-    let status = api.dispatcher.raft_status().await?;
+    let status = api.dispatcher.raft_status(p.dc()).await?;
     Ok(Json(status.leader.map(|l| l.addr).unwrap_or_default()))
 }
 
 /// `GET /v1/status/peers`: the voting servers' addresses.
 pub async fn peers(State(api): State<Api>, p: Params) -> Result<Json<Vec<String>>, HttpError> {
-    api.dispatcher.route_dc(p.dc())?;
-    let status = api.dispatcher.raft_status().await?;
+    let status = api.dispatcher.raft_status(p.dc()).await?;
     Ok(Json(status.voters.into_iter().map(|n| n.addr).collect()))
 }

@@ -318,6 +318,26 @@ impl Transport {
         &self.inner.opts
     }
 
+    /// QUIC's smoothed round-trip estimate to `addr`, from the open pooled connections to it
+    /// (the lowest over its ALPNs); `None` without one.
+    pub fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
+        let slots: Vec<PoolSlot> = {
+            let pool = self.inner.pool.lock().expect("pool lock poisoned");
+            pool.iter()
+                .filter(|(k, _)| k.0 == addr)
+                .map(|(_, slot)| slot.clone())
+                .collect()
+        };
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let guard = slot.try_lock().ok()?;
+                let conn = guard.as_ref()?;
+                conn.close_reason().is_none().then(|| conn.rtt())
+            })
+            .min()
+    }
+
     /// A connection to `addr` for `alpn`, reused if one is open, dialed otherwise. The
     /// acceptor must be a server (of our DC for raft, of `expected_dc` if given).
     pub async fn connect(

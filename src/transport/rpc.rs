@@ -319,6 +319,22 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, TransportError> {
+        self.call_reaching(addr, expected_dc, request, timeout, timeout)
+            .await
+    }
+
+    /// As [`RpcClient::call`], and the peer must be connected and have acknowledged the
+    /// request within `reach` (typically shorter than `timeout`, which also covers the
+    /// peer's work): how a router that has other servers to try bounds the time a dead or
+    /// partitioned one costs, whatever the request's own deadline.
+    pub async fn call_reaching(
+        &self,
+        addr: SocketAddr,
+        expected_dc: Option<&str>,
+        request: &Req,
+        timeout: Duration,
+        reach: Duration,
+    ) -> Result<Resp, TransportError> {
         let max_frame = self.transport.options().max_frame;
         let payload = rmp_serde::to_vec_named(request).map_err(|e| TransportError::Codec {
             addr,
@@ -334,8 +350,9 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             });
         }
         let started = tokio::time::Instant::now();
+        let connect_within = timeout.min(reach);
         let conn = match tokio::time::timeout(
-            timeout,
+            connect_within,
             self.transport.connect(addr, self.alpn, expected_dc),
         )
         .await
@@ -344,7 +361,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             Err(_) => {
                 return Err(TransportError::Unreachable {
                     addr,
-                    reason: format!("not connected within {timeout:?}"),
+                    reason: format!("not connected within {connect_within:?}"),
                 });
             }
         };
@@ -382,7 +399,9 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         let remaining = timeout.saturating_sub(started.elapsed());
         // A live peer ACKs the request within about an RTT; one that has not after a
         // generous margin is gone, and the caller hears so now rather than at its deadline.
-        let ack_due = conn.rtt() * 3 + UNACKED_GRACE;
+        let natural = conn.rtt() * 3 + UNACKED_GRACE;
+        let ack_due = natural.min(reach.saturating_sub(started.elapsed()));
+        let watch_ack = self.fail_fast || reach < timeout;
         let heard = watch.heard;
         let unacked = async {
             tokio::time::sleep(ack_due).await;
@@ -393,9 +412,13 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
         };
         let outcome = tokio::select! {
             r = tokio::time::timeout(remaining, exchange) => r,
-            _ = unacked, if self.fail_fast && ack_due < remaining => {
+            _ = unacked, if watch_ack && ack_due < remaining => {
                 watch.answered();
-                conn.close(VarInt::from_u32(0), b"peer unresponsive");
+                if ack_due == natural {
+                    // Only a peer silent for as long as a live one surely is not is judged
+                    // gone; a caller's budget running out says nothing about the peer.
+                    conn.close(VarInt::from_u32(0), b"peer unresponsive");
+                }
                 return Err(TransportError::ConnectionLost {
                     addr,
                     reason: format!("no acknowledgement within {ack_due:?}"),

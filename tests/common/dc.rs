@@ -100,6 +100,7 @@ pub async fn agreed_leader(client: &AgentClient, addrs: &[SocketAddr]) -> usize 
 
 pub async fn put(client: &AgentClient, addr: SocketAddr, key: &str) -> bool {
     let req = AgentRequest::Write {
+        dc: None,
         cmd: Command::KvSet {
             key: key.into(),
             value: Bytes::from_static(b"v"),
@@ -124,6 +125,7 @@ pub fn has_keys(dir: &Path) -> bool {
 /// The KV keys under `prefix` in the server's own (stale) state.
 pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Option<Vec<String>> {
     let req = AgentRequest::Read {
+        dc: None,
         query: Query::KvKeys {
             prefix: prefix.into(),
             separator: None,

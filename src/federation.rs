@@ -1,0 +1,399 @@
+//! Routing between datacenters. A server keeps, for every remote DC, its live servers as
+//! the WAN pool reports them, ordered by QUIC's own round-trip estimate, and forwards a
+//! request naming that DC to the best one; a server that fails a call is marked and
+//! skipped for a while, and the next one is tried, within one reach deadline. The answer
+//! of the remote DC, errors included, is returned unchanged.
+//!
+//! The decision of which servers to try, in which order, is pure ([`plan`],
+//! [`rank_datacenters`]) and unit-tested; [`Router::forward`] is the thin I/O loop around
+//! it. Only servers route: client agents send cross-DC requests to a local server
+//! ([`crate::dispatch`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::agent::rpc::{AgentRequest, AgentResponse};
+use crate::dispatch::DispatchError;
+use crate::gossip::{Member, MemberStatus};
+use crate::metrics::FederationMetrics;
+use crate::transport::identity::Alpn;
+use crate::transport::rpc::RpcClient;
+use crate::transport::{Transport, TransportError};
+
+/// Tunables of cross-DC routing.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterOptions {
+    /// Time within which some server of the DC must have been reached (connected and the
+    /// request acknowledged); past it the DC counts as unreachable.
+    pub reach: Duration,
+    /// How long a server that failed a call is skipped. After that it is tried again,
+    /// after the servers that have not failed.
+    pub mark_for: Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            reach: Duration::from_millis(1500),
+            mark_for: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the router knows of one remote server, as [`plan`] ranks it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerView {
+    /// Its WAN address.
+    pub addr: SocketAddr,
+    /// QUIC's smoothed RTT to it, if a connection is open.
+    pub rtt: Option<Duration>,
+    /// Whether it leads its DC.
+    pub leader: bool,
+    /// When it last failed a call (cleared by a success).
+    pub failed: Option<Instant>,
+}
+
+/// The servers of `dc` to try, best first: alive in the WAN pool and not failed within
+/// `mark_for`; those that never failed (or succeeded since) before those that failed
+/// longer ago; then the leader first when `prefer_leader` (it answers writes and
+/// consistent reads without another hop), then by RTT (unknown last). Pure.
+pub fn plan(
+    dc: &str,
+    members: &[Member],
+    view: impl Fn(&Member) -> ServerView,
+    now: Instant,
+    mark_for: Duration,
+    prefer_leader: bool,
+) -> Result<Vec<SocketAddr>, DispatchError> {
+    let of_dc: Vec<&Member> = members.iter().filter(|m| m.datacenter == dc).collect();
+    if of_dc.is_empty() {
+        return Err(DispatchError::NoPathToDatacenter);
+    }
+    let mut usable: Vec<(bool, bool, Duration, &str, SocketAddr)> = of_dc
+        .iter()
+        .filter(|m| m.status == MemberStatus::Alive)
+        .map(|m| (m, view(m)))
+        .filter(|(_, v)| v.failed.is_none_or(|t| now.duration_since(t) >= mark_for))
+        .map(|(m, v)| {
+            (
+                v.failed.is_some(),
+                !(prefer_leader && v.leader),
+                v.rtt.unwrap_or(Duration::MAX),
+                m.name.as_str(),
+                v.addr,
+            )
+        })
+        .collect();
+    if usable.is_empty() {
+        return Err(DispatchError::NoReachableServer);
+    }
+    usable.sort();
+    Ok(usable.into_iter().map(|u| u.4).collect())
+}
+
+/// The datacenters known, the local one first, then by the median RTT to their live
+/// servers (DCs without a measurement last, by name). Pure.
+pub fn rank_datacenters(
+    local: &str,
+    members: &[Member],
+    rtt: impl Fn(&Member) -> Option<Duration>,
+) -> Vec<String> {
+    let mut rtts: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for m in members {
+        let entry = rtts.entry(m.datacenter.as_str()).or_default();
+        if m.status == MemberStatus::Alive
+            && let Some(r) = rtt(m)
+        {
+            entry.push(r);
+        }
+    }
+    rtts.remove(local);
+    let mut ranked: Vec<(Duration, &str)> = rtts
+        .into_iter()
+        .map(|(dc, mut r)| {
+            r.sort();
+            (r.get(r.len() / 2).copied().unwrap_or(Duration::MAX), dc)
+        })
+        .collect();
+    ranked.sort();
+    std::iter::once(local.to_string())
+        .chain(ranked.into_iter().map(|(_, dc)| dc.to_string()))
+        .collect()
+}
+
+/// One server's router: the WAN view, failure marks and the forwarding client.
+pub struct Router {
+    local_dc: String,
+    members: watch::Receiver<Vec<Member>>,
+    transport: Transport,
+    client: RpcClient<AgentRequest, AgentResponse>,
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
+    opts: RouterOptions,
+    metrics: FederationMetrics,
+}
+
+impl Router {
+    /// A router over the WAN pool's `members`, forwarding through `transport`.
+    pub fn new(
+        local_dc: &str,
+        members: watch::Receiver<Vec<Member>>,
+        transport: Transport,
+        opts: RouterOptions,
+        metrics: FederationMetrics,
+    ) -> Router {
+        Router {
+            local_dc: local_dc.to_string(),
+            members,
+            client: RpcClient::new(transport.clone(), Alpn::Rpc).fail_fast(),
+            transport,
+            failed: Mutex::new(HashMap::new()),
+            opts,
+            metrics,
+        }
+    }
+
+    /// The WAN pool as gossip sees it.
+    pub fn members(&self) -> Vec<Member> {
+        self.members.borrow().clone()
+    }
+
+    /// Every known datacenter, the local one first, then nearest first.
+    pub fn datacenters(&self) -> Vec<String> {
+        rank_datacenters(&self.local_dc, &self.members.borrow(), |m| {
+            self.transport.rtt(m.gossip_addr)
+        })
+    }
+
+    /// The servers of `dc` in the order a request would try them now.
+    pub fn servers(&self, dc: &str, prefer_leader: bool) -> Result<Vec<SocketAddr>, DispatchError> {
+        let failed = self.failed.lock().expect("router lock").clone();
+        plan(
+            dc,
+            &self.members.borrow(),
+            |m| ServerView {
+                addr: m.gossip_addr,
+                rtt: self.transport.rtt(m.gossip_addr),
+                leader: m.leader,
+                failed: failed.get(&m.gossip_addr).copied(),
+            },
+            Instant::now(),
+            self.opts.mark_for,
+            prefer_leader,
+        )
+    }
+
+    /// Sends `req` to a server of `dc` and returns its answer (which may itself be an
+    /// error of that DC, passed on unchanged). A server that cannot be reached is marked
+    /// and the next one tried, while the request surely did not apply (reads: always)
+    /// and the reach deadline has not passed; `timeout` bounds the whole exchange with one
+    /// server, its work included.
+    pub async fn forward(
+        &self,
+        dc: &str,
+        req: &AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentResponse, DispatchError> {
+        let is_read = req.is_read();
+        let order = match self.servers(dc, req.wants_leader()) {
+            Ok(o) => o,
+            Err(e) => {
+                self.count(match e {
+                    DispatchError::NoPathToDatacenter => "no_path",
+                    _ => "unreachable",
+                });
+                return Err(e);
+            }
+        };
+        let deadline = Instant::now() + self.opts.reach;
+        let mut tried = 0;
+        for addr in order {
+            let reach = deadline.saturating_duration_since(Instant::now());
+            if reach.is_zero() {
+                break;
+            }
+            tried += 1;
+            match self
+                .client
+                .call_reaching(addr, Some(dc), req, timeout, reach)
+                .await
+            {
+                Ok(resp) => {
+                    self.failed.lock().expect("router lock").remove(&addr);
+                    self.count(if tried > 1 { "failover" } else { "ok" });
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let safe = e.is_retry_safe() || is_read;
+                    self.mark(addr, dc, &e);
+                    if !safe {
+                        self.count("error");
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        self.count("unreachable");
+        Err(DispatchError::NoReachableServer)
+    }
+
+    fn mark(&self, addr: SocketAddr, dc: &str, e: &TransportError) {
+        let reason = match e {
+            TransportError::Timeout { .. } => "timeout",
+            TransportError::Refused { .. } => "refused",
+            TransportError::Remote { .. } | TransportError::Codec { .. } => "protocol",
+            _ => "unreachable",
+        };
+        self.metrics
+            .server_failures
+            .with_label_values(&[reason])
+            .inc();
+        let first = self
+            .failed
+            .lock()
+            .expect("router lock")
+            .insert(addr, Instant::now())
+            .is_none();
+        if first {
+            info!(%addr, %dc, error = %e, "remote server failed a forwarded request; trying another");
+        } else {
+            debug!(%addr, %dc, error = %e, "remote server failed again");
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics.forwards.with_label_values(&[outcome]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::identity::Role;
+
+    fn member(name: &str, dc: &str, addr: &str, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            id: String::new(),
+            gossip_addr: addr.parse().unwrap(),
+            role: Role::Server,
+            datacenter: dc.into(),
+            quic: None,
+            wan: None,
+            http: None,
+            build: String::new(),
+            leader: name.starts_with("lead"),
+            status,
+        }
+    }
+
+    fn pool() -> Vec<Member> {
+        vec![
+            member("a1.dc1", "dc1", "127.0.1.1:1", MemberStatus::Alive),
+            member("b1.dc2", "dc2", "127.0.2.1:1", MemberStatus::Alive),
+            member("lead.dc2", "dc2", "127.0.2.2:1", MemberStatus::Alive),
+            member("b3.dc2", "dc2", "127.0.2.3:1", MemberStatus::Alive),
+            member("c1.dc3", "dc3", "127.0.3.1:1", MemberStatus::Failed),
+            member("c2.dc3", "dc3", "127.0.3.2:1", MemberStatus::Left),
+            member("d1.dc4", "dc4", "127.0.4.1:1", MemberStatus::Alive),
+        ]
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn addrs(v: &[&str]) -> Vec<SocketAddr> {
+        v.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn plan_orders_by_rtt_skips_failed_and_prefers_the_leader_when_asked() {
+        let now = Instant::now();
+        let rtt = |m: &Member| match m.gossip_addr.ip().to_string().as_str() {
+            "127.0.2.1" => Some(ms(30)),
+            "127.0.2.2" => Some(ms(50)),
+            _ => None,
+        };
+        let view = |failed: Option<Instant>| {
+            move |m: &Member| ServerView {
+                addr: m.gossip_addr,
+                rtt: rtt(m),
+                leader: m.leader,
+                failed: (m.gossip_addr.ip().to_string() == "127.0.2.1")
+                    .then_some(failed)
+                    .flatten(),
+            }
+        };
+        let p = |failed, leader| plan("dc2", &pool(), view(failed), now, ms(2000), leader);
+        assert_eq!(
+            p(None, false).unwrap(),
+            addrs(&["127.0.2.1:1", "127.0.2.2:1", "127.0.2.3:1"])
+        );
+        assert_eq!(
+            p(None, true).unwrap(),
+            addrs(&["127.0.2.2:1", "127.0.2.1:1", "127.0.2.3:1"])
+        );
+        // Failed just now: skipped. Failed long ago: tried after the others.
+        assert_eq!(
+            p(Some(now), false).unwrap(),
+            addrs(&["127.0.2.2:1", "127.0.2.3:1"])
+        );
+        let long_ago = now.checked_sub(ms(5000)).unwrap();
+        assert_eq!(
+            p(Some(long_ago), false).unwrap(),
+            addrs(&["127.0.2.2:1", "127.0.2.3:1", "127.0.2.1:1"])
+        );
+    }
+
+    #[test]
+    fn plan_tells_an_unknown_dc_from_one_with_no_live_server() {
+        let now = Instant::now();
+        let view = |m: &Member| ServerView {
+            addr: m.gossip_addr,
+            rtt: None,
+            leader: false,
+            failed: None,
+        };
+        assert_eq!(
+            plan("dc9", &pool(), view, now, ms(1), false),
+            Err(DispatchError::NoPathToDatacenter)
+        );
+        assert_eq!(
+            plan("dc3", &pool(), view, now, ms(1), false),
+            Err(DispatchError::NoReachableServer)
+        );
+        let all_marked = |m: &Member| ServerView {
+            failed: Some(now),
+            ..view(m)
+        };
+        assert_eq!(
+            plan("dc4", &pool(), all_marked, now, ms(2000), false),
+            Err(DispatchError::NoReachableServer)
+        );
+    }
+
+    #[test]
+    fn datacenters_rank_local_first_then_by_median_rtt() {
+        let rtt = |m: &Member| match m.datacenter.as_str() {
+            "dc2" if m.name == "b3.dc2" => Some(ms(500)),
+            "dc2" => Some(ms(40)),
+            "dc4" => Some(ms(20)),
+            _ => None,
+        };
+        assert_eq!(
+            rank_datacenters("dc1", &pool(), rtt),
+            vec!["dc1", "dc4", "dc2", "dc3"]
+        );
+        assert_eq!(
+            rank_datacenters("dc5", &[], rtt),
+            vec!["dc5"],
+            "the local DC even before the pool is joined"
+        );
+    }
+}
