@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::metrics::GossipMetrics;
 use crate::transport::identity::Alpn;
-use crate::transport::{ConnectionService, PeerConnection, Transport};
+use crate::transport::{ConnectionService, PeerConnection, Transport, frames_heard};
 
 /// Largest message accepted (chitchat sizes its messages for a UDP datagram).
 const MAX_MESSAGE: usize = 65_507 + 64;
@@ -37,6 +37,12 @@ const INBOX: usize = 1024;
 const PEER_IDLE: Duration = Duration::from_secs(60);
 /// How long one incoming stream may take to arrive in full.
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a connection to a peer before a message is dropped.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection on which we keep sending and hear nothing back (not even ACKs) for this
+/// long is closed, so the next message dials afresh: after a crash or a partition, a new
+/// connection recovers at once where the old one would wait out QUIC's backed-off timers.
+const SILENT_LIMIT: Duration = Duration::from_secs(3);
 
 /// Frames `msg` from `from`: the sender's address (length-prefixed text), then chitchat's
 /// own serialization.
@@ -180,6 +186,8 @@ async fn send_loop(
     metrics: GossipMetrics,
     shutdown: CancellationToken,
 ) {
+    // (connection, frames heard from the peer, since when that count has not moved)
+    let mut silence: Option<(usize, u64, tokio::time::Instant)> = None;
     loop {
         let frame = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -188,24 +196,46 @@ async fn send_loop(
                 _ => return,
             },
         };
-        let bound = transport.options().handshake_timeout;
-        match tokio::time::timeout(bound, send_one(&transport, to, &frame)).await {
-            Ok(Ok(())) => metrics.sent(frame.len()),
+        let bound = transport.options().handshake_timeout.min(DIAL_TIMEOUT);
+        let conn = match tokio::time::timeout(bound, send_one(&transport, to, &frame)).await {
+            Ok(Ok(conn)) => {
+                metrics.sent(frame.len());
+                conn
+            }
             Ok(Err(e)) => {
                 debug!(%to, error = %e, "WAN gossip message not delivered");
                 metrics.dropped("unreachable");
+                continue;
             }
-            Err(_) => metrics.dropped("unreachable"),
+            Err(_) => {
+                metrics.dropped("unreachable");
+                continue;
+            }
+        };
+        let heard = frames_heard(&conn);
+        match silence {
+            Some((id, h, since)) if id == conn.stable_id() && h == heard => {
+                if since.elapsed() >= SILENT_LIMIT {
+                    debug!(%to, "WAN gossip peer silent; closing its connection");
+                    conn.close(quinn::VarInt::from_u32(0), b"peer unresponsive");
+                    silence = None;
+                }
+            }
+            _ => silence = Some((conn.stable_id(), heard, tokio::time::Instant::now())),
         }
     }
 }
 
-async fn send_one(transport: &Transport, to: SocketAddr, frame: &[u8]) -> anyhow::Result<()> {
+async fn send_one(
+    transport: &Transport,
+    to: SocketAddr,
+    frame: &[u8],
+) -> anyhow::Result<quinn::Connection> {
     let conn = transport.connect(to, Alpn::WanGossip, None).await?;
     let mut stream = conn.open_uni().await?;
     stream.write_all(frame).await?;
     stream.finish()?;
-    Ok(())
+    Ok(conn)
 }
 
 /// The `wan-gossip` service: reads each unidirectional stream as one message.

@@ -408,6 +408,13 @@ impl Transport {
     }
 }
 
+/// Frames the peer sent us on `conn` that prove it still has the connection (ACKs and
+/// stream data decrypt only with the connection's keys; stateless resets do not count).
+pub fn frames_heard(conn: &quinn::Connection) -> u64 {
+    let rx = conn.stats().frame_rx;
+    rx.acks + rx.stream
+}
+
 /// Keeps the open-connections gauge right for the life of `conn`.
 fn track_open(
     metrics: &TransportMetrics,

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::identity::{Alpn, Identity};
-use super::{ConnectionService, PeerConnection, Transport, TransportError};
+use super::{ConnectionService, PeerConnection, Transport, TransportError, frames_heard};
 use crate::metrics::TransportMetrics;
 
 /// An error the remote transport layer answers with instead of a handler's response.
@@ -211,6 +211,8 @@ fn stream_error(addr: SocketAddr, e: io::Error) -> TransportError {
 /// How long past three RTTs a call waits for the peer's first ACK before the peer is
 /// declared gone (generous: a loaded peer may be slow to run its endpoint task).
 const UNACKED_GRACE: Duration = Duration::from_millis(500);
+/// Past two RTTs, how long a live peer surely takes at most to ACK (its ACK delay is 25 ms).
+const SURELY_ACKED: Duration = Duration::from_millis(250);
 
 /// Watches one call on a pooled connection. If the call ends without an answer (timed out,
 /// or its future dropped, e.g. by a caller that gave up) and the peer sent not even an ACK
@@ -261,13 +263,6 @@ impl Drop for Liveness<'_> {
             self.conn.close(VarInt::from_u32(0), b"peer unresponsive");
         }
     }
-}
-
-/// Frames the peer sent us on `conn` that prove it still has the connection (ACKs and
-/// stream data decrypt only with the connection's keys).
-fn frames_heard(conn: &quinn::Connection) -> u64 {
-    let rx = conn.stats().frame_rx;
-    rx.acks + rx.stream
 }
 
 /// A typed client for one protocol: which ALPN, which request and response types.
@@ -414,9 +409,9 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             r = tokio::time::timeout(remaining, exchange) => r,
             _ = unacked, if watch_ack && ack_due < remaining => {
                 watch.answered();
-                if ack_due == natural {
+                if ack_due >= conn.rtt() * 2 + SURELY_ACKED {
                     // Only a peer silent for as long as a live one surely is not is judged
-                    // gone; a caller's budget running out says nothing about the peer.
+                    // gone; a caller's budget running out sooner says nothing about it.
                     conn.close(VarInt::from_u32(0), b"peer unresponsive");
                 }
                 return Err(TransportError::ConnectionLost {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod dc;
+pub mod wan;
 
 use std::net::SocketAddr;
 use std::path::Path;
