@@ -194,6 +194,26 @@ impl Agent {
         let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
         let mut services = Services::default();
         let id = node_id(&config.data_dir)?;
+        let (raft, self_node) = if config.role == Role::Server {
+            let (raft, handler) = RaftNode::open(
+                id,
+                &config.data_dir,
+                &RaftOptions::default(),
+                transport.clone(),
+            )
+            .await?;
+            services = services.with(
+                Alpn::Raft,
+                RpcService::new(handler, max_frame, metrics.transport.clone()),
+            );
+            let me = ServerNode {
+                name: config.node_name.clone(),
+                addr: quic_addr.to_string(),
+            };
+            (Some(raft), Some(me))
+        } else {
+            (None, None)
+        };
         let wan_addr = config.wan_advertise(transport.local_addr().port());
         // Servers join the WAN pool (over QUIC) and route other DCs' requests through it.
         let (wan, router) = if config.role == Role::Server {
@@ -227,26 +247,6 @@ impl Agent {
                 metrics.federation.clone(),
             );
             (Some(wan), Some(Arc::new(router)))
-        } else {
-            (None, None)
-        };
-        let (raft, self_node) = if config.role == Role::Server {
-            let (raft, handler) = RaftNode::open(
-                id,
-                &config.data_dir,
-                &RaftOptions::default(),
-                transport.clone(),
-            )
-            .await?;
-            services = services.with(
-                Alpn::Raft,
-                RpcService::new(handler, max_frame, metrics.transport.clone()),
-            );
-            let me = ServerNode {
-                name: config.node_name.clone(),
-                addr: quic_addr.to_string(),
-            };
-            (Some(raft), Some(me))
         } else {
             (None, None)
         };
