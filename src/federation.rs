@@ -127,6 +127,17 @@ pub fn rank_datacenters(
         .collect()
 }
 
+/// QUIC's RTT estimates to the WAN members, read from the transport's connections at most
+/// every [`RTT_REFRESH`] (reading them costs a lock per connection; they move slowly).
+#[derive(Default)]
+struct RttCache {
+    at: Option<Instant>,
+    rtts: HashMap<SocketAddr, Duration>,
+}
+
+/// How old the RTT estimates a request is routed by may be.
+const RTT_REFRESH: Duration = Duration::from_millis(500);
+
 /// One server's router: the WAN view, failure marks and the forwarding client.
 pub struct Router {
     local_dc: String,
@@ -134,6 +145,7 @@ pub struct Router {
     transport: Transport,
     client: RpcClient<AgentRequest, AgentResponse>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
+    rtts: Mutex<RttCache>,
     opts: RouterOptions,
     metrics: FederationMetrics,
 }
@@ -153,6 +165,7 @@ impl Router {
             client: RpcClient::new(transport.clone(), Alpn::Rpc).fail_fast(),
             transport,
             failed: Mutex::new(HashMap::new()),
+            rtts: Mutex::new(RttCache::default()),
             opts,
             metrics,
         }
@@ -163,22 +176,39 @@ impl Router {
         self.members.borrow().clone()
     }
 
+    /// The RTT estimates, refreshed from the transport when older than [`RTT_REFRESH`].
+    fn rtts(&self, members: &[Member]) -> std::sync::MutexGuard<'_, RttCache> {
+        let mut cache = self.rtts.lock().expect("router lock");
+        if cache.at.is_none_or(|at| at.elapsed() >= RTT_REFRESH) {
+            cache.rtts = members
+                .iter()
+                .filter_map(|m| Some((m.gossip_addr, self.transport.rtt(m.gossip_addr)?)))
+                .collect();
+            cache.at = Some(Instant::now());
+        }
+        cache
+    }
+
     /// Every known datacenter, the local one first, then nearest first.
     pub fn datacenters(&self) -> Vec<String> {
-        rank_datacenters(&self.local_dc, &self.members.borrow(), |m| {
-            self.transport.rtt(m.gossip_addr)
+        let members = self.members.borrow();
+        let rtts = self.rtts(&members);
+        rank_datacenters(&self.local_dc, &members, |m| {
+            rtts.rtts.get(&m.gossip_addr).copied()
         })
     }
 
     /// The servers of `dc` in the order a request would try them now.
     pub fn servers(&self, dc: &str, prefer_leader: bool) -> Result<Vec<SocketAddr>, DispatchError> {
-        let failed = self.failed.lock().expect("router lock").clone();
+        let members = self.members.borrow();
+        let rtts = self.rtts(&members);
+        let failed = self.failed.lock().expect("router lock");
         plan(
             dc,
-            &self.members.borrow(),
+            &members,
             |m| ServerView {
                 addr: m.gossip_addr,
-                rtt: self.transport.rtt(m.gossip_addr),
+                rtt: rtts.rtts.get(&m.gossip_addr).copied(),
                 leader: m.leader,
                 failed: failed.get(&m.gossip_addr).copied(),
             },

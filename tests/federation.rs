@@ -1,5 +1,5 @@
 //! WAN federation with real processes: three DCs of three servers and a client agent each,
-//! their servers reaching each other only through the harness's WAN emulator (20-60 ms
+//! their servers reaching each other only through the harness's WAN emulator (20-80 ms
 //! one-way, jitter, 1% loss on one link). Queries with `?dc=` given to a client agent are
 //! forwarded by a local server to the remote DC and answered there; the test kills servers
 //! in both DCs, partitions a DC away and heals it, and checks what users see each time.
@@ -119,7 +119,7 @@ async fn emulate_wan() -> WanEmulator {
     };
     wan.set_link("dc1", "dc2", link(20, 0.01));
     wan.set_link("dc2", "dc3", link(40, 0.0));
-    wan.set_link("dc1", "dc3", link(60, 0.0));
+    wan.set_link("dc1", "dc3", link(80, 0.0));
     for (dc, net) in DCS {
         for i in 1..=3u8 {
             let real: SocketAddr = format!("{}:8300", ip(net, i)).parse().unwrap();
@@ -220,8 +220,8 @@ async fn federation_over_an_emulated_wan() {
     let names = http.wan_members(&server("dc1", 1)).await;
     assert!(names.contains_key("s3.dc2") && names.contains_key("s1.dc3"));
 
-    // Datacenters by RTT: from dc1, dc2 (20 ms) before dc3 (60 ms); from dc3, dc2 (40 ms)
-    // before dc1 (60 ms). Client agents ask a server.
+    // Datacenters by RTT: from dc1, dc2 (20 ms) before dc3 (80 ms); from dc3, dc2 (40 ms)
+    // before dc1 (80 ms). Client agents ask a server.
     http.until(
         &format!("{}/v1/catalog/datacenters", server("dc1", 1)),
         "dc1 ranks dc2 before dc3",
