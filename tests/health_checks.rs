@@ -129,6 +129,35 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     let took = wait_status(&http, &server, "app-ttl", "critical").await;
     assert!(took < Duration::from_secs(4), "{took:?}");
 
+    // A flapping check is coalesced: 40 flips in about a second cost a handful of catalog
+    // writes (one per 500 ms at most), and the catalog ends with the last status.
+    let index = || {
+        let http = http.clone();
+        let url = format!("{server}/v1/health/node/c1");
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            r.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let before = index().await;
+    for i in 0..40 {
+        let verb = if i % 2 == 0 { "fail" } else { "pass" };
+        let r = http
+            .put(format!("{agent}/v1/agent/check/{verb}/app-ttl"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    wait_status(&http, &server, "app-ttl", "passing").await;
+    let writes = index().await - before;
+    assert!(writes <= 10, "40 flips cost {writes} catalog writes");
+
     // The hung target never held up the others: the HTTP check kept flipping on time above
     // while app-hung stayed critical.
     assert_eq!(

@@ -2,6 +2,11 @@
 //! ([`super::local`]). It syncs at once after every local change, and fully every
 //! `interval` (with jitter), which re-asserts what a server failover or a catalog wipe
 //! lost and removes what the agent no longer has. Failed syncs are retried with backoff.
+//!
+//! Changes are coalesced: a change syncs at once unless a sync started less than
+//! [`COALESCE`] ago, in which case it waits for that much to have passed and carries every
+//! change made meanwhile. However many checks flap, an agent writes the catalog at most
+//! once per [`COALESCE`] for them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +22,8 @@ use crate::state::query::{Query, QueryResult};
 
 /// First retry delay after a failed sync; doubles up to the sync interval.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The shortest time between the starts of two change-triggered syncs.
+pub const COALESCE: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` fires.
 pub async fn run(
@@ -27,6 +34,7 @@ pub async fn run(
 ) {
     let mut retry = RETRY_FIRST;
     loop {
+        let started = tokio::time::Instant::now();
         let wait = match sync_once(&local, &dispatcher).await {
             Ok(0) => interval + interval.mul_f64(rand::random::<f64>() / 4.0),
             Ok(writes) => {
@@ -43,7 +51,12 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = local.changed() => {}
+            _ = local.changed() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(started + COALESCE) => {}
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }

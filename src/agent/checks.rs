@@ -1,7 +1,10 @@
 //! The check runner: runs the HTTP and TCP checks registered with this agent on their
 //! intervals (jittered, each with its own timeout, so a hung target delays nothing else)
 //! and expires TTL checks that their application stopped refreshing. Results go into the
-//! agent-local state; anti-entropy carries them to the catalog, writing only changes.
+//! agent-local state; anti-entropy carries them to the catalog, writing only changes. A
+//! run is recorded when its status changes; a changed output alone only once per
+//! `check_update_interval` (Consul's rule), so a target that puts a timestamp in its body
+//! does not turn every run into a catalog write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +21,26 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an HTTP body the output keeps.
 const OUTPUT_LIMIT: usize = 4096;
 
+/// Consul's default `check_update_interval`.
+pub const DEFAULT_OUTPUT_EVERY: Duration = Duration::from_secs(300);
+
+/// Whether a run with `status` and `output` is recorded, given what was last recorded
+/// (`None` before the first run) and when. Pure.
+pub fn record(
+    last: Option<(HealthStatus, &str, Instant)>,
+    status: HealthStatus,
+    output: &str,
+    now: Instant,
+    output_every: Duration,
+) -> bool {
+    match last {
+        None => true,
+        Some((s, _, _)) if s != status => true,
+        Some((_, o, _)) if o == output => false,
+        Some((_, _, at)) => now.duration_since(at) >= output_every,
+    }
+}
+
 /// The verdict on an HTTP status code, as Consul's: 2xx passing, 429 warning, else critical.
 pub fn http_status(code: u16) -> HealthStatus {
     match code {
@@ -29,7 +52,8 @@ pub fn http_status(code: u16) -> HealthStatus {
 
 /// Runs until `shutdown` fires: one task per runnable check, restarted when its definition
 /// changes and stopped when it is deregistered.
-pub async fn run(local: Arc<LocalAgent>, shutdown: CancellationToken) {
+/// `output_every` is how often an output-only change is recorded.
+pub async fn run(local: Arc<LocalAgent>, output_every: Duration, shutdown: CancellationToken) {
     let http = reqwest::Client::new();
     let mut running: HashMap<String, (LocalCheck, CancellationToken)> = HashMap::new();
     let mut version = local.subscribe();
@@ -52,6 +76,7 @@ pub async fn run(local: Arc<LocalAgent>, shutdown: CancellationToken) {
                 http.clone(),
                 id.clone(),
                 check.clone(),
+                output_every,
                 token.clone(),
             ));
             running.insert(id, (check, token));
@@ -74,10 +99,11 @@ async fn run_one(
     http: reqwest::Client,
     id: String,
     check: LocalCheck,
+    output_every: Duration,
     token: CancellationToken,
 ) {
     let started = Instant::now();
-    let mut first = true;
+    let mut recorded: Option<(String, Instant)> = None;
     let mut critical_since: Option<Instant> = None;
     let interval = check.interval.unwrap_or(Duration::from_secs(10));
     // Spread checks over their interval so that they do not fire in lockstep.
@@ -128,12 +154,15 @@ async fn run_one(
             }
         }
         if let Some((status, output)) = verdict {
-            let current = local.check_status(&id);
-            // Output alone is refreshed only with a status change, or on the first run, so
-            // that a chatty target does not turn every run into a catalog write.
-            if current != Some(status) || first {
-                first = false;
-                debug!(check = %id, status = status.as_str(), "check changed");
+            // The status is read back: an application may have set it (TTL checks).
+            let last = match (&recorded, local.check_status(&id)) {
+                (Some((o, at)), Some(s)) => Some((s, o.as_str(), *at)),
+                _ => None,
+            };
+            let now = Instant::now();
+            if record(last, status, &output, now, output_every) {
+                debug!(check = %id, status = status.as_str(), "check result recorded");
+                recorded = Some((output.clone(), now));
                 let _ = local.update(|l| l.update_check(&id, status, output));
             }
         }
@@ -199,6 +228,32 @@ async fn tcp_check(addr: &str, timeout: Duration) -> (HealthStatus, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_changes_are_recorded_at_once_output_alone_at_most_every_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        let (p, c) = (HealthStatus::Passing, HealthStatus::Critical);
+        assert!(record(None, p, "ok", t0, every), "first run");
+        let last = Some((p, "ok 12:00:00", t0));
+        let later = |s| t0 + Duration::from_secs(s);
+        assert!(
+            !record(last, p, "ok 12:00:00", later(1), every),
+            "nothing new"
+        );
+        assert!(
+            !record(last, p, "ok 12:00:01", later(1), every),
+            "output only, too soon"
+        );
+        assert!(
+            record(last, p, "ok 12:05:00", later(300), every),
+            "output only, due"
+        );
+        assert!(
+            record(last, c, "ok 12:00:00", later(1), every),
+            "status change"
+        );
+    }
 
     #[test]
     fn http_codes_map_like_consul() {

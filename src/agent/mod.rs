@@ -356,7 +356,13 @@ impl Agent {
                 shutdown.child_token(),
             ));
         }
-        tokio::spawn(checks::run(local.clone(), shutdown.child_token()));
+        tokio::spawn(checks::run(
+            local.clone(),
+            config
+                .check_update_interval
+                .map_or(checks::DEFAULT_OUTPUT_EVERY, |d| d.0),
+            shutdown.child_token(),
+        ));
         tokio::spawn(anti_entropy::run(
             local.clone(),
             dispatcher.clone(),

@@ -240,6 +240,11 @@ pub struct AgentConfig {
     /// catalog (Go syntax, default `60s`); changes are synced at once regardless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval: Option<GoDuration>,
+    /// How often a check whose output changed but whose status did not is written to the
+    /// catalog (Consul's `check_update_interval`, Go syntax, default `5m`); status changes
+    /// are written at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_update_interval: Option<GoDuration>,
     /// How long a failed or left LAN member is remembered before it is forgotten and its
     /// node removed from the catalog (Go syntax, default `30m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -182,6 +182,7 @@ impl Topology {
                     },
                     encrypt: self.encrypt.clone(),
                     sync_interval: None,
+                    check_update_interval: None,
                     reconnect_timeout: None,
                 }
             })
