@@ -366,6 +366,13 @@ async fn federation_over_an_emulated_wan() {
     assert_eq!(body, "woke");
     assert!(waited < Duration::from_secs(25), "woken, not timed out");
 
+    // A health check run by dc2's client agent, seen from dc1: the instance leaves dc1's
+    // `?dc=dc2&passing` view once its target answers 500 or hangs, and comes back.
+    let measured = check_seen_across_dcs(&http).await;
+    eprintln!(
+        "target down to gone from dc1's ?dc=dc2&passing (1 s interval, 1 s timeout): {measured:?}"
+    );
+
     // kill -9 of the dc2 server that dc1's stale reads go to: the next queries still
     // succeed, and the dead server drops out of dc1's WAN view.
     let served = |http: reqwest::Client| async move {
@@ -495,6 +502,76 @@ async fn federation_over_an_emulated_wan() {
     .await;
     eprintln!("dc3 answers again {:?} after the heal", healed_at.elapsed());
     assert!(healed_at.elapsed() < Duration::from_secs(15));
+}
+
+/// Registers `api` on dc2's client agent with an HTTP check (1 s interval, 1 s timeout)
+/// against a target in this process, then takes the target down three times by answering
+/// 500 and once by hanging; returns how long each took to vanish from dc1's
+/// `?dc=dc2&passing` view (it must come back in between).
+async fn check_seen_across_dcs(http: &Http) -> Vec<Duration> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // 0: hang; anything else: answer with that status.
+    let code = Arc::new(AtomicU16::new(200));
+    let app = {
+        let code = code.clone();
+        axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let code = code.clone();
+                async move {
+                    match code.load(Ordering::SeqCst) {
+                        0 => std::future::pending().await,
+                        c => axum::http::StatusCode::from_u16(c).unwrap(),
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(format!("{}:0", ip(net_of("dc2"), 50)))
+        .await
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (status, body) = http
+        .put(
+            &format!("{}/v1/agent/service/register", client("dc2")),
+            json!({"Name": "api", "ID": "api-1", "Port": target.port(),
+                   "Check": {"HTTP": format!("http://{target}/health"),
+                             "Interval": "1s", "Timeout": "1s"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let view = format!("{}/v1/health/service/api?dc=dc2&passing", client("dc1"));
+    let listed = |want: usize| {
+        let view = view.clone();
+        async move { http.json(&view).await.filter(|v| len(v) == want) }
+    };
+    let mut took = Vec::new();
+    for down in [500, 500, 500, 0] {
+        eventually(
+            Duration::from_secs(20),
+            "api passing, seen from dc1",
+            || listed(1),
+        )
+        .await;
+        code.store(down, Ordering::SeqCst);
+        let t = Instant::now();
+        eventually(
+            Duration::from_secs(20),
+            "api gone from dc1's passing view",
+            || listed(0),
+        )
+        .await;
+        took.push(t.elapsed());
+        code.store(200, Ordering::SeqCst);
+    }
+    eventually(Duration::from_secs(20), "api passing again", || listed(1)).await;
+    for t in &took {
+        assert!(*t < Duration::from_secs(6), "down to gone took {t:?}");
+    }
+    took
 }
 
 /// A client certificate never joins the WAN pool: the servers' transport refuses it before
