@@ -74,7 +74,10 @@ impl Client {
         };
         Client {
             base,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .use_preconfigured_tls(crate::transport::tls::web_client_config(true))
+                .build()
+                .expect("an HTTP client with a rustls config builds"),
         }
     }
 

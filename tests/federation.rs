@@ -191,7 +191,7 @@ async fn federation_over_an_emulated_wan() {
     let started = Instant::now();
     let mut fed = start_federation(&pki);
     let http = Http(
-        reqwest::Client::builder()
+        http_client_builder()
             .timeout(Duration::from_secs(40))
             .build()
             .unwrap(),

@@ -51,7 +51,7 @@ async fn lan_gossip_membership_failure_and_leave() {
     let (me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let leader = format!("http://{}:8500", dc.addrs[li].ip());
     let client_url = |i: usize| format!("http://127.79.{NET}.{}:8500", 20 + i);
-    let http = reqwest::Client::new();
+    let http = http_client();
 
     // Everyone sees all eight, alive, from a server and from a client.
     for url in [leader.clone(), client_url(3)] {

@@ -40,6 +40,49 @@ async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &str) -
     t.elapsed()
 }
 
+/// An HTTPS server with a self-signed certificate answering every request with 200.
+async fn https_target(bind: &str) -> std::net::SocketAddr {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     // The checked application: answers with whatever code `code` holds.
@@ -64,6 +107,7 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     // A target that accepts connections and never answers.
     let hung = std::net::TcpListener::bind(format!("127.79.{NET}.51:0")).unwrap();
     let hung_addr = hung.local_addr().unwrap();
+    let tls_target = https_target(&format!("127.79.{NET}.53:0")).await;
 
     let pki = TestPki::new();
     let dc = write_dc(NET, &pki);
@@ -73,7 +117,7 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let server = format!("http://{}:8500", dc.addrs[li].ip());
     let agent = format!("http://127.79.{NET}.9:8500");
-    let http = reqwest::Client::new();
+    let http = http_client();
 
     let svc = json!({
         "Name": "app", "ID": "app-1", "Port": target.port(),
@@ -84,7 +128,11 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
              "Interval": "200ms", "Timeout": "500ms"},
             {"CheckID": "app-hung", "Name": "hung", "HTTP": format!("http://{hung_addr}/"),
              "Interval": "200ms", "Timeout": "300ms"},
-            {"CheckID": "app-ttl", "Name": "ttl", "TTL": "1s"}
+            {"CheckID": "app-ttl", "Name": "ttl", "TTL": "1s"},
+            {"CheckID": "app-https", "Name": "https", "HTTP": format!("https://{tls_target}/"),
+             "Interval": "200ms", "Timeout": "1s"},
+            {"CheckID": "app-https-skip", "Name": "https skip", "TLSSkipVerify": true,
+             "HTTP": format!("https://{tls_target}/"), "Interval": "200ms", "Timeout": "1s"}
         ]
     });
     eventually(
@@ -105,6 +153,20 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     wait_status(&http, &server, "app-http", "passing").await;
     wait_status(&http, &server, "app-tcp", "passing").await;
     wait_status(&http, &server, "app-hung", "critical").await;
+    // HTTPS: a self-signed target passes only with TLSSkipVerify; verified, it fails with
+    // the reason in the output.
+    wait_status(&http, &server, "app-https-skip", "passing").await;
+    wait_status(&http, &server, "app-https", "critical").await;
+    let checks: Value = http
+        .get(format!("{agent}/v1/agent/checks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let output = checks["app-https"]["Output"].as_str().unwrap();
+    assert!(output.contains("certificate"), "{output}");
 
     // The target fails: critical within interval + timeout (+ propagation); it recovers.
     code.store(500, Ordering::SeqCst);

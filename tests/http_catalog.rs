@@ -102,7 +102,7 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
     let client_cfg = write_client(&dc, &pki, NET, 9, "c1");
     let _client = spawn_agent(&client_cfg);
     let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let client = Api {
         c: http.clone(),
         base: format!("http://127.79.{NET}.9:8500"),

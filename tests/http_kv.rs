@@ -39,7 +39,7 @@ async fn kv_api_against_a_real_dc() {
     let (_me, li) = observe_leader(&pki, &dc.addrs[..3]).await;
     let fi = (li + 1) % 3;
     let (leader, follower) = (http(&dc, li), http(&dc, fi));
-    let c = reqwest::Client::new();
+    let c = http_client();
 
     // Status: every server names the same leader and the three peers.
     let want = dc.addrs[li].to_string();

@@ -38,7 +38,7 @@ async fn py_consul_drives_a_client_agent() {
     let agent = format!("127.79.{NET}.9:8500");
     let leader = format!("{}:8500", dc.addrs[li].ip());
     // The client agent serves HTTP once it is up.
-    let http = reqwest::Client::new();
+    let http = http_client();
     eventually(
         Duration::from_secs(10),
         "the client agent's API",

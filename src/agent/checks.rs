@@ -15,6 +15,7 @@ use tracing::debug;
 
 use super::local::{CheckKind, LocalAgent, LocalCheck};
 use crate::state::HealthStatus;
+use crate::transport::tls::web_client_config;
 
 /// Timeout when a check gives none (Consul's default).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,11 +51,34 @@ pub fn http_status(code: u16) -> HealthStatus {
     }
 }
 
+/// The HTTP clients of HTTP checks: one verifying `https://` targets against the system's
+/// roots (as Consul does), one for checks with `TLSSkipVerify`.
+#[derive(Clone)]
+struct Clients {
+    verifying: reqwest::Client,
+    skipping: reqwest::Client,
+}
+
+impl Clients {
+    fn new() -> Clients {
+        let client = |verify| {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(web_client_config(verify))
+                .build()
+                .expect("an HTTP client with a rustls config builds")
+        };
+        Clients {
+            verifying: client(true),
+            skipping: client(false),
+        }
+    }
+}
+
 /// Runs until `shutdown` fires: one task per runnable check, restarted when its definition
 /// changes and stopped when it is deregistered.
 /// `output_every` is how often an output-only change is recorded.
 pub async fn run(local: Arc<LocalAgent>, output_every: Duration, shutdown: CancellationToken) {
-    let http = reqwest::Client::new();
+    let http = Clients::new();
     let mut running: HashMap<String, (LocalCheck, CancellationToken)> = HashMap::new();
     let mut version = local.subscribe();
     loop {
@@ -96,7 +120,7 @@ fn same_runner(a: &LocalCheck, b: &LocalCheck) -> bool {
 
 async fn run_one(
     local: Arc<LocalAgent>,
-    http: reqwest::Client,
+    http: Clients,
     id: String,
     check: LocalCheck,
     output_every: Duration,
@@ -126,10 +150,15 @@ async fn run_one(
                 method,
                 header,
                 body,
-                ..
+                tls_skip_verify,
             } => {
                 let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
-                Some(http_check(&http, url, method, header, body, timeout).await)
+                let client = if *tls_skip_verify {
+                    &http.skipping
+                } else {
+                    &http.verifying
+                };
+                Some(http_check(client, url, method, header, body, timeout).await)
             }
             CheckKind::Tcp(addr) => {
                 let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
@@ -221,8 +250,24 @@ async fn http_check(
                 format!("HTTP {method} {url}: {status} Output: {excerpt}"),
             )
         }
-        Err(e) => (HealthStatus::Critical, format!("HTTP {method} {url}: {e}")),
+        Err(e) => (
+            HealthStatus::Critical,
+            format!("HTTP {method} {url}: {}", error_chain(&e)),
+        ),
     }
+}
+
+/// An error with its causes, which say what went wrong (`... invalid peer certificate:
+/// UnknownIssuer`), where the top level only says that the request failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 async fn tcp_check(addr: &str, timeout: Duration) -> (HealthStatus, String) {

@@ -197,7 +197,7 @@ impl TlsMaterial {
     pub fn client_config(&self, alpn: Alpn) -> Result<QuicClientConfig, TlsError> {
         let provider = provider();
         let verifier = Arc::new(CaServerVerifier {
-            roots: self.roots()?,
+            roots: Some(self.roots()?),
             provider: provider.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -237,10 +237,12 @@ pub fn peer_identity(conn: &quinn::Connection, domain: &str) -> Option<Identity>
 
 /// Verifies the server's chain against the federation CA and validity period, but not a
 /// host name: agents are addressed by IP, and the name rule (which identity may serve which
-/// protocol) is [`super::identity::authorize`]'s, applied after the handshake.
+/// protocol) is [`super::identity::authorize`]'s, applied after the handshake. Without
+/// roots (an HTTP check's `TLSSkipVerify`) any chain is accepted; handshake signatures are
+/// checked either way, so the connection is real TLS.
 #[derive(Debug)]
 struct CaServerVerifier {
-    roots: Arc<RootCertStore>,
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -253,10 +255,13 @@ impl ServerCertVerifier for CaServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -297,4 +302,31 @@ impl ServerCertVerifier for CaServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A rustls client config for HTTPS to the web (HTTP checks, the CLI): the ring provider,
+/// the system's root certificates, and with `verify == false` (a check's `TLSSkipVerify`)
+/// any server certificate accepted. Loading the system roots reads a few hundred files:
+/// build it once per client.
+pub fn web_client_config(verify: bool) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    if !verify {
+        return builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CaServerVerifier {
+                roots: None,
+                provider,
+            }))
+            .with_no_client_auth();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system root certificate could not be loaded");
+    }
+    roots.add_parsable_certificates(native.certs);
+    builder.with_root_certificates(roots).with_no_client_auth()
 }

@@ -265,3 +265,14 @@ pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<
             .unwrap_or(0.0),
     )
 }
+
+/// An HTTP client for the agents' API (TLS through the ring provider, as the agent's own).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().unwrap()
+}
+
+/// [`http_client`]'s builder, for tests that set more options.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(consulate::transport::tls::web_client_config(true))
+}
