@@ -509,30 +509,8 @@ async fn federation_over_an_emulated_wan() {
 /// 500 and once by hanging; returns how long each took to vanish from dc1's
 /// `?dc=dc2&passing` view (it must come back in between).
 async fn check_seen_across_dcs(http: &Http) -> Vec<Duration> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // 0: hang; anything else: answer with that status.
-    let code = Arc::new(AtomicU16::new(200));
-    let app = {
-        let code = code.clone();
-        axum::Router::new().route(
-            "/health",
-            axum::routing::get(move || {
-                let code = code.clone();
-                async move {
-                    match code.load(Ordering::SeqCst) {
-                        0 => std::future::pending().await,
-                        c => axum::http::StatusCode::from_u16(c).unwrap(),
-                    }
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind(format!("{}:0", ip(net_of("dc2"), 50)))
-        .await
-        .unwrap();
-    let target = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    use std::sync::atomic::Ordering;
+    let (target, code) = checked_app(&format!("{}:0", ip(net_of("dc2"), 50))).await;
     let (status, body) = http
         .put(
             &format!("{}/v1/agent/service/register", client("dc2")),

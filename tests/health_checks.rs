@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::dc::*;
@@ -29,6 +29,10 @@ async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<String> 
         .iter()
         .find(|c| c["CheckID"] == id)
         .and_then(|c| c["Status"].as_str().map(str::to_string))
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn wait_status(http: &reqwest::Client, base: &str, id: &str, want: &str) -> Duration {
@@ -86,24 +90,7 @@ async fn https_target(bind: &str) -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     // The checked application: answers with whatever code `code` holds.
-    let code = Arc::new(AtomicU16::new(200));
-    let app = {
-        let code = code.clone();
-        axum::Router::new().route(
-            "/health",
-            axum::routing::get(move || {
-                let code = code.clone();
-                async move {
-                    axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap()
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind(format!("127.79.{NET}.50:0"))
-        .await
-        .unwrap();
-    let target = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (target, code) = checked_app(&format!("127.79.{NET}.50:0")).await;
     // A target that accepts connections and never answers.
     let hung = std::net::TcpListener::bind(format!("127.79.{NET}.51:0")).unwrap();
     let hung_addr = hung.local_addr().unwrap();
@@ -157,14 +144,7 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
     // the reason in the output.
     wait_status(&http, &server, "app-https-skip", "passing").await;
     wait_status(&http, &server, "app-https", "critical").await;
-    let checks: Value = http
-        .get(format!("{agent}/v1/agent/checks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let checks = get_json(&http, &format!("{agent}/v1/agent/checks")).await;
     let output = checks["app-https"]["Output"].as_str().unwrap();
     assert!(output.contains("certificate"), "{output}");
 
@@ -261,14 +241,7 @@ async fn http_tcp_and_ttl_checks_reach_the_catalog() {
         || doomed_listed(false),
     )
     .await;
-    let local: Value = http
-        .get(format!("{agent}/v1/agent/services"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let local = get_json(&http, &format!("{agent}/v1/agent/services")).await;
     assert!(
         local.get("doomed-1").is_none() && local.get("app-1").is_some(),
         "{local}"

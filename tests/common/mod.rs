@@ -276,3 +276,34 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .use_preconfigured_tls(consulate::transport::tls::web_client_config(true))
 }
+
+/// A checked application on `bind` (port 0: any): `GET /health` answers with the status
+/// code the returned cell holds, or never answers while it holds 0 (a hung target).
+pub async fn checked_app(
+    bind: &str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU16>,
+) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let code = std::sync::Arc::new(AtomicU16::new(200));
+    let app = {
+        let code = code.clone();
+        axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let code = code.clone();
+                async move {
+                    match code.load(Ordering::SeqCst) {
+                        0 => std::future::pending().await,
+                        c => axum::http::StatusCode::from_u16(c).unwrap(),
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, code)
+}
