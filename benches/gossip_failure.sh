@@ -26,7 +26,7 @@ if [ -n "${SOAK:-}" ]; then
     crit=$(curl -sf "$l/v1/health/state/critical" | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin) if c["CheckID"]=="serfHealth"))' || echo 0)
     failed=0
     for ip in 1 2 3 21 22 23 24 25; do
-      f=$(curl -sf "http://127.0.94.$ip:8500/metrics" | awk '/^consulate_gossip_members\{network="lan",status="failed"\}/ {print $2}')
+      f=$(curl -sf "http://127.0.94.$ip:8500/metrics" | awk '/^consulate_gossip_members\{pool="lan",status="failed"\}/ {print $2}')
       failed=$(( failed + ${f:-0} ))
     done
     samples=$((samples + 1)); [ $(( crit + failed )) -gt 0 ] && bad=$((bad + 1))

@@ -14,9 +14,9 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     /// Request routing (reads, writes, forwarding).
     pub rpc: RpcMetrics,
-    /// LAN gossip (`network="lan"`).
+    /// LAN gossip (`pool="lan"`).
     pub gossip: GossipMetrics,
-    /// WAN gossip among the servers of all DCs (`network="wan"`).
+    /// WAN gossip among the servers of all DCs (`pool="wan"`).
     pub wan_gossip: GossipMetrics,
     /// Requests forwarded to other datacenters.
     pub federation: FederationMetrics,
@@ -63,7 +63,7 @@ impl Metrics {
             ),
         };
         let gossip = GossipMetrics::register(&registry);
-        let wan_gossip = gossip.network("wan");
+        let wan_gossip = gossip.pool("wan");
         let federation = FederationMetrics::register(&registry);
         Metrics {
             registry,
@@ -175,18 +175,18 @@ impl TransportMetrics {
 }
 
 /// Metrics of gossip (Consul's `consul.serf.*`, `consul.memberlist.*`), one handle per
-/// network: `lan` (chitchat over sealed UDP) and `wan` (chitchat over QUIC).
+/// pool: `lan` (chitchat over sealed UDP) and `wan` (chitchat over QUIC).
 #[derive(Clone)]
 pub struct GossipMetrics {
-    network: &'static str,
-    /// Messages sent and received, by network and direction.
+    pool: &'static str,
+    /// Messages sent and received, by pool and direction.
     pub packets: IntCounterVec,
-    /// Bytes sent and received, by network and direction.
+    /// Bytes sent and received, by pool and direction.
     pub bytes: IntCounterVec,
-    /// Messages dropped, by network and reason (`decrypt`, `malformed`, `oversized`,
+    /// Messages dropped, by pool and reason (`decrypt`, `malformed`, `oversized`,
     /// `queue_full`, `unreachable`).
     pub dropped: IntCounterVec,
-    /// Members by network and status (`alive`, `failed`, `left`).
+    /// Members by pool and status (`alive`, `failed`, `left`).
     pub members: IntGaugeVec,
 }
 
@@ -195,25 +195,24 @@ impl GossipMetrics {
         let vec = |name: &str, help: &str, label: &str| {
             register(
                 r,
-                IntCounterVec::new(Opts::new(name, help), &["network", label])
-                    .expect("valid metric"),
+                IntCounterVec::new(Opts::new(name, help), &["pool", label]).expect("valid metric"),
             )
         };
         GossipMetrics {
-            network: "lan",
+            pool: "lan",
             packets: vec(
                 "consulate_gossip_packets_total",
-                "Gossip messages, by network (lan/wan) and direction (in/out).",
+                "Gossip messages, by pool (lan/wan) and direction (in/out).",
                 "direction",
             ),
             bytes: vec(
                 "consulate_gossip_bytes_total",
-                "Gossip bytes on the wire, by network (lan/wan) and direction (in/out).",
+                "Gossip bytes on the wire, by pool (lan/wan) and direction (in/out).",
                 "direction",
             ),
             dropped: vec(
                 "consulate_gossip_packets_dropped_total",
-                "Gossip messages dropped, by network and reason (decrypt, malformed, oversized, \
+                "Gossip messages dropped, by pool and reason (decrypt, malformed, oversized, \
                  queue_full, unreachable).",
                 "reason",
             ),
@@ -222,51 +221,49 @@ impl GossipMetrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "consulate_gossip_members",
-                        "Gossip members this agent knows, by network (lan/wan) and status \
+                        "Gossip members this agent knows, by pool (lan/wan) and status \
                          (alive, failed, left).",
                     ),
-                    &["network", "status"],
+                    &["pool", "status"],
                 )
                 .expect("valid metric"),
             ),
         }
     }
 
-    /// The same metric families, labelled for `network`.
-    fn network(&self, network: &'static str) -> GossipMetrics {
+    /// The same metric families, labelled for `pool`.
+    fn pool(&self, pool: &'static str) -> GossipMetrics {
         GossipMetrics {
-            network,
+            pool,
             ..self.clone()
         }
     }
 
     /// Counts a message sent.
     pub fn sent(&self, bytes: usize) {
-        self.packets.with_label_values(&[self.network, "out"]).inc();
+        self.packets.with_label_values(&[self.pool, "out"]).inc();
         self.bytes
-            .with_label_values(&[self.network, "out"])
+            .with_label_values(&[self.pool, "out"])
             .inc_by(bytes as u64);
     }
 
     /// Counts a message received.
     pub fn received(&self, bytes: usize) {
-        self.packets.with_label_values(&[self.network, "in"]).inc();
+        self.packets.with_label_values(&[self.pool, "in"]).inc();
         self.bytes
-            .with_label_values(&[self.network, "in"])
+            .with_label_values(&[self.pool, "in"])
             .inc_by(bytes as u64);
     }
 
     /// Counts a message dropped for `reason`.
     pub fn dropped(&self, reason: &'static str) {
-        self.dropped
-            .with_label_values(&[self.network, reason])
-            .inc();
+        self.dropped.with_label_values(&[self.pool, reason]).inc();
     }
 
     /// Sets the number of members in `status`.
     pub fn set_members(&self, status: &'static str, n: usize) {
         self.members
-            .with_label_values(&[self.network, status])
+            .with_label_values(&[self.pool, status])
             .set(n as i64);
     }
 }

@@ -148,7 +148,7 @@ async fn lan_gossip_membership_failure_and_leave() {
     eventually(Duration::from_secs(5), "3 passing", || passing(3)).await;
 
     // An agent with the wrong key: its packets are rejected, it never becomes a member.
-    let decrypt = "consulate_gossip_packets_dropped_total{network=\"lan\",reason=\"decrypt\"}";
+    let decrypt = "consulate_gossip_packets_dropped_total{pool=\"lan\",reason=\"decrypt\"}";
     let dropped_before = metric(&http, &leader, decrypt).await.unwrap();
     let wrong = format!("encrypt = \"{}\"\n", GossipKey::generate().to_base64());
     let bad_cfg = write_client_with(&dc, &pki, NET, 29, "intruder", &wrong);
