@@ -201,6 +201,11 @@ impl Dispatcher {
         }
     }
 
+    /// The routing metrics (also counted by the agent RPC handler).
+    pub fn metrics(&self) -> &RpcMetrics {
+        &self.metrics
+    }
+
     /// The local datacenter's name.
     pub fn datacenter(&self) -> &str {
         &self.datacenter

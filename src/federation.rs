@@ -230,13 +230,14 @@ impl Router {
         timeout: Duration,
     ) -> Result<AgentResponse, DispatchError> {
         let is_read = req.is_read();
+        let started = Instant::now();
         let order = match self.servers(dc, req.wants_leader()) {
             Ok(o) => o,
             Err(e) => {
-                self.count(match e {
-                    DispatchError::NoPathToDatacenter => "no_path",
-                    _ => "unreachable",
-                });
+                match e {
+                    DispatchError::NoPathToDatacenter => self.count("unknown", "no_path"),
+                    _ => self.count(dc, "unreachable"),
+                }
                 return Err(e);
             }
         };
@@ -255,20 +256,24 @@ impl Router {
             {
                 Ok(resp) => {
                     self.failed.lock().expect("router lock").remove(&addr);
-                    self.count(if tried > 1 { "failover" } else { "ok" });
+                    self.count(dc, if tried > 1 { "failover" } else { "ok" });
+                    self.metrics
+                        .seconds
+                        .with_label_values(&[dc])
+                        .observe(started.elapsed().as_secs_f64());
                     return Ok(resp);
                 }
                 Err(e) => {
                     let safe = e.is_retry_safe() || is_read;
                     self.mark(addr, dc, &e);
                     if !safe {
-                        self.count("error");
+                        self.count(dc, "error");
                         return Err(e.into());
                     }
                 }
             }
         }
-        self.count("unreachable");
+        self.count(dc, "unreachable");
         Err(DispatchError::NoReachableServer)
     }
 
@@ -296,8 +301,12 @@ impl Router {
         }
     }
 
-    fn count(&self, outcome: &'static str) {
-        self.metrics.forwards.with_label_values(&[outcome]).inc();
+    /// Counts a forward to `dc` (a DC of the WAN pool, or `unknown`).
+    fn count(&self, dc: &str, outcome: &'static str) {
+        self.metrics
+            .forwards
+            .with_label_values(&[dc, outcome])
+            .inc();
     }
 }
 

@@ -3,7 +3,10 @@
 //! values are always drawn from bounded sets (ALPN, refusal reason, outcome), never from
 //! addresses, keys or URLs.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric of one agent, and the registry they are exposed from.
 #[derive(Clone)]
@@ -20,6 +23,8 @@ pub struct Metrics {
     pub wan_gossip: GossipMetrics,
     /// Requests forwarded to other datacenters.
     pub federation: FederationMetrics,
+    /// The HTTP API.
+    pub http: HttpMetrics,
 }
 
 /// Counts one in-flight thing on a gauge for as long as it lives, also when the future
@@ -45,7 +50,23 @@ impl Drop for InFlight {
 pub struct RpcMetrics {
     /// Blocking queries currently waiting on this agent (Consul's `consul.rpc.queries_blocking`).
     pub queries_blocking: IntGauge,
+    /// Agent RPCs answered, by type and outcome (`ok`, `error`; Consul's `consul.rpc.request`).
+    pub requests: IntCounterVec,
 }
+
+/// Metrics of the HTTP API (Consul's `consul.http.*`).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Requests by route template (never the raw path), method and status code.
+    pub requests: IntCounterVec,
+    /// Latency by route template and method.
+    pub seconds: HistogramVec,
+}
+
+/// Latency buckets (seconds) from 100 us to 10 s, for HTTP and cross-DC requests.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
+];
 
 impl Metrics {
     /// Creates and registers every metric family.
@@ -61,10 +82,62 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_rpc_requests_total",
+                        "Agent RPCs answered by this agent, by type and outcome (ok, error).",
+                    ),
+                    &["type", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
         };
         let gossip = GossipMetrics::register(&registry);
         let wan_gossip = gossip.pool("wan");
         let federation = FederationMetrics::register(&registry);
+        let http = HttpMetrics {
+            requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_http_requests_total",
+                        "HTTP API requests by route template, method and status code.",
+                    ),
+                    &["route", "method", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "consulate_http_request_duration_seconds",
+                        "HTTP API request latency by route template and method (blocking \
+                         queries included).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route", "method"],
+                )
+                .expect("valid metric"),
+            ),
+        };
+        let build = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "consulate_build_info",
+                    "Always 1; the labels name this agent's build.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         Metrics {
             registry,
             transport,
@@ -72,6 +145,7 @@ impl Metrics {
             gossip,
             wan_gossip,
             federation,
+            http,
         }
     }
 
@@ -188,6 +262,8 @@ pub struct GossipMetrics {
     pub dropped: IntCounterVec,
     /// Members by pool and status (`alive`, `failed`, `left`).
     pub members: IntGaugeVec,
+    /// Members this agent saw become failed, by pool (Consul: `consul.serf.member.failed`).
+    pub member_failures: IntCounterVec,
 }
 
 impl GossipMetrics {
@@ -215,6 +291,17 @@ impl GossipMetrics {
                 "Gossip messages dropped, by pool and reason (decrypt, malformed, oversized, \
                  queue_full, unreachable).",
                 "reason",
+            ),
+            member_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_member_failures_total",
+                        "Members this agent saw become failed, by pool (lan/wan).",
+                    ),
+                    &["pool"],
+                )
+                .expect("valid metric"),
             ),
             members: register(
                 r,
@@ -260,6 +347,11 @@ impl GossipMetrics {
         self.dropped.with_label_values(&[self.pool, reason]).inc();
     }
 
+    /// Counts a member seen to fail.
+    pub fn member_failed(&self) {
+        self.member_failures.with_label_values(&[self.pool]).inc();
+    }
+
     /// Sets the number of members in `status`.
     pub fn set_members(&self, status: &'static str, n: usize) {
         self.members
@@ -271,9 +363,13 @@ impl GossipMetrics {
 /// Metrics of cross-DC forwarding (Consul's `consul.rpc.cross-dc`).
 #[derive(Clone)]
 pub struct FederationMetrics {
-    /// Requests forwarded to another DC, by outcome (`ok`, `failover`: answered after a
-    /// server failed, `no_path`: unknown DC, `unreachable`: no server answered, `error`).
+    /// Requests forwarded to another DC, by target datacenter (`unknown` for a DC not in
+    /// the WAN pool, so user input never becomes a label) and outcome (`ok`, `failover`:
+    /// answered after a server failed, `no_path`, `unreachable`: no server reached,
+    /// `error`).
     pub forwards: IntCounterVec,
+    /// Latency of forwarded requests that were answered, by target datacenter.
+    pub seconds: HistogramVec,
     /// Attempts on one remote server that failed and marked it, by reason
     /// (`unreachable`, `timeout`).
     pub server_failures: IntCounterVec,
@@ -286,10 +382,24 @@ impl FederationMetrics {
                 r,
                 IntCounterVec::new(
                     Opts::new(
-                        "consulate_federation_forwards_total",
-                        "Requests forwarded to another datacenter, by outcome.",
+                        "consulate_rpc_cross_dc_total",
+                        "Requests forwarded to another datacenter, by datacenter and outcome \
+                         (Consul: consul.rpc.cross-dc).",
                     ),
-                    &["outcome"],
+                    &["datacenter", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "consulate_rpc_cross_dc_seconds",
+                        "Latency of requests answered by another datacenter, by datacenter \
+                         (blocking queries included).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["datacenter"],
                 )
                 .expect("valid metric"),
             ),

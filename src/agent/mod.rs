@@ -210,6 +210,12 @@ impl Agent {
                 name: config.node_name.clone(),
                 addr: quic_addr.to_string(),
             };
+            metrics
+                .registry
+                .register(Box::new(crate::raft::collector::RaftCollector::new(
+                    raft.clone(),
+                )))
+                .expect("the Raft collector registers once");
             (Some(raft), Some(me))
         } else {
             (None, None)

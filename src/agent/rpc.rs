@@ -59,6 +59,19 @@ pub enum AgentRequest {
 }
 
 impl AgentRequest {
+    /// The request's type, as a metric label.
+    fn kind(&self) -> &'static str {
+        match self {
+            AgentRequest::Ping { .. } => "ping",
+            AgentRequest::ServerInfo => "server_info",
+            AgentRequest::Write { .. } => "write",
+            AgentRequest::Read { .. } => "read",
+            AgentRequest::RaftStatus { .. } => "raft_status",
+            AgentRequest::Datacenters => "datacenters",
+            AgentRequest::JoinRaft { .. } => "join",
+        }
+    }
+
     /// The datacenter a request names, if any.
     fn datacenter(&self) -> Option<&str> {
         match self {
@@ -113,6 +126,20 @@ pub enum AgentResponse {
     Datacenters(Result<Vec<String>, DispatchError>),
     /// Answer to [`AgentRequest::JoinRaft`].
     Joined(Result<(), DispatchError>),
+}
+
+impl AgentResponse {
+    /// Whether it carries an error.
+    fn is_error(&self) -> bool {
+        match self {
+            AgentResponse::Written(r) => r.is_err(),
+            AgentResponse::Read(r) => r.is_err(),
+            AgentResponse::RaftStatus(r) => r.is_err(),
+            AgentResponse::Datacenters(r) => r.is_err(),
+            AgentResponse::Joined(r) => r.is_err(),
+            AgentResponse::Pong { .. } | AgentResponse::ServerInfo(_) => false,
+        }
+    }
 }
 
 /// A server's Raft identity.
@@ -211,6 +238,21 @@ impl Handler for AgentRpc {
     type Response = AgentResponse;
 
     async fn handle(&self, peer: &Identity, request: AgentRequest) -> AgentResponse {
+        let kind = request.kind();
+        let response = self.answer(peer, request).await;
+        if let Some(d) = &self.dispatcher {
+            let outcome = if response.is_error() { "error" } else { "ok" };
+            d.metrics()
+                .requests
+                .with_label_values(&[kind, outcome])
+                .inc();
+        }
+        response
+    }
+}
+
+impl AgentRpc {
+    async fn answer(&self, peer: &Identity, request: AgentRequest) -> AgentResponse {
         // A request from another DC is answered here or not at all: never sent on to a
         // third DC (no forwarding loops, one WAN hop).
         let relay = peer.datacenter != self.datacenter

@@ -309,6 +309,7 @@ async fn watch_members(
     metrics: GossipMetrics,
     shutdown: CancellationToken,
 ) {
+    let mut previous: std::collections::HashMap<String, MemberStatus> = Default::default();
     loop {
         let members = {
             let c = chitchat.lock().await;
@@ -322,6 +323,14 @@ async fn watch_members(
             let n = members.iter().filter(|m| m.status == status).count();
             metrics.set_members(status.as_str(), n);
         }
+        for m in &members {
+            let before = previous.insert(m.name.clone(), m.status);
+            if m.status == MemberStatus::Failed && before.is_some_and(|b| b != MemberStatus::Failed)
+            {
+                metrics.member_failed();
+            }
+        }
+        previous.retain(|name, _| members.iter().any(|m| &m.name == name));
         tx.send_if_modified(|current| {
             if *current == members {
                 return false;

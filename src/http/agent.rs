@@ -385,3 +385,20 @@ pub async fn update(
         .set_check(&id, parse_status(&b.status)?, b.output)?;
     Ok(().into_response())
 }
+
+/// `GET /v1/agent/metrics`: with `?format=prometheus` the Prometheus text format (as
+/// `/metrics`); otherwise Consul's JSON summary (gauges, counters and samples, by name and
+/// labels).
+pub async fn metrics(State(api): State<Api>, p: Params) -> Response {
+    if p.get("format") == Some("prometheus") {
+        return (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            api.metrics.encode(),
+        )
+            .into_response();
+    }
+    Json(super::json::metrics_summary(&api.metrics.registry.gather())).into_response()
+}

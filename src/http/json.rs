@@ -366,6 +366,58 @@ impl<'a> From<&'a Check> for CheckJson<'a> {
     }
 }
 
+/// Consul's `/v1/agent/metrics` JSON: gauges with their value, counters with their count,
+/// histograms as samples (count, sum, mean), each with its labels.
+pub fn metrics_summary(families: &[prometheus::proto::MetricFamily]) -> serde_json::Value {
+    use prometheus::proto::MetricType;
+    let (mut gauges, mut counters, mut samples) = (Vec::new(), Vec::new(), Vec::new());
+    for f in families {
+        for m in f.get_metric() {
+            let labels: serde_json::Map<String, serde_json::Value> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().into()))
+                .collect();
+            match f.get_field_type() {
+                MetricType::GAUGE => gauges.push(serde_json::json!({
+                    "Name": f.name(), "Value": m.get_gauge().value(), "Labels": labels,
+                })),
+                MetricType::COUNTER => counters.push(serde_json::json!({
+                    "Name": f.name(), "Count": m.get_counter().value(), "Labels": labels,
+                })),
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    let count = h.get_sample_count();
+                    let sum = h.get_sample_sum();
+                    samples.push(serde_json::json!({
+                        "Name": f.name(), "Count": count, "Sum": sum,
+                        "Mean": if count > 0 { sum / count as f64 } else { 0.0 },
+                        "Labels": labels,
+                    }));
+                }
+                _ => {}
+            }
+        }
+    }
+    let t = time::OffsetDateTime::now_utc();
+    let timestamp = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    serde_json::json!({
+        "Timestamp": timestamp,
+        "Gauges": gauges,
+        "Counters": counters,
+        "Samples": samples,
+        "Points": [],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,13 +130,53 @@ pub fn router(api: Api) -> Router {
             put(agent::fail).get(agent::fail),
         )
         .route("/v1/agent/check/update/{id}", put(agent::update))
+        .route("/v1/agent/metrics", get(agent::metrics))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
+        .layer(axum::middleware::from_fn_with_state(
+            api.metrics.http.clone(),
+            count_request,
+        ))
         .with_state(api)
+}
+
+/// Counts every request by route template (`/v1/kv/{*key}`, never the raw path; `unmatched`
+/// for a path no route takes), method (`OTHER` beyond the standard ones) and status code,
+/// and times it: a scan of random paths adds no series.
+async fn count_request(
+    State(metrics): State<crate::metrics::HttpMetrics>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "OTHER",
+    };
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .requests
+        .with_label_values(&[&route, method, resp.status().as_str()])
+        .inc();
+    metrics
+        .seconds
+        .with_label_values(&[&route, method])
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// How long a connection may take to send a request's headers (slow-loris defence).

@@ -9,6 +9,7 @@
 
 pub mod batcher;
 pub mod bootstrap;
+pub mod collector;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -360,6 +361,11 @@ impl RaftNode {
                 self.last_contact.since_ms().unwrap_or(u64::MAX)
             },
         })
+    }
+
+    /// Milliseconds since this server last heard from a leader (`None`: never).
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        self.last_contact.since_ms()
     }
 
     /// The replicated state, for reading.

@@ -124,6 +124,25 @@ pub struct State {
     watches: Vec<watch::Sender<u64>>,
 }
 
+/// Sizes of the catalog and KV store ([`State::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Nodes.
+    pub nodes: usize,
+    /// Distinct service names.
+    pub services: usize,
+    /// Service instances.
+    pub instances: usize,
+    /// Checks passing.
+    pub passing: usize,
+    /// Checks warning.
+    pub warning: usize,
+    /// Checks critical.
+    pub critical: usize,
+    /// KV keys.
+    pub kv_keys: usize,
+}
+
 /// The serializable content of [`State`]; also the snapshot format.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tables {
@@ -420,6 +439,25 @@ impl State {
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v)
+    }
+
+    /// What the catalog and KV store hold, counted (for the metrics a scrape reads).
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts {
+            nodes: self.data.nodes.len(),
+            services: self.by_name.len(),
+            instances: self.data.services.len(),
+            kv_keys: self.data.kv.len(),
+            ..Counts::default()
+        };
+        for check in self.data.checks.values() {
+            match check.status {
+                HealthStatus::Passing => c.passing += 1,
+                HealthStatus::Warning => c.warning += 1,
+                HealthStatus::Critical => c.critical += 1,
+            }
+        }
+        c
     }
 
     /// Number of KV keys.

@@ -1,0 +1,357 @@
+//! Metrics and discovery with the real tools operators point at us: two DCs of real agent
+//! processes (one server and one client agent each), a real Prometheus (Debian's package)
+//! scraping every agent, and VictoriaMetrics (Debian's package) discovering dc2's services
+//! through a dc1 agent with `consul_sd_configs`. Also Prometheus 2.42's discovery requests
+//! replayed exactly, and the label hygiene of the HTTP metrics.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use consulate::transport::identity::Role;
+use serde_json::{Value, json};
+
+fn ip(dc: u8, host: u8) -> String {
+    format!("127.81.{dc}.{host}")
+}
+
+fn base(dc: u8, host: u8) -> String {
+    format!("http://{}:8500", ip(dc, host))
+}
+
+/// DC `dc`: server `s1` on .1 (bootstrapping alone; dc1 and dc2 join each other over the
+/// WAN) and client `c1` on .21.
+fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
+    let wan_join = match dc {
+        1 => format!("wan_join = [\"{}\"]\n", ip(2, 1)),
+        2 => format!("wan_join = [\"{}\"]\n", ip(1, 1)),
+        _ => String::new(),
+    };
+    let mut out = Vec::new();
+    for (node, role, host) in [("s1", Role::Server, 1), ("c1", Role::Client, 21)] {
+        let dc_name = format!("dc{dc}");
+        let tls = pki.write_files(dir, role, &dc_name, &format!("{node}.{dc_name}"));
+        let extra = match role {
+            Role::Server => format!("bootstrap_expect = 1\n{wan_join}"),
+            Role::Client => "sync_interval = \"1s\"\n".to_string(),
+        };
+        let text = format!(
+            "node_name = \"{node}\"\ndatacenter = \"{dc_name}\"\nrole = \"{role}\"\ndata_dir = \"{node}.{dc_name}-data\"\nbind_addr = \"{}\"\nlan_join = [\"{}\"]\n{extra}[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ip(dc, host),
+            ip(dc, 1),
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+        let path = dir.join(format!("{node}.{dc_name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        out.push(path);
+    }
+    out
+}
+
+/// Runs a tool (Prometheus, VictoriaMetrics) until dropped, its output in `log`.
+fn spawn_tool(program: &str, args: &[String], log: &Path) -> ChildGuard {
+    let out = std::fs::File::create(log).unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (.ci/run does it): {e}"));
+    ChildGuard(Some(child), Some(log.to_path_buf()))
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Option<(u64, Value)> {
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        eprintln!(
+            "GET {url}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        return None;
+    }
+    let index = r
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    Some((index, r.json().await.ok()?))
+}
+
+/// Registers `service` on `node` through `agent`, at its own port (a scraper drops targets
+/// with identical addresses).
+async fn register(
+    http: &reqwest::Client,
+    agent: &str,
+    (node, port): (&str, u16),
+    service: &str,
+    status: &str,
+) {
+    let body = json!({
+        "Node": node, "Address": "127.81.2.90",
+        "Service": {"Service": service, "ID": format!("{service}-{node}"), "Port": port,
+                    "Tags": ["metrics"]},
+        "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
+                  "Status": status, "ServiceID": format!("{service}-{node}")}
+    });
+    let r = http
+        .put(format!("{agent}/v1/catalog/register"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// The number of `consulate_http_requests_total` series an agent exposes.
+async fn http_series(http: &reqwest::Client, agent: &str) -> usize {
+    let text = http
+        .get(format!("{agent}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("consulate_http_requests_total{"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for dc in [1, 2] {
+        for cfg in write_dc(dir.path(), &pki, dc) {
+            agents.push(spawn_agent(&cfg));
+        }
+    }
+    let http = http_client();
+    let (c1, c2) = (base(1, 21), base(2, 21));
+    for c in [&c1, &c2] {
+        eventually(Duration::from_secs(30), "a leader in each DC", || async {
+            let (_, v) = get(&http, &format!("{c}/v1/status/leader")).await?;
+            (!v.as_str()?.is_empty()).then_some(())
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(30), "dc1 knows dc2", || async {
+        let (_, v) = get(&http, &format!("{c1}/v1/catalog/datacenters")).await?;
+        (v == json!(["dc1", "dc2"])).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "dc2's server alive in dc1's WAN view",
+        || async {
+            let (_, v) = get(&http, &format!("{}/v1/agent/members?wan=1", base(1, 1))).await?;
+            v.as_array()?
+                .iter()
+                .any(|m| m["Name"] == "s1.dc2" && m["Status"] == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    register(&http, &c2, ("ext-1", 9101), "web", "passing").await;
+    register(&http, &c2, ("ext-2", 9102), "web", "critical").await;
+
+    // Prometheus 2.42's Consul discovery, request for request (`stale=`, `wait=120000ms`,
+    // then blocking on `index=`), asked of a dc1 agent for dc2.
+    let (index, services) = get(
+        &http,
+        &format!("{c1}/v1/catalog/services?dc=dc2&stale=&wait=120000ms"),
+    )
+    .await
+    .expect("catalog/services");
+    assert!(index > 0, "X-Consul-Index must be present and non-zero");
+    assert_eq!(services["web"], json!(["metrics"]));
+    let (hindex, instances) = get(
+        &http,
+        &format!("{c1}/v1/health/service/web?dc=dc2&stale=&wait=120000ms"),
+    )
+    .await
+    .expect("health/service");
+    assert!(hindex > 0);
+    assert_eq!(instances.as_array().unwrap().len(), 2);
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["Node"]["Datacenter"] == "dc2" && i["Checks"].as_array().is_some())
+    );
+    let watch = {
+        let (http, url) = (
+            http.clone(),
+            format!("{c1}/v1/catalog/services?dc=dc2&stale=&wait=120000ms&index={index}"),
+        );
+        tokio::spawn(async move { get(&http, &url).await })
+    };
+    register(&http, &c2, ("ext-1", 9103), "api", "passing").await;
+    let (woke_at, services) = tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .expect("the blocking discovery query returns on a change")
+        .unwrap()
+        .unwrap();
+    assert!(woke_at > index && services.get("api").is_some());
+
+    // A real Prometheus scraping every agent.
+    let targets: Vec<String> = [(1, 1), (1, 21), (2, 1), (2, 21)]
+        .iter()
+        .map(|(dc, h)| format!("\"{}:8500\"", ip(*dc, *h)))
+        .collect();
+    let prom_cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: consulate\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let prom = "http://127.81.0.1:9090";
+    let _prometheus = spawn_tool(
+        "prometheus",
+        &[
+            format!("--config.file={}", prom_cfg.display()),
+            format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prom-data").display()
+            ),
+            "--web.listen-address=127.81.0.1:9090".into(),
+        ],
+        &dir.path().join("prometheus.log"),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "every agent up in Prometheus",
+        || async {
+            let (_, v) = get(&http, &format!("{prom}/api/v1/targets")).await?;
+            let active = v["data"]["activeTargets"].as_array()?;
+            (active.len() == 4 && active.iter().all(|t| t["health"] == "up")).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the cross-DC counter in Prometheus",
+        || async {
+            let q = "consulate_rpc_cross_dc_total%7Bdatacenter%3D%22dc2%22%7D";
+            let (_, v) = get(&http, &format!("{prom}/api/v1/query?query={q}")).await?;
+            let result = v["data"]["result"].as_array()?;
+            (!result.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    // VictoriaMetrics discovering dc2's services through a dc1 agent.
+    let vm_cfg = dir.path().join("vm.yml");
+    std::fs::write(
+        &vm_cfg,
+        format!(
+            "scrape_configs:\n  - job_name: consul\n    scrape_interval: 1s\n    consul_sd_configs:\n      - server: \"{}:8500\"\n        datacenter: dc2\n",
+            ip(1, 21)
+        ),
+    )
+    .unwrap();
+    let vm = "http://127.81.0.2:8428";
+    let _victoria = spawn_tool(
+        "victoria-metrics",
+        &[
+            format!("-promscrape.config={}", vm_cfg.display()),
+            format!("-storageDataPath={}", dir.path().join("vm-data").display()),
+            "-httpListenAddr=127.81.0.2:8428".into(),
+            "-promscrape.consulSDCheckInterval=1s".into(),
+        ],
+        &dir.path().join("victoria-metrics.log"),
+    );
+    let discovered = |want: usize| {
+        let http = http.clone();
+        async move {
+            let (_, v) = get(&http, &format!("{vm}/api/v1/targets")).await?;
+            let web: Vec<Value> = v["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["discoveredLabels"]["__meta_consul_service"] == "web")
+                .cloned()
+                .collect();
+            (web.len() == want).then_some(web)
+        }
+    };
+    let web = eventually(
+        Duration::from_secs(60),
+        "dc2's web instances discovered through dc1",
+        || discovered(2),
+    )
+    .await;
+    for t in &web {
+        let l = &t["discoveredLabels"];
+        assert_eq!(l["__meta_consul_dc"], "dc2", "{l}");
+        assert!(
+            l["__meta_consul_health"] == "passing" || l["__meta_consul_health"] == "critical",
+            "{l}"
+        );
+    }
+    register(&http, &c2, ("ext-3", 9104), "web", "passing").await;
+    eventually(
+        Duration::from_secs(60),
+        "a new dc2 instance discovered without a restart",
+        || discovered(3),
+    )
+    .await;
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_routes_and_scrapes_add_no_label_values() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_dc(dir.path(), &pki, 3);
+    let _server = spawn_agent(&cfg[0]);
+    let http = http_client();
+    let agent = base(3, 1);
+    eventually(Duration::from_secs(30), "the agent answering", || async {
+        get(&http, &format!("{agent}/v1/status/leader")).await
+    })
+    .await;
+    // One of each, so that the series that exist are there before counting.
+    for path in ["/no/such/path", "/v1/kv/a", "/v1/catalog/nodes"] {
+        http.get(format!("{agent}{path}")).send().await.unwrap();
+    }
+    let before = http_series(&http, &agent).await;
+    for i in 0..200 {
+        let path = match i % 4 {
+            0 => format!("/random-{i}"),
+            1 => format!("/v1/kv/key-{i}"),
+            2 => format!("/v1/catalog/nodes?dc=dc-{i}&filter={i}"),
+            _ => format!("/v1/agent/nope/{i}"),
+        };
+        http.get(format!("{agent}{path}")).send().await.unwrap();
+    }
+    let after = http_series(&http, &agent).await;
+    assert!(
+        after <= before + 2,
+        "200 distinct requests grew the HTTP series from {before} to {after}"
+    );
+    let text = http
+        .get(format!("{agent}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("random-") && !text.contains("key-1") && !text.contains("dc-"));
+    assert!(
+        text.contains("route=\"/v1/kv/{*key}\""),
+        "route templates, not paths"
+    );
+}
