@@ -4,8 +4,8 @@
 //! addresses, keys or URLs.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of one agent, and the registry they are exposed from.
@@ -25,6 +25,68 @@ pub struct Metrics {
     pub federation: FederationMetrics,
     /// The HTTP API.
     pub http: HttpMetrics,
+    /// Raft (servers; its gauges are read at scrape time by `raft::collector`).
+    pub raft: RaftMetrics,
+    build: IntGaugeVec,
+}
+
+/// Raft's counters and histograms (Consul's `consul.raft.*`).
+#[derive(Clone)]
+pub struct RaftMetrics {
+    /// Time from a write's submission on the leader to its commit and apply (Consul's
+    /// `consul.raft.commitTime`).
+    pub commit_seconds: Histogram,
+    /// Time to apply one batch of committed entries to the catalog and KV store (Consul's
+    /// `consul.raft.fsm.apply`).
+    pub apply_seconds: Histogram,
+    /// Snapshots `taken` by this server and `installed` from a leader.
+    pub snapshots: IntCounterVec,
+    /// Times this server saw a new leader (Consul's `consul.raft.state.leader` counts
+    /// elections won; this counts every change seen).
+    pub leader_changes: IntCounter,
+}
+
+impl RaftMetrics {
+    /// Handles not exposed anywhere (tests and tools that run Raft without an agent).
+    pub fn unregistered() -> RaftMetrics {
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+                .expect("valid metric")
+        };
+        RaftMetrics {
+            commit_seconds: histogram(
+                "consulate_raft_commit_seconds",
+                "Time from a write's submission on the leader to its commit and apply \
+                 (Consul: consul.raft.commitTime).",
+            ),
+            apply_seconds: histogram(
+                "consulate_raft_apply_seconds",
+                "Time to apply one batch of committed entries (Consul: consul.raft.fsm.apply).",
+            ),
+            snapshots: IntCounterVec::new(
+                Opts::new(
+                    "consulate_raft_snapshots_total",
+                    "Snapshots taken by this server or installed from a leader, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            leader_changes: IntCounter::new(
+                "consulate_raft_leader_changes_total",
+                "Times this server saw a new leader.",
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn register(r: &Registry) -> RaftMetrics {
+        let m = RaftMetrics::unregistered();
+        register(r, m.commit_seconds.clone());
+        register(r, m.apply_seconds.clone());
+        register(r, m.snapshots.clone());
+        register(r, m.leader_changes.clone());
+        m
+    }
 }
 
 /// Counts one in-flight thing on a gauge for as long as it lives, also when the future
@@ -123,18 +185,19 @@ impl Metrics {
                 .expect("valid metric"),
             ),
         };
+        let raft = RaftMetrics::register(&registry);
         let build = register(
             &registry,
             IntGaugeVec::new(
                 Opts::new(
                     "consulate_build_info",
-                    "Always 1; the labels name this agent's build.",
+                    "Always 1; the labels name this agent's build, datacenter and role (join \
+                     on `instance` to group other series by datacenter).",
                 ),
-                &["version"],
+                &["version", "datacenter", "role"],
             )
             .expect("valid metric"),
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
@@ -146,7 +209,16 @@ impl Metrics {
             wan_gossip,
             federation,
             http,
+            raft,
+            build,
         }
+    }
+
+    /// Names this agent in `consulate_build_info` (once, at start).
+    pub fn set_identity(&self, datacenter: &str, role: &str) {
+        self.build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), datacenter, role])
+            .set(1);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.

@@ -252,6 +252,65 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
     )
     .await;
 
+    // The shipped dashboard's queries run in Prometheus; one leader per DC.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dashboards/federation.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let query = |expr: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("{prom}/api/v1/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            v["data"]["result"].as_array().unwrap().clone()
+        }
+    };
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            query(target["expr"].as_str().unwrap().to_string()).await;
+        }
+    }
+    let leaders = dashboard["panels"][0]["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(
+        Duration::from_secs(30),
+        "one leader per DC on the dashboard",
+        || {
+            let (leaders, query) = (leaders.clone(), &query);
+            async move {
+                let mut per_dc: Vec<(String, String)> = query(leaders)
+                    .await
+                    .iter()
+                    .map(|s| {
+                        (
+                            s["metric"]["datacenter"].as_str().unwrap_or("").to_string(),
+                            s["value"][1].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                per_dc.sort();
+                let want = [
+                    ("dc1".to_string(), "1".to_string()),
+                    ("dc2".into(), "1".into()),
+                ];
+                (per_dc == want).then_some(())
+            }
+        },
+    )
+    .await;
+
     // VictoriaMetrics discovering dc2's services through a dc1 agent.
     let vm_cfg = dir.path().join("vm.yml");
     std::fs::write(

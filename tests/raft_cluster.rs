@@ -56,10 +56,15 @@ async fn start_server(pki: &TestPki, id: u64, dir: &Path, addr: SocketAddr) -> S
         },
     )
     .await;
-    let (node, handler): (RaftNode, Arc<RaftHandler>) =
-        RaftNode::open(id, dir, &fast(), transport.clone())
-            .await
-            .unwrap();
+    let (node, handler): (RaftNode, Arc<RaftHandler>) = RaftNode::open(
+        id,
+        dir,
+        &fast(),
+        transport.clone(),
+        consulate::metrics::RaftMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
     let shutdown = CancellationToken::new();
     let max_frame = transport.options().max_frame;
     transport.serve(

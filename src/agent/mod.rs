@@ -178,6 +178,7 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<Agent, AgentError> {
         let metrics = Metrics::new();
+        metrics.set_identity(&config.datacenter, config.role.as_str());
         let tls =
             TlsMaterial::load(&config.tls_files(), &config.domain).map_err(TransportError::from)?;
         tls.check_identity(&config.identity(), &config.tls.cert_file)
@@ -200,6 +201,7 @@ impl Agent {
                 &config.data_dir,
                 &RaftOptions::default(),
                 transport.clone(),
+                metrics.raft.clone(),
             )
             .await?;
             services = services.with(

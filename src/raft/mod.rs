@@ -25,6 +25,7 @@ use openraft::error::RaftError;
 use openraft::{Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::RaftMetrics;
 use crate::state::{Command, CommandResult};
 use crate::transport::Transport;
 use log_store::LogStore;
@@ -166,6 +167,7 @@ pub struct RaftNode {
     batcher: batcher::WriteBatcher,
     shared: Arc<RwLock<Replicated>>,
     last_contact: Arc<LeaderContact>,
+    commit_seconds: prometheus::Histogram,
 }
 
 /// When this server last heard from a leader.
@@ -196,6 +198,24 @@ impl ReadMode {
     }
 }
 
+/// Counts every change of leader this server sees, until Raft stops.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, ServerNode>>,
+    changes: prometheus::IntCounter,
+) {
+    let mut leader = None;
+    loop {
+        let now = metrics.borrow_and_update().current_leader;
+        if now.is_some() && now != leader {
+            changes.inc();
+        }
+        leader = now;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl RaftNode {
     /// Opens this server's Raft state in `data_dir` and starts Raft. Refuses to start from a
     /// log or snapshot that fails its integrity checks.
@@ -204,6 +224,7 @@ impl RaftNode {
         data_dir: &Path,
         opts: &RaftOptions,
         transport: Transport,
+        metrics: RaftMetrics,
     ) -> Result<(RaftNode, Arc<RaftHandler>), RaftNodeError> {
         let raft_dir = data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)
@@ -213,7 +234,7 @@ impl RaftNode {
             path: log_path.clone(),
             source: Box::new(source),
         })?;
-        let sm = StateMachine::open(&raft_dir)?;
+        let sm = StateMachine::open(&raft_dir)?.with_metrics(metrics.clone());
         let shared = sm.shared();
         let config = openraft::Config {
             cluster_name: "consulate".into(),
@@ -240,11 +261,16 @@ impl RaftNode {
         .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
         let last_contact = Arc::new(LeaderContact::default());
         let handler = Arc::new(RaftHandler::new(raft.clone(), last_contact.clone()));
+        tokio::spawn(count_leader_changes(
+            raft.metrics(),
+            metrics.leader_changes.clone(),
+        ));
         Ok((
             RaftNode {
                 id,
                 lease: opts.election_timeout.0,
                 batcher: batcher::WriteBatcher::start(raft.clone()),
+                commit_seconds: metrics.commit_seconds.clone(),
                 raft,
                 shared,
                 last_contact,
@@ -320,6 +346,7 @@ impl RaftNode {
     /// Appends `cmd` if this server leads (group-committed with concurrent writes);
     /// otherwise says who does.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftNodeError> {
+        let _timer = self.commit_seconds.start_timer();
         self.batcher.write(cmd).await
     }
 

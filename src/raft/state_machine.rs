@@ -3,6 +3,7 @@
 //! paths share; the latest snapshot lives on disk (written to a temporary file, fsync'd,
 //! renamed), with a SHA-256 digest so a corrupt file is refused instead of served.
 
+use crate::metrics::RaftMetrics;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -64,6 +65,7 @@ pub struct StateMachine {
     shared: Arc<RwLock<Replicated>>,
     dir: PathBuf,
     snapshot_idx: Arc<std::sync::atomic::AtomicU64>,
+    metrics: RaftMetrics,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -111,6 +113,12 @@ fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl StateMachine {
+    /// Counts into `metrics` (an agent's registered handles) from now on.
+    pub fn with_metrics(mut self, metrics: RaftMetrics) -> StateMachine {
+        self.metrics = metrics;
+        self
+    }
+
     /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
     pub fn open(dir: &Path) -> Result<StateMachine, SnapshotFileError> {
         std::fs::create_dir_all(dir).map_err(|source| SnapshotFileError::Io {
@@ -133,6 +141,7 @@ impl StateMachine {
             shared: Arc::new(RwLock::new(replicated)),
             dir: dir.to_path_buf(),
             snapshot_idx: Arc::default(),
+            metrics: RaftMetrics::unregistered(),
         })
     }
 
@@ -190,6 +199,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (meta, body)
         };
         let sealed = self.persist(seal(&body)).await?;
+        self.metrics.snapshots.with_label_values(&["taken"]).inc();
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(sealed)),
@@ -212,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let _timer = self.metrics.apply_seconds.start_timer();
         let mut r = self.shared.write().expect("state lock poisoned");
         let mut out = Vec::new();
         for entry in entries {
@@ -249,6 +260,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         r.state.restore(body.tables);
         r.last_applied = meta.last_log_id;
         r.membership = meta.last_membership.clone();
+        self.metrics
+            .snapshots
+            .with_label_values(&["installed"])
+            .inc();
         Ok(())
     }
 
