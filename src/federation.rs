@@ -310,6 +310,57 @@ impl Router {
     }
 }
 
+/// `consulate_transport_peer_rtt_seconds{server, datacenter}`: QUIC's RTT estimate to every
+/// server of the WAN pool this server has a connection to, read at scrape time. The label
+/// set is bounded by the number of servers (clients never appear), and a server that left
+/// the pool leaves the exposition with it.
+pub struct RttCollector {
+    router: std::sync::Arc<Router>,
+    template: prometheus::GaugeVec,
+}
+
+impl RttCollector {
+    /// A collector over `router`'s WAN view and RTT estimates.
+    pub fn new(router: std::sync::Arc<Router>) -> RttCollector {
+        RttCollector {
+            router,
+            template: Self::vec(),
+        }
+    }
+
+    fn vec() -> prometheus::GaugeVec {
+        prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "consulate_transport_peer_rtt_seconds",
+                "QUIC's smoothed round-trip estimate to each server of the WAN pool this \
+                 server is connected to.",
+            ),
+            &["server", "datacenter"],
+        )
+        .expect("valid metric")
+    }
+}
+
+impl prometheus::core::Collector for RttCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let fresh = Self::vec();
+        let members = self.router.members.borrow();
+        let rtts = self.router.rtts(&members);
+        for m in members.iter() {
+            if let Some(rtt) = rtts.rtts.get(&m.gossip_addr) {
+                fresh
+                    .with_label_values(&[&m.name, &m.datacenter])
+                    .set(rtt.as_secs_f64());
+            }
+        }
+        fresh.collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,6 +252,29 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
     )
     .await;
 
+    // Per-peer RTT, servers only: dc1's server knows its RTT to dc2's.
+    eventually(
+        Duration::from_secs(30),
+        "dc1's server RTT to dc2's",
+        || async {
+            let text = http
+                .get(format!("{}/metrics", base(1, 1)))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| {
+                    l.starts_with("consulate_transport_peer_rtt_seconds{")
+                        && l.contains("server=\"s1.dc2\"")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
     // The shipped dashboard's queries run in Prometheus; one leader per DC.
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(

@@ -254,7 +254,14 @@ impl Agent {
                 RouterOptions::default(),
                 metrics.federation.clone(),
             );
-            (Some(wan), Some(Arc::new(router)))
+            let router = Arc::new(router);
+            metrics
+                .registry
+                .register(Box::new(crate::federation::RttCollector::new(
+                    router.clone(),
+                )))
+                .expect("the RTT collector registers once");
+            (Some(wan), Some(router))
         } else {
             (None, None)
         };
