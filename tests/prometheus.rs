@@ -436,4 +436,27 @@ async fn bad_routes_and_scrapes_add_no_label_values() {
         text.contains("route=\"/v1/kv/{*key}\""),
         "route templates, not paths"
     );
+
+    // Consul's /v1/agent/metrics: JSON by default, the same text with ?format=prometheus.
+    let (_, summary) = get(&http, &format!("{agent}/v1/agent/metrics"))
+        .await
+        .unwrap();
+    let gauges = summary["Gauges"].as_array().unwrap();
+    assert!(
+        gauges
+            .iter()
+            .any(|g| g["Name"] == "consulate_raft_state" && g["Labels"]["state"] == "leader")
+    );
+    assert!(summary["Counters"].as_array().is_some() && summary["Timestamp"].is_string());
+    let text = http
+        .get(format!("{agent}/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# HELP consulate_raft_term ") && text.contains("process_cpu_seconds_total")
+    );
 }
