@@ -111,14 +111,7 @@ async fn register(
 
 /// The number of `consulate_http_requests_total` series an agent exposes.
 async fn http_series(http: &reqwest::Client, agent: &str) -> usize {
-    let text = http
-        .get(format!("{agent}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(http, agent).await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("consulate_http_requests_total{"))
         .count()
@@ -257,14 +250,7 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
         Duration::from_secs(30),
         "dc1's server RTT to dc2's",
         || async {
-            let text = http
-                .get(format!("{}/metrics", base(1, 1)))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = scrape(&http, &base(1, 1)).await?;
             text.lines()
                 .any(|l| {
                     l.starts_with("consulate_transport_peer_rtt_seconds{")
@@ -423,14 +409,7 @@ async fn bad_routes_and_scrapes_add_no_label_values() {
         after <= before + 2,
         "200 distinct requests grew the HTTP series from {before} to {after}"
     );
-    let text = http
-        .get(format!("{agent}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&http, &agent).await.unwrap();
     assert!(!text.contains("random-") && !text.contains("key-1") && !text.contains("dc-"));
     assert!(
         text.contains("route=\"/v1/kv/{*key}\""),

@@ -248,17 +248,21 @@ pub fn spawn_agent(config: &Path) -> ChildGuard {
     ChildGuard(Some(child), Some(log_path))
 }
 
-/// The value of the Prometheus sample `series` (name and labels exactly as exposed) on the
-/// agent whose HTTP API is at `base`; `None` if it cannot be read, 0 if it is not exposed.
-pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// The Prometheus exposition of the agent whose HTTP API is at `base`.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The value of the Prometheus sample `series` (name and labels exactly as exposed) on the
+/// agent whose HTTP API is at `base`; `None` if it cannot be read, 0 if it is not exposed.
+pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let text = scrape(http, base).await?;
     Some(
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
