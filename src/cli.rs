@@ -136,6 +136,24 @@ impl Client {
     }
 }
 
+/// The DC's leader as `status/leader` gives it (`""` while there is none).
+pub async fn leader(c: &Client) -> Result<String, CliError> {
+    Ok(c.get("/v1/status/leader", "status/leader")
+        .await?
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default())
+}
+
+/// How many members of the WAN pool a server sees alive.
+pub async fn wan_alive(c: &Client) -> Result<usize, CliError> {
+    let v = c
+        .get("/v1/agent/members?wan=1", "agent/members?wan=1")
+        .await?
+        .unwrap_or_default();
+    Ok(v.as_array()
+        .map_or(0, |a| a.iter().filter(|m| m["Status"] == 1).count()))
+}
+
 /// Renders rows as columns separated by two spaces, each as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

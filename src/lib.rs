@@ -14,3 +14,4 @@ pub mod pki;
 pub mod raft;
 pub mod state;
 pub mod transport;
+pub mod up;

@@ -44,6 +44,24 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Bring up a whole local federation from a topology file, until Ctrl-C.
+    Up {
+        /// The topology file.
+        #[arg(default_value = "topology/local-2dc.toml")]
+        topology: PathBuf,
+        /// Where configs, data dirs and logs go.
+        #[arg(long, default_value = ".consulate")]
+        data_dir: PathBuf,
+        /// Where the CA and agent certificates are (made if missing).
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+        /// Wipe configs, data and logs first (certificates are kept).
+        #[arg(long)]
+        fresh: bool,
+        /// Restart an agent that exits on its own.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Print a new random gossip encryption key (base64, 32 bytes).
     Keygen,
     /// List the members this agent knows.
@@ -292,8 +310,32 @@ where
     Ok(())
 }
 
+fn run_up(opts: consulate::up::UpOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(shutdown_signal(shutdown.clone()));
+        consulate::up::up(opts, shutdown).await
+    })?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up {
+            topology,
+            data_dir,
+            certs,
+            fresh,
+            restart,
+        } => run_up(consulate::up::UpOptions {
+            topology,
+            state_dir: data_dir,
+            certs_dir: certs,
+            fresh,
+            restart,
+            ready_timeout: std::time::Duration::from_secs(60),
+        }),
         Command::Members { http, wan } => {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
