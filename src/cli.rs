@@ -144,6 +144,42 @@ pub async fn leader(c: &Client) -> Result<String, CliError> {
         .unwrap_or_default())
 }
 
+/// Whether the agent answers its API (`/v1/agent/self`).
+pub async fn alive(c: &Client) -> bool {
+    matches!(c.get("/v1/agent/self", "agent/self").await, Ok(Some(_)))
+}
+
+/// Asks the agent for another DC's services: `Ok` if that DC answered.
+pub async fn reaches(c: &Client, dc: &str) -> Result<(), CliError> {
+    c.get(&format!("/v1/catalog/services?dc={dc}"), "catalog/services")
+        .await
+        .map(|_| ())
+}
+
+/// The WAN pool as a server lists it: `(name, status)`.
+pub async fn wan_members(c: &Client) -> Result<Vec<(String, String)>, CliError> {
+    let v = c
+        .get("/v1/agent/members?wan=1", "agent/members?wan=1")
+        .await?
+        .unwrap_or_default();
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let status = match m["Status"].as_u64() {
+                Some(1) => "alive",
+                Some(3) => "left",
+                Some(4) => "failed",
+                _ => "unknown",
+            };
+            (
+                m["Name"].as_str().unwrap_or("").to_string(),
+                status.to_string(),
+            )
+        })
+        .collect())
+}
+
 /// How many members of the WAN pool a server sees alive.
 pub async fn wan_alive(c: &Client) -> Result<usize, CliError> {
     let v = c

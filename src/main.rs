@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// Report on a running local federation: agents, leaders, WAN members, cross-DC queries
+    /// (exit code 1 when anything is down or failing).
+    Status {
+        /// The topology file.
+        #[arg(default_value = "topology/local-2dc.toml")]
+        topology: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        format: Format,
+    },
     /// Print a new random gossip encryption key (base64, 32 bytes).
     Keygen,
     /// List the members this agent knows.
@@ -320,8 +330,26 @@ fn run_up(opts: consulate::up::UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_status(topology: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let status = runtime.block_on(consulate::up::status(topology))?;
+    match format {
+        Format::Pretty => print!("{}", status.pretty()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+    }
+    let problems = status.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("federation unhealthy: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Status { topology, format } => run_status(&topology, format),
         Command::Up {
             topology,
             data_dir,

@@ -404,6 +404,187 @@ async fn stop(agents: &mut [Agent]) {
     println!("==> Stopped every agent");
 }
 
+/// What `consulate status` found, as its JSON form shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    /// Every agent of the topology and whether its API answers.
+    pub agents: Vec<AgentStatus>,
+    /// Each DC's leader (`None`: no leader, or no server answered).
+    pub leaders: BTreeMap<String, Option<String>>,
+    /// The WAN pool as a server of the first DC that answers lists it.
+    pub wan_members: Vec<(String, String)>,
+    /// A query from each DC (through a live agent of it) to every other DC.
+    pub cross_dc: Vec<CrossDc>,
+}
+
+/// One agent in [`Status`].
+#[derive(Debug, serde::Serialize)]
+pub struct AgentStatus {
+    /// Its DC.
+    pub datacenter: String,
+    /// Its node name.
+    pub node: String,
+    /// Server or client.
+    pub role: String,
+    /// Its HTTP address.
+    pub http: String,
+    /// Whether it answered.
+    pub alive: bool,
+}
+
+/// One cross-DC probe in [`Status`].
+#[derive(Debug, serde::Serialize)]
+pub struct CrossDc {
+    /// The DC asked.
+    pub from: String,
+    /// The DC named with `?dc=`.
+    pub to: String,
+    /// `None` if it answered; the error otherwise.
+    pub error: Option<String>,
+}
+
+impl Status {
+    /// What is wrong, if anything (the exit code of `consulate status`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| !a.alive)
+            .map(|a| format!("{} ({}) is down", a.node, a.datacenter))
+            .collect();
+        out.extend(
+            self.leaders
+                .iter()
+                .filter(|(_, l)| l.is_none())
+                .map(|(dc, _)| format!("{dc} has no leader")),
+        );
+        out.extend(self.cross_dc.iter().filter_map(|c| {
+            c.error
+                .as_ref()
+                .map(|e| format!("{} -> {}: {e}", c.from, c.to))
+        }));
+        out
+    }
+
+    /// The aligned-columns form.
+    pub fn pretty(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .agents
+            .iter()
+            .map(|a| {
+                let leads = self.leaders.get(&a.datacenter).and_then(|l| l.as_deref());
+                let ip = a.http.split(':').next().unwrap_or("");
+                vec![
+                    a.datacenter.clone(),
+                    a.node.clone(),
+                    a.role.clone(),
+                    a.http.clone(),
+                    if a.alive { "alive" } else { "down" }.to_string(),
+                    if leads.and_then(|l| l.split(':').next()) == Some(ip) {
+                        "leader"
+                    } else {
+                        ""
+                    }
+                    .to_string(),
+                ]
+            })
+            .collect();
+        let mut out = table(
+            &["Datacenter", "Node", "Role", "HTTP", "Status", "Leader"],
+            &rows,
+        );
+        let wan: Vec<Vec<String>> = self
+            .wan_members
+            .iter()
+            .map(|(n, s)| vec![n.clone(), s.clone()])
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["WAN member", "Status"], &wan));
+        let cross: Vec<Vec<String>> = self
+            .cross_dc
+            .iter()
+            .map(|c| {
+                vec![
+                    c.from.clone(),
+                    c.to.clone(),
+                    c.error.clone().unwrap_or_else(|| "ok".into()),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["From", "To", "Cross-DC query"], &cross));
+        out
+    }
+}
+
+/// Probes a running federation described by the topology at `path`.
+pub async fn status(path: &Path) -> Result<Status, UpError> {
+    let topo = Topology::load(path)?;
+    let paths = RenderPaths {
+        certs_dir: PathBuf::new(),
+        state_dir: PathBuf::new(),
+    };
+    let mut agents = Vec::new();
+    let mut clients = BTreeMap::new();
+    for cfg in topo.render(&paths) {
+        let c = cli::Client::new(&cfg.http_bind().to_string());
+        agents.push(AgentStatus {
+            alive: cli::alive(&c).await,
+            datacenter: cfg.datacenter.clone(),
+            node: cfg.node_name.clone(),
+            role: cfg.role.to_string(),
+            http: cfg.http_bind().to_string(),
+        });
+        clients.insert(cfg.node_name, (cfg.role, c));
+    }
+    let mut leaders = BTreeMap::new();
+    let mut wan_members = Vec::new();
+    let mut cross_dc = Vec::new();
+    for dc in &topo.datacenters {
+        let live: Vec<&AgentStatus> = agents
+            .iter()
+            .filter(|a| a.datacenter == dc.name && a.alive)
+            .collect();
+        let mut leader = None;
+        for a in &live {
+            let (role, c) = &clients[&a.node];
+            if leader.is_none()
+                && let Ok(l) = cli::leader(c).await
+                && !l.is_empty()
+            {
+                leader = Some(l);
+            }
+            if wan_members.is_empty()
+                && *role == Role::Server
+                && let Ok(m) = cli::wan_members(c).await
+            {
+                wan_members = m;
+            }
+        }
+        leaders.insert(dc.name.clone(), leader);
+        for other in topo.datacenters.iter().filter(|o| o.name != dc.name) {
+            let error = match live.first() {
+                None => Some("no agent of the DC answers".to_string()),
+                Some(a) => cli::reaches(&clients[&a.node].1, &other.name)
+                    .await
+                    .err()
+                    .map(|e| e.to_string()),
+            };
+            cross_dc.push(CrossDc {
+                from: dc.name.clone(),
+                to: other.name.clone(),
+                error,
+            });
+        }
+    }
+    Ok(Status {
+        agents,
+        leaders,
+        wan_members,
+        cross_dc,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

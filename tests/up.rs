@@ -83,6 +83,31 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 
+    // `consulate status`: everything alive, a leader per DC, every cross-DC query answered.
+    let status = |format: &str| {
+        std::process::Command::new(consulate_bin())
+            .args(["status", &topology.display().to_string(), "-format", format])
+            .output()
+            .unwrap()
+    };
+    let healthy = status("json");
+    assert!(healthy.status.success(), "{healthy:?}");
+    let report: serde_json::Value = serde_json::from_slice(&healthy.stdout).unwrap();
+    assert_eq!(report["agents"].as_array().unwrap().len(), 8);
+    assert!(report["leaders"]["dc1"].is_string() && report["leaders"]["dc2"].is_string());
+    assert_eq!(report["wan_members"].as_array().unwrap().len(), 6);
+    assert!(
+        report["cross_dc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["error"].is_null()),
+        "{report}"
+    );
+    let pretty = status("pretty");
+    assert!(pretty.status.success());
+    assert!(String::from_utf8_lossy(&pretty.stdout).contains("dc2-server-1.dc2"));
+
     // A second `up` on the same state folder refuses instead of fighting over ports.
     let second = std::process::Command::new(consulate_bin())
         .args(args(&state))
@@ -95,10 +120,10 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
 
     // SIGTERM: every agent stops, in bounded time, and leaves its ports free.
     let t = Instant::now();
-    let status = up.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
+    let exit = up.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
     let took = t.elapsed();
     eprintln!("SIGTERM to every agent exited: {took:?}");
-    assert!(status.success(), "{status}");
+    assert!(exit.success(), "{exit}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     let leftovers = processes_mentioning(&state.display().to_string());
     assert!(leftovers.is_empty(), "agents still running: {leftovers:?}");
@@ -108,4 +133,7 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
         std::net::UdpSocket::bind(format!("{ip}:8300")).expect("QUIC port free");
     }
     assert!(!state.join("up.pid").exists(), "the lock is released");
+    let down = status("pretty");
+    assert!(!down.status.success(), "status fails when agents are down");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("is down"));
 }
