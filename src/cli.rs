@@ -72,12 +72,18 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        Client {
-            base,
-            http: reqwest::Client::builder()
+        // One HTTP client per process: building one reads the system's root certificates,
+        // and `up`/`status` talk to every agent of a federation.
+        static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = HTTP.get_or_init(|| {
+            reqwest::Client::builder()
                 .use_preconfigured_tls(crate::transport::tls::web_client_config(true))
                 .build()
-                .expect("an HTTP client with a rustls config builds"),
+                .expect("an HTTP client with a rustls config builds")
+        });
+        Client {
+            base,
+            http: http.clone(),
         }
     }
 

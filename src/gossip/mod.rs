@@ -324,13 +324,15 @@ async fn watch_members(
             metrics.set_members(status.as_str(), n);
         }
         for m in &members {
-            let before = previous.insert(m.name.clone(), m.status);
-            if m.status == MemberStatus::Failed && before.is_some_and(|b| b != MemberStatus::Failed)
+            if m.status == MemberStatus::Failed
+                && previous
+                    .get(&m.name)
+                    .is_some_and(|b| *b != MemberStatus::Failed)
             {
                 metrics.member_failed();
             }
         }
-        previous.retain(|name, _| members.iter().any(|m| &m.name == name));
+        previous = members.iter().map(|m| (m.name.clone(), m.status)).collect();
         tx.send_if_modified(|current| {
             if *current == members {
                 return false;
