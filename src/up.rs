@@ -149,16 +149,24 @@ impl Agent {
             .map_err(io(&self.log))?;
         let err = log.try_clone().map_err(io(&self.log))?;
         let exe = std::env::current_exe().map_err(io(Path::new("consulate")))?;
-        let child = Command::new(exe)
+        let mut child = Command::new(exe);
+        child
             .arg("agent")
             .arg("--config")
             .arg(&self.config)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io(&self.config))?;
+            .kill_on_drop(true);
+        // Agents die with `up` even when it is killed outright (no orphans holding ports).
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            child.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = child.spawn().map_err(io(&self.config))?;
         self.child = Some(child);
         Ok(())
     }

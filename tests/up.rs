@@ -90,7 +90,12 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
             .output()
             .unwrap()
     };
-    let healthy = status("json");
+    // Every agent's own view converges a moment after `up`'s readiness check: poll.
+    let healthy = eventually(Duration::from_secs(15), "status healthy", || async {
+        let out = status("json");
+        out.status.success().then_some(out)
+    })
+    .await;
     assert!(healthy.status.success(), "{healthy:?}");
     let report: serde_json::Value = serde_json::from_slice(&healthy.stdout).unwrap();
     assert_eq!(report["agents"].as_array().unwrap().len(), 8);
