@@ -25,6 +25,17 @@ use crate::transport::{Transport, TransportError};
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a blocking read waits, whoever asks (Consul: 10 minutes plus jitter).
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(660);
+/// How long a server holds a request while its DC has no reachable leader (an election
+/// after the leader died), retrying as leadership changes, before it answers `No cluster
+/// leader` (Consul's `rpc_hold_timeout`).
+const LEADER_HOLD: Duration = Duration::from_secs(7);
+/// How long a server of this DC may take to accept and acknowledge a request (dial
+/// included) before the sender moves on: far above a LAN round trip, far below the
+/// handshake timeout a dead server would otherwise cost.
+const IN_DC_REACH: Duration = Duration::from_secs(1);
+/// The longest a held request waits for leadership to change before it is tried again
+/// (about two election timeouts: a new leader normally shows up well within it).
+const HOLD_RETRY: Duration = Duration::from_secs(1);
 
 /// How a read is to be answered (from Consul's query parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +233,11 @@ impl Dispatcher {
         let (start, order) = self.servers.rotation();
         let mut last = DispatchError::NotServed("no server of this datacenter is known".into());
         for (i, addr) in order.into_iter().enumerate() {
-            match self.client.call(addr, None, req, timeout).await {
+            match self
+                .client
+                .call_reaching(addr, None, req, timeout, IN_DC_REACH)
+                .await
+            {
                 Ok(resp) => {
                     self.servers.settle(start, i);
                     return Ok(resp);
@@ -351,6 +366,53 @@ impl Dispatcher {
                 other => Err(unexpected(other)),
             };
         };
+        self.held(raft, forwarded, false, || {
+            self.write_here(raft, cmd.clone(), forwarded)
+        })
+        .await
+    }
+
+    /// Runs `attempt` (a request of this DC) until it is answered, holding it while the DC
+    /// has no reachable leader for at most [`LEADER_HOLD`]: an election after a leader died
+    /// delays requests instead of failing them. A request forwarded here by another server
+    /// is not held (its sender holds it). Only failures that leave the request unapplied
+    /// (any, for reads) are retried.
+    async fn held<T, F, Fut>(
+        &self,
+        raft: &RaftNode,
+        forwarded: bool,
+        read: bool,
+        mut attempt: F,
+    ) -> Result<T, DispatchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DispatchError>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        loop {
+            let leader = raft.leader().map(|(id, _)| id);
+            match attempt().await {
+                Err(e)
+                    if !forwarded
+                        && leaderless(&e, read)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    let left = deadline - tokio::time::Instant::now();
+                    raft.leader_change(leader, left.min(HOLD_RETRY)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One attempt at a write of this DC: applied here if this server leads, else sent to
+    /// the leader.
+    async fn write_here(
+        &self,
+        raft: &RaftNode,
+        cmd: Command,
+        forwarded: bool,
+    ) -> Result<CommandResult, DispatchError> {
         if raft.is_leader() {
             return Ok(raft.write(cmd).await?);
         }
@@ -365,7 +427,11 @@ impl Dispatcher {
             cmd,
             forwarded: true,
         };
-        match self.client.call(addr, None, &req, FORWARD_TIMEOUT).await? {
+        match self
+            .client
+            .call_reaching(addr, None, &req, FORWARD_TIMEOUT, IN_DC_REACH)
+            .await?
+        {
             AgentResponse::Written(r) => r,
             other => Err(unexpected(other)),
         }
@@ -407,6 +473,21 @@ impl Dispatcher {
                 other => Err(unexpected(other)),
             };
         };
+        self.held(raft, forwarded, true, || {
+            self.read_here(raft, query.clone(), opts, forwarded)
+        })
+        .await
+    }
+
+    /// One attempt at a read of this DC: answered here if `opts` allows this server to,
+    /// else at the leader.
+    async fn read_here(
+        &self,
+        raft: &RaftNode,
+        query: Query,
+        opts: ReadOptions,
+        forwarded: bool,
+    ) -> Result<ReadOutcome, DispatchError> {
         let local = match raft.read_barrier(opts.mode).await {
             Ok(meta) => match opts.max_stale {
                 Some(max)
@@ -434,7 +515,7 @@ impl Dispatcher {
             };
             return match self
                 .client
-                .call(addr, None, &req, opts.wait + FORWARD_TIMEOUT)
+                .call_reaching(addr, None, &req, opts.wait + FORWARD_TIMEOUT, IN_DC_REACH)
                 .await?
             {
                 AgentResponse::Read(r) => r,
@@ -475,6 +556,16 @@ impl Dispatcher {
     /// here, and the joiner tries another member).
     pub async fn join(&self, id: u64, node: ServerNode) -> Result<(), DispatchError> {
         Ok(self.server()?.add_server(id, node).await?)
+    }
+}
+
+/// Whether `e` says the DC's leader is unknown or could not be reached, so that the same
+/// request may be tried again once leadership settles (writes only when surely unapplied).
+fn leaderless(e: &DispatchError, read: bool) -> bool {
+    match e {
+        DispatchError::NoLeader => true,
+        DispatchError::Forward { retry_safe, .. } => read || *retry_safe,
+        _ => false,
     }
 }
 

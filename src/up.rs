@@ -1,6 +1,6 @@
 //! `consulate up`: a whole local federation from one topology file. It makes the CA and
 //! every agent's certificate once (reusing them after), renders every agent's config, gives
-//! each agent its own data dir and log file under a state folder, starts every agent as a
+//! each agent its own data dir, log file and pid file under a state folder, starts every agent as a
 //! child process, waits until every DC has a leader and the WAN pool holds every server
 //! (showing progress), prints where everything is, then supervises: a crashed agent is
 //! reported (and restarted with `--restart`), and Ctrl-C/SIGTERM stops client agents first
@@ -137,6 +137,9 @@ struct Agent {
     http: SocketAddr,
     config: PathBuf,
     log: PathBuf,
+    /// Holds the running agent's pid, for users who want to signal one agent (the
+    /// README's tour kills a server with it).
+    pid_file: PathBuf,
     child: Option<Child>,
 }
 
@@ -167,8 +170,17 @@ impl Agent {
             });
         }
         let child = child.spawn().map_err(io(&self.config))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(&self.pid_file, format!("{pid}\n")).map_err(io(&self.pid_file))?;
+        }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Forgets the agent's process once it exited.
+    fn exited(&mut self) {
+        self.child = None;
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 
     fn terminate(&self) {
@@ -241,7 +253,7 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
     let topo = Topology::load(&opts.topology)?;
     let lock = Lock::acquire(&opts.state_dir)?;
     if opts.fresh {
-        for sub in ["data", "config", "logs"] {
+        for sub in ["data", "config", "logs", "pids"] {
             let path = opts.state_dir.join(sub);
             if path.exists() {
                 std::fs::remove_dir_all(&path).map_err(io(&path))?;
@@ -256,7 +268,10 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
     };
     let config_dir = opts.state_dir.join("config");
     let log_dir = abs(&opts.state_dir.join("logs"))?;
-    std::fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+    let pid_dir = opts.state_dir.join("pids");
+    for dir in [&log_dir, &pid_dir] {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
     topo.write_configs(&paths, &config_dir)
         .map_err(io(&config_dir))?;
     let mut agents: Vec<Agent> = topo
@@ -266,6 +281,7 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
             http: cfg.http_bind(),
             config: config_dir.join(format!("{}.toml", cfg.node_name)),
             log: log_dir.join(format!("{}.log", cfg.node_name)),
+            pid_file: pid_dir.join(format!("{}.pid", cfg.node_name)),
             dc: cfg.datacenter,
             node: cfg.node_name,
             role: cfg.role,
@@ -349,7 +365,7 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
             "  curl -s 'http://{h}/v1/catalog/services?dc={}'",
             other.name
         );
-        println!("  curl -s http://{h}/metrics | grep consulate_rpc_cross_dc_total");
+        println!("  curl -s http://{h}/metrics | grep consulate_http_requests_total");
     }
     println!("\nCtrl-C stops every agent.");
     supervise(&mut agents, opts.restart, &shutdown).await;
@@ -376,7 +392,7 @@ async fn supervise(agents: &mut [Agent], restart: bool, shutdown: &CancellationT
                     a.dc,
                     a.log.display()
                 );
-                a.child = None;
+                a.exited();
                 if restart {
                     match a.start() {
                         Ok(()) => eprintln!("==> restarted {}", a.node),
@@ -407,6 +423,7 @@ async fn stop(agents: &mut [Agent]) {
             {
                 let _ = child.kill().await;
             }
+            a.exited();
         }
     }
     println!("==> Stopped every agent");

@@ -1,25 +1,15 @@
-//! `consulate up` as a user runs it: the shipped two-DC topology brought up by one command,
-//! checked through the agents it started, refused a second time, and stopped by SIGTERM
-//! with every agent gone and every port free.
+//! `consulate up` as a user runs it: the shipped topologies brought up by one command, the
+//! README's tour run command by command against it, a second `up` refused, a crashed agent
+//! reported (and restarted with `--restart`), and SIGTERM taking everything down with every
+//! agent gone and every port free. Both tests use the shipped topologies' fixed addresses
+//! (127.0.<dc>.<n>), so nextest runs them one at a time (`.config/nextest.toml`).
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Every agent address of `topology/local-2dc.toml`.
-const ADDRS: [&str; 8] = [
-    "127.0.1.1",
-    "127.0.1.2",
-    "127.0.1.3",
-    "127.0.1.10",
-    "127.0.2.1",
-    "127.0.2.2",
-    "127.0.2.3",
-    "127.0.2.10",
-];
 
 /// Processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -35,37 +25,230 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
+/// A directory laid out as the repository's root is for a user: `topology/` (linked to the
+/// shipped one), and room for `certs/` and `.consulate/`.
+fn user_checkout() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/local-2dc.toml");
-    let state = dir.path().join("state");
-    let out_path = dir.path().join("up.out");
-    let args = |state: &Path| {
-        vec![
-            "up".to_string(),
-            topology.display().to_string(),
-            "--data-dir".into(),
-            state.display().to_string(),
-            "--certs".into(),
-            dir.path().join("certs").display().to_string(),
-        ]
-    };
-    let started = Instant::now();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology");
+    std::os::unix::fs::symlink(shipped, dir.path().join("topology")).unwrap();
+    dir
+}
+
+/// `consulate up ARGS` started in `dir`, its output going to `dir/up.out`.
+fn start_up(dir: &Path, args: &[&str]) -> (ChildGuard, PathBuf) {
+    let out_path = dir.join("up.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let child = std::process::Command::new(consulate_bin())
-        .args(args(&state))
-        .current_dir(dir.path())
+        .arg("up")
+        .args(args)
+        .current_dir(dir)
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
         .unwrap();
-    let mut up = ChildGuard(Some(child), Some(out_path.clone()));
-    let text = eventually(Duration::from_secs(60), "`up` reporting ready", || async {
-        let text = std::fs::read_to_string(&out_path).ok()?;
+    (ChildGuard(Some(child), Some(out_path.clone())), out_path)
+}
+
+/// Waits until `up` reports the federation ready; its output so far.
+async fn ready(out_path: &Path) -> String {
+    eventually(Duration::from_secs(60), "`up` reporting ready", || async {
+        let text = std::fs::read_to_string(out_path).ok()?;
         text.contains("Federation ready").then_some(text)
     })
+    .await
+}
+
+/// `consulate status [TOPOLOGY] -format FORMAT` run in `dir`.
+fn status(dir: &Path, topology: Option<&str>, format: &str) -> std::process::Output {
+    std::process::Command::new(consulate_bin())
+        .arg("status")
+        .args(topology)
+        .args(["-format", format])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Polls `consulate status` until every agent's own view has converged (`up`'s readiness
+/// check looks at the best-informed server of each DC); its JSON report.
+async fn healthy(dir: &Path, topology: Option<&str>) -> serde_json::Value {
+    let out = eventually(Duration::from_secs(20), "status healthy", || async {
+        let out = status(dir, topology, "json");
+        out.status.success().then_some(out)
+    })
     .await;
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// SIGTERM to `up`: every agent stops in bounded time and leaves its ports free.
+fn stop_and_check(up: &mut ChildGuard, state: &Path, addrs: &[String]) -> Duration {
+    let t = Instant::now();
+    let exit = up.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
+    let took = t.elapsed();
+    assert!(exit.success(), "{exit}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let leftovers = processes_mentioning(&state.display().to_string());
+    assert!(leftovers.is_empty(), "agents still running: {leftovers:?}");
+    for ip in addrs {
+        std::net::TcpListener::bind(format!("{ip}:8500")).expect("HTTP port free");
+        std::net::UdpSocket::bind(format!("{ip}:8301")).expect("LAN gossip port free");
+        std::net::UdpSocket::bind(format!("{ip}:8300")).expect("QUIC port free");
+    }
+    assert!(!state.join("up.pid").exists(), "the lock is released");
+    assert_eq!(
+        std::fs::read_dir(state.join("pids")).unwrap().count(),
+        0,
+        "pid files removed"
+    );
+    took
+}
+
+/// Every agent address of a shipped topology of `dcs` DCs (3 servers and a client each).
+fn addresses(dcs: u8) -> Vec<String> {
+    (1..=dcs)
+        .flat_map(|dc| [1, 2, 3, 10].map(|n| format!("127.0.{dc}.{n}")))
+        .collect()
+}
+
+/// The commands of the README's tour, as a shell reads them (comments dropped).
+fn tour() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## A tour\n")
+        .nth(1)
+        .expect("README has a tour");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the tour's commands are in a sh block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a tour command must do: exit as `ok` says with output holding every one of
+/// `shows`, at once or, with `poll`, within a deadline (the command waits on something
+/// asynchronous, such as anti-entropy syncing a registration).
+struct Expect {
+    ok: bool,
+    poll: bool,
+    shows: &'static [&'static str],
+}
+
+/// The expectation for each tour command, found by a piece of it. A command the test does
+/// not know fails the test, so the README and this test change together.
+fn expectation(cmd: &str) -> Expect {
+    let table: [(&str, Expect); 9] = [
+        (
+            "export PATH",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[],
+            },
+        ),
+        (
+            "/v1/agent/service/register",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[],
+            },
+        ),
+        (
+            "/v1/catalog/service/web?dc=dc2",
+            Expect {
+                ok: true,
+                poll: true,
+                shows: &[r#""ServiceName":"web""#, r#""Datacenter":"dc2""#, r#""v1""#],
+            },
+        ),
+        (
+            "catalog services -datacenter dc2",
+            Expect {
+                ok: true,
+                poll: true,
+                shows: &["web", "v1"],
+            },
+        ),
+        (
+            "kill -9",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[],
+            },
+        ),
+        (
+            "/v1/health/service/web?dc=dc2&passing",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[r#""Service":"web""#, "dc2-client-1"],
+            },
+        ),
+        (
+            "consulate status",
+            Expect {
+                ok: false,
+                poll: false,
+                shows: &["dc2-server-1", "is down"],
+            },
+        ),
+        (
+            "consulate_http_requests_total",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[r#"route="/v1/catalog/service/{name}""#],
+            },
+        ),
+        (
+            "consulate_rpc_cross_dc_total",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &[r#"datacenter="dc2""#, r#"outcome="ok""#],
+            },
+        ),
+    ];
+    let (_, expect) = table
+        .into_iter()
+        .find(|(piece, _)| cmd.contains(piece))
+        .unwrap_or_else(|| panic!("the test has no expectation for the tour's `{cmd}`"));
+    expect
+}
+
+/// Runs one tour command as a user's shell would, in `dir`, with the built binary on PATH.
+fn run_step(dir: &Path, cmd: &str) -> (bool, String) {
+    let bin_dir = consulate_bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new("bash")
+        .args(["-c", &format!("set -o pipefail; {cmd}")])
+        .current_dir(dir)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_readme_tour_and_sigterm_takes_it_down() {
+    let dir = user_checkout();
+    let state = dir.path().join(".consulate");
+    let started = Instant::now();
+    // `consulate up` with its defaults, as the README's first command runs it.
+    let (mut up, out_path) = start_up(dir.path(), &[]);
+    let text = ready(&out_path).await;
     eprintln!("local-2dc ready {:?} after start", started.elapsed());
     assert!(text.contains("dc2-server-3") && text.contains("http://127.0.2.10:8500"));
     assert_eq!(
@@ -73,31 +256,10 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
         2,
         "one leader per DC:\n{text}"
     );
-
-    // The federation works: a cross-DC query from dc1's client agent.
-    let http = http_client();
-    let r = http
-        .get("http://127.0.1.10:8500/v1/catalog/services?dc=dc2")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    assert!(dir.path().join("certs/consul-agent-ca.pem").is_file());
 
     // `consulate status`: everything alive, a leader per DC, every cross-DC query answered.
-    let status = |format: &str| {
-        std::process::Command::new(consulate_bin())
-            .args(["status", &topology.display().to_string(), "-format", format])
-            .output()
-            .unwrap()
-    };
-    // Every agent's own view converges a moment after `up`'s readiness check: poll.
-    let healthy = eventually(Duration::from_secs(15), "status healthy", || async {
-        let out = status("json");
-        out.status.success().then_some(out)
-    })
-    .await;
-    assert!(healthy.status.success(), "{healthy:?}");
-    let report: serde_json::Value = serde_json::from_slice(&healthy.stdout).unwrap();
+    let report = healthy(dir.path(), None).await;
     assert_eq!(report["agents"].as_array().unwrap().len(), 8);
     assert!(report["leaders"]["dc1"].is_string() && report["leaders"]["dc2"].is_string());
     assert_eq!(report["wan_members"].as_array().unwrap().len(), 6);
@@ -109,13 +271,13 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
             .all(|c| c["error"].is_null()),
         "{report}"
     );
-    let pretty = status("pretty");
+    let pretty = status(dir.path(), None, "pretty");
     assert!(pretty.status.success());
     assert!(String::from_utf8_lossy(&pretty.stdout).contains("dc2-server-1.dc2"));
 
     // A second `up` on the same state folder refuses instead of fighting over ports.
     let second = std::process::Command::new(consulate_bin())
-        .args(args(&state))
+        .arg("up")
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -123,22 +285,94 @@ async fn up_brings_the_federation_up_and_sigterm_takes_it_down() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already running"), "{err}");
 
-    // SIGTERM: every agent stops, in bounded time, and leaves its ports free.
-    let t = Instant::now();
-    let exit = up.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
-    let took = t.elapsed();
-    eprintln!("SIGTERM to every agent exited: {took:?}");
-    assert!(exit.success(), "{exit}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    let leftovers = processes_mentioning(&state.display().to_string());
-    assert!(leftovers.is_empty(), "agents still running: {leftovers:?}");
-    for ip in ADDRS {
-        std::net::TcpListener::bind(format!("{ip}:8500")).expect("HTTP port free");
-        std::net::UdpSocket::bind(format!("{ip}:8301")).expect("LAN gossip port free");
-        std::net::UdpSocket::bind(format!("{ip}:8300")).expect("QUIC port free");
+    // The README's tour, command by command.
+    let commands = tour();
+    assert!(commands.len() >= 8, "{commands:?}");
+    for cmd in &commands {
+        let expect = expectation(cmd);
+        let t = Instant::now();
+        let check = |(ok, text): (bool, String)| {
+            (ok == expect.ok && expect.shows.iter().all(|s| text.contains(s))).then_some(text)
+        };
+        let text = if expect.poll {
+            eventually(Duration::from_secs(15), cmd, || async {
+                check(run_step(dir.path(), cmd))
+            })
+            .await
+        } else {
+            let (ok, text) = run_step(dir.path(), cmd);
+            check((ok, text.clone()))
+                .unwrap_or_else(|| panic!("tour step `{cmd}` (exit ok: {ok}):\n{text}"))
+        };
+        eprintln!("tour: `{cmd}` in {:?}", t.elapsed());
+        let _ = text;
     }
-    assert!(!state.join("up.pid").exists(), "the lock is released");
-    let down = status("pretty");
+    // `up` reported the killed server.
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(text.contains("dc2-server-1 (dc2) exited"), "{text}");
+    assert!(!state.join("pids/dc2-server-1.pid").exists());
+
+    let took = stop_and_check(&mut up, &state, &addresses(2));
+    eprintln!("SIGTERM to every agent exited: {took:?}");
+    let down = status(dir.path(), None, "pretty");
     assert!(!down.status.success(), "status fails when agents are down");
     assert!(String::from_utf8_lossy(&down.stderr).contains("is down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_brings_three_dcs_up_and_restarts_a_crashed_agent() {
+    let dir = user_checkout();
+    let state = dir.path().join(".consulate");
+    let topology = "topology/local-3dc.toml";
+    let started = Instant::now();
+    let (mut up, out_path) = start_up(dir.path(), &[topology, "--restart"]);
+    let text = ready(&out_path).await;
+    eprintln!("local-3dc ready {:?} after start", started.elapsed());
+    assert_eq!(text.matches("leader\n").count(), 3, "{text}");
+
+    let report = healthy(dir.path(), Some(topology)).await;
+    assert_eq!(report["agents"].as_array().unwrap().len(), 12);
+    assert_eq!(report["wan_members"].as_array().unwrap().len(), 9);
+    assert_eq!(report["cross_dc"].as_array().unwrap().len(), 6, "{report}");
+
+    // kill -9 a server: `up --restart` reports it and starts it again on its data dir.
+    let pid_file = state.join("pids/dc3-server-2.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    eventually(Duration::from_secs(10), "the agent restarted", || async {
+        let text = std::fs::read_to_string(&out_path).ok()?;
+        let new: i32 = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (text.contains("dc3-server-2 (dc3) exited") && text.contains("restarted dc3-server-2"))
+            .then_some(())
+            .filter(|_| new != pid && Path::new(&format!("/proc/{new}")).exists())
+    })
+    .await;
+    let report = healthy(dir.path(), Some(topology)).await;
+    eprintln!(
+        "restarted server back in a healthy federation {:?} after kill -9",
+        t.elapsed()
+    );
+    assert!(
+        report["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["node"] == "dc3-server-2" && a["alive"] == true)
+    );
+
+    let took = stop_and_check(&mut up, &state, &addresses(3));
+    eprintln!("SIGTERM to every agent of 3 DCs exited: {took:?}");
 }

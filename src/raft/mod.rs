@@ -318,6 +318,13 @@ impl RaftNode {
         Some((id, node))
     }
 
+    /// Waits, at most `max`, until the leader this server knows is no longer `from` (an
+    /// election ended or began): what a request held through an election waits on.
+    pub async fn leader_change(&self, from: Option<u64>, max: Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader != from)).await;
+    }
+
     /// Whether a quorum acknowledged this leader recently enough that no other leader can
     /// have been elected since (openraft's leader lease is the minimum election timeout).
     fn within_lease(&self) -> bool {
