@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod dns;
 pub mod duration;
 pub mod federation;
 pub mod gossip;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// Raft (servers; its gauges are read at scrape time by `raft::collector`).
     pub raft: RaftMetrics,
+    /// The DNS interface.
+    pub dns: DnsMetrics,
     build: IntGaugeVec,
 }
 
@@ -186,6 +188,7 @@ impl Metrics {
             ),
         };
         let raft = RaftMetrics::register(&registry);
+        let dns = DnsMetrics::register(&registry);
         let build = register(
             &registry,
             IntGaugeVec::new(
@@ -210,6 +213,7 @@ impl Metrics {
             federation,
             http,
             raft,
+            dns,
             build,
         }
     }
@@ -481,6 +485,84 @@ impl FederationMetrics {
                     Opts::new(
                         "consulate_federation_server_failures_total",
                         "Forwarding attempts on a remote server that failed and marked it, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// The DNS interface (Consul's `consul.dns.*`).
+#[derive(Clone)]
+pub struct DnsMetrics {
+    /// Queries by question type (`A`, `AAAA`, `SRV`, `SOA`, `NS`, `ANY`, `other`, `none`
+    /// for packets without a readable question) and outcome (`ok`, `nxdomain`, `refused`,
+    /// `servfail`, `forwarded`, `malformed`, `notimp`).
+    pub queries: IntCounterVec,
+    /// Time from receiving a query to having its answer, by protocol (`udp`, `tcp`).
+    pub seconds: HistogramVec,
+    /// Lookups of names in another datacenter, by outcome (`ok`, `nxdomain`, `servfail`).
+    pub cross_dc: IntCounterVec,
+    /// UDP answers cut to the client's size (TC set; the client retries over TCP).
+    pub truncated: prometheus::IntCounter,
+    /// Queries dropped unanswered, by reason (`overloaded`: too many in flight,
+    /// `tcp_limit`: too many TCP connections).
+    pub dropped: IntCounterVec,
+}
+
+impl DnsMetrics {
+    fn register(r: &Registry) -> DnsMetrics {
+        DnsMetrics {
+            queries: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_dns_queries_total",
+                        "DNS queries by question type and outcome.",
+                    ),
+                    &["type", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "consulate_dns_query_duration_seconds",
+                        "DNS query latency, by protocol (Consul: consul.dns.domain_query).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["protocol"],
+                )
+                .expect("valid metric"),
+            ),
+            cross_dc: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_dns_cross_dc_lookups_total",
+                        "DNS lookups of names in another datacenter, by outcome.",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            truncated: register(
+                r,
+                prometheus::IntCounter::new(
+                    "consulate_dns_truncated_total",
+                    "UDP answers cut to the client's size, TC set.",
+                )
+                .expect("valid metric"),
+            ),
+            dropped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_dns_dropped_total",
+                        "DNS queries dropped unanswered, by reason.",
                     ),
                     &["reason"],
                 )

@@ -43,6 +43,14 @@ pub enum AgentError {
     /// LAN gossip could not start.
     #[error(transparent)]
     Gossip(#[from] GossipError),
+    /// The DNS port could not be bound.
+    #[error("cannot serve DNS on {addr}: {reason}")]
+    Dns {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The HTTP listener could not be bound.
     #[error("cannot serve HTTP on {addr}: {reason}")]
     Http {
@@ -89,6 +97,7 @@ pub struct Agent {
     gossip: Gossip,
     wan: Option<Gossip>,
     http_task: tokio::task::JoinHandle<()>,
+    dns_task: tokio::task::JoinHandle<()>,
     transport: Transport,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
@@ -386,6 +395,22 @@ impl Agent {
             }),
             shutdown.child_token(),
         ));
+        let resolver = crate::dns::Resolver::new(
+            &config.domain,
+            &config.dns,
+            dispatcher.clone(),
+            members.clone(),
+            config.bind_addr,
+            metrics.dns.clone(),
+        );
+        let dns_bind = SocketAddr::new(config.bind_addr, config.ports.dns);
+        let (dns_addr, dns_task) =
+            crate::dns::serve(dns_bind, resolver, shutdown.child_token())
+                .await
+                .map_err(|e| AgentError::Dns {
+                    addr: dns_bind,
+                    reason: e.to_string(),
+                })?;
         let api = crate::http::Api::new(
             dispatcher.clone(),
             local,
@@ -403,6 +428,7 @@ impl Agent {
         info!(
             node = %config.node_name,
             http = %http_addr,
+            dns = %dns_addr,
             datacenter = %config.datacenter,
             role = %config.role,
             quic = %transport.local_addr(),
@@ -414,6 +440,7 @@ impl Agent {
             transport,
             dispatcher,
             http_task,
+            dns_task,
             shutdown,
         })
     }
@@ -437,6 +464,7 @@ impl Agent {
         .await;
         // The HTTP server stops taking requests first and lets in-flight ones finish.
         let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.http_task).await;
+        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.dns_task).await;
         if let Some(raft) = self.dispatcher.raft() {
             let _ = tokio::time::timeout(SHUTDOWN_BOUND, raft.shutdown()).await;
         }

@@ -188,6 +188,81 @@ impl Serialize for GossipKey {
     }
 }
 
+/// The DNS interface's settings (Consul's `dns_config`, same names and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Answer from any server's copy of the state, without asking the leader (default true).
+    pub allow_stale: bool,
+    /// With `allow_stale`: a server that has not heard from its leader for longer sends
+    /// the lookup to the leader (default `87600h`).
+    pub max_stale: GoDuration,
+    /// TTL of node answers (default `0s`).
+    pub node_ttl: GoDuration,
+    /// TTL of service answers by service name: exact names, `prefix*`, and `*` for every
+    /// other service (default: 0 for all).
+    pub service_ttl: std::collections::BTreeMap<String, GoDuration>,
+    /// Only instances whose every check passes; by default instances with a warning are
+    /// included and only critical ones left out (as Consul).
+    pub only_passing: bool,
+    /// Cap on records per answer (0: no cap).
+    pub a_record_limit: usize,
+    /// DNS servers to forward names outside the domain to (`ip` or `ip:port`, port 53);
+    /// without any such names are REFUSED.
+    pub recursors: Vec<JoinAddr>,
+    /// How long one recursor gets to answer before the next is tried (default `2s`).
+    pub recursor_timeout: GoDuration,
+    /// The SOA record's timers.
+    pub soa: SoaConfig,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            allow_stale: true,
+            max_stale: GoDuration(std::time::Duration::from_secs(87600 * 3600)),
+            node_ttl: GoDuration(std::time::Duration::ZERO),
+            service_ttl: Default::default(),
+            only_passing: false,
+            a_record_limit: 0,
+            recursors: Vec::new(),
+            recursor_timeout: GoDuration(std::time::Duration::from_secs(2)),
+            soa: SoaConfig::default(),
+        }
+    }
+}
+
+impl DnsConfig {
+    fn is_default(&self) -> bool {
+        *self == DnsConfig::default()
+    }
+}
+
+/// The SOA timers in seconds (Consul's `dns_config.soa`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoaConfig {
+    /// Refresh (default 3600).
+    pub refresh: u32,
+    /// Retry (default 600).
+    pub retry: u32,
+    /// Expire (default 86400).
+    pub expire: u32,
+    /// How long resolvers cache negative answers (default 0).
+    pub min_ttl: u32,
+}
+
+impl Default for SoaConfig {
+    fn default() -> Self {
+        SoaConfig {
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            min_ttl: 0,
+        }
+    }
+}
+
 fn default_domain() -> String {
     "consul".into()
 }
@@ -249,6 +324,9 @@ pub struct AgentConfig {
     /// node removed from the catalog (Go syntax, default `30m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_timeout: Option<GoDuration>,
+    /// The DNS interface.
+    #[serde(default, skip_serializing_if = "DnsConfig::is_default")]
+    pub dns: DnsConfig,
 }
 
 /// Where a dotted key is defined in a TOML document (1-based line).

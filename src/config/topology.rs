@@ -183,6 +183,7 @@ impl Topology {
                     encrypt: self.encrypt.clone(),
                     sync_interval: None,
                     check_update_interval: None,
+                    dns: Default::default(),
                     reconnect_timeout: None,
                 }
             })
