@@ -404,13 +404,12 @@ impl Agent {
             metrics.dns.clone(),
         );
         let dns_bind = SocketAddr::new(config.bind_addr, config.ports.dns);
-        let (dns_addr, dns_task) =
-            crate::dns::serve(dns_bind, resolver, shutdown.child_token())
-                .await
-                .map_err(|e| AgentError::Dns {
-                    addr: dns_bind,
-                    reason: e.to_string(),
-                })?;
+        let (dns_addr, dns_task) = crate::dns::serve(dns_bind, resolver, shutdown.child_token())
+            .await
+            .map_err(|e| AgentError::Dns {
+                addr: dns_bind,
+                reason: e.to_string(),
+            })?;
         let api = crate::http::Api::new(
             dispatcher.clone(),
             local,

@@ -170,7 +170,13 @@ impl Zone {
         };
         let (qname, qtype) = (q.name().clone(), q.query_type());
         resp.metadata.authoritative = !matches!(found, Found::Refused | Found::Failed);
-        let limit = |n: usize| if self.record_limit == 0 { n } else { n.min(self.record_limit) };
+        let limit = |n: usize| {
+            if self.record_limit == 0 {
+                n
+            } else {
+                n.min(self.record_limit)
+            }
+        };
         let found = match found {
             Found::Service { instances, .. } if instances.is_empty() => Found::NoSuchName,
             other => other,
@@ -202,7 +208,11 @@ impl Zone {
             Found::Service { instances, ttl, .. } => {
                 let mut seen = BTreeSet::new();
                 let ips = instances.iter().filter_map(|i| {
-                    let addr = if i.address.is_empty() { &i.node_address } else { &i.address };
+                    let addr = if i.address.is_empty() {
+                        &i.node_address
+                    } else {
+                        &i.address
+                    };
                     addr.parse::<IpAddr>().ok()
                 });
                 let ips: Vec<IpAddr> = ips
@@ -215,16 +225,14 @@ impl Zone {
                     resp.add_authority(self.soa(serial));
                 }
             }
-            Found::Node { address, ttl } => {
-                match address.parse::<IpAddr>() {
-                    Ok(ip) if wanted(qtype, ip) => {
-                        resp.add_answer(address_record(&qname, ip, ttl));
-                    }
-                    _ => {
-                        resp.add_authority(self.soa(serial));
-                    }
+            Found::Node { address, ttl } => match address.parse::<IpAddr>() {
+                Ok(ip) if wanted(qtype, ip) => {
+                    resp.add_answer(address_record(&qname, ip, ttl));
                 }
-            }
+                _ => {
+                    resp.add_authority(self.soa(serial));
+                }
+            },
             Found::Addr(ip) => {
                 if wanted(qtype, ip) {
                     resp.add_answer(address_record(&qname, ip, 0));
@@ -354,9 +362,9 @@ mod tests {
         let resp = zone().respond(&req, found, 1);
         assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
         assert!(resp.metadata.authoritative);
-        let ips: Vec<String> = resp.answers.iter().map(|r| r.data().to_string()).collect();
+        let ips: Vec<String> = resp.answers.iter().map(|r| r.data.to_string()).collect();
         assert_eq!(ips, ["10.0.0.1", "10.9.9.9"]);
-        assert!(resp.answers.iter().all(|r| r.ttl() == 5));
+        assert!(resp.answers.iter().all(|r| r.ttl == 5));
         // No IPv6 address: an AAAA query is answered empty, with the SOA.
         let req = request("web.service.consul.", RecordType::AAAA, None);
         let resp = zone().respond(&req, service(2), 1);
@@ -375,7 +383,7 @@ mod tests {
         };
         let req = request("_web._tcp.service.dc2.consul.", RecordType::SRV, Some(1232));
         let resp = zone().respond(&req, found, 1);
-        let targets: Vec<String> = resp.answers.iter().map(|r| r.data().to_string()).collect();
+        let targets: Vec<String> = resp.answers.iter().map(|r| r.data.to_string()).collect();
         assert_eq!(
             targets,
             [
@@ -386,7 +394,7 @@ mod tests {
         let glue: Vec<String> = resp
             .additionals
             .iter()
-            .map(|r| format!("{} {}", r.name(), r.data()))
+            .map(|r| format!("{} {}", r.name, r.data))
             .collect();
         assert_eq!(
             glue,
@@ -405,8 +413,12 @@ mod tests {
             let resp = zone().respond(&req, found, 7);
             assert_eq!(resp.metadata.response_code, ResponseCode::NXDomain);
             let soa = &resp.authorities[0];
-            assert_eq!(soa.ttl(), 30);
-            assert!(soa.data().to_string().contains("ns.consul. hostmaster.consul. 7"));
+            assert_eq!(soa.ttl, 30);
+            assert!(
+                soa.data
+                    .to_string()
+                    .contains("ns.consul. hostmaster.consul. 7")
+            );
         }
         let req = request("example.com.", RecordType::A, None);
         let resp = zone().respond(&req, Found::Refused, 7);
@@ -424,8 +436,8 @@ mod tests {
         let resp = zone().respond(&request("consul.", RecordType::SOA, None), apex(), 3);
         assert_eq!(resp.answers[0].record_type(), RecordType::SOA);
         let resp = zone().respond(&request("consul.", RecordType::NS, None), apex(), 3);
-        assert_eq!(resp.answers[0].data().to_string(), "s1.node.dc1.consul.");
-        assert_eq!(resp.additionals[0].data().to_string(), "10.0.0.1");
+        assert_eq!(resp.answers[0].data.to_string(), "s1.node.dc1.consul.");
+        assert_eq!(resp.additionals[0].data.to_string(), "10.0.0.1");
         let resp = zone().respond(&request("consul.", RecordType::TXT, None), apex(), 3);
         assert!(resp.answers.is_empty() && resp.authorities.len() == 1);
     }
@@ -436,9 +448,17 @@ mod tests {
             record_limit: 3,
             ..zone()
         };
-        let resp = z.respond(&request("web.service.consul.", RecordType::A, None), service(10), 1);
+        let resp = z.respond(
+            &request("web.service.consul.", RecordType::A, None),
+            service(10),
+            1,
+        );
         assert_eq!(resp.answers.len(), 3);
-        let resp = z.respond(&request("web.service.consul.", RecordType::SRV, None), service(10), 1);
+        let resp = z.respond(
+            &request("web.service.consul.", RecordType::SRV, None),
+            service(10),
+            1,
+        );
         assert_eq!(resp.answers.len(), 3);
     }
 
@@ -457,7 +477,10 @@ mod tests {
         assert_eq!(full.additionals.len(), 40);
         // EDNS raises the limit, up to our cap.
         assert_eq!(udp_limit(&request("a.", RecordType::A, Some(1232))), 1232);
-        assert_eq!(udp_limit(&request("a.", RecordType::A, Some(65000))), MAX_UDP_PAYLOAD);
+        assert_eq!(
+            udp_limit(&request("a.", RecordType::A, Some(65000))),
+            MAX_UDP_PAYLOAD
+        );
         assert_eq!(udp_limit(&request("a.", RecordType::A, Some(100))), 512);
     }
 }

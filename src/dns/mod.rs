@@ -255,12 +255,19 @@ impl Resolver {
             // A readable ID gets FORMERR back; anything shorter than a header, nothing.
             Err(_) if packet.len() >= 12 => {
                 let id = u16::from_be_bytes([packet[0], packet[1]]);
-                return ("none", Reply::error(id, OpCode::Query, ResponseCode::FormErr));
+                return (
+                    "none",
+                    Reply::error(id, OpCode::Query, ResponseCode::FormErr),
+                );
             }
             Err(_) => return ("none", None),
         };
         let (id, op_code) = (request.metadata.id, request.metadata.op_code);
-        let Some(q) = request.queries.first().filter(|_| request.queries.len() == 1) else {
+        let Some(q) = request
+            .queries
+            .first()
+            .filter(|_| request.queries.len() == 1)
+        else {
             return ("none", Reply::error(id, op_code, ResponseCode::FormErr));
         };
         let qtype = type_label(q.query_type());
@@ -297,9 +304,19 @@ impl Resolver {
                 // The TC bit: byte 2, bit 1 of the header.
                 let truncated = bytes.len() > 2 && bytes[2] & 0x02 != 0;
                 let outcome = outcome_label(resp.metadata.response_code);
-                (qtype, Some(Reply { bytes, outcome, truncated }))
+                (
+                    qtype,
+                    Some(Reply {
+                        bytes,
+                        outcome,
+                        truncated,
+                    }),
+                )
             }
-            None => (qtype, Reply::error(id, OpCode::Query, ResponseCode::ServFail)),
+            None => (
+                qtype,
+                Reply::error(id, OpCode::Query, ResponseCode::ServFail),
+            ),
         }
     }
 
@@ -310,10 +327,12 @@ impl Resolver {
         let (query, dc) = match lookup {
             Lookup::Invalid => return Found::NoSuchName,
             Lookup::Addr(ip) => return Found::Addr(ip),
-            Lookup::Apex => return Found::Apex {
-                servers: self.servers(),
-                dc: local.to_string(),
-            },
+            Lookup::Apex => {
+                return Found::Apex {
+                    servers: self.servers(),
+                    dc: local.to_string(),
+                };
+            }
             Lookup::Service { name, tag, dc } => (
                 Query::ServiceHealth {
                     service: name,
@@ -435,8 +454,8 @@ async fn ask_recursor(
             };
             socket.bind(from)?;
             let mut stream = socket.connect(to).await?;
-            let len = u16::try_from(packet.len())
-                .map_err(|_| std::io::Error::other("query too long"))?;
+            let len =
+                u16::try_from(packet.len()).map_err(|_| std::io::Error::other("query too long"))?;
             stream.write_all(&len.to_be_bytes()).await?;
             stream.write_all(packet).await?;
             let len = stream.read_u16().await?;

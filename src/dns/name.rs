@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn services_in_every_form() {
         assert_eq!(p("web.service.consul"), service("web", None, None));
-        assert_eq!(p("web.service.dc2.consul"), service("web", None, Some("dc2")));
+        assert_eq!(
+            p("web.service.dc2.consul"),
+            service("web", None, Some("dc2"))
+        );
         assert_eq!(p("v1.web.service.consul"), service("web", Some("v1"), None));
         assert_eq!(
             p("a.b.web.service.dc2.consul"),
@@ -167,7 +170,10 @@ mod tests {
             Lookup::Addr("127.0.0.1".parse().unwrap())
         );
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(p(&format!("{}.addr.consul", addr_label(v6))), Lookup::Addr(v6));
+        assert_eq!(
+            p(&format!("{}.addr.consul", addr_label(v6))),
+            Lookup::Addr(v6)
+        );
         assert_eq!(p("consul"), Lookup::Apex);
     }
 

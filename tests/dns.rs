@@ -1,0 +1,351 @@
+//! DNS as applications use it, asked with the real `dig` (Debian's bind9-dnsutils) of real
+//! agent processes in two DCs (one server and one client agent each): local, cross-DC, tag,
+//! RFC 2782 and node lookups, a failing instance leaving the answers, 40 instances cut
+//! over UDP and complete over TCP, NXDOMAIN with the SOA, names outside the domain refused
+//! or forwarded to recursors, and garbage on the port never stopping it answering.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use consulate::transport::identity::Role;
+use serde_json::json;
+
+fn ip(dc: u8, host: u8) -> String {
+    format!("127.84.{dc}.{host}")
+}
+
+fn base(dc: u8, host: u8) -> String {
+    format!("http://{}:8500", ip(dc, host))
+}
+
+/// The stub recursor's address (names outside the domain, asked of dc1's client agent).
+const RECURSOR: &str = "127.84.0.53:5353";
+/// A recursor address where nothing listens: tried first, skipped.
+const DEAD_RECURSOR: &str = "127.84.0.54:5353";
+
+/// DC `dc`: server `s1` on .1 and client `c1` on .21; dc1's client carries DNS settings.
+fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
+    let wan_join = format!("wan_join = [\"{}\"]\n", ip(3 - dc, 1));
+    let mut out = Vec::new();
+    for (node, role, host) in [("s1", Role::Server, 1), ("c1", Role::Client, 21)] {
+        let dc_name = format!("dc{dc}");
+        let tls = pki.write_files(dir, role, &dc_name, &format!("{node}.{dc_name}"));
+        let extra = match (role, dc) {
+            (Role::Server, _) => format!("bootstrap_expect = 1\n{wan_join}"),
+            (Role::Client, 1) => format!(
+                "[dns]\nservice_ttl = {{ \"web\" = \"10s\", \"*\" = \"3s\" }}\nrecursors = [\"{DEAD_RECURSOR}\", \"{RECURSOR}\"]\nrecursor_timeout = \"500ms\"\n[dns.soa]\nmin_ttl = 30\n"
+            ),
+            (Role::Client, _) => String::new(),
+        };
+        let text = format!(
+            "node_name = \"{node}\"\ndatacenter = \"{dc_name}\"\nrole = \"{role}\"\ndata_dir = \"{node}.{dc_name}-data\"\nbind_addr = \"{}\"\nlan_join = [\"{}\"]\n{extra}[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ip(dc, host),
+            ip(dc, 1),
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+        let path = dir.join(format!("{node}.{dc_name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        out.push(path);
+    }
+    out
+}
+
+/// `dig @server -p 8600 ARGS` (one try, 2 s): its output.
+fn dig(server: &str, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([&format!("@{server}"), "-p", "8600", "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `dig +short`, sorted.
+fn short(server: &str, name: &str, qtype: &str) -> Vec<String> {
+    let mut lines: Vec<String> = dig(server, &[name, qtype, "+short"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The records of the answer section (`name ttl class type data`).
+fn answers(out: &str) -> Vec<Vec<String>> {
+    let section = out.split(";; ANSWER SECTION:\n").nth(1).unwrap_or("");
+    section
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// Registers `service` (tags, a check with `status`) on node `node` at `address` in the
+/// catalog of the DC whose agent is `agent`.
+async fn register(
+    http: &reqwest::Client,
+    agent: &str,
+    (node, address): (&str, &str),
+    (service, tags): (&str, &[&str]),
+    status: &str,
+) {
+    let body = json!({
+        "Node": node, "Address": address,
+        "Service": {"Service": service, "ID": format!("{service}-{node}"), "Port": 8080,
+                    "Tags": tags},
+        "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
+                  "Status": status, "ServiceID": format!("{service}-{node}")}
+    });
+    let r = http
+        .put(format!("{agent}/v1/catalog/register"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// A recursor stub: answers every A question with 192.0.2.7, over UDP.
+async fn stub_recursor() -> tokio::task::JoinHandle<()> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    let socket = tokio::net::UdpSocket::bind(RECURSOR).await.unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::response(query.metadata.id, query.metadata.op_code);
+            resp.metadata.recursion_available = true;
+            resp.add_queries(query.queries.iter().cloned());
+            if let Some(q) = query.queries.first() {
+                resp.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    60,
+                    RData::A(A([192, 0, 2, 7].into())),
+                ));
+            }
+            let _ = socket.send_to(&resp.to_vec().unwrap(), from).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_finds_services_and_nodes_in_every_dc() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let _recursor = stub_recursor().await;
+    let mut agents = Vec::new();
+    for dc in [1, 2] {
+        for cfg in write_dc(dir.path(), &pki, dc) {
+            agents.push(spawn_agent(&cfg));
+        }
+    }
+    let http = http_client();
+    let (c1, c2) = (base(1, 21), base(2, 21));
+    let (dns1, dns2) = (ip(1, 21), ip(2, 21));
+    for c in [&c1, &c2] {
+        eventually(Duration::from_secs(30), "a leader in each DC", || async {
+            let r = http
+                .get(format!("{c}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
+            let leader: String = r.json().await.ok()?;
+            (!leader.is_empty()).then_some(())
+        })
+        .await;
+    }
+    register(
+        &http,
+        &c1,
+        ("a1", "127.84.1.50"),
+        ("web", &["v1"]),
+        "passing",
+    )
+    .await;
+    register(
+        &http,
+        &c1,
+        ("a2", "127.84.1.51"),
+        ("web", &["v1"]),
+        "passing",
+    )
+    .await;
+    for (i, tag) in [(0, "v1"), (1, "v2"), (2, "v2")] {
+        let node = format!("n{}", i + 1);
+        let addr = format!("127.84.2.{}", 50 + i);
+        register(&http, &c2, (&node, &addr), ("web", &[tag]), "passing").await;
+    }
+    for i in 0..40 {
+        let node = format!("big-{i}");
+        let addr = format!("10.84.{}.{}", i / 200, i % 200 + 1);
+        register(&http, &c2, (&node, &addr), ("big", &[]), "passing").await;
+    }
+    // The WAN pool takes a moment: dc1 sees dc2's web instances through DNS.
+    eventually(
+        Duration::from_secs(30),
+        "dc2 reachable from dc1",
+        || async { (short(&dns1, "web.service.dc2.consul", "A").len() == 3).then_some(()) },
+    )
+    .await;
+
+    // Local lookups: SRV targets are node names, glued; A records; the configured TTL.
+    let srv = dig(
+        &dns1,
+        &[
+            "web.service.consul",
+            "SRV",
+            "+noall",
+            "+answer",
+            "+additional",
+        ],
+    );
+    let records = answers(&format!(";; ANSWER SECTION:\n{srv}"));
+    assert_eq!(records.len(), 4, "{srv}");
+    assert!(srv.contains("1 1 8080 a1.node.dc1.consul.") && srv.contains("a2.node.dc1.consul."));
+    let glue = ["a1.node.dc1.consul.", "10", "IN", "A", "127.84.1.50"].map(String::from);
+    assert!(records.contains(&glue.to_vec()), "{srv}");
+    assert_eq!(
+        short(&dns1, "web.service.consul", "A"),
+        ["127.84.1.50", "127.84.1.51"]
+    );
+    assert_eq!(short(&dns2, "web.service.consul", "A").len(), 3);
+
+    // Another DC's names, a tag, the RFC 2782 form, a node.
+    assert_eq!(
+        short(&dns1, "web.service.dc2.consul", "A"),
+        ["127.84.2.50", "127.84.2.51", "127.84.2.52"]
+    );
+    assert_eq!(
+        short(&dns1, "v1.web.service.dc2.consul", "A"),
+        ["127.84.2.50"]
+    );
+    let rfc = short(&dns1, "_web._v2.service.dc2.consul", "SRV");
+    assert_eq!(
+        rfc,
+        [
+            "1 1 8080 n2.node.dc2.consul.",
+            "1 1 8080 n3.node.dc2.consul."
+        ]
+    );
+    assert_eq!(short(&dns1, "_web._tcp.service.dc2.consul", "SRV").len(), 3);
+    assert_eq!(short(&dns1, "n1.node.dc2.consul", "A"), ["127.84.2.50"]);
+    assert_eq!(short(&dns1, "s1.node.dc2.consul", "A"), ["127.84.2.1"]);
+
+    // A failing instance disappears from the answers.
+    register(
+        &http,
+        &c2,
+        ("n2", "127.84.2.51"),
+        ("web", &["v2"]),
+        "critical",
+    )
+    .await;
+    eventually(Duration::from_secs(10), "n2 gone from DNS", || async {
+        (short(&dns1, "web.service.dc2.consul", "A") == ["127.84.2.50", "127.84.2.52"])
+            .then_some(())
+    })
+    .await;
+
+    // 40 instances: cut over UDP (TC), complete over TCP; dig retries over TCP by itself.
+    let udp = dig(
+        &dns1,
+        &["big.service.dc2.consul", "SRV", "+ignore", "+noedns"],
+    );
+    assert!(
+        udp.contains("flags: qr aa tc") || udp.contains(" tc"),
+        "TC set over UDP: {udp}"
+    );
+    assert!(answers(&udp).len() < 40, "{udp}");
+    let tcp = dig(&dns1, &["big.service.dc2.consul", "SRV", "+tcp"]);
+    assert_eq!(answers(&tcp).len(), 40, "{tcp}");
+    let retried = dig(&dns1, &["big.service.dc2.consul", "SRV", "+noedns"]);
+    assert!(
+        retried.contains("Truncated, retrying in TCP mode"),
+        "{retried}"
+    );
+    assert_eq!(answers(&retried).len(), 40);
+    assert!(
+        answers(&tcp).iter().all(|r| r[1] == "3"),
+        "the `*` TTL: {tcp}"
+    );
+
+    // Unknown names: NXDOMAIN with the SOA, whose TTL is the negative-caching time.
+    for name in [
+        "nothing.service.consul",
+        "web.service.dc9.consul",
+        "x.consul",
+    ] {
+        let out = dig(&dns1, &[name, "A"]);
+        assert!(out.contains("status: NXDOMAIN"), "{name}: {out}");
+        assert!(
+            out.contains("consul.\t\t\t30\tIN\tSOA\tns.consul. hostmaster.consul."),
+            "{name}: {out}"
+        );
+    }
+    let soa = short(&dns2, "consul", "SOA");
+    assert!(
+        soa[0].starts_with("ns.consul. hostmaster.consul."),
+        "{soa:?}"
+    );
+    assert_eq!(short(&dns2, "consul", "NS"), ["s1.node.dc2.consul."]);
+
+    // Outside the domain: refused without recursors; forwarded (past a dead one) with.
+    assert!(dig(&dns2, &["example.com", "A"]).contains("status: REFUSED"));
+    assert_eq!(short(&dns1, "example.com", "A"), ["192.0.2.7"]);
+
+    // Garbage and oversized packets on both protocols: counted, and DNS keeps answering.
+    let udp_socket = std::net::UdpSocket::bind(format!("{}:0", ip(0, 9))).unwrap();
+    let target = format!("{dns1}:8600");
+    let mut seed = 0x9e37_79b9_u32;
+    for i in 0..500usize {
+        let len = [0, 3, 11, 12, 40, 512, 4000, 60_000][i % 8];
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        let _ = udp_socket.send_to(&junk, &target);
+    }
+    {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(&target).unwrap();
+        let mut frame = vec![0xff, 0xff];
+        frame.extend(std::iter::repeat_n(0xa5, 65535));
+        let _ = tcp.write_all(&frame);
+        let mut tcp = std::net::TcpStream::connect(&target).unwrap();
+        let _ = tcp.write_all(b"\x00\x05hello GET / HTTP/1.1\r\n\r\n");
+    }
+    assert_eq!(
+        short(&dns1, "web.service.consul", "A"),
+        ["127.84.1.50", "127.84.1.51"]
+    );
+    let text = scrape(&http, &c1).await.unwrap();
+    let count = |needle: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count("consulate_dns_queries_total{outcome=\"malformed\"") >= 100.0,
+        "{text}"
+    );
+    assert!(count("consulate_dns_queries_total{outcome=\"forwarded\"") >= 1.0);
+    assert!(count("consulate_dns_cross_dc_lookups_total{outcome=\"ok\"}") >= 5.0);
+    assert!(count("consulate_dns_truncated_total") >= 1.0);
+    assert!(count("consulate_dns_query_duration_seconds_count{protocol=\"tcp\"}") >= 1.0);
+    drop(agents);
+}
