@@ -29,10 +29,18 @@ pub enum Table {
     Checks,
     /// The KV store.
     Kv,
+    /// Sessions.
+    Sessions,
 }
 
 impl Table {
-    const ALL: [Table; 4] = [Table::Nodes, Table::Services, Table::Checks, Table::Kv];
+    const ALL: [Table; 5] = [
+        Table::Nodes,
+        Table::Services,
+        Table::Checks,
+        Table::Kv,
+        Table::Sessions,
+    ];
 
     fn slot(self) -> usize {
         self as usize
@@ -83,6 +91,36 @@ pub enum Command {
         /// The prefix.
         prefix: String,
     },
+    /// Takes the lock on a key for `session` and writes the value (`?acquire=`): fails if
+    /// another session holds it. The lock-delay is checked by the leader before proposing.
+    KvAcquire {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: bytes::Bytes,
+        /// Opaque flags.
+        flags: u64,
+        /// The session taking the lock.
+        session: String,
+    },
+    /// Releases the lock `session` holds on a key and writes the value (`?release=`).
+    KvRelease {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: bytes::Bytes,
+        /// Opaque flags.
+        flags: u64,
+        /// The session holding the lock.
+        session: String,
+    },
+    /// Creates a session (its ID chosen by the proposer).
+    SessionCreate(Box<Session>),
+    /// Ends a session: destroyed by its owner, or its TTL lapsed (written by the leader).
+    SessionDestroy {
+        /// The session.
+        id: String,
+    },
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -92,9 +130,10 @@ impl Command {
     /// Roughly how many bytes the command carries (values and keys), for batching limits.
     pub fn approx_size(&self) -> usize {
         match self {
-            Command::KvSet { key, value, .. } | Command::KvCas { key, value, .. } => {
-                key.len() + value.len()
-            }
+            Command::KvSet { key, value, .. }
+            | Command::KvCas { key, value, .. }
+            | Command::KvAcquire { key, value, .. }
+            | Command::KvRelease { key, value, .. } => key.len() + value.len(),
             Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
             _ => 256,
         }
@@ -122,6 +161,11 @@ pub struct State {
     /// only that service's instances. Derived from `data`, never serialized.
     by_name: BTreeMap<String, BTreeSet<NodeKey>>,
     watches: Vec<watch::Sender<u64>>,
+    /// Keys whose lock cannot be acquired until the instant, after the session holding
+    /// them ended (Consul's lock-delay). Soft state, as in Consul: each server sets it when
+    /// it applies the end of a session, and only the leader consults it, before proposing
+    /// an acquire; never serialized.
+    lock_delays: std::collections::HashMap<String, std::time::Instant>,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -150,7 +194,11 @@ pub struct Tables {
     services: BTreeMap<(String, String), Service>,
     checks: BTreeMap<(String, String), Check>,
     kv: BTreeMap<String, KvEntry>,
-    indexes: [u64; 4],
+    #[serde(default)]
+    sessions: BTreeMap<String, Session>,
+    /// Per table, the log index of its last change (snapshots of older versions hold
+    /// fewer; the missing ones start at 0).
+    indexes: Vec<u64>,
 }
 
 impl Default for State {
@@ -161,7 +209,8 @@ impl Default for State {
 
 impl State {
     /// A state holding `data` (e.g. restored from a snapshot).
-    pub fn from_tables(data: Tables) -> State {
+    pub fn from_tables(mut data: Tables) -> State {
+        data.indexes.resize(Table::ALL.len(), 0);
         let watches = Table::ALL
             .iter()
             .map(|t| watch::channel(data.indexes[t.slot()]).0)
@@ -171,11 +220,13 @@ impl State {
             data,
             by_name,
             watches,
+            lock_delays: Default::default(),
         }
     }
 
     /// Replaces the whole content (snapshot install); every watcher is woken.
-    pub fn restore(&mut self, data: Tables) {
+    pub fn restore(&mut self, mut data: Tables) {
+        data.indexes.resize(Table::ALL.len(), 0);
         self.by_name = name_index(&data);
         self.data = data;
         for t in Table::ALL {
@@ -259,6 +310,23 @@ impl State {
                     _ => CommandResult::Bool(false),
                 }
             }
+            Command::KvAcquire {
+                key,
+                value,
+                flags,
+                session,
+            } => self.kv_acquire(index, key, value, flags, session),
+            Command::KvRelease {
+                key,
+                value,
+                flags,
+                session,
+            } => self.kv_release(index, key, value, flags, session),
+            Command::SessionCreate(session) => self.session_create(index, *session),
+            Command::SessionDestroy { id } => {
+                self.invalidate(index, &id);
+                CommandResult::Bool(true)
+            }
             Command::KvDeleteTree { prefix } => {
                 let doomed: Vec<String> = self.kv_prefix(&prefix).map(|e| e.key.clone()).collect();
                 for k in &doomed {
@@ -270,6 +338,162 @@ impl State {
                 CommandResult::Bool(true)
             }
         }
+    }
+
+    fn kv_acquire(
+        &mut self,
+        index: u64,
+        key: String,
+        value: bytes::Bytes,
+        flags: u64,
+        session: String,
+    ) -> CommandResult {
+        if !self.data.sessions.contains_key(&session) {
+            return CommandResult::Rejected(format!("invalid session \"{session}\""));
+        }
+        if let Some(e) = self.data.kv.get(&key)
+            && let Some(holder) = &e.session
+            && *holder != session
+        {
+            return CommandResult::Bool(false);
+        }
+        let held = self
+            .data
+            .kv
+            .get(&key)
+            .is_some_and(|e| e.session.as_deref() == Some(&session));
+        self.kv_put(index, key.clone(), value, flags);
+        let entry = self.data.kv.get_mut(&key).expect("just written");
+        if !held {
+            entry.lock_index += 1;
+            entry.session = Some(session);
+        }
+        CommandResult::Bool(true)
+    }
+
+    fn kv_release(
+        &mut self,
+        index: u64,
+        key: String,
+        value: bytes::Bytes,
+        flags: u64,
+        session: String,
+    ) -> CommandResult {
+        let held = self
+            .data
+            .kv
+            .get(&key)
+            .is_some_and(|e| e.session.as_deref() == Some(&session));
+        if !held {
+            return CommandResult::Bool(false);
+        }
+        self.kv_put(index, key.clone(), value, flags);
+        if let Some(e) = self.data.kv.get_mut(&key) {
+            e.session = None;
+        }
+        CommandResult::Bool(true)
+    }
+
+    fn session_create(&mut self, index: u64, mut session: Session) -> CommandResult {
+        if session.id.is_empty() || self.data.sessions.contains_key(&session.id) {
+            return CommandResult::Rejected("Session ID must be new".into());
+        }
+        if !self.data.nodes.contains_key(&session.node) {
+            return CommandResult::Rejected(format!(
+                "Missing node registration for \"{}\"",
+                session.node
+            ));
+        }
+        for check in session.node_checks.iter().chain(&session.service_checks) {
+            match self.data.checks.get(&(session.node.clone(), check.clone())) {
+                None => {
+                    return CommandResult::Rejected(format!(
+                        "Missing check '{check}' registration"
+                    ));
+                }
+                Some(c) if c.status == HealthStatus::Critical => {
+                    return CommandResult::Rejected(format!(
+                        "Check '{check}' is in critical state"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        session.create_index = index;
+        session.modify_index = index;
+        self.data.sessions.insert(session.id.clone(), session);
+        self.touch(Table::Sessions, index);
+        CommandResult::Ok
+    }
+
+    /// Ends session `id` (if it exists): its keys are released or deleted as its behavior
+    /// says, and each gets the session's lock-delay.
+    fn invalidate(&mut self, index: u64, id: &str) {
+        let Some(session) = self.data.sessions.remove(id) else {
+            return;
+        };
+        self.touch(Table::Sessions, index);
+        let held: Vec<String> = self
+            .data
+            .kv
+            .values()
+            .filter(|e| e.session.as_deref() == Some(id))
+            .map(|e| e.key.clone())
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let until = std::time::Instant::now() + session.lock_delay;
+        for key in held {
+            match session.behavior {
+                SessionBehavior::Release => {
+                    if let Some(e) = self.data.kv.get_mut(&key) {
+                        e.session = None;
+                        e.modify_index = index;
+                    }
+                }
+                SessionBehavior::Delete => {
+                    self.data.kv.remove(&key);
+                }
+            }
+            if !session.lock_delay.is_zero() {
+                self.lock_delays.insert(key, until);
+            }
+        }
+        self.touch(Table::Kv, index);
+    }
+
+    /// Ends the sessions on `node` that use any of `checks` (`None`: every session on the
+    /// node), after those checks went critical or were removed.
+    fn invalidate_for(&mut self, index: u64, node: &str, checks: Option<&[String]>) {
+        let doomed: Vec<String> = self
+            .data
+            .sessions
+            .values()
+            .filter(|s| s.node == node)
+            .filter(|s| checks.is_none_or(|cs| cs.iter().any(|c| s.uses_check(c))))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in doomed {
+            self.invalidate(index, &id);
+        }
+    }
+
+    /// Whether `key` is within the lock-delay of a session that ended (acquires refused).
+    pub fn lock_delayed(&self, key: &str) -> bool {
+        self.lock_delays
+            .get(key)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// One session.
+    pub fn session(&self, id: &str) -> Option<&Session> {
+        self.data.sessions.get(id)
+    }
+
+    /// Every session, by ID.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.data.sessions.values()
     }
 
     fn kv_put(&mut self, index: u64, key: String, value: bytes::Bytes, flags: u64) {
@@ -341,8 +565,18 @@ impl State {
                 self.touch(Table::Services, index);
             }
         }
+        let mut gone_critical = Vec::new();
         for def in req.checks {
             let key = (req.node.clone(), def.check_id.clone());
+            if def.status == HealthStatus::Critical
+                && self
+                    .data
+                    .checks
+                    .get(&key)
+                    .is_none_or(|c| c.status != HealthStatus::Critical)
+            {
+                gone_critical.push(def.check_id.clone());
+            }
             let service_id = def.service_id.unwrap_or_default();
             let (service_name, service_tags) = self
                 .data
@@ -369,6 +603,9 @@ impl State {
                 self.touch(Table::Checks, index);
             }
         }
+        if !gone_critical.is_empty() {
+            self.invalidate_for(index, &req.node, Some(&gone_critical));
+        }
         CommandResult::Ok
     }
 
@@ -377,10 +614,11 @@ impl State {
             if self
                 .data
                 .checks
-                .remove(&(req.node.clone(), check_id))
+                .remove(&(req.node.clone(), check_id.clone()))
                 .is_some()
             {
                 self.touch(Table::Checks, index);
+                self.invalidate_for(index, &req.node, Some(&[check_id]));
             }
             return CommandResult::Ok;
         }
@@ -391,8 +629,16 @@ impl State {
                 self.unindex_service(&key, &old.service);
                 self.touch(Table::Services, index);
             }
+            let removed: Vec<String> = self
+                .data
+                .checks
+                .range(range.clone())
+                .filter(|(_, c)| c.service_id == service_id)
+                .map(|(_, c)| c.check_id.clone())
+                .collect();
             if remove_in(&mut self.data.checks, range, |c| c.service_id == service_id) {
                 self.touch(Table::Checks, index);
+                self.invalidate_for(index, &req.node, Some(&removed));
             }
             return CommandResult::Ok;
         }
@@ -415,6 +661,7 @@ impl State {
         if remove_in(&mut self.data.checks, range, |_| true) {
             self.touch(Table::Checks, index);
         }
+        self.invalidate_for(index, &req.node, None);
         CommandResult::Ok
     }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use super::{Check, HealthStatus, KvEntry, Node, Service, State, Table};
+use super::{Check, HealthStatus, KvEntry, Node, Service, Session, State, Table};
 
 /// Node metadata pairs a node must carry (`?node-meta=key:value`, all of them).
 pub type NodeMetaFilter = Vec<(String, String)>;
@@ -85,6 +85,18 @@ pub enum Query {
         /// The state asked for.
         state: Option<HealthStatus>,
     },
+    /// `session/info/:id`: one session (none or one).
+    SessionInfo {
+        /// The session ID.
+        id: String,
+    },
+    /// `session/node/:node`: the sessions tied to a node.
+    NodeSessions {
+        /// The node name.
+        node: String,
+    },
+    /// `session/list`: every session.
+    Sessions,
 }
 
 /// One service instance with its node and the checks that decide its health.
@@ -117,6 +129,8 @@ pub enum QueryResult {
     Health(Vec<ServiceHealth>),
     /// Health checks.
     Checks(Vec<Check>),
+    /// Sessions.
+    Sessions(Vec<Session>),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -157,6 +171,9 @@ impl Query {
             | Query::NodeChecks { .. }
             | Query::ChecksInState { .. }
             | Query::CheckById { .. } => &[Table::Checks],
+            Query::SessionInfo { .. } | Query::NodeSessions { .. } | Query::Sessions => {
+                &[Table::Sessions]
+            }
         }
     }
 
@@ -278,6 +295,17 @@ impl Query {
                     .cloned()
                     .collect(),
             ),
+            Query::SessionInfo { id } => {
+                QueryResult::Sessions(state.session(id).cloned().into_iter().collect())
+            }
+            Query::NodeSessions { node } => QueryResult::Sessions(
+                state
+                    .sessions()
+                    .filter(|s| s.node == *node)
+                    .cloned()
+                    .collect(),
+            ),
+            Query::Sessions => QueryResult::Sessions(state.sessions().cloned().collect()),
         }
     }
 }

@@ -374,3 +374,170 @@ fn catalog_queries_filter_like_consul() {
     assert_eq!(restored.service_instances("api").count(), 1);
     assert_eq!(restored.service_instances("web").count(), 0);
 }
+
+fn serf(node: &str, status: HealthStatus) -> Command {
+    reg(
+        node,
+        None,
+        vec![CheckDefinition {
+            check_id: "serfHealth".into(),
+            name: "Serf Health Status".into(),
+            status,
+            ..Default::default()
+        }],
+    )
+}
+
+fn session(id: &str, node: &str, behavior: SessionBehavior, delay_s: u64) -> Command {
+    Command::SessionCreate(Box::new(Session {
+        id: id.into(),
+        node: node.into(),
+        node_checks: vec!["serfHealth".into()],
+        behavior,
+        lock_delay: std::time::Duration::from_secs(delay_s),
+        ..Default::default()
+    }))
+}
+
+fn acquire(key: &str, session: &str) -> Command {
+    Command::KvAcquire {
+        key: key.into(),
+        value: bytes::Bytes::from_static(b"v"),
+        flags: 0,
+        session: session.into(),
+    }
+}
+
+fn release(key: &str, session: &str) -> Command {
+    Command::KvRelease {
+        key: key.into(),
+        value: bytes::Bytes::from_static(b"r"),
+        flags: 0,
+        session: session.into(),
+    }
+}
+
+#[test]
+fn sessions_need_their_node_and_healthy_checks() {
+    let mut s = State::default();
+    assert!(matches!(
+        s.apply(1, session("s1", "n1", SessionBehavior::Release, 0)),
+        CommandResult::Rejected(m) if m.contains("Missing node")
+    ));
+    s.apply(2, serf("n1", HealthStatus::Critical));
+    assert!(matches!(
+        s.apply(3, session("s1", "n1", SessionBehavior::Release, 0)),
+        CommandResult::Rejected(m) if m.contains("critical")
+    ));
+    s.apply(4, serf("n1", HealthStatus::Passing));
+    assert_eq!(
+        s.apply(5, session("s1", "n1", SessionBehavior::Release, 0)),
+        CommandResult::Ok
+    );
+    assert!(matches!(
+        s.apply(6, session("s1", "n1", SessionBehavior::Release, 0)),
+        CommandResult::Rejected(_)
+    ));
+    assert_eq!(s.session("s1").unwrap().create_index, 5);
+    assert_eq!(s.index(Table::Sessions), 5);
+}
+
+#[test]
+fn locks_follow_consuls_rules() {
+    let mut s = State::default();
+    s.apply(1, serf("n1", HealthStatus::Passing));
+    s.apply(2, session("a", "n1", SessionBehavior::Release, 0));
+    s.apply(3, session("b", "n1", SessionBehavior::Release, 0));
+    assert!(matches!(
+        s.apply(4, acquire("k", "nope")),
+        CommandResult::Rejected(_)
+    ));
+    assert_eq!(s.apply(5, acquire("k", "a")), CommandResult::Bool(true));
+    let e = s.kv_get("k").unwrap();
+    assert_eq!((e.session.as_deref(), e.lock_index), (Some("a"), 1));
+    assert_eq!(s.apply(6, acquire("k", "b")), CommandResult::Bool(false));
+    assert_eq!(
+        s.apply(7, acquire("k", "a")),
+        CommandResult::Bool(true),
+        "re-acquiring by the holder updates the value"
+    );
+    assert_eq!(s.kv_get("k").unwrap().lock_index, 1);
+    assert_eq!(s.apply(8, release("k", "b")), CommandResult::Bool(false));
+    assert_eq!(s.apply(9, set("k", "plain")), CommandResult::Bool(true));
+    assert_eq!(s.kv_get("k").unwrap().session.as_deref(), Some("a"));
+    assert_eq!(s.apply(10, release("k", "a")), CommandResult::Bool(true));
+    let e = s.kv_get("k").unwrap();
+    assert_eq!((e.session.as_deref(), &e.value[..]), (None, &b"r"[..]));
+    assert_eq!(s.apply(11, acquire("k", "b")), CommandResult::Bool(true));
+    assert_eq!(s.kv_get("k").unwrap().lock_index, 2);
+}
+
+#[test]
+fn a_failing_check_ends_sessions_and_frees_or_deletes_their_keys() {
+    let mut s = State::default();
+    s.apply(1, serf("n1", HealthStatus::Passing));
+    s.apply(2, serf("n2", HealthStatus::Passing));
+    s.apply(3, session("rel", "n1", SessionBehavior::Release, 15));
+    s.apply(4, session("del", "n1", SessionBehavior::Delete, 0));
+    s.apply(5, session("other", "n2", SessionBehavior::Release, 0));
+    s.apply(6, acquire("r", "rel"));
+    s.apply(7, acquire("d", "del"));
+    s.apply(8, acquire("o", "other"));
+    assert!(!s.lock_delayed("r"));
+    // Still passing: nothing ends.
+    s.apply(9, serf("n1", HealthStatus::Passing));
+    assert_eq!(s.sessions().count(), 3);
+    s.apply(10, serf("n1", HealthStatus::Critical));
+    assert!(s.session("rel").is_none() && s.session("del").is_none());
+    let r = s.kv_get("r").unwrap();
+    assert_eq!((r.session.as_deref(), r.modify_index), (None, 10));
+    assert!(s.kv_get("d").is_none(), "behavior delete");
+    assert!(s.lock_delayed("r"), "15 s lock-delay");
+    assert!(!s.lock_delayed("d"), "no lock-delay");
+    assert_eq!(s.kv_get("o").unwrap().session.as_deref(), Some("other"));
+    // Deregistering a node ends its sessions; destroying ends one.
+    s.apply(
+        11,
+        Command::Deregister(DeregisterRequest {
+            node: "n2".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(s.session("other").is_none());
+    assert_eq!(s.kv_get("o").unwrap().session, None);
+    s.apply(12, serf("n1", HealthStatus::Passing));
+    s.apply(13, session("x", "n1", SessionBehavior::Release, 0));
+    s.apply(14, Command::SessionDestroy { id: "x".into() });
+    assert_eq!(s.sessions().count(), 0);
+    assert_eq!(s.index(Table::Sessions), 14);
+}
+
+#[test]
+fn sessions_survive_a_snapshot_and_old_snapshots_still_load() {
+    let mut s = State::default();
+    s.apply(1, serf("n1", HealthStatus::Passing));
+    s.apply(2, session("a", "n1", SessionBehavior::Release, 0));
+    let bytes = rmp_serde::to_vec_named(s.tables()).unwrap();
+    let back = State::from_tables(rmp_serde::from_slice(&bytes).unwrap());
+    assert_eq!(back.session("a"), s.session("a"));
+    assert_eq!(back.index(Table::Sessions), 2);
+    // A snapshot from before sessions: four table indexes, no sessions.
+    #[derive(serde::Serialize)]
+    struct Old {
+        nodes: BTreeMap<String, Node>,
+        services: BTreeMap<(String, String), Service>,
+        checks: BTreeMap<(String, String), Check>,
+        kv: BTreeMap<String, KvEntry>,
+        indexes: [u64; 4],
+    }
+    let old = Old {
+        nodes: BTreeMap::new(),
+        services: BTreeMap::new(),
+        checks: BTreeMap::new(),
+        kv: BTreeMap::new(),
+        indexes: [1, 2, 3, 4],
+    };
+    let tables: Tables = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+    let s = State::from_tables(tables);
+    assert_eq!((s.index(Table::Kv), s.index(Table::Sessions)), (4, 0));
+}

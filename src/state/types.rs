@@ -248,3 +248,58 @@ pub struct DeregisterRequest {
     /// A check on it.
     pub check_id: Option<String>,
 }
+
+/// What happens to the keys a session holds when it ends (Consul's `Behavior`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SessionBehavior {
+    /// The locks are released; the keys stay.
+    #[default]
+    Release,
+    /// The keys are deleted.
+    Delete,
+}
+
+impl SessionBehavior {
+    /// Consul's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionBehavior::Release => "release",
+            SessionBehavior::Delete => "delete",
+        }
+    }
+}
+
+/// A session: what applications hold locks with. It ends when destroyed, when any of its
+/// checks goes critical or is removed, when its node is deregistered, or (with a TTL) when
+/// its owner stops renewing it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Session {
+    /// Its ID (a UUID).
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// The node it is tied to.
+    pub node: String,
+    /// Checks on the node that must not go critical (default `serfHealth`).
+    pub node_checks: Vec<String>,
+    /// Service checks on the node that must not go critical.
+    pub service_checks: Vec<String>,
+    /// After the session ends, how long its keys cannot be acquired by another.
+    pub lock_delay: std::time::Duration,
+    /// What happens to its keys when it ends.
+    pub behavior: SessionBehavior,
+    /// Without a renewal within (up to twice) this, the session ends.
+    pub ttl: Option<std::time::Duration>,
+    /// Log index that created it.
+    pub create_index: u64,
+    /// Log index that last changed it.
+    pub modify_index: u64,
+}
+
+impl Session {
+    /// Whether check `check_id` (on the session's node) is one of the session's.
+    pub fn uses_check(&self, check_id: &str) -> bool {
+        self.node_checks.iter().any(|c| c == check_id)
+            || self.service_checks.iter().any(|c| c == check_id)
+    }
+}
