@@ -11,12 +11,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::rpc::{AgentRequest, AgentResponse};
+use crate::agent::sessions::SessionTimers;
 use crate::federation::Router;
 use crate::gossip::Member;
 use crate::metrics::{InFlight, RpcMetrics};
 use crate::raft::{RaftNode, RaftNodeError, ReadMeta, ReadMode, ServerNode};
 use crate::state::query::{Query, QueryResult};
-use crate::state::{Command, CommandResult};
+use crate::state::{Command, CommandResult, Session};
 use crate::transport::identity::Alpn;
 use crate::transport::rpc::RpcClient;
 use crate::transport::{Transport, TransportError};
@@ -179,6 +180,8 @@ pub struct Dispatcher {
     servers: Arc<ServerList>,
     client: RpcClient<AgentRequest, AgentResponse>,
     router: Option<Arc<Router>>,
+    /// Servers: the session TTL timers, reset here when a renewal reaches the leader.
+    session_timers: Option<Arc<SessionTimers>>,
 }
 
 /// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.
@@ -209,7 +212,15 @@ impl Dispatcher {
             servers,
             client: RpcClient::new(transport, Alpn::Rpc).fail_fast(),
             router,
+            session_timers: None,
         }
+    }
+
+    /// On servers: the session TTL timers that renewals reaching this server, when it
+    /// leads, reset.
+    pub fn with_session_timers(mut self, timers: Arc<SessionTimers>) -> Dispatcher {
+        self.session_timers = Some(timers);
+        self
     }
 
     /// The routing metrics (also counted by the agent RPC handler).
@@ -414,6 +425,13 @@ impl Dispatcher {
         forwarded: bool,
     ) -> Result<CommandResult, DispatchError> {
         if raft.is_leader() {
+            // The lock-delay is the leader's to check, before proposing (as Consul): it
+            // is soft state, which the log's deterministic apply cannot consult.
+            if let Command::KvAcquire { key, .. } = &cmd
+                && raft.read().state.lock_delayed(key)
+            {
+                return Ok(CommandResult::Bool(false));
+            }
             return Ok(raft.write(cmd).await?);
         }
         let Some((_, leader)) = raft.leader().filter(|_| !forwarded) else {
@@ -549,6 +567,76 @@ impl Dispatcher {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 continue; // deadline: answer with what is there now
             }
+        }
+    }
+
+    /// Renews session `id` of `dc` (default: this one) at that DC's leader, which keeps
+    /// the TTL timers: nothing is written to the log. `None` if there is no such session.
+    pub async fn renew_session(
+        &self,
+        dc: Option<&str>,
+        id: String,
+        forwarded: bool,
+    ) -> Result<Option<Session>, DispatchError> {
+        let req = |dc: Option<&str>, id: String, forwarded| AgentRequest::SessionRenew {
+            dc: dc.map(str::to_string),
+            id,
+            forwarded,
+        };
+        let reply = if let Some(remote) = self.remote(dc) {
+            self.cross_dc(remote, req(Some(remote), id, false), FORWARD_TIMEOUT)
+                .await?
+        } else if let Some(raft) = &self.raft {
+            return self
+                .held(raft, forwarded, true, || {
+                    self.renew_here(raft, id.clone(), forwarded)
+                })
+                .await;
+        } else {
+            self.via_server(&req(None, id, forwarded), FORWARD_TIMEOUT)
+                .await?
+        };
+        match reply {
+            AgentResponse::Renewed(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One attempt at a renewal in this DC: done here if this server leads, else sent to
+    /// the leader.
+    async fn renew_here(
+        &self,
+        raft: &RaftNode,
+        id: String,
+        forwarded: bool,
+    ) -> Result<Option<Session>, DispatchError> {
+        if raft.is_leader() {
+            let session = raft.read().state.session(&id).cloned();
+            if let (Some(s), Some(timers)) = (&session, &self.session_timers)
+                && let Some(ttl) = s.ttl
+            {
+                timers.renew(&s.id, ttl);
+            }
+            return Ok(session);
+        }
+        let Some((_, leader)) = raft.leader().filter(|_| !forwarded) else {
+            return Err(DispatchError::NoLeader);
+        };
+        let addr = leader.addr.parse().map_err(|_| {
+            DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
+        })?;
+        let req = AgentRequest::SessionRenew {
+            dc: None,
+            id,
+            forwarded: true,
+        };
+        match self
+            .client
+            .call_reaching(addr, None, &req, FORWARD_TIMEOUT, IN_DC_REACH)
+            .await?
+        {
+            AgentResponse::Renewed(r) => r,
+            other => Err(unexpected(other)),
         }
     }
 

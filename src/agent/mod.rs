@@ -8,6 +8,7 @@ pub mod checks;
 pub mod local;
 pub mod reconcile;
 pub mod rpc;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -282,6 +283,7 @@ impl Agent {
             .map(|a| SocketAddr::new(a.ip, config.ports.quic))
             .collect();
         let servers = Arc::new(ServerList::new(join_servers.clone()));
+        let session_timers = Arc::new(sessions::SessionTimers::default());
         let dispatcher = Dispatcher::new(
             &config.datacenter,
             raft.clone(),
@@ -289,7 +291,8 @@ impl Agent {
             transport.clone(),
             metrics.rpc.clone(),
             router,
-        );
+        )
+        .with_session_timers(session_timers.clone());
         let local = Arc::new(local::LocalAgent::persistent(
             local::NodeInfo {
                 id: node_uuid(id),
@@ -367,6 +370,11 @@ impl Agent {
             ));
         }
         if config.role == Role::Server {
+            tokio::spawn(sessions::run(
+                dispatcher.clone(),
+                session_timers,
+                shutdown.child_token(),
+            ));
             tokio::spawn(reconcile::run(
                 dispatcher.clone(),
                 members.clone(),

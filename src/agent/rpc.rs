@@ -49,6 +49,15 @@ pub enum AgentRequest {
     },
     /// The datacenters the server knows, nearest first (asked by client agents).
     Datacenters,
+    /// Renew a session at the DC's leader (which keeps the TTL timers).
+    SessionRenew {
+        /// The DC it is for (`None`: the receiver's).
+        dc: Option<String>,
+        /// The session.
+        id: String,
+        /// Set once a server has forwarded it to the leader: never forwarded again.
+        forwarded: bool,
+    },
     /// Add the sending server to the cluster (sent to a member; the leader does it).
     JoinRaft {
         /// Its Raft id.
@@ -69,6 +78,7 @@ impl AgentRequest {
             AgentRequest::RaftStatus { .. } => "raft_status",
             AgentRequest::Datacenters => "datacenters",
             AgentRequest::JoinRaft { .. } => "join",
+            AgentRequest::SessionRenew { .. } => "session_renew",
         }
     }
 
@@ -77,7 +87,8 @@ impl AgentRequest {
         match self {
             AgentRequest::Write { dc, .. }
             | AgentRequest::Read { dc, .. }
-            | AgentRequest::RaftStatus { dc } => dc.as_deref(),
+            | AgentRequest::RaftStatus { dc }
+            | AgentRequest::SessionRenew { dc, .. } => dc.as_deref(),
             _ => None,
         }
     }
@@ -86,7 +97,7 @@ impl AgentRequest {
     /// default or consistent mode): a router sends it to the leader when it knows one.
     pub fn wants_leader(&self) -> bool {
         match self {
-            AgentRequest::Write { .. } => true,
+            AgentRequest::Write { .. } | AgentRequest::SessionRenew { .. } => true,
             AgentRequest::Read { opts, .. } => opts.mode != crate::raft::ReadMode::Stale,
             _ => false,
         }
@@ -126,6 +137,8 @@ pub enum AgentResponse {
     Datacenters(Result<Vec<String>, DispatchError>),
     /// Answer to [`AgentRequest::JoinRaft`].
     Joined(Result<(), DispatchError>),
+    /// Answer to [`AgentRequest::SessionRenew`]: the session, `None` if there is none.
+    Renewed(Result<Option<crate::state::Session>, DispatchError>),
 }
 
 impl AgentResponse {
@@ -137,6 +150,7 @@ impl AgentResponse {
             AgentResponse::RaftStatus(r) => r.is_err(),
             AgentResponse::Datacenters(r) => r.is_err(),
             AgentResponse::Joined(r) => r.is_err(),
+            AgentResponse::Renewed(r) => r.is_err(),
             AgentResponse::Pong { .. } | AgentResponse::ServerInfo(_) => false,
         }
     }
@@ -296,6 +310,12 @@ impl AgentRpc {
             }),
             AgentRequest::JoinRaft { id, node } => {
                 AgentResponse::Joined(self.join(peer, id, node).await)
+            }
+            AgentRequest::SessionRenew { dc, id, forwarded } => {
+                AgentResponse::Renewed(match dispatcher {
+                    Ok(d) => d.renew_session(dc.as_deref(), id, forwarded).await,
+                    Err(e) => Err(e),
+                })
             }
         }
     }

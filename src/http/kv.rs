@@ -89,7 +89,8 @@ fn bool_answer(r: CommandResult) -> Result<Response, HttpError> {
     }
 }
 
-/// `PUT /v1/kv/:key` with `?cas=` and `?flags=`; the body is the value (at most 512 KiB).
+/// `PUT /v1/kv/:key` with `?cas=`, `?flags=`, `?acquire=` and `?release=`; the body is
+/// the value (at most 512 KiB).
 pub async fn put(
     State(api): State<Api>,
     path: Option<Path<String>>,
@@ -101,14 +102,28 @@ pub async fn put(
         return Err(HttpError::BadRequest("Missing key name".into()));
     }
     let flags = p.u64("flags")?.unwrap_or(0);
-    let cmd = match p.u64("cas")? {
-        Some(index) => Command::KvCas {
+    let acquire = p.get("acquire").map(str::to_string);
+    let release = p.get("release").map(str::to_string);
+    let cmd = match (acquire, release, p.u64("cas")?) {
+        (Some(session), _, _) => Command::KvAcquire {
+            key,
+            value: body,
+            flags,
+            session,
+        },
+        (None, Some(session), _) => Command::KvRelease {
+            key,
+            value: body,
+            flags,
+            session,
+        },
+        (None, None, Some(index)) => Command::KvCas {
             key,
             value: body,
             flags,
             index,
         },
-        None => Command::KvSet {
+        (None, None, None) => Command::KvSet {
             key,
             value: body,
             flags,

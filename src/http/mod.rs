@@ -10,6 +10,7 @@ pub mod health;
 pub mod json;
 pub mod kv;
 pub mod params;
+pub mod session;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -131,6 +132,12 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/agent/check/update/{id}", put(agent::update))
         .route("/v1/agent/metrics", get(agent::metrics))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::all))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route(
             "/v1/kv/{*key}",

@@ -325,6 +325,19 @@ impl RaftNode {
         let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader != from)).await;
     }
 
+    /// Waits until this server's leadership differs from `leading` (it won or lost it).
+    pub async fn leadership_change(&self, leading: bool) {
+        let mut metrics = self.raft.metrics();
+        let stopped = metrics
+            .wait_for(|m| (m.state == ServerState::Leader) != leading)
+            .await
+            .is_err();
+        if stopped {
+            // Raft stopped: leadership never changes again.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether a quorum acknowledged this leader recently enough that no other leader can
     /// have been elected since (openraft's leader lease is the minimum election timeout).
     fn within_lease(&self) -> bool {
