@@ -87,6 +87,11 @@ impl Client {
         }
     }
 
+    /// The agent's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -124,7 +129,37 @@ impl Client {
         }
     }
 
-    async fn put(&self, path: &str, body: Vec<u8>, what: &str) -> Result<String, CliError> {
+    /// `GET path` with its `X-Consul-Index`; `None` for a 404 (the index still given).
+    pub async fn get_indexed(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<(Option<Value>, u64), CliError> {
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.base)), what)
+            .await;
+        let index_of = |r: &reqwest::Response| {
+            r.headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0)
+        };
+        match resp {
+            Ok(r) => {
+                let index = index_of(&r);
+                let v = r
+                    .json()
+                    .await
+                    .map_err(|e| CliError::Input(format!("{what}: bad answer: {e}")))?;
+                Ok((Some(v), index))
+            }
+            Err(CliError::Refused { status: 404, .. }) => Ok((None, 0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT path` with `body`: the answer's text.
+    pub async fn put(&self, path: &str, body: Vec<u8>, what: &str) -> Result<String, CliError> {
         let resp = self
             .send(
                 self.http.put(format!("{}{path}", self.base)).body(body),
@@ -431,6 +466,51 @@ pub async fn kv_delete(c: &Client, key: &str, recurse: bool) -> Result<String, C
     } else {
         format!("Success! Deleted key: {key}\n")
     })
+}
+
+/// `consulate session list`: every session of the DC (Consul's fields).
+pub async fn session_list(c: &Client, format: Format) -> Result<String, CliError> {
+    let v = c
+        .get("/v1/session/list", "listing sessions")
+        .await?
+        .unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let checks: Vec<String> = s["NodeChecks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            vec![
+                text(&s["ID"]),
+                text(&s["Name"]),
+                text(&s["Node"]),
+                text(&s["TTL"]),
+                text(&s["Behavior"]),
+                format!("{}s", s["LockDelay"].as_u64().unwrap_or(0) / 1_000_000_000),
+                checks.join(","),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "ID",
+            "Name",
+            "Node",
+            "TTL",
+            "Behavior",
+            "LockDelay",
+            "Checks",
+        ],
+        &rows,
+    ))
 }
 
 /// `consulate services register FILE`: a JSON file holding Consul's `{"service": {...}}`

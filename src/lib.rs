@@ -10,6 +10,7 @@ pub mod duration;
 pub mod federation;
 pub mod gossip;
 pub mod http;
+pub mod lock;
 pub mod metrics;
 pub mod pki;
 pub mod raft;

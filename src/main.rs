@@ -102,6 +102,47 @@ enum Command {
         #[command(subcommand)]
         command: ServicesCommand,
     },
+    /// Run a command while holding a lock on PREFIX (as `consul lock`): the command is
+    /// stopped if the lock is lost; its exit code is returned.
+    Lock {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The session's name.
+        #[arg(long, default_value = "consulate lock")]
+        name: String,
+        /// The session TTL (renewed every half of it).
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// How long the lock stays unavailable to others after this holder's session ends
+        /// without releasing it (its machine or process died).
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        lock_delay: std::time::Duration,
+        /// The KV prefix; the lock key is PREFIX/.lock.
+        prefix: String,
+        /// The command and its arguments, run with `sh -c`.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Sessions of the local DC.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// List every session.
+    List {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+}
+
+/// A duration in Go syntax (`15s`, `1m30s`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    consulate::duration::parse_go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as \"15s\""))
 }
 
 /// How the operator commands reach the agent and print.
@@ -320,6 +361,25 @@ where
     Ok(())
 }
 
+/// `consulate lock`: exits with the command's exit code.
+fn run_lock(
+    http: &HttpArgs,
+    opts: &consulate::lock::LockOptions,
+    command: &[String],
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let code = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(shutdown_signal(shutdown.clone()));
+        let client = ops::Client::new(&http.http_addr);
+        consulate::lock::run(&client, opts, command, shutdown).await
+    })?;
+    std::process::exit(code);
+}
+
 fn run_up(opts: consulate::up::UpOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
@@ -402,6 +462,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => operate(&http, |c, _| async move {
             ops::services_register(&c, &file).await
         }),
+        Command::Session {
+            command: SessionCommand::List { http },
+        } => operate(&http, |c, f| async move { ops::session_list(&c, f).await }),
+        Command::Lock {
+            http,
+            name,
+            ttl,
+            lock_delay,
+            prefix,
+            command,
+        } => {
+            let opts = consulate::lock::LockOptions {
+                prefix,
+                name,
+                ttl,
+                lock_delay,
+            };
+            run_lock(&http, &opts, &command)
+        }
         Command::Agent { config } => run_agent(config),
         Command::Keygen => {
             println!("{}", GossipKey::generate().to_base64());

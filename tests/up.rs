@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,30 +32,6 @@ fn user_checkout() -> tempfile::TempDir {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology");
     std::os::unix::fs::symlink(shipped, dir.path().join("topology")).unwrap();
     dir
-}
-
-/// `consulate up ARGS` started in `dir`, its output going to `dir/up.out`.
-fn start_up(dir: &Path, args: &[&str]) -> (ChildGuard, PathBuf) {
-    let out_path = dir.join("up.out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let child = std::process::Command::new(consulate_bin())
-        .arg("up")
-        .args(args)
-        .current_dir(dir)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    (ChildGuard(Some(child), Some(out_path.clone())), out_path)
-}
-
-/// Waits until `up` reports the federation ready; its output so far.
-async fn ready(out_path: &Path) -> String {
-    eventually(Duration::from_secs(60), "`up` reporting ready", || async {
-        let text = std::fs::read_to_string(out_path).ok()?;
-        text.contains("Federation ready").then_some(text)
-    })
-    .await
 }
 
 /// `consulate status [TOPOLOGY] -format FORMAT` run in `dir`.
@@ -247,8 +223,8 @@ async fn up_runs_the_readme_tour_and_sigterm_takes_it_down() {
     let state = dir.path().join(".consulate");
     let started = Instant::now();
     // `consulate up` with its defaults, as the README's first command runs it.
-    let (mut up, out_path) = start_up(dir.path(), &[]);
-    let text = ready(&out_path).await;
+    let (mut up, out_path) = spawn_up(dir.path(), &[]);
+    let text = up_ready(&out_path).await;
     eprintln!("local-2dc ready {:?} after start", started.elapsed());
     assert!(text.contains("dc2-server-3") && text.contains("http://127.0.2.10:8500"));
     assert_eq!(
@@ -325,8 +301,8 @@ async fn up_brings_three_dcs_up_and_restarts_a_crashed_agent() {
     let state = dir.path().join(".consulate");
     let topology = "topology/local-3dc.toml";
     let started = Instant::now();
-    let (mut up, out_path) = start_up(dir.path(), &[topology, "--restart"]);
-    let text = ready(&out_path).await;
+    let (mut up, out_path) = spawn_up(dir.path(), &[topology, "--restart"]);
+    let text = up_ready(&out_path).await;
     eprintln!("local-3dc ready {:?} after start", started.elapsed());
     assert_eq!(text.matches("leader\n").count(), 3, "{text}");
 

@@ -311,3 +311,27 @@ pub async fn checked_app(
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, code)
 }
+
+/// `consulate up ARGS` started in `dir`, its output going to `dir/up.out`.
+pub fn spawn_up(dir: &Path, args: &[&str]) -> (ChildGuard, std::path::PathBuf) {
+    let out_path = dir.join("up.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let child = std::process::Command::new(consulate_bin())
+        .arg("up")
+        .args(args)
+        .current_dir(dir)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    (ChildGuard(Some(child), Some(out_path.clone())), out_path)
+}
+
+/// Waits until `up` reports the federation ready; its output so far.
+pub async fn up_ready(out_path: &Path) -> String {
+    eventually(Duration::from_secs(60), "`up` reporting ready", || async {
+        let text = std::fs::read_to_string(out_path).ok()?;
+        text.contains("Federation ready").then_some(text)
+    })
+    .await
+}
