@@ -283,9 +283,16 @@ async fn up_runs_the_readme_tour_and_sigterm_takes_it_down() {
         eprintln!("tour: `{cmd}` in {:?}", t.elapsed());
         let _ = text;
     }
-    // `up` reported the killed server.
-    let text = std::fs::read_to_string(&out_path).unwrap();
-    assert!(text.contains("dc2-server-1 (dc2) exited"), "{text}");
+    // `up` reports the killed server (it looks every 250 ms).
+    eventually(
+        Duration::from_secs(5),
+        "`up` reporting the crash",
+        || async {
+            let text = std::fs::read_to_string(&out_path).ok()?;
+            text.contains("dc2-server-1 (dc2) exited").then_some(())
+        },
+    )
+    .await;
     assert!(!state.join("pids/dc2-server-1.pid").exists());
 
     let took = stop_and_check(&mut up, &state, &addresses(2));
