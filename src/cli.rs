@@ -344,31 +344,35 @@ fn lines(v: &Value) -> String {
 
 /// `consulate catalog nodes [-datacenter DC]`.
 pub async fn nodes(c: &Client, dc: Option<&str>, format: Format) -> Result<String, CliError> {
-    let v = c
-        .get(
-            &format!("/v1/catalog/nodes{}", dc_param(dc)),
-            "listing nodes",
-        )
-        .await?
-        .unwrap_or_default();
+    let path = format!("/v1/catalog/nodes{}", dc_param(dc));
+    let header = ["Node", "ID", "Address", "DC"];
+    list(c, &path, "listing nodes", format, &header, |n| {
+        vec![
+            text(&n["Node"]),
+            text(&n["ID"]).chars().take(8).collect(),
+            text(&n["Address"]),
+            text(&n["Datacenter"]),
+        ]
+    })
+    .await
+}
+
+/// GETs the JSON array at `path`: as it is with `-format=json`, else a table of `header`
+/// with a row per element.
+async fn list(
+    c: &Client,
+    path: &str,
+    what: &str,
+    format: Format,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<String, CliError> {
+    let v = c.get(path, what).await?.unwrap_or_default();
     if format == Format::Json {
         return Ok(json_out(&v));
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|n| {
-            let id = text(&n["ID"]);
-            vec![
-                text(&n["Node"]),
-                id.chars().take(8).collect(),
-                text(&n["Address"]),
-                text(&n["Datacenter"]),
-            ]
-        })
-        .collect();
-    Ok(table(&["Node", "ID", "Address", "DC"], &rows))
+    let rows: Vec<Vec<String>> = v.as_array().into_iter().flatten().map(row).collect();
+    Ok(table(header, &rows))
 }
 
 /// `consulate catalog services [-datacenter DC] [-tags]`.
@@ -470,18 +474,22 @@ pub async fn kv_delete(c: &Client, key: &str, recurse: bool) -> Result<String, C
 
 /// `consulate session list`: every session of the DC (Consul's fields).
 pub async fn session_list(c: &Client, format: Format) -> Result<String, CliError> {
-    let v = c
-        .get("/v1/session/list", "listing sessions")
-        .await?
-        .unwrap_or_default();
-    if format == Format::Json {
-        return Ok(json_out(&v));
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
+    let header = [
+        "ID",
+        "Name",
+        "Node",
+        "TTL",
+        "Behavior",
+        "LockDelay",
+        "Checks",
+    ];
+    list(
+        c,
+        "/v1/session/list",
+        "listing sessions",
+        format,
+        &header,
+        |s| {
             let checks: Vec<String> = s["NodeChecks"]
                 .as_array()
                 .into_iter()
@@ -497,20 +505,9 @@ pub async fn session_list(c: &Client, format: Format) -> Result<String, CliError
                 format!("{}s", s["LockDelay"].as_u64().unwrap_or(0) / 1_000_000_000),
                 checks.join(","),
             ]
-        })
-        .collect();
-    Ok(table(
-        &[
-            "ID",
-            "Name",
-            "Node",
-            "TTL",
-            "Behavior",
-            "LockDelay",
-            "Checks",
-        ],
-        &rows,
-    ))
+        },
+    )
+    .await
 }
 
 /// `consulate services register FILE`: a JSON file holding Consul's `{"service": {...}}`

@@ -434,25 +434,35 @@ impl Dispatcher {
             }
             return Ok(raft.write(cmd).await?);
         }
-        let Some((_, leader)) = raft.leader().filter(|_| !forwarded) else {
+        if forwarded {
             return Err(DispatchError::NoLeader);
-        };
-        let addr = leader.addr.parse().map_err(|_| {
-            DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
-        })?;
+        }
         let req = AgentRequest::Write {
             dc: None,
             cmd,
             forwarded: true,
         };
-        match self
-            .client
-            .call_reaching(addr, None, &req, FORWARD_TIMEOUT, IN_DC_REACH)
-            .await?
-        {
+        match self.to_leader(raft, &req, FORWARD_TIMEOUT).await? {
             AgentResponse::Written(r) => r,
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Sends `req` (marked forwarded) to this DC's leader as this server knows it.
+    async fn to_leader(
+        &self,
+        raft: &RaftNode,
+        req: &AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentResponse, DispatchError> {
+        let (_, leader) = raft.leader().ok_or(DispatchError::NoLeader)?;
+        let addr = leader.addr.parse().map_err(|_| {
+            DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
+        })?;
+        Ok(self
+            .client
+            .call_reaching(addr, None, req, timeout, IN_DC_REACH)
+            .await?)
     }
 
     /// Answers `query` as `opts` asks, in `dc` (default: this one): here if the mode allows
@@ -521,10 +531,6 @@ impl Dispatcher {
             Err(e) => return Err(e.into()),
         };
         let Some(meta) = local else {
-            let (_, leader) = raft.leader().ok_or(DispatchError::NoLeader)?;
-            let addr = leader.addr.parse().map_err(|_| {
-                DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
-            })?;
             let req = AgentRequest::Read {
                 dc: None,
                 query,
@@ -532,8 +538,7 @@ impl Dispatcher {
                 forwarded: true,
             };
             return match self
-                .client
-                .call_reaching(addr, None, &req, opts.wait + FORWARD_TIMEOUT, IN_DC_REACH)
+                .to_leader(raft, &req, opts.wait + FORWARD_TIMEOUT)
                 .await?
             {
                 AgentResponse::Read(r) => r,
@@ -619,22 +624,15 @@ impl Dispatcher {
             }
             return Ok(session);
         }
-        let Some((_, leader)) = raft.leader().filter(|_| !forwarded) else {
+        if forwarded {
             return Err(DispatchError::NoLeader);
-        };
-        let addr = leader.addr.parse().map_err(|_| {
-            DispatchError::Raft(format!("leader address {:?} is invalid", leader.addr))
-        })?;
+        }
         let req = AgentRequest::SessionRenew {
             dc: None,
             id,
             forwarded: true,
         };
-        match self
-            .client
-            .call_reaching(addr, None, &req, FORWARD_TIMEOUT, IN_DC_REACH)
-            .await?
-        {
+        match self.to_leader(raft, &req, FORWARD_TIMEOUT).await? {
             AgentResponse::Renewed(r) => r,
             other => Err(unexpected(other)),
         }

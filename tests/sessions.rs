@@ -73,6 +73,16 @@ async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
+/// The DC's leader as `agent` reports it.
+async fn leader_of(http: &reqwest::Client, agent: &str) -> String {
+    let r = http
+        .get(format!("http://{agent}/v1/status/leader"))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 async fn create(http: &reqwest::Client, url: &str, body: Value) -> String {
     let (code, text) = put(http, url, body).await;
     assert_eq!(code, 200, "{text}");
@@ -362,14 +372,7 @@ async fn ttl_sessions_expire_in_time_and_renewed_ones_survive_failover() {
 
     // kill -9 the leader: `kept`, renewed through the election, outlives twice its TTL
     // after the failover.
-    let leader: String = http
-        .get(format!("http://{c1}/v1/status/leader"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let leader = leader_of(&http, c1).await;
     let node = match leader.split(':').next().unwrap() {
         "127.86.1.1" => "s1",
         "127.86.1.2" => "s2",
@@ -389,14 +392,7 @@ async fn ttl_sessions_expire_in_time_and_renewed_ones_survive_failover() {
     stop.cancel();
     let failed = renewals.await.unwrap();
     assert!(failed.is_empty(), "renewals failed: {failed:?}");
-    let new_leader: String = http
-        .get(format!("http://{c1}/v1/status/leader"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let new_leader = leader_of(&http, c1).await;
     assert_ne!(new_leader, leader);
     let list = get(&http, &format!("http://{c1}/v1/session/list"))
         .await

@@ -79,18 +79,9 @@ const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// The node's catalog UUID, derived from its persistent node id.
 fn node_uuid(id: u64) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, &id.to_be_bytes());
-    let h: String = d.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d.as_ref()[..16]);
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
 }
 
 /// A running agent.

@@ -64,17 +64,12 @@ fn lock_delay(v: Option<Value>) -> Result<Duration, HttpError> {
     Ok(d.min(LOCK_DELAY_MAX))
 }
 
+/// A random (version 4) UUID, as Consul's session IDs.
 fn new_session_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// Builds the session a create request asks for (pure but for the new ID). Pure rules:

@@ -357,11 +357,7 @@ impl State {
         {
             return CommandResult::Bool(false);
         }
-        let held = self
-            .data
-            .kv
-            .get(&key)
-            .is_some_and(|e| e.session.as_deref() == Some(&session));
+        let held = self.held_by(&key, &session);
         self.kv_put(index, key.clone(), value, flags);
         let entry = self.data.kv.get_mut(&key).expect("just written");
         if !held {
@@ -379,12 +375,7 @@ impl State {
         flags: u64,
         session: String,
     ) -> CommandResult {
-        let held = self
-            .data
-            .kv
-            .get(&key)
-            .is_some_and(|e| e.session.as_deref() == Some(&session));
-        if !held {
+        if !self.held_by(&key, &session) {
             return CommandResult::Bool(false);
         }
         self.kv_put(index, key.clone(), value, flags);
@@ -392,6 +383,14 @@ impl State {
             e.session = None;
         }
         CommandResult::Bool(true)
+    }
+
+    /// Whether `session` holds the lock on `key`.
+    fn held_by(&self, key: &str, session: &str) -> bool {
+        self.data
+            .kv
+            .get(key)
+            .is_some_and(|e| e.session.as_deref() == Some(session))
     }
 
     fn session_create(&mut self, index: u64, mut session: Session) -> CommandResult {
