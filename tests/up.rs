@@ -86,6 +86,20 @@ fn addresses(dcs: u8) -> Vec<String> {
         .collect()
 }
 
+/// The first `sh` block of the README section titled `title`.
+fn readme_block(title: &str) -> &'static str {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a section {title:?}"));
+    section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("README's {title:?} has a sh block"))
+}
+
 /// The commands of the README's tour, as a shell reads them (comments dropped).
 fn tour() -> Vec<String> {
     let readme = include_str!("../README.md");
@@ -118,7 +132,7 @@ struct Expect {
 /// The expectation for each tour command, found by a piece of it. A command the test does
 /// not know fails the test, so the README and this test change together.
 fn expectation(cmd: &str) -> Expect {
-    let table: [(&str, Expect); 9] = [
+    let table: [(&str, Expect); 10] = [
         (
             "export PATH",
             Expect {
@@ -149,6 +163,14 @@ fn expectation(cmd: &str) -> Expect {
                 ok: true,
                 poll: true,
                 shows: &["web", "v1"],
+            },
+        ),
+        (
+            "dig @127.0.1.10",
+            Expect {
+                ok: true,
+                poll: false,
+                shows: &["8080 dc2-client-1.node.dc2.consul."],
             },
         ),
         (
@@ -358,4 +380,54 @@ async fn up_brings_three_dcs_up_and_restarts_a_crashed_agent() {
 
     let took = stop_and_check(&mut up, &state, &addresses(3));
     eprintln!("SIGTERM to every agent of 3 DCs exited: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_hand_run_commands_start_an_agent() {
+    let dir = user_checkout();
+    let block = readme_block("Running agents by hand");
+    let (agent_line, setup): (Vec<&str>, Vec<&str>) = block
+        .lines()
+        .filter(|l| !l.starts_with("cargo build"))
+        .partition(|l| l.starts_with("consulate agent"));
+    // Everything but the build and the agent itself, as one shell script.
+    let (ok, text) = run_step(dir.path(), &format!("set -e\n{}", setup.join("\n")));
+    assert!(ok, "{text}");
+    assert!(dir.path().join("certs/consul-agent-ca.pem").is_file());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("configs"))
+            .unwrap()
+            .count(),
+        8
+    );
+    // The agent, as the README starts it (the comment dropped).
+    let cmd = agent_line[0].split('#').next().unwrap().trim();
+    let bin_dir = consulate_bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let child = std::process::Command::new("bash")
+        .args(["-c", &format!("exec {cmd}")])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard(Some(child), None);
+    let http = http_client();
+    eventually(
+        Duration::from_secs(20),
+        "the hand-run agent's API",
+        || async {
+            let r = http
+                .get("http://127.0.1.1:8500/v1/agent/self")
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["Config"]["NodeName"] == "dc1-server-1").then_some(())
+        },
+    )
+    .await;
+    let exit = agent.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    assert!(exit.success(), "{exit}");
 }
