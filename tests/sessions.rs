@@ -115,7 +115,7 @@ async fn locks_exclude_and_hand_over_when_the_holder_dies() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("count"), "0").unwrap();
 
-    // Two contenders on two client agents, 8 rounds each: only the holder may enter (mkdir
+    // Two contenders on two client agents, 12 rounds each: only the holder may enter (mkdir
     // fails if the other is inside) and increment the shared counter.
     let script = format!(
         "mkdir {s}/held || exit 3; n=$(cat {s}/count); sleep 0.05; echo $((n+1)) > {s}/count; rmdir {s}/held",
@@ -126,7 +126,7 @@ async fn locks_exclude_and_hand_over_when_the_holder_dies() {
         .map(|agent| {
             let script = script.clone();
             std::thread::spawn(move || {
-                (0..8)
+                (0..12)
                     .map(|_| {
                         lock_cmd(agent, "app/counter", "15s", &script)
                             .output()
@@ -145,12 +145,12 @@ async fn locks_exclude_and_hand_over_when_the_holder_dies() {
         std::fs::read_to_string(shared.join("count"))
             .unwrap()
             .trim(),
-        "16"
+        "24"
     );
     let v = get(&http, &format!("http://{c1}/v1/kv/app/counter/.lock"))
         .await
         .unwrap();
-    assert_eq!(v[0]["LockIndex"], 16, "{v}");
+    assert_eq!(v[0]["LockIndex"], 24, "{v}");
     assert_eq!(v[0]["Session"], "", "released: {v}");
     let sessions = get(&http, &format!("http://{c1}/v1/session/list"))
         .await
@@ -193,6 +193,17 @@ async fn locks_exclude_and_hand_over_when_the_holder_dies() {
     })
     .await;
     assert!(!y_got.exists(), "Y must wait while X holds the lock");
+    let list = std::process::Command::new(consulate_bin())
+        .args(["session", "list", "-http-addr", c2])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{list:?}");
+    assert_eq!(text.matches("consulate lock").count(), 2, "{text}");
+    assert!(
+        text.contains(" c1 ") && text.contains(" c2 ") && text.contains("15s"),
+        "{text}"
+    );
     let killed = Instant::now();
     kill9(pid_of(dir.path(), "c1"));
     let detected = eventually(
