@@ -33,7 +33,6 @@ fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for (node, role, host) in [("s1", Role::Server, 1), ("c1", Role::Client, 21)] {
         let dc_name = format!("dc{dc}");
-        let tls = pki.write_files(dir, role, &dc_name, &format!("{node}.{dc_name}"));
         let extra = match (role, dc) {
             (Role::Server, _) => format!("bootstrap_expect = 1\n{wan_join}"),
             (Role::Client, 1) => format!(
@@ -41,16 +40,14 @@ fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
             ),
             (Role::Client, _) => String::new(),
         };
-        let text = format!(
-            "node_name = \"{node}\"\ndatacenter = \"{dc_name}\"\nrole = \"{role}\"\ndata_dir = \"{node}.{dc_name}-data\"\nbind_addr = \"{}\"\nlan_join = [\"{}\"]\n{extra}[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            ip(dc, host),
-            ip(dc, 1),
-            tls.ca_file.display(),
-            tls.cert_file.display(),
-            tls.key_file.display()
+        let path = write_agent_config(
+            dir,
+            pki,
+            (node, &dc_name, role),
+            &ip(dc, host),
+            &ip(dc, 1),
+            &extra,
         );
-        let path = dir.join(format!("{node}.{dc_name}.toml"));
-        std::fs::write(&path, text).unwrap();
         out.push(path);
     }
     out

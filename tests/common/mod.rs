@@ -335,3 +335,25 @@ pub async fn up_ready(out_path: &Path) -> String {
     })
     .await
 }
+
+/// Writes the config of agent `node` of `dc` (certificates from `pki`) binding `ip`,
+/// joining `lan_join`, with `extra` lines before its `[tls]` table; returns its path.
+pub fn write_agent_config(
+    dir: &Path,
+    pki: &TestPki,
+    (node, dc, role): (&str, &str, Role),
+    ip: &str,
+    lan_join: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let tls = pki.write_files(dir, role, dc, &format!("{node}.{dc}"));
+    let text = format!(
+        "node_name = \"{node}\"\ndatacenter = \"{dc}\"\nrole = \"{role}\"\ndata_dir = \"{node}.{dc}-data\"\nbind_addr = \"{ip}\"\nlan_join = [\"{lan_join}\"]\n{extra}[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        tls.ca_file.display(),
+        tls.cert_file.display(),
+        tls.key_file.display()
+    );
+    let path = dir.join(format!("{node}.{dc}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
