@@ -187,6 +187,14 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
         let addr = format!("10.84.{}.{}", i / 200, i % 200 + 1);
         register(&http, &c2, (&node, &addr), ("big", &[]), "passing").await;
     }
+    register(
+        &http,
+        &c2,
+        ("Mixed-Case", "127.84.2.60"),
+        ("Api", &["Blue"]),
+        "passing",
+    )
+    .await;
     // The WAN pool takes a moment: dc1 sees dc2's web instances through DNS.
     eventually(
         Duration::from_secs(30),
@@ -237,6 +245,19 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
     assert_eq!(short(&dns1, "_web._tcp.service.dc2.consul", "SRV").len(), 3);
     assert_eq!(short(&dns1, "n1.node.dc2.consul", "A"), ["127.84.2.50"]);
     assert_eq!(short(&dns1, "s1.node.dc2.consul", "A"), ["127.84.2.1"]);
+    // DNS names are case-insensitive, and so are Consul's service, tag and node names.
+    assert_eq!(
+        short(&dns1, "blue.api.service.dc2.consul", "A"),
+        ["127.84.2.60"]
+    );
+    assert_eq!(
+        short(&dns1, "BLUE.Api.Service.DC2.Consul", "A"),
+        ["127.84.2.60"]
+    );
+    assert_eq!(
+        short(&dns1, "mixed-case.node.dc2.consul", "A"),
+        ["127.84.2.60"]
+    );
 
     // A failing instance disappears from the answers.
     register(

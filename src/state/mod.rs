@@ -731,13 +731,32 @@ impl State {
         self.data.services.range(node_range(node)).map(|(_, s)| s)
     }
 
-    /// The instances of the service called `name`, ordered by (node, service ID).
+    /// The instances of the service called `name`, ordered by (node, service ID). Names
+    /// match case-insensitively, as in Consul (and DNS): the exact name first, else every
+    /// name equal but for case.
     pub fn service_instances<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Service> + 'a {
-        self.by_name
-            .get(name)
-            .into_iter()
+        let keys: Vec<&BTreeSet<NodeKey>> = match self.by_name.get(name) {
+            Some(keys) => vec![keys],
+            None => self
+                .by_name
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, keys)| keys)
+                .collect(),
+        };
+        keys.into_iter()
             .flatten()
             .filter_map(|k| self.data.services.get(k))
+    }
+
+    /// The node called `name`, matched as [`State::service_instances`] matches names.
+    pub fn node_named(&self, name: &str) -> Option<&Node> {
+        self.data.nodes.get(name).or_else(|| {
+            self.data
+                .nodes
+                .values()
+                .find(|n| n.node.eq_ignore_ascii_case(name))
+        })
     }
 
     /// Every service name with its instances, in name order.

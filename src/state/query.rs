@@ -139,8 +139,11 @@ fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
         .all(|(k, v)| node.meta.get(k).is_some_and(|have| have == v))
 }
 
+/// Whether the instance carries every tag, compared case-insensitively (as Consul's tag
+/// filter, and as DNS names are).
 fn tags_match(service: &Service, tags: &[String]) -> bool {
-    tags.iter().all(|t| service.tags.contains(t))
+    tags.iter()
+        .all(|t| service.tags.iter().any(|have| have.eq_ignore_ascii_case(t)))
 }
 
 /// The instances of `name` carrying `tags`, on nodes matching `node_meta`.
@@ -243,8 +246,8 @@ impl Query {
             ),
             Query::NodeServices { node } => QueryResult::NodeServices(
                 state
-                    .node(node)
-                    .map(|n| (n.clone(), state.node_services(node).cloned().collect())),
+                    .node_named(node)
+                    .map(|n| (n.clone(), state.node_services(&n.node).cloned().collect())),
             ),
             Query::ServiceHealth {
                 service,

@@ -1,3 +1,4 @@
+use super::query::{Query, QueryResult};
 use super::*;
 
 fn reg(node: &str, svc: Option<(&str, &str)>, checks: Vec<CheckDefinition>) -> Command {
@@ -540,4 +541,36 @@ fn sessions_survive_a_snapshot_and_old_snapshots_still_load() {
     let tables: Tables = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
     let s = State::from_tables(tables);
     assert_eq!((s.index(Table::Kv), s.index(Table::Sessions)), (4, 0));
+}
+
+#[test]
+fn service_node_and_tag_names_match_case_insensitively() {
+    let mut s = State::default();
+    let mut cmd = reg("Node-A", Some(("api-1", "Api")), vec![]);
+    if let Command::Register(r) = &mut cmd {
+        r.service.as_mut().unwrap().tags = vec!["Blue".into()];
+    }
+    s.apply(1, cmd);
+    let found = Query::ServiceHealth {
+        service: "api".into(),
+        tags: vec!["blue".into()],
+        passing: false,
+        node_meta: Vec::new(),
+    }
+    .run(&s);
+    let QueryResult::Health(entries) = found else {
+        panic!("{found:?}")
+    };
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].service.service, "Api",
+        "names keep their spelling"
+    );
+    let QueryResult::NodeServices(Some((node, services))) = Query::NodeServices {
+        node: "node-a".into(),
+    }
+    .run(&s) else {
+        panic!("node-a not found")
+    };
+    assert_eq!((node.node.as_str(), services.len()), ("Node-A", 1));
 }
