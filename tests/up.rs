@@ -317,6 +317,37 @@ async fn up_runs_the_readme_tour_and_sigterm_takes_it_down() {
     .await;
     assert!(!state.join("pids/dc2-server-1.pid").exists());
 
+    // A server stopped gracefully (SIGTERM) leaves the WAN pool: other DCs see it `left`
+    // (Status 3), while the one killed outright is `failed` (4).
+    let pid: i32 = std::fs::read_to_string(state.join("pids/dc2-server-2.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let http = http_client();
+    eventually(Duration::from_secs(15), "dc1's WAN view of dc2", || async {
+        let r = http
+            .get("http://127.0.1.1:8500/v1/agent/members?wan=1")
+            .send()
+            .await
+            .ok()?;
+        let members: serde_json::Value = r.json().await.ok()?;
+        let status = |name: &str| {
+            members
+                .as_array()?
+                .iter()
+                .find(|m| m["Name"] == name)
+                .map(|m| m["Status"].clone())
+        };
+        (status("dc2-server-2.dc2")? == 3 && status("dc2-server-1.dc2")? == 4).then_some(())
+    })
+    .await;
+
     let took = stop_and_check(&mut up, &state, &addresses(2));
     eprintln!("SIGTERM to every agent exited: {took:?}");
     let down = status(dir.path(), None, "pretty");

@@ -90,6 +90,8 @@ pub struct Agent {
     wan: Option<Gossip>,
     http_task: tokio::task::JoinHandle<()>,
     dns_task: tokio::task::JoinHandle<()>,
+    /// Stops serving QUIC (and the WAN gossip carrier), last in the ordered shutdown.
+    serving: CancellationToken,
     transport: Transport,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
@@ -224,13 +226,19 @@ impl Agent {
             (None, None)
         };
         let wan_addr = config.wan_advertise(transport.local_addr().port());
+        // QUIC keeps serving (RPC, Raft, WAN gossip) while the agent leaves its pools, so
+        // that the WAN pool hears it leave and in-flight requests finish; it stops just
+        // before the transport closes, at the end of the ordered shutdown.
+        let serving = CancellationToken::new();
+        // A start that fails half-way stops what it started serving.
+        let serving_guard = serving.clone().drop_guard();
         // Servers join the WAN pool (over QUIC) and route other DCs' requests through it.
         let (wan, router) = if config.role == Role::Server {
             let carrier = QuicGossip::new(
                 transport.clone(),
                 wan_addr,
                 metrics.wan_gossip.clone(),
-                shutdown.child_token(),
+                serving.clone(),
             );
             services = services.with(Alpn::WanGossip, carrier.service());
             let wan = Gossip::wan(
@@ -304,7 +312,7 @@ impl Agent {
             Alpn::Rpc,
             RpcService::new(Arc::new(handler), max_frame, metrics.transport.clone()),
         );
-        transport.serve(services, shutdown.child_token());
+        transport.serve(services, serving.clone());
         if let (Some(raft), Some(me)) = (raft, self_node) {
             tokio::spawn(bootstrap::run(
                 raft,
@@ -432,6 +440,7 @@ impl Agent {
             quic = %transport.local_addr(),
             "agent started"
         );
+        serving_guard.disarm();
         Ok(Agent {
             gossip,
             wan,
@@ -439,12 +448,13 @@ impl Agent {
             dispatcher,
             http_task,
             dns_task,
+            serving,
             shutdown,
         })
     }
 
     /// Waits for the cancellation signal, then stops subsystems in order within a bound:
-    /// Raft first (no new log writes), then the transport.
+    /// leave the gossip pools (QUIC still serving), stop HTTP and DNS, Raft, then QUIC.
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
         info!("leaving and shutting down");
@@ -466,6 +476,7 @@ impl Agent {
         if let Some(raft) = self.dispatcher.raft() {
             let _ = tokio::time::timeout(SHUTDOWN_BOUND, raft.shutdown()).await;
         }
+        self.serving.cancel();
         self.transport.close(SHUTDOWN_BOUND).await;
         info!("stopped");
     }

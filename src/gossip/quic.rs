@@ -171,10 +171,12 @@ impl Socket for QuicSocket {
     }
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        self.rx
-            .recv()
-            .await
-            .context("the WAN gossip carrier stopped")
+        match self.rx.recv().await {
+            Some(message) => Ok(message),
+            // The transport stopped accepting (the agent is shutting down): nothing more
+            // arrives, and chitchat is stopped by `Gossip::leave`, not by an error here.
+            None => std::future::pending().await,
+        }
     }
 }
 
