@@ -734,17 +734,24 @@ impl State {
     /// The instances of the service called `name`, ordered by (node, service ID). Names
     /// match case-insensitively, as in Consul (and DNS): the exact name first, else every
     /// name equal but for case.
-    pub fn service_instances<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Service> + 'a {
-        let keys: Vec<&BTreeSet<NodeKey>> = match self.by_name.get(name) {
-            Some(keys) => vec![keys],
-            None => self
-                .by_name
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, keys)| keys)
-                .collect(),
-        };
-        keys.into_iter()
+    pub fn service_instances<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        let exact = self.by_name.get(name);
+        let others = exact
+            .is_none()
+            .then(|| {
+                self.by_name
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, keys)| keys)
+            })
+            .into_iter()
+            .flatten();
+        exact
+            .into_iter()
+            .chain(others)
             .flatten()
             .filter_map(|k| self.data.services.get(k))
     }

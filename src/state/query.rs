@@ -149,7 +149,7 @@ fn tags_match(service: &Service, tags: &[String]) -> bool {
 /// The instances of `name` carrying `tags`, on nodes matching `node_meta`.
 fn instances<'a>(
     state: &'a State,
-    name: &str,
+    name: &'a str,
     tags: &'a [String],
     node_meta: &'a NodeMetaFilter,
 ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
