@@ -59,6 +59,7 @@ impl CliError {
 }
 
 /// A client of one agent's HTTP API.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
@@ -85,11 +86,6 @@ impl Client {
             base,
             http: http.clone(),
         }
-    }
-
-    /// The agent's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     async fn send(

@@ -78,7 +78,7 @@ pub async fn run(
         .ok_or_else(|| CliError::Input(format!("unexpected session answer {created}")))?;
     let renewing = CancellationToken::new();
     let renew = tokio::spawn(renew_loop(
-        Client::new(c.base()),
+        c.clone(),
         session.clone(),
         opts.ttl / 2,
         renewing.clone(),

@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use consulate::transport::identity::Role;
 use serde_json::json;
 
 fn ip(dc: u8, host: u8) -> String {
@@ -29,28 +28,14 @@ const DEAD_RECURSOR: &str = "127.84.0.54:5353";
 
 /// DC `dc`: server `s1` on .1 and client `c1` on .21; dc1's client carries DNS settings.
 fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
-    let wan_join = format!("wan_join = [\"{}\"]\n", ip(3 - dc, 1));
-    let mut out = Vec::new();
-    for (node, role, host) in [("s1", Role::Server, 1), ("c1", Role::Client, 21)] {
-        let dc_name = format!("dc{dc}");
-        let extra = match (role, dc) {
-            (Role::Server, _) => format!("bootstrap_expect = 1\n{wan_join}"),
-            (Role::Client, 1) => format!(
-                "[dns]\nservice_ttl = {{ \"web\" = \"10s\", \"*\" = \"3s\" }}\nrecursors = [\"{DEAD_RECURSOR}\", \"{RECURSOR}\"]\nrecursor_timeout = \"500ms\"\n[dns.soa]\nmin_ttl = 30\n"
-            ),
-            (Role::Client, _) => String::new(),
-        };
-        let path = write_agent_config(
-            dir,
-            pki,
-            (node, &dc_name, role),
-            &ip(dc, host),
-            &ip(dc, 1),
-            &extra,
-        );
-        out.push(path);
-    }
-    out
+    let client_extra = if dc == 1 {
+        format!(
+            "[dns]\nservice_ttl = {{ \"web\" = \"10s\", \"*\" = \"3s\" }}\nrecursors = [\"{DEAD_RECURSOR}\", \"{RECURSOR}\"]\nrecursor_timeout = \"500ms\"\n[dns.soa]\nmin_ttl = 30\n"
+        )
+    } else {
+        String::new()
+    };
+    write_small_dc(dir, pki, (84, dc), Some(3 - dc), &client_extra)
 }
 
 /// `dig @server -p 8600 ARGS` (one try, 2 s): its output.

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use consulate::transport::identity::Role;
 use serde_json::{Value, json};
 
 fn ip(dc: u8, host: u8) -> String {
@@ -22,32 +21,15 @@ fn base(dc: u8, host: u8) -> String {
     format!("http://{}:8500", ip(dc, host))
 }
 
-/// DC `dc`: server `s1` on .1 (bootstrapping alone; dc1 and dc2 join each other over the
-/// WAN) and client `c1` on .21.
+/// DC `dc`: server `s1` on .1 (dc1 and dc2 join each other over the WAN) and client `c1`
+/// on .21.
 fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
     let wan_join = match dc {
-        1 => format!("wan_join = [\"{}\"]\n", ip(2, 1)),
-        2 => format!("wan_join = [\"{}\"]\n", ip(1, 1)),
-        _ => String::new(),
+        1 => Some(2),
+        2 => Some(1),
+        _ => None,
     };
-    let mut out = Vec::new();
-    for (node, role, host) in [("s1", Role::Server, 1), ("c1", Role::Client, 21)] {
-        let dc_name = format!("dc{dc}");
-        let extra = match role {
-            Role::Server => format!("bootstrap_expect = 1\n{wan_join}"),
-            Role::Client => "sync_interval = \"1s\"\n".to_string(),
-        };
-        let path = write_agent_config(
-            dir,
-            pki,
-            (node, &dc_name, role),
-            &ip(dc, host),
-            &ip(dc, 1),
-            &extra,
-        );
-        out.push(path);
-    }
-    out
+    write_small_dc(dir, pki, (81, dc), wan_join, "sync_interval = \"1s\"\n")
 }
 
 /// Runs a tool (Prometheus, VictoriaMetrics) until dropped, its output in `log`.

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 /// A topology of `dc1` (3 servers, clients c1 and c2) and `dc2` (one server), on
@@ -44,22 +45,6 @@ async fn federation(dir: &Path, net: u8) -> ChildGuard {
     let (up, out) = spawn_up(dir, &[&topo]);
     up_ready(&out).await;
     up
-}
-
-fn pid_of(dir: &Path, node: &str) -> i32 {
-    std::fs::read_to_string(dir.join(format!(".consulate/pids/{node}.pid")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn kill9(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
 }
 
 async fn put(http: &reqwest::Client, url: &str, body: Value) -> (u16, String) {
@@ -205,7 +190,10 @@ async fn locks_exclude_and_hand_over_when_the_holder_dies() {
         "{text}"
     );
     let killed = Instant::now();
-    kill9(pid_of(dir.path(), "c1"));
+    signal(
+        up_pid(&dir.path().join(".consulate"), "c1"),
+        Signal::SIGKILL,
+    );
     let detected = eventually(
         Duration::from_secs(10),
         "c1's serfHealth critical",
@@ -389,7 +377,10 @@ async fn ttl_sessions_expire_in_time_and_renewed_ones_survive_failover() {
         "127.86.1.2" => "s2",
         _ => "s3",
     };
-    kill9(pid_of(dir.path(), node));
+    signal(
+        up_pid(&dir.path().join(".consulate"), node),
+        Signal::SIGKILL,
+    );
     let failover = Instant::now();
     // Checked every second for twice its TTL and more after the failover.
     while failover.elapsed() < ttl * 2 + Duration::from_secs(3) {

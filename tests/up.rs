@@ -319,16 +319,10 @@ async fn up_runs_the_readme_tour_and_sigterm_takes_it_down() {
 
     // A server stopped gracefully (SIGTERM) leaves the WAN pool: other DCs see it `left`
     // (Status 3), while the one killed outright is `failed` (4).
-    let pid: i32 = std::fs::read_to_string(state.join("pids/dc2-server-2.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
+    signal(
+        up_pid(&state, "dc2-server-2"),
         nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    );
     let http = http_client();
     eventually(Duration::from_secs(15), "dc1's WAN view of dc2", || async {
         let r = http
@@ -373,16 +367,8 @@ async fn up_brings_three_dcs_up_and_restarts_a_crashed_agent() {
 
     // kill -9 a server: `up --restart` reports it and starts it again on its data dir.
     let pid_file = state.join("pids/dc3-server-2.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let pid = up_pid(&state, "dc3-server-2");
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     let t = Instant::now();
     eventually(Duration::from_secs(10), "the agent restarted", || async {
         let text = std::fs::read_to_string(&out_path).ok()?;

@@ -357,3 +357,51 @@ pub fn write_agent_config(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A small DC `dc<dc>` on 127.<net>.<dc>.x: server `s1` on .1 (bootstrapping alone,
+/// joining the WAN pool through DC `wan_join`'s server) and client `c1` on .21 with
+/// `client_extra` config lines; the config paths, server first.
+pub fn write_small_dc(
+    dir: &Path,
+    pki: &TestPki,
+    (net, dc): (u8, u8),
+    wan_join: Option<u8>,
+    client_extra: &str,
+) -> Vec<std::path::PathBuf> {
+    let ip = |dc: u8, host: u8| format!("127.{net}.{dc}.{host}");
+    let wan = wan_join.map_or(String::new(), |other| {
+        format!("wan_join = [\"{}\"]\n", ip(other, 1))
+    });
+    let dc_name = format!("dc{dc}");
+    [("s1", Role::Server, 1), ("c1", Role::Client, 21)]
+        .into_iter()
+        .map(|(node, role, host)| {
+            let extra = match role {
+                Role::Server => format!("bootstrap_expect = 1\n{wan}"),
+                Role::Client => client_extra.to_string(),
+            };
+            write_agent_config(
+                dir,
+                pki,
+                (node, &dc_name, role),
+                &ip(dc, host),
+                &ip(dc, 1),
+                &extra,
+            )
+        })
+        .collect()
+}
+
+/// The pid `consulate up` (state folder `state`) recorded for agent `node`.
+pub fn up_pid(state: &Path, node: &str) -> i32 {
+    std::fs::read_to_string(state.join(format!("pids/{node}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
