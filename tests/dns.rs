@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
 
 fn ip(dc: u8, host: u8) -> String {
     format!("127.84.{dc}.{host}")
@@ -77,20 +76,7 @@ async fn register(
     (service, tags): (&str, &[&str]),
     status: &str,
 ) {
-    let body = json!({
-        "Node": node, "Address": address,
-        "Service": {"Service": service, "ID": format!("{service}-{node}"), "Port": 8080,
-                    "Tags": tags},
-        "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
-                  "Status": status, "ServiceID": format!("{service}-{node}")}
-    });
-    let r = http
-        .put(format!("{agent}/v1/catalog/register"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    catalog_register(http, agent, (node, address), (service, 8080, tags), status).await;
 }
 
 /// A recursor stub: answers every A question with 192.0.2.7, over UDP.

@@ -72,20 +72,14 @@ async fn register(
     service: &str,
     status: &str,
 ) {
-    let body = json!({
-        "Node": node, "Address": "127.81.2.90",
-        "Service": {"Service": service, "ID": format!("{service}-{node}"), "Port": port,
-                    "Tags": ["metrics"]},
-        "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
-                  "Status": status, "ServiceID": format!("{service}-{node}")}
-    });
-    let r = http
-        .put(format!("{agent}/v1/catalog/register"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    catalog_register(
+        http,
+        agent,
+        (node, "127.81.2.90"),
+        (service, port, &["metrics"]),
+        status,
+    )
+    .await;
 }
 
 /// The number of `consulate_http_requests_total` series an agent exposes.

@@ -405,3 +405,28 @@ pub fn up_pid(state: &Path, node: &str) -> i32 {
 pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
 }
+
+/// Registers `service` (port, tags) on node `node` at `address`, with one check in
+/// `status`, through the catalog API of the agent at `agent` (a base URL).
+pub async fn catalog_register(
+    http: &reqwest::Client,
+    agent: &str,
+    (node, address): (&str, &str),
+    (service, port, tags): (&str, u16, &[&str]),
+    status: &str,
+) {
+    let body = serde_json::json!({
+        "Node": node, "Address": address,
+        "Service": {"Service": service, "ID": format!("{service}-{node}"), "Port": port,
+                    "Tags": tags},
+        "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
+                  "Status": status, "ServiceID": format!("{service}-{node}")}
+    });
+    let r = http
+        .put(format!("{agent}/v1/catalog/register"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
