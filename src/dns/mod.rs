@@ -324,7 +324,8 @@ impl Resolver {
     async fn lookup(&self, lookup: Lookup) -> Found {
         let inner = &self.inner;
         let local = inner.dispatcher.datacenter();
-        let (query, dc) = match lookup {
+        // The TTL of the answer: the service's, or the nodes'.
+        let (query, dc, ttl) = match lookup {
             Lookup::Invalid => return Found::NoSuchName,
             Lookup::Addr(ip) => return Found::Addr(ip),
             Lookup::Apex => {
@@ -333,23 +334,20 @@ impl Resolver {
                     dc: local.to_string(),
                 };
             }
-            Lookup::Service { name, tag, dc } => (
-                Query::ServiceHealth {
+            Lookup::Service { name, tag, dc } => {
+                let ttl = service_ttl(&inner.service_ttl, &name);
+                let query = Query::ServiceHealth {
                     service: name,
                     tags: tag.into_iter().collect(),
                     passing: inner.only_passing,
                     node_meta: Vec::new(),
-                },
-                dc,
-            ),
-            Lookup::Node { name, dc } => (Query::NodeServices { node: name }, dc),
+                };
+                (query, dc, ttl)
+            }
+            Lookup::Node { name, dc } => (Query::NodeServices { node: name }, dc, inner.node_ttl),
         };
         let remote = dc.as_deref().filter(|d| *d != local).is_some();
         let dc_name = dc.clone().unwrap_or_else(|| local.to_string());
-        let service = match &query {
-            Query::ServiceHealth { service, .. } => Some(service.clone()),
-            _ => None,
-        };
         let found = match inner
             .dispatcher
             .read(dc.as_deref(), query, inner.read, false)
@@ -362,12 +360,12 @@ impl Resolver {
                     Found::Service {
                         instances,
                         dc: dc_name,
-                        ttl: service_ttl(&inner.service_ttl, service.as_deref().unwrap_or("")),
+                        ttl,
                     }
                 }
                 QueryResult::NodeServices(Some((node, _))) => Found::Node {
                     address: node.address,
-                    ttl: inner.node_ttl,
+                    ttl,
                 },
                 _ => Found::NoSuchName,
             },
