@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use consulate::gossip::{Gossip, GossipOptions, LanConfig, MemberStatus};
 use consulate::metrics::Metrics;
-use consulate::transport::identity::Role;
+use consulate::vocab::Role;
 use tokio_util::sync::CancellationToken;
 
 const BASE_PORT: u16 = 21000;

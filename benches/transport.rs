@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use consulate::agent::rpc::{AgentRequest, AgentResponse, AgentRpc};
+use consulate::dispatch::handler::AgentRpc;
+use consulate::rpc::{AgentRequest, AgentResponse, Ping};
 use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Identity, Role};
+use consulate::transport::identity::{Alpn, Identity};
 use consulate::transport::rpc::Handler;
+use consulate::vocab::Role;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -48,9 +50,9 @@ impl Stats {
 }
 
 fn request() -> AgentRequest {
-    AgentRequest::Ping {
+    AgentRequest::from(Ping {
         payload: Bytes::from_static(PAYLOAD),
-    }
+    })
 }
 
 /// Runs `concurrency` loops of `call` for `secs`, collecting every round trip.

@@ -6,8 +6,7 @@
 //!
 //! The decision of which servers to try, in which order, is pure ([`plan`],
 //! [`rank_datacenters`]) and unit-tested; [`Router::forward`] is the thin I/O loop around
-//! it. Only servers route: client agents send cross-DC requests to a local server
-//! ([`crate::dispatch`]).
+//! it. Only servers route: client agents send cross-DC requests to a local server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,12 +17,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::agent::rpc::{AgentRequest, AgentResponse};
-use crate::dispatch::DispatchError;
 use crate::gossip::{Member, MemberStatus};
 use crate::metrics::FederationMetrics;
-use crate::transport::identity::Alpn;
-use crate::transport::rpc::RpcClient;
+use crate::rpc::client::AgentClient;
+use crate::rpc::{AgentRequest, AgentResponse, RpcError};
 use crate::transport::{Transport, TransportError};
 
 /// Tunables of cross-DC routing.
@@ -70,10 +67,10 @@ pub fn plan(
     now: Instant,
     mark_for: Duration,
     prefer_leader: bool,
-) -> Result<Vec<SocketAddr>, DispatchError> {
+) -> Result<Vec<SocketAddr>, RpcError> {
     let of_dc: Vec<&Member> = members.iter().filter(|m| m.datacenter == dc).collect();
     if of_dc.is_empty() {
-        return Err(DispatchError::NoPathToDatacenter);
+        return Err(RpcError::NoPathToDatacenter);
     }
     let mut usable: Vec<(bool, bool, Duration, &str, SocketAddr)> = of_dc
         .iter()
@@ -91,7 +88,7 @@ pub fn plan(
         })
         .collect();
     if usable.is_empty() {
-        return Err(DispatchError::NoReachableServer);
+        return Err(RpcError::NoReachableServer);
     }
     usable.sort();
     Ok(usable.into_iter().map(|u| u.4).collect())
@@ -143,7 +140,7 @@ pub struct Router {
     local_dc: String,
     members: watch::Receiver<Vec<Member>>,
     transport: Transport,
-    client: RpcClient<AgentRequest, AgentResponse>,
+    client: AgentClient,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
     rtts: Mutex<RttCache>,
     opts: RouterOptions,
@@ -162,7 +159,7 @@ impl Router {
         Router {
             local_dc: local_dc.to_string(),
             members,
-            client: RpcClient::new(transport.clone(), Alpn::Rpc).fail_fast(),
+            client: AgentClient::new(transport.clone()).fail_fast(),
             transport,
             failed: Mutex::new(HashMap::new()),
             rtts: Mutex::new(RttCache::default()),
@@ -199,7 +196,7 @@ impl Router {
     }
 
     /// The servers of `dc` in the order a request would try them now.
-    pub fn servers(&self, dc: &str, prefer_leader: bool) -> Result<Vec<SocketAddr>, DispatchError> {
+    pub fn servers(&self, dc: &str, prefer_leader: bool) -> Result<Vec<SocketAddr>, RpcError> {
         let members = self.members.borrow();
         let rtts = self.rtts(&members);
         let failed = self.failed.lock().expect("router lock");
@@ -228,14 +225,14 @@ impl Router {
         dc: &str,
         req: &AgentRequest,
         timeout: Duration,
-    ) -> Result<AgentResponse, DispatchError> {
+    ) -> Result<AgentResponse, RpcError> {
         let is_read = req.is_read();
         let started = Instant::now();
-        let order = match self.servers(dc, req.wants_leader()) {
+        let order = match self.servers(dc, req.needs_leader()) {
             Ok(o) => o,
             Err(e) => {
                 match e {
-                    DispatchError::NoPathToDatacenter => self.count("unknown", "no_path"),
+                    RpcError::NoPathToDatacenter => self.count("unknown", "no_path"),
                     _ => self.count(dc, "unreachable"),
                 }
                 return Err(e);
@@ -249,11 +246,7 @@ impl Router {
                 break;
             }
             tried += 1;
-            match self
-                .client
-                .call_reaching(addr, Some(dc), req, timeout, reach)
-                .await
-            {
+            match self.client.relay(addr, Some(dc), req, timeout, reach).await {
                 Ok(resp) => {
                     self.failed.lock().expect("router lock").remove(&addr);
                     self.count(dc, if tried > 1 { "failover" } else { "ok" });
@@ -274,7 +267,7 @@ impl Router {
             }
         }
         self.count(dc, "unreachable");
-        Err(DispatchError::NoReachableServer)
+        Err(RpcError::NoReachableServer)
     }
 
     fn mark(&self, addr: SocketAddr, dc: &str, e: &TransportError) {
@@ -364,7 +357,7 @@ impl prometheus::core::Collector for RttCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::identity::Role;
+    use crate::vocab::Role;
 
     fn member(name: &str, dc: &str, addr: &str, status: MemberStatus) -> Member {
         Member {
@@ -452,11 +445,11 @@ mod tests {
         };
         assert_eq!(
             plan("dc9", &pool(), view, now, ms(1), false),
-            Err(DispatchError::NoPathToDatacenter)
+            Err(RpcError::NoPathToDatacenter)
         );
         assert_eq!(
             plan("dc3", &pool(), view, now, ms(1), false),
-            Err(DispatchError::NoReachableServer)
+            Err(RpcError::NoReachableServer)
         );
         let all_marked = |m: &Member| ServerView {
             failed: Some(now),
@@ -464,7 +457,7 @@ mod tests {
         };
         assert_eq!(
             plan("dc4", &pool(), all_marked, now, ms(2000), false),
-            Err(DispatchError::NoReachableServer)
+            Err(RpcError::NoReachableServer)
         );
     }
 

@@ -14,6 +14,8 @@ pub mod lock;
 pub mod metrics;
 pub mod pki;
 pub mod raft;
+pub mod rpc;
 pub mod state;
 pub mod transport;
 pub mod up;
+pub mod vocab;

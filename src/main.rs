@@ -13,7 +13,7 @@ use consulate::cli::{self as ops, DEFAULT_HTTP_ADDR, Format};
 use consulate::config::topology::{RenderPaths, Topology};
 use consulate::config::{AgentConfig, GossipKey};
 use consulate::pki::{self, AgentCertSpec, CA_DAYS, CERT_DAYS, Validity};
-use consulate::transport::identity::Role;
+use consulate::vocab::Role;
 
 #[derive(Parser)]
 #[command(

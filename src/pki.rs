@@ -13,7 +13,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::transport::identity::{Role, identity_san};
+use crate::transport::identity::identity_san;
+use crate::vocab::Role;
 
 /// What can go wrong making or writing certificates. None of these is retryable without a
 /// change by the operator (a flag, a path, a file).

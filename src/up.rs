@@ -19,7 +19,7 @@ use crate::cli::{self, table};
 use crate::config::ConfigError;
 use crate::config::topology::{RenderPaths, Topology};
 use crate::pki::{self, PkiError, Validity};
-use crate::transport::identity::Role;
+use crate::vocab::Role;
 
 /// What `consulate up` is asked to do.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::*;
 use consulate::config::AgentConfig;
 use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
+use consulate::transport::identity::Alpn;
+use consulate::vocab::Role;
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -275,9 +276,9 @@ async fn agent_process_serves_quic_and_stops_on_sigterm() {
         || async { ping(&me.client(Alpn::Rpc), addr).await.ok() },
     )
     .await;
-    let consulate::agent::rpc::AgentResponse::Pong {
+    let consulate::rpc::AgentResponse::Ping(Ok(consulate::rpc::Pong {
         node, datacenter, ..
-    } = pong
+    })) = pong
     else {
         panic!("expected a pong, got {pong:?}")
     };

@@ -17,8 +17,8 @@ use consulate::gossip::Gossip;
 use consulate::gossip::quic::QuicGossip;
 use consulate::gossip::wan::{self, WanConfig};
 use consulate::metrics::Metrics;
-use consulate::transport::identity::Role;
 use consulate::transport::{Transport, TransportOptions};
+use consulate::vocab::Role;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

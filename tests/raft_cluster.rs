@@ -14,11 +14,13 @@ use bytes::Bytes;
 use common::*;
 use consulate::metrics::Metrics;
 use consulate::raft::network::RaftHandler;
-use consulate::raft::{RaftNode, RaftNodeError, RaftOptions, ReadMode, ServerNode};
+use consulate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
 use consulate::state::{Command, CommandResult};
-use consulate::transport::identity::{Alpn, Role};
+use consulate::transport::identity::Alpn;
 use consulate::transport::rpc::RpcService;
 use consulate::transport::{Services, Transport, TransportOptions};
+use consulate::vocab::ReadMode;
+use consulate::vocab::Role;
 use tokio_util::sync::CancellationToken;
 
 fn fast() -> RaftOptions {

@@ -15,7 +15,8 @@ use common::dc::*;
 use common::*;
 
 use consulate::transport::TransportOptions;
-use consulate::transport::identity::{Alpn, Role};
+use consulate::transport::identity::Alpn;
+use consulate::vocab::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_leader_under_writes_then_restart_everything() {

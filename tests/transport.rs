@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
-use consulate::agent::rpc::AgentResponse;
 use consulate::pki::Validity;
-use consulate::transport::identity::{Alpn, Refusal, Role};
+use consulate::rpc::{AgentResponse, Pong};
+use consulate::transport::identity::{Alpn, Refusal};
 use consulate::transport::rpc::RemoteError;
 use consulate::transport::{TransportError, TransportOptions};
+use consulate::vocab::Role;
 
 fn assert_pong(r: Result<AgentResponse, TransportError>) {
     match r {
-        Ok(AgentResponse::Pong { payload, .. }) => assert_eq!(&payload[..], b"hello"),
+        Ok(AgentResponse::Ping(Ok(Pong { payload, .. }))) => assert_eq!(&payload[..], b"hello"),
         Ok(other) => panic!("expected a pong, got {other:?}"),
         Err(e) => panic!("expected a pong, got {e}"),
     }
@@ -383,9 +384,9 @@ async fn malformed_and_oversized_frames_get_errors_not_panics() {
     assert!(reply.is_none_or(|r| r.is_empty()));
 
     // Our own client refuses to send an oversized request.
-    let big = consulate::agent::rpc::AgentRequest::Ping {
+    let big = consulate::rpc::AgentRequest::from(consulate::rpc::Ping {
         payload: Bytes::from(vec![0u8; 100 * 1024]),
-    };
+    });
     let err = peer
         .client(Alpn::Rpc)
         .call(server.addr(), None, &big, Duration::from_secs(5))

@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::local::{LocalAgent, sync_plan};
-use crate::dispatch::{DispatchError, Dispatcher, ReadOptions};
-use crate::raft::ReadMode;
+use crate::dispatch::Dispatcher;
+use crate::rpc::{ReadOptions, RpcError};
 use crate::state::Command;
 use crate::state::query::{Query, QueryResult};
+use crate::vocab::ReadMode;
 
 /// First retry delay after a failed sync; doubles up to the sync interval.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -64,32 +65,19 @@ pub async fn run(
 
 /// One sync: read this node's catalog entries at the leader, write the difference in one
 /// Raft entry. Returns how many changes were written.
-pub async fn sync_once(
-    local: &LocalAgent,
-    dispatcher: &Dispatcher,
-) -> Result<usize, DispatchError> {
-    let opts = ReadOptions {
-        mode: ReadMode::Leader,
-        max_stale: None,
-        min_index: 0,
-        wait: Duration::ZERO,
-    };
+pub async fn sync_once(local: &LocalAgent, dispatcher: &Dispatcher) -> Result<usize, RpcError> {
+    let opts = ReadOptions::now(ReadMode::Leader);
     let name = local.node.name.clone();
     let services = dispatcher
-        .read(
-            None,
-            Query::NodeServices { node: name.clone() },
-            opts,
-            false,
-        )
+        .read(None, Query::NodeServices { node: name.clone() }, opts)
         .await?;
     let checks = dispatcher
-        .read(None, Query::NodeChecks { node: name }, opts, false)
+        .read(None, Query::NodeChecks { node: name }, opts)
         .await?;
     let (QueryResult::NodeServices(node), QueryResult::Checks(checks)) =
         (services.result, checks.result)
     else {
-        return Err(DispatchError::Raft("unexpected query result shape".into()));
+        return Err(RpcError::Protocol("unexpected query result shape".into()));
     };
     let (node, services) = match node {
         Some((n, s)) => (Some(n), s),
@@ -104,7 +92,7 @@ pub async fn sync_once(
     );
     let n = plan.len();
     if n > 0 {
-        dispatcher.write(None, Command::Batch(plan), false).await?;
+        dispatcher.write(None, Command::Batch(plan)).await?;
     }
     Ok(n)
 }

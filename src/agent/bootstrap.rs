@@ -1,7 +1,7 @@
 //! The probing loop around [`crate::raft::bootstrap::decide`]: until this server has Raft
 //! state, ask the DC's other servers who they are, then initialize, wait, or ask to be
-//! added. Peers are reached at the LAN join addresses on the QUIC port; once LAN gossip
-//! lands, its member list replaces that list.
+//! added. Peers are the LAN join addresses on the QUIC port (a server bootstraps before
+//! gossip could tell it more).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,12 +9,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::rpc::{AgentRequest, AgentResponse};
 use crate::raft::bootstrap::{Decision, SeenServer, decide};
 use crate::raft::{RaftNode, ServerNode};
+use crate::rpc::client::AgentClient;
+use crate::rpc::{GetServerInfo, JoinRaft};
 use crate::transport::Transport;
-use crate::transport::identity::Alpn;
-use crate::transport::rpc::RpcClient;
 
 const PROBE_EVERY: Duration = Duration::from_millis(300);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -28,7 +27,7 @@ pub async fn run(
     transport: Transport,
     shutdown: CancellationToken,
 ) {
-    let client: RpcClient<AgentRequest, AgentResponse> = RpcClient::new(transport, Alpn::Rpc);
+    let client = AgentClient::new(transport);
     let myself = SeenServer {
         id: raft.id(),
         node: me.clone(),
@@ -43,11 +42,8 @@ pub async fn run(
         let probes = peers.iter().map(|addr| {
             let client = client.clone();
             async move {
-                match client
-                    .call(*addr, None, &AgentRequest::ServerInfo, PROBE_TIMEOUT)
-                    .await
-                {
-                    Ok(AgentResponse::ServerInfo(Some(info))) => Some(SeenServer {
+                match client.call(*addr, None, GetServerInfo, PROBE_TIMEOUT).await {
+                    Ok(Some(info)) => Some(SeenServer {
                         id: info.id,
                         node: info.node,
                         initialized: info.initialized,
@@ -75,13 +71,11 @@ pub async fn run(
                     let Ok(addr) = member.node.addr.parse() else {
                         continue;
                     };
-                    let req = AgentRequest::JoinRaft {
+                    let join = JoinRaft {
                         id: myself.id,
                         node: me.clone(),
                     };
-                    if let Ok(AgentResponse::Joined(Ok(()))) =
-                        client.call(addr, None, &req, Duration::from_secs(10)).await
-                    {
+                    if let Ok(()) = client.call(addr, None, join, Duration::from_secs(10)).await {
                         info!(via = %member.node, "joined the cluster");
                         break;
                     }

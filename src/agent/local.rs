@@ -1,7 +1,8 @@
 //! Agent-local state: the services and checks registered through this agent's
 //! `/v1/agent/...` endpoints. They belong to the agent, not to the catalog: the agent is
-//! the source of truth and anti-entropy ([`super::anti_entropy`]) makes the catalog's view
-//! of this node match them. [`sync_plan`] is the pure diff that decides what to write.
+//! the source of truth and anti-entropy (the agent's `anti_entropy` loop) makes the
+//! catalog's view of this node match them. [`sync_plan`] is the pure diff that decides
+//! what to write.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -501,7 +502,7 @@ mod tests {
         let n = plan.len();
         for cmd in plan {
             *at += 1;
-            let r = state.apply(*at, cmd);
+            let r = state.apply(*at, cmd, std::time::Instant::now());
             assert_eq!(r, crate::state::CommandResult::Ok);
         }
         assert_eq!(plan_of(state), vec![], "a second sync writes nothing");
@@ -570,6 +571,7 @@ mod tests {
                 node: "n1".into(),
                 ..DeregisterRequest::default()
             }),
+            std::time::Instant::now(),
         );
         assert_eq!(sync(&mut s, &l, &mut at), 3);
 
@@ -585,7 +587,11 @@ mod tests {
             name: "Serf Health Status".into(),
             ..CheckDefinition::default()
         }];
-        s.apply(at, Command::Register(Box::new(stray)));
+        s.apply(
+            at,
+            Command::Register(Box::new(stray)),
+            std::time::Instant::now(),
+        );
         assert_eq!(sync(&mut s, &l, &mut at), 1, "the stray service goes");
         assert!(s.node_checks("n1").any(|c| c.check_id == "serfHealth"));
 

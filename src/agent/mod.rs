@@ -7,29 +7,32 @@ pub mod bootstrap;
 pub mod checks;
 pub mod local;
 pub mod reconcile;
-pub mod rpc;
+pub mod server;
 pub mod sessions;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::AgentConfig;
+use crate::dispatch::handler::AgentRpc;
 use crate::dispatch::{Dispatcher, ServerList};
-use crate::federation::{Router, RouterOptions};
-use crate::gossip::quic::QuicGossip;
-use crate::gossip::wan::{self, WanConfig};
 use crate::gossip::{Gossip, GossipError, GossipOptions, LanConfig, Member, MemberStatus};
 use crate::metrics::Metrics;
-use crate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};
-use crate::transport::identity::{Alpn, Role};
+use crate::raft::{RaftNode, RaftNodeError};
+use crate::transport::identity::Alpn;
 use crate::transport::rpc::RpcService;
 use crate::transport::tls::TlsMaterial;
 use crate::transport::{Services, Transport, TransportError, TransportOptions};
+use crate::vocab::Role;
+use server::ServerParts;
+use tasks::Loops;
 
 /// Why an agent could not start. Start-up errors are configuration or environment
 /// problems: retrying without a change does not help.
@@ -88,12 +91,13 @@ fn node_uuid(id: u64) -> String {
 pub struct Agent {
     gossip: Gossip,
     wan: Option<Gossip>,
-    http_task: tokio::task::JoinHandle<()>,
-    dns_task: tokio::task::JoinHandle<()>,
+    raft: Option<RaftNode>,
+    http_task: JoinHandle<()>,
+    dns_task: JoinHandle<()>,
+    loops: Loops,
     /// Stops serving QUIC (and the WAN gossip carrier), last in the ordered shutdown.
     serving: CancellationToken,
     transport: Transport,
-    dispatcher: Dispatcher,
     shutdown: CancellationToken,
 }
 
@@ -126,22 +130,14 @@ async fn track_servers(
     }
 }
 
-/// Keeps this server's WAN `leader` flag equal to its Raft leadership, so that other DCs
-/// send it the requests only a leader answers.
-async fn publish_leadership(wan: Gossip, raft: RaftNode, shutdown: CancellationToken) {
-    let mut metrics = raft.raft().metrics();
-    let mut published = None;
-    loop {
-        let leader = raft.is_leader();
-        if published != Some(leader) {
-            wan.set_leader(leader).await;
-            published = Some(leader);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
-        }
-    }
+/// Until LAN gossip tells them, the DC's servers are the LAN join addresses on the QUIC
+/// port.
+fn join_servers(config: &AgentConfig) -> Vec<SocketAddr> {
+    config
+        .lan_join
+        .iter()
+        .map(|a| SocketAddr::new(a.ip, config.ports.quic))
+        .collect()
 }
 
 /// This server's Raft id: random on first start, then read back from `node-id` in the data
@@ -174,8 +170,10 @@ fn node_id(data_dir: &Path) -> Result<u64, AgentError> {
 }
 
 impl Agent {
-    /// Starts every subsystem of the agent described by `config`. All tasks stop when
-    /// `shutdown` is cancelled; [`Agent::run_until_shutdown`] then finishes the job.
+    /// Starts every subsystem of the agent described by `config`: the transport, a
+    /// server's own parts ([`ServerParts`]), the dispatcher and RPC handler, LAN gossip,
+    /// the background loops of its role, DNS and HTTP. All tasks stop when `shutdown` is
+    /// cancelled; [`Agent::run_until_shutdown`] then finishes the job.
     pub async fn start(
         config: AgentConfig,
         shutdown: CancellationToken,
@@ -196,102 +194,41 @@ impl Agent {
             metrics.transport.clone(),
         )?;
         let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
-        let mut services = Services::default();
         let id = node_id(&config.data_dir)?;
-        let (raft, self_node) = if config.role == Role::Server {
-            let (raft, handler) = RaftNode::open(
-                id,
-                &config.data_dir,
-                &RaftOptions::default(),
-                transport.clone(),
-                metrics.raft.clone(),
-            )
-            .await?;
-            services = services.with(
-                Alpn::Raft,
-                RpcService::new(handler, max_frame, metrics.transport.clone()),
-            );
-            let me = ServerNode {
-                name: config.node_name.clone(),
-                addr: quic_addr.to_string(),
-            };
-            metrics
-                .registry
-                .register(Box::new(crate::raft::collector::RaftCollector::new(
-                    raft.clone(),
-                )))
-                .expect("the Raft collector registers once");
-            (Some(raft), Some(me))
-        } else {
-            (None, None)
-        };
-        let wan_addr = config.wan_advertise(transport.local_addr().port());
         // QUIC keeps serving (RPC, Raft, WAN gossip) while the agent leaves its pools, so
         // that the WAN pool hears it leave and in-flight requests finish; it stops just
         // before the transport closes, at the end of the ordered shutdown.
         let serving = CancellationToken::new();
         // A start that fails half-way stops what it started serving.
         let serving_guard = serving.clone().drop_guard();
-        // Servers join the WAN pool (over QUIC) and route other DCs' requests through it.
-        let (wan, router) = if config.role == Role::Server {
-            let carrier = QuicGossip::new(
-                transport.clone(),
-                wan_addr,
-                metrics.wan_gossip.clone(),
-                serving.clone(),
-            );
-            services = services.with(Alpn::WanGossip, carrier.service());
-            let wan = Gossip::wan(
-                WanConfig {
-                    node: config.node_name.clone(),
-                    node_id: node_uuid(id),
-                    datacenter: config.datacenter.clone(),
-                    domain: config.domain.clone(),
-                    advertise: wan_addr,
-                    seeds: config.wan_seeds(),
-                    options: wan::default_options(),
-                },
-                &carrier,
-                metrics.wan_gossip.clone(),
-                shutdown.child_token(),
-            )
-            .await?;
-            let router = Router::new(
-                &config.datacenter,
-                wan.members(),
-                transport.clone(),
-                RouterOptions::default(),
-                metrics.federation.clone(),
-            );
-            let router = Arc::new(router);
-            metrics
-                .registry
-                .register(Box::new(crate::federation::RttCollector::new(
-                    router.clone(),
-                )))
-                .expect("the RTT collector registers once");
-            (Some(wan), Some(router))
-        } else {
-            (None, None)
+        let (server, services) = match config.role {
+            Role::Server => {
+                let (parts, services) = ServerParts::start(
+                    &config,
+                    id,
+                    &transport,
+                    &metrics,
+                    Services::default(),
+                    &serving,
+                    &shutdown,
+                )
+                .await?;
+                (Some(parts), services)
+            }
+            Role::Client => (None, Services::default()),
         };
-        // Until LAN gossip tells them, the DC's servers are the LAN join addresses on the
-        // QUIC port.
-        let join_servers: Vec<SocketAddr> = config
-            .lan_join
-            .iter()
-            .map(|a| SocketAddr::new(a.ip, config.ports.quic))
-            .collect();
-        let servers = Arc::new(ServerList::new(join_servers.clone()));
-        let session_timers = Arc::new(sessions::SessionTimers::default());
-        let dispatcher = Dispatcher::new(
+        let servers = Arc::new(ServerList::new(join_servers(&config)));
+        let mut dispatcher = Dispatcher::new(
             &config.datacenter,
-            raft.clone(),
+            server.as_ref().map(|s| s.raft.clone()),
             servers.clone(),
             transport.clone(),
             metrics.rpc.clone(),
-            router,
-        )
-        .with_session_timers(session_timers.clone());
+            server.as_ref().map(|s| s.router.clone()),
+        );
+        if let Some(s) = &server {
+            dispatcher = dispatcher.with_session_timers(s.session_timers.clone());
+        }
         let local = Arc::new(local::LocalAgent::persistent(
             local::NodeInfo {
                 id: node_uuid(id),
@@ -303,26 +240,16 @@ impl Agent {
             },
             config.data_dir.join("agent-local"),
         ));
-        let handler = rpc::AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
+        let handler = AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
             dispatcher.clone(),
-            self_node.clone(),
+            server.as_ref().map(|s| s.me.clone()),
             config.bootstrap_expect,
         );
-        services = services.with(
+        let services = services.with(
             Alpn::Rpc,
             RpcService::new(Arc::new(handler), max_frame, metrics.transport.clone()),
         );
         transport.serve(services, serving.clone());
-        if let (Some(raft), Some(me)) = (raft, self_node) {
-            tokio::spawn(bootstrap::run(
-                raft,
-                me,
-                config.bootstrap_expect,
-                join_servers,
-                transport.clone(),
-                shutdown.child_token(),
-            ));
-        }
         let gossip = Gossip::lan(
             LanConfig {
                 node: config.node_name.clone(),
@@ -338,7 +265,7 @@ impl Agent {
                     .collect(),
                 quic: quic_addr,
                 http: SocketAddr::new(config.advertise(), config.ports.http),
-                wan: wan.as_ref().map(|_| wan_addr),
+                wan: server.as_ref().map(|s| s.wan_addr),
                 key: config.encrypt.clone(),
                 options: GossipOptions {
                     reconnect_timeout: config
@@ -352,56 +279,47 @@ impl Agent {
         )
         .await?;
         let members = gossip.members();
-        if let Some(wan) = &wan {
-            tokio::spawn(wan::flood_join(
-                wan.clone(),
-                config.datacenter.clone(),
-                wan_addr,
+        let mut loops = Loops::default();
+        match &server {
+            Some(s) => s.spawn_loops(
+                &mut loops,
+                &config,
+                &transport,
+                &dispatcher,
                 members.clone(),
-                shutdown.child_token(),
-            ));
+                &shutdown,
+            ),
+            None => loops.spawn(
+                "track_servers",
+                track_servers(
+                    members.clone(),
+                    servers,
+                    config.datacenter.clone(),
+                    shutdown.child_token(),
+                ),
+            ),
         }
-        if let (Some(wan), Some(raft)) = (&wan, dispatcher.raft()) {
-            tokio::spawn(publish_leadership(
-                wan.clone(),
-                raft.clone(),
+        loops.spawn(
+            "checks",
+            checks::run(
+                local.clone(),
+                config
+                    .check_update_interval
+                    .map_or(checks::DEFAULT_OUTPUT_EVERY, |d| d.0),
                 shutdown.child_token(),
-            ));
-        }
-        if config.role == Role::Server {
-            tokio::spawn(sessions::run(
+            ),
+        );
+        loops.spawn(
+            "anti_entropy",
+            anti_entropy::run(
+                local.clone(),
                 dispatcher.clone(),
-                session_timers,
+                config.sync_interval.map_or(DEFAULT_SYNC_INTERVAL, |d| {
+                    d.0.max(Duration::from_millis(100))
+                }),
                 shutdown.child_token(),
-            ));
-            tokio::spawn(reconcile::run(
-                dispatcher.clone(),
-                members.clone(),
-                shutdown.child_token(),
-            ));
-        } else {
-            tokio::spawn(track_servers(
-                members.clone(),
-                servers,
-                config.datacenter.clone(),
-                shutdown.child_token(),
-            ));
-        }
-        tokio::spawn(checks::run(
-            local.clone(),
-            config
-                .check_update_interval
-                .map_or(checks::DEFAULT_OUTPUT_EVERY, |d| d.0),
-            shutdown.child_token(),
-        ));
-        tokio::spawn(anti_entropy::run(
-            local.clone(),
-            dispatcher.clone(),
-            config.sync_interval.map_or(DEFAULT_SYNC_INTERVAL, |d| {
-                d.0.max(Duration::from_millis(100))
-            }),
-            shutdown.child_token(),
-        ));
+            ),
+        );
         let resolver = crate::dns::Resolver::new(
             &config.domain,
             &config.dns,
@@ -438,23 +356,32 @@ impl Agent {
             datacenter = %config.datacenter,
             role = %config.role,
             quic = %transport.local_addr(),
+            loops = loops.len(),
             "agent started"
         );
         serving_guard.disarm();
+        let (raft, wan) = match server {
+            Some(s) => (Some(s.raft), Some(s.wan)),
+            None => (None, None),
+        };
         Ok(Agent {
             gossip,
             wan,
+            raft,
             transport,
-            dispatcher,
             http_task,
             dns_task,
+            loops,
             serving,
             shutdown,
         })
     }
 
-    /// Waits for the cancellation signal, then stops subsystems in order within a bound:
-    /// leave the gossip pools (QUIC still serving), stop HTTP and DNS, Raft, then QUIC.
+    /// Waits for the cancellation signal, then stops subsystems in order, each within a
+    /// bound: leave the gossip pools (QUIC still serving), stop HTTP and DNS (requests in
+    /// flight past the bound are aborted), await the background loops (aborted past the
+    /// bound), stop Raft, then QUIC. Nothing of this agent's own writes to Raft once it
+    /// is stopped.
     pub async fn run_until_shutdown(self) {
         self.shutdown.cancelled().await;
         info!("leaving and shutting down");
@@ -471,13 +398,29 @@ impl Agent {
         )
         .await;
         // The HTTP server stops taking requests first and lets in-flight ones finish.
-        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.http_task).await;
-        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.dns_task).await;
-        if let Some(raft) = self.dispatcher.raft() {
+        stop_task("http", self.http_task).await;
+        stop_task("dns", self.dns_task).await;
+        self.loops.stop(SHUTDOWN_BOUND).await;
+        info!("background tasks stopped");
+        if let Some(raft) = &self.raft {
             let _ = tokio::time::timeout(SHUTDOWN_BOUND, raft.shutdown()).await;
+            info!("raft stopped");
         }
         self.serving.cancel();
         self.transport.close(SHUTDOWN_BOUND).await;
         info!("stopped");
+    }
+}
+
+/// Waits up to [`SHUTDOWN_BOUND`] for a serving task (which has been told to stop) to end;
+/// past it, aborts it and what it still serves.
+async fn stop_task(name: &'static str, mut task: JoinHandle<()>) {
+    if tokio::time::timeout(SHUTDOWN_BOUND, &mut task)
+        .await
+        .is_err()
+    {
+        warn!(task = name, "still serving at shutdown: aborted");
+        task.abort();
+        let _ = task.await;
     }
 }

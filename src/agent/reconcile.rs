@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::local::NodeInfo;
-use crate::dispatch::{DispatchError, Dispatcher, ReadOptions};
+use crate::dispatch::Dispatcher;
 use crate::gossip::{Member, MemberStatus};
-use crate::raft::ReadMode;
+use crate::rpc::{Read, ReadOptions, RpcError, Write};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{
     Check, CheckDefinition, Command, DeregisterRequest, HealthStatus, Node, RegisterRequest,
 };
+use crate::vocab::ReadMode;
 
 /// The node check gossip owns (Consul's name).
 pub const SERF_CHECK_ID: &str = "serfHealth";
@@ -35,7 +36,7 @@ fn member_node(m: &Member, datacenter: &str) -> NodeInfo {
         name: m.name.clone(),
         address: m.gossip_addr.ip().to_string(),
         datacenter: datacenter.to_string(),
-        server: m.role == crate::transport::identity::Role::Server,
+        server: m.role == crate::vocab::Role::Server,
         port: m.quic.map_or(0, |q| q.port()),
     }
 }
@@ -126,29 +127,24 @@ pub async fn run(
     }
 }
 
-async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(), DispatchError> {
-    let opts = ReadOptions {
-        mode: ReadMode::Stale,
-        max_stale: None,
-        min_index: 0,
-        wait: Duration::ZERO,
+async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(), RpcError> {
+    // Leader-only work: read and written here, never forwarded.
+    let read = |query| Read {
+        dc: None,
+        query,
+        opts: ReadOptions::now(ReadMode::Stale),
     };
     let nodes = dispatcher
-        .read(None, Query::Nodes { node_meta: vec![] }, opts, true)
+        .on_leader(read(Query::Nodes { node_meta: vec![] }))
         .await?;
     let checks = dispatcher
-        .read(
-            None,
-            Query::CheckById {
-                check_id: SERF_CHECK_ID.to_string(),
-            },
-            opts,
-            true,
-        )
+        .on_leader(read(Query::CheckById {
+            check_id: SERF_CHECK_ID.to_string(),
+        }))
         .await?;
     let (QueryResult::Nodes(nodes), QueryResult::Checks(checks)) = (nodes.result, checks.result)
     else {
-        return Err(DispatchError::Raft("unexpected query result shape".into()));
+        return Err(RpcError::Protocol("unexpected query result shape".into()));
     };
     let plan = reconcile_plan(dispatcher.datacenter(), members, &nodes, &checks);
     if !plan.is_empty() {
@@ -156,7 +152,11 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
             writes = plan.len(),
             "reconciling the catalog with LAN membership"
         );
-        dispatcher.write(None, Command::Batch(plan), true).await?;
+        let write = Write {
+            dc: None,
+            cmd: Command::Batch(plan),
+        };
+        dispatcher.on_leader(write).await?;
     }
     Ok(())
 }
@@ -165,7 +165,7 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
 mod tests {
     use super::*;
     use crate::state::State;
-    use crate::transport::identity::Role;
+    use crate::vocab::Role;
 
     fn member(name: &str, status: MemberStatus) -> Member {
         Member {
@@ -197,7 +197,7 @@ mod tests {
         let n = plan.len();
         for c in plan {
             *at += 1;
-            s.apply(*at, c);
+            s.apply(*at, c, std::time::Instant::now());
         }
         assert!(plan_of(s).is_empty(), "converged");
         n

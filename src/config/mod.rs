@@ -13,8 +13,9 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::duration::GoDuration;
-use crate::transport::identity::{Identity, Role};
+use crate::transport::identity::Identity;
 use crate::transport::tls::TlsFiles;
+use crate::vocab::Role;
 
 /// A configuration problem: where it is and what is wrong. Never retryable: the file must
 /// be fixed.

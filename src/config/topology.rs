@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{AgentConfig, ConfigError, GossipKey, JoinAddr, Ports, TlsConfig};
 use crate::pki::{self, AgentCertSpec};
-use crate::transport::identity::Role;
+use crate::vocab::Role;
 
 /// One agent of a topology.
 #[derive(Debug, Clone, Deserialize)]

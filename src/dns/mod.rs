@@ -27,13 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::DnsConfig;
-use crate::dispatch::{DispatchError, Dispatcher, ReadOptions};
+use crate::dispatch::Dispatcher;
 use crate::gossip::{Member, MemberStatus};
 use crate::metrics::DnsMetrics;
-use crate::raft::ReadMode;
+use crate::rpc::{ReadOptions, RpcError};
 use crate::state::HealthStatus;
 use crate::state::query::{Query, QueryResult, ServiceHealth};
-use crate::transport::identity::Role;
+use crate::vocab::ReadMode;
+use crate::vocab::Role;
 use answer::{Found, Instance, SoaTimers, Zone};
 use name::Lookup;
 
@@ -350,7 +351,7 @@ impl Resolver {
         let dc_name = dc.clone().unwrap_or_else(|| local.to_string());
         let found = match inner
             .dispatcher
-            .read(dc.as_deref(), query, inner.read, false)
+            .read(dc.as_deref(), query, inner.read)
             .await
         {
             Ok(out) => match out.result {
@@ -370,7 +371,7 @@ impl Resolver {
                 _ => Found::NoSuchName,
             },
             // An unknown datacenter is an unknown name (Consul).
-            Err(DispatchError::NoPathToDatacenter) => Found::NoSuchName,
+            Err(RpcError::NoPathToDatacenter) => Found::NoSuchName,
             Err(_) => Found::Failed,
         };
         if remote {

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::GossipKey;
 use crate::metrics::GossipMetrics;
-use crate::transport::identity::Role;
+use crate::vocab::Role;
 
 const KEY_ROLE: &str = "role";
 const KEY_DC: &str = "dc";

@@ -19,7 +19,7 @@ use super::{
     Member, MemberStatus, PoolConfig,
 };
 use crate::metrics::GossipMetrics;
-use crate::transport::identity::Role;
+use crate::vocab::Role;
 
 /// WAN gossip timings: Consul's WAN pool gossips less often than the LAN pool.
 pub fn default_options() -> GossipOptions {

@@ -20,7 +20,7 @@ use crate::agent::local::{CheckKind, LocalCheck, LocalError};
 use crate::duration::parse_go_duration;
 use crate::gossip::{Member, MemberStatus};
 use crate::state::{CheckDefinition, HealthStatus};
-use crate::transport::identity::Role;
+use crate::vocab::Role;
 
 impl From<LocalError> for HttpError {
     fn from(e: LocalError) -> Self {

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::dispatch::DispatchError;
+use crate::rpc::RpcError;
 
 /// Everything an HTTP handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum HttpError {
     Internal(String),
     /// Routing or Raft failed.
     #[error(transparent)]
-    Dispatch(#[from] DispatchError),
+    Rpc(#[from] RpcError),
 }
 
 impl HttpError {
@@ -40,7 +40,7 @@ impl HttpError {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound | HttpError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
             HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::Internal(_) | HttpError::Dispatch(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Internal(_) | HttpError::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -25,9 +25,10 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::local::LocalAgent;
-use crate::dispatch::{Dispatcher, ReadOutcome};
+use crate::dispatch::Dispatcher;
 use crate::gossip::Member;
 use crate::metrics::Metrics;
+use crate::rpc::ReadOutcome;
 use crate::state::query::Query;
 use crate::state::{Command, CommandResult};
 use error::HttpError;
@@ -68,14 +69,14 @@ impl Api {
 /// parameters; returns Consul's headers with the answer.
 async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOutcome), HttpError> {
     let opts = p.read_options()?;
-    let out = api.dispatcher.read(p.dc(), query, opts, false).await?;
+    let out = api.dispatcher.read(p.dc(), query, opts).await?;
     Ok((read_headers(&out), out))
 }
 
 /// Applies a catalog write in `dc` (default: this one) and answers Consul's `true`, or 400
 /// with the refusal.
 async fn write_ok(api: &Api, dc: Option<&str>, cmd: Command) -> Result<Response, HttpError> {
-    match api.dispatcher.write(dc, cmd, false).await? {
+    match api.dispatcher.write(dc, cmd).await? {
         CommandResult::Ok | CommandResult::Bool(true) => Ok(Json(true).into_response()),
         CommandResult::Bool(false) => Ok(Json(false).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),

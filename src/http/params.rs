@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
-use crate::dispatch::ReadOptions;
 use crate::duration::parse_go_duration;
-use crate::raft::ReadMode;
+use crate::rpc::ReadOptions;
+use crate::vocab::{MAX_WAIT, ReadMode};
 
 use super::error::HttpError;
 
 /// Default blocking wait (Consul: 5 minutes).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
-/// Longest blocking wait (Consul: 10 minutes).
-pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// The query string of one request, in order (bare flags map to ""; a name may repeat).
 pub struct Params(pub Vec<(String, String)>);
@@ -173,7 +171,7 @@ mod tests {
         let capped = params(&[("index", "7"), ("wait", "1h")])
             .read_options()
             .unwrap();
-        assert!(capped.wait <= MAX_WAIT * 17 / 16);
+        assert!(capped.wait <= crate::vocab::MAX_WAIT_WITH_JITTER);
         assert!(params(&[("index", "x")]).read_options().is_err());
         assert_eq!(
             params(&[("wait", "1s")]).read_options().unwrap().wait,

@@ -15,6 +15,7 @@ use super::json::decode;
 use super::params::Params;
 use super::{Api, read};
 use crate::duration::parse_go_duration;
+use crate::rpc::RenewSession;
 use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult, Session, SessionBehavior};
 
@@ -133,7 +134,7 @@ pub async fn create(State(api): State<Api>, p: Params, body: Bytes) -> Result<Re
     let id = session.id.clone();
     match api
         .dispatcher
-        .write(p.dc(), Command::SessionCreate(Box::new(session)), false)
+        .write(p.dc(), Command::SessionCreate(Box::new(session)))
         .await?
     {
         CommandResult::Ok => Ok(Json(serde_json::json!({ "ID": id })).into_response()),
@@ -149,7 +150,7 @@ pub async fn destroy(
     p: Params,
 ) -> Result<Response, HttpError> {
     api.dispatcher
-        .write(p.dc(), Command::SessionDestroy { id }, false)
+        .write(p.dc(), Command::SessionDestroy { id })
         .await?;
     Ok(Json(true).into_response())
 }
@@ -160,11 +161,11 @@ pub async fn renew(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    match api
-        .dispatcher
-        .renew_session(p.dc(), id.clone(), false)
-        .await?
-    {
+    let renew = RenewSession {
+        dc: p.dc().map(str::to_string),
+        id: id.clone(),
+    };
+    match api.dispatcher.call(renew).await? {
         Some(s) => Ok(Json(vec![SessionJson::from(&s)]).into_response()),
         None => Err(HttpError::NotFoundBecause(format!(
             "Session id '{id}' not found"

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::RaftMetrics;
 use crate::state::{Command, CommandResult};
 use crate::transport::Transport;
+use crate::vocab::ReadMode;
 use log_store::LogStore;
 use network::{RaftHandler, RaftNetworkClient};
 use state_machine::{Replicated, SnapshotFileError, StateMachine};
@@ -138,17 +139,6 @@ impl Default for RaftOptions {
 /// needs it fails with "No cluster leader".
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The consistency mode of a read, as Consul's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReadMode {
-    /// Answered by the leader from its state.
-    Leader,
-    /// Answered by any server from its local state.
-    Stale,
-    /// Answered by the leader after confirming leadership with a quorum.
-    Consistent,
-}
-
 /// What a read says besides its data (Consul's `X-Consul-*` headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadMeta {
@@ -184,17 +174,6 @@ impl LeaderContact {
     pub fn since_ms(&self) -> Option<u64> {
         let at = *self.0.lock().expect("contact lock poisoned");
         at.map(|at| at.elapsed().as_millis() as u64)
-    }
-}
-
-impl ReadMode {
-    /// The `X-Consul-Effective-Consistency` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReadMode::Leader => "leader",
-            ReadMode::Stale => "stale",
-            ReadMode::Consistent => "consistent",
-        }
     }
 }
 

@@ -224,12 +224,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let _timer = self.metrics.apply_seconds.start_timer();
         let mut r = self.shared.write().expect("state lock poisoned");
+        // The state is pure: the clock it keeps soft state by (lock-delays) is read here.
+        let now = std::time::Instant::now();
         let mut out = Vec::new();
         for entry in entries {
             r.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => CommandResult::Ok,
-                EntryPayload::Normal(cmd) => r.state.apply(entry.log_id.index, cmd),
+                EntryPayload::Normal(cmd) => r.state.apply(entry.log_id.index, cmd, now),
                 EntryPayload::Membership(m) => {
                     r.membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResult::Ok

@@ -8,10 +8,12 @@
 //! channel, so that a blocking query waits on one channel instead of a timer or task each.
 
 pub mod query;
+pub mod session_ttl;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -165,7 +167,7 @@ pub struct State {
     /// them ended (Consul's lock-delay). Soft state, as in Consul: each server sets it when
     /// it applies the end of a session, and only the leader consults it, before proposing
     /// an acquire; never serialized.
-    lock_delays: std::collections::HashMap<String, std::time::Instant>,
+    lock_delays: std::collections::HashMap<String, Instant>,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -265,14 +267,17 @@ impl State {
         self.watches[table.slot()].send_replace(index);
     }
 
-    /// Applies `cmd` written at log `index`.
-    pub fn apply(&mut self, index: u64, cmd: Command) -> CommandResult {
+    /// Applies `cmd` written at log `index`, on this server's clock at `now` (which only
+    /// the soft state, lock-delays, depends on).
+    pub fn apply(&mut self, index: u64, cmd: Command, now: Instant) -> CommandResult {
         match cmd {
-            Command::Batch(cmds) => {
-                CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c)).collect())
-            }
-            Command::Register(req) => self.register(index, *req),
-            Command::Deregister(req) => self.deregister(index, req),
+            Command::Batch(cmds) => CommandResult::Batch(
+                cmds.into_iter()
+                    .map(|c| self.apply(index, c, now))
+                    .collect(),
+            ),
+            Command::Register(req) => self.register(index, *req, now),
+            Command::Deregister(req) => self.deregister(index, req, now),
             Command::KvSet { key, value, flags } => {
                 self.kv_put(index, key, value, flags);
                 CommandResult::Bool(true)
@@ -324,7 +329,7 @@ impl State {
             } => self.kv_release(index, key, value, flags, session),
             Command::SessionCreate(session) => self.session_create(index, *session),
             Command::SessionDestroy { id } => {
-                self.invalidate(index, &id);
+                self.invalidate(index, &id, now);
                 CommandResult::Bool(true)
             }
             Command::KvDeleteTree { prefix } => {
@@ -427,7 +432,7 @@ impl State {
 
     /// Ends session `id` (if it exists): its keys are released or deleted as its behavior
     /// says, and each gets the session's lock-delay.
-    fn invalidate(&mut self, index: u64, id: &str) {
+    fn invalidate(&mut self, index: u64, id: &str, now: Instant) {
         let Some(session) = self.data.sessions.remove(id) else {
             return;
         };
@@ -442,7 +447,7 @@ impl State {
         if held.is_empty() {
             return;
         }
-        let until = std::time::Instant::now() + session.lock_delay;
+        let until = now + session.lock_delay;
         for key in held {
             match session.behavior {
                 SessionBehavior::Release => {
@@ -464,7 +469,7 @@ impl State {
 
     /// Ends the sessions on `node` that use any of `checks` (`None`: every session on the
     /// node), after those checks went critical or were removed.
-    fn invalidate_for(&mut self, index: u64, node: &str, checks: Option<&[String]>) {
+    fn invalidate_for(&mut self, index: u64, node: &str, checks: Option<&[String]>, now: Instant) {
         let doomed: Vec<String> = self
             .data
             .sessions
@@ -474,15 +479,14 @@ impl State {
             .map(|s| s.id.clone())
             .collect();
         for id in doomed {
-            self.invalidate(index, &id);
+            self.invalidate(index, &id, now);
         }
     }
 
-    /// Whether `key` is within the lock-delay of a session that ended (acquires refused).
-    pub fn lock_delayed(&self, key: &str) -> bool {
-        self.lock_delays
-            .get(key)
-            .is_some_and(|until| *until > std::time::Instant::now())
+    /// Whether `key` is, at `now`, within the lock-delay of a session that ended (acquires
+    /// refused).
+    pub fn lock_delayed(&self, key: &str, now: Instant) -> bool {
+        self.lock_delays.get(key).is_some_and(|until| *until > now)
     }
 
     /// One session.
@@ -507,7 +511,7 @@ impl State {
         self.touch(Table::Kv, index);
     }
 
-    fn register(&mut self, index: u64, req: RegisterRequest) -> CommandResult {
+    fn register(&mut self, index: u64, req: RegisterRequest, now: Instant) -> CommandResult {
         if req.node.is_empty() {
             return CommandResult::Rejected("Must provide node".into());
         }
@@ -603,12 +607,12 @@ impl State {
             }
         }
         if !gone_critical.is_empty() {
-            self.invalidate_for(index, &req.node, Some(&gone_critical));
+            self.invalidate_for(index, &req.node, Some(&gone_critical), now);
         }
         CommandResult::Ok
     }
 
-    fn deregister(&mut self, index: u64, req: DeregisterRequest) -> CommandResult {
+    fn deregister(&mut self, index: u64, req: DeregisterRequest, now: Instant) -> CommandResult {
         if let Some(check_id) = req.check_id {
             if self
                 .data
@@ -617,7 +621,7 @@ impl State {
                 .is_some()
             {
                 self.touch(Table::Checks, index);
-                self.invalidate_for(index, &req.node, Some(&[check_id]));
+                self.invalidate_for(index, &req.node, Some(&[check_id]), now);
             }
             return CommandResult::Ok;
         }
@@ -637,7 +641,7 @@ impl State {
                 .collect();
             if remove_in(&mut self.data.checks, range, |c| c.service_id == service_id) {
                 self.touch(Table::Checks, index);
-                self.invalidate_for(index, &req.node, Some(&removed));
+                self.invalidate_for(index, &req.node, Some(&removed), now);
             }
             return CommandResult::Ok;
         }
@@ -660,7 +664,7 @@ impl State {
         if remove_in(&mut self.data.checks, range, |_| true) {
             self.touch(Table::Checks, index);
         }
-        self.invalidate_for(index, &req.node, None);
+        self.invalidate_for(index, &req.node, None, now);
         CommandResult::Ok
     }
 

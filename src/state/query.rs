@@ -332,6 +332,7 @@ mod tests {
                     value: bytes::Bytes::new(),
                     flags: 0,
                 },
+                std::time::Instant::now(),
             );
         }
         let q = Query::KvKeys {

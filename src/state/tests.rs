@@ -1,5 +1,15 @@
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
 use super::query::{Query, QueryResult};
 use super::*;
+
+/// The clock every apply in these tests sees: one fixed instant, so that the state's soft
+/// timing (lock-delays) is checked against instants chosen by the test.
+fn now() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
 
 fn reg(node: &str, svc: Option<(&str, &str)>, checks: Vec<CheckDefinition>) -> Command {
     Command::Register(Box::new(RegisterRequest {
@@ -29,8 +39,8 @@ fn set(key: &str, v: &str) -> Command {
 fn kv_indexes_and_cas() {
     let mut s = State::default();
     assert_eq!(s.max_index(&[Table::Kv]), 1, "never below 1");
-    assert_eq!(s.apply(5, set("a", "1")), CommandResult::Bool(true));
-    assert_eq!(s.apply(6, set("a", "2")), CommandResult::Bool(true));
+    assert_eq!(s.apply(5, set("a", "1"), now()), CommandResult::Bool(true));
+    assert_eq!(s.apply(6, set("a", "2"), now()), CommandResult::Bool(true));
     let e = s.kv_get("a").unwrap();
     assert_eq!(
         (e.create_index, e.modify_index, &e.value[..]),
@@ -43,11 +53,11 @@ fn kv_indexes_and_cas() {
         index,
     };
     assert_eq!(
-        s.apply(7, cas(5)),
+        s.apply(7, cas(5), now()),
         CommandResult::Bool(false),
         "stale index"
     );
-    assert_eq!(s.apply(8, cas(6)), CommandResult::Bool(true));
+    assert_eq!(s.apply(8, cas(6), now()), CommandResult::Bool(true));
     assert_eq!(s.kv_get("a").unwrap().flags, 9);
     let create_only = Command::KvCas {
         key: "b".into(),
@@ -55,8 +65,11 @@ fn kv_indexes_and_cas() {
         flags: 0,
         index: 0,
     };
-    assert_eq!(s.apply(9, create_only.clone()), CommandResult::Bool(true));
-    assert_eq!(s.apply(10, create_only), CommandResult::Bool(false));
+    assert_eq!(
+        s.apply(9, create_only.clone(), now()),
+        CommandResult::Bool(true)
+    );
+    assert_eq!(s.apply(10, create_only, now()), CommandResult::Bool(false));
     assert_eq!(s.index(Table::Kv), 9, "a failed CAS changes nothing");
     assert_eq!(
         s.apply(
@@ -64,7 +77,8 @@ fn kv_indexes_and_cas() {
             Command::KvDeleteCas {
                 key: "a".into(),
                 index: 1
-            }
+            },
+            now()
         ),
         CommandResult::Bool(false)
     );
@@ -74,7 +88,8 @@ fn kv_indexes_and_cas() {
             Command::KvDeleteCas {
                 key: "a".into(),
                 index: 8
-            }
+            },
+            now()
         ),
         CommandResult::Bool(true)
     );
@@ -85,7 +100,7 @@ fn kv_indexes_and_cas() {
 fn kv_prefix_and_delete_tree() {
     let mut s = State::default();
     for (i, k) in ["app/a", "app/b/c", "apple", "b"].iter().enumerate() {
-        s.apply(i as u64 + 1, set(k, "x"));
+        s.apply(i as u64 + 1, set(k, "x"), now());
     }
     let keys: Vec<_> = s.kv_prefix("app/").map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["app/a", "app/b/c"]);
@@ -94,6 +109,7 @@ fn kv_prefix_and_delete_tree() {
         Command::KvDeleteTree {
             prefix: "app/".into(),
         },
+        now(),
     );
     let keys: Vec<_> = s.kv_prefix("").map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["apple", "b"]);
@@ -103,6 +119,7 @@ fn kv_prefix_and_delete_tree() {
         Command::KvDeleteTree {
             prefix: "zzz".into(),
         },
+        now(),
     );
     assert_eq!(s.index(Table::Kv), 10, "deleting nothing is not a change");
 }
@@ -118,7 +135,11 @@ fn register_is_idempotent_and_deregister_cascades() {
         ..Default::default()
     };
     assert_eq!(
-        s.apply(3, reg("n1", Some(("web-1", "web")), vec![check.clone()])),
+        s.apply(
+            3,
+            reg("n1", Some(("web-1", "web")), vec![check.clone()]),
+            now()
+        ),
         CommandResult::Ok
     );
     assert_eq!(
@@ -136,7 +157,11 @@ fn register_is_idempotent_and_deregister_cascades() {
     );
 
     // The same registration again changes no index (anti-entropy re-asserts often).
-    s.apply(4, reg("n1", Some(("web-1", "web")), vec![check.clone()]));
+    s.apply(
+        4,
+        reg("n1", Some(("web-1", "web")), vec![check.clone()]),
+        now(),
+    );
     assert_eq!(
         (
             s.index(Table::Nodes),
@@ -151,7 +176,7 @@ fn register_is_idempotent_and_deregister_cascades() {
         status: HealthStatus::Critical,
         ..check
     };
-    s.apply(5, reg("n1", None, vec![failing]));
+    s.apply(5, reg("n1", None, vec![failing]), now());
     let c = s.node_checks("n1").next().unwrap();
     assert_eq!(
         (c.create_index, c.modify_index, c.status),
@@ -159,7 +184,7 @@ fn register_is_idempotent_and_deregister_cascades() {
     );
     assert_eq!(s.index(Table::Services), 3);
 
-    s.apply(6, reg("n10", Some(("web", "web")), vec![]));
+    s.apply(6, reg("n10", Some(("web", "web")), vec![]), now());
     assert_eq!(s.node_services("n1").count(), 1, "n10 is not n1");
 
     s.apply(
@@ -169,6 +194,7 @@ fn register_is_idempotent_and_deregister_cascades() {
             service_id: Some("web-1".into()),
             check_id: None,
         }),
+        now(),
     );
     assert_eq!(s.node_services("n1").count(), 0);
     assert_eq!(
@@ -184,6 +210,7 @@ fn register_is_idempotent_and_deregister_cascades() {
             node: "n10".into(),
             ..Default::default()
         }),
+        now(),
     );
     assert!(s.node("n10").is_none());
     assert_eq!(s.services().count(), 0);
@@ -198,11 +225,11 @@ fn register_validation() {
         ..Default::default()
     };
     assert!(matches!(
-        s.apply(1, reg("n1", None, vec![orphan])),
+        s.apply(1, reg("n1", None, vec![orphan]), now()),
         CommandResult::Rejected(_)
     ));
     assert!(matches!(
-        s.apply(2, reg("", None, vec![])),
+        s.apply(2, reg("", None, vec![]), now()),
         CommandResult::Rejected(_)
     ));
     assert_eq!(s.nodes().count(), 0, "a rejected command writes nothing");
@@ -213,19 +240,19 @@ async fn watchers_wake_on_their_table_only() {
     let mut s = State::default();
     let mut kv = s.watch(Table::Kv);
     let nodes = s.watch(Table::Nodes);
-    s.apply(1, set("k", "v"));
+    s.apply(1, set("k", "v"), now());
     assert!(kv.has_changed().unwrap());
     assert_eq!(*kv.borrow_and_update(), 1);
     assert!(!nodes.has_changed().unwrap());
-    s.apply(2, reg("n", None, vec![]));
+    s.apply(2, reg("n", None, vec![]), now());
     assert!(nodes.has_changed().unwrap());
 }
 
 #[test]
 fn snapshot_round_trip() {
     let mut s = State::default();
-    s.apply(1, set("k", "v"));
-    s.apply(2, reg("n1", Some(("a", "api")), vec![]));
+    s.apply(1, set("k", "v"), now());
+    s.apply(2, reg("n1", Some(("a", "api")), vec![]), now());
     let bytes = rmp_serde::to_vec_named(s.tables()).unwrap();
     let back: Tables = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(&back, s.tables());
@@ -256,6 +283,7 @@ fn a_batch_applies_in_order_at_one_index() {
                 index: 3,
             },
         ]),
+        now(),
     );
     assert_eq!(
         r,
@@ -296,8 +324,8 @@ fn catalog_queries_filter_like_consul() {
     };
     let a = tagged("n1", "web-1", &["prod", "v1"], "r1");
     let b = tagged("n2", "web-2", &["v1"], "r2");
-    s.apply(1, Command::Register(a));
-    s.apply(2, Command::Register(b));
+    s.apply(1, Command::Register(a), now());
+    s.apply(2, Command::Register(b), now());
     let ids = |s: &State, q: Query| match q.run(s) {
         QueryResult::ServiceNodes(rows) => rows.into_iter().map(|(_, s)| s.id).collect(),
         QueryResult::Health(rows) => rows.into_iter().map(|h| h.service.id).collect::<Vec<_>>(),
@@ -326,6 +354,7 @@ fn catalog_queries_filter_like_consul() {
             None,
             vec![check("serfHealth", None, HealthStatus::Passing)],
         ),
+        now(),
     );
     s.apply(
         4,
@@ -334,6 +363,7 @@ fn catalog_queries_filter_like_consul() {
             None,
             vec![check("c", Some("web-2"), HealthStatus::Warning)],
         ),
+        now(),
     );
     let health = |passing| Query::ServiceHealth {
         service: "web".into(),
@@ -361,7 +391,7 @@ fn catalog_queries_filter_like_consul() {
 
     // Renaming an instance and deregistering a node keep the name index right, and a
     // restored state rebuilds it.
-    s.apply(5, reg("n2", Some(("web-2", "api")), vec![]));
+    s.apply(5, reg("n2", Some(("web-2", "api")), vec![]), now());
     assert_eq!(ids(&s, sn(&[], &[])), ["web-1"]);
     s.apply(
         6,
@@ -369,6 +399,7 @@ fn catalog_queries_filter_like_consul() {
             node: "n1".into(),
             ..Default::default()
         }),
+        now(),
     );
     assert!(ids(&s, sn(&[], &[])).is_empty());
     let restored = State::from_tables(s.tables().clone());
@@ -422,21 +453,21 @@ fn release(key: &str, session: &str) -> Command {
 fn sessions_need_their_node_and_healthy_checks() {
     let mut s = State::default();
     assert!(matches!(
-        s.apply(1, session("s1", "n1", SessionBehavior::Release, 0)),
+        s.apply(1, session("s1", "n1", SessionBehavior::Release, 0), now()),
         CommandResult::Rejected(m) if m.contains("Missing node")
     ));
-    s.apply(2, serf("n1", HealthStatus::Critical));
+    s.apply(2, serf("n1", HealthStatus::Critical), now());
     assert!(matches!(
-        s.apply(3, session("s1", "n1", SessionBehavior::Release, 0)),
+        s.apply(3, session("s1", "n1", SessionBehavior::Release, 0), now()),
         CommandResult::Rejected(m) if m.contains("critical")
     ));
-    s.apply(4, serf("n1", HealthStatus::Passing));
+    s.apply(4, serf("n1", HealthStatus::Passing), now());
     assert_eq!(
-        s.apply(5, session("s1", "n1", SessionBehavior::Release, 0)),
+        s.apply(5, session("s1", "n1", SessionBehavior::Release, 0), now()),
         CommandResult::Ok
     );
     assert!(matches!(
-        s.apply(6, session("s1", "n1", SessionBehavior::Release, 0)),
+        s.apply(6, session("s1", "n1", SessionBehavior::Release, 0), now()),
         CommandResult::Rejected(_)
     ));
     assert_eq!(s.session("s1").unwrap().create_index, 5);
@@ -446,55 +477,82 @@ fn sessions_need_their_node_and_healthy_checks() {
 #[test]
 fn locks_follow_consuls_rules() {
     let mut s = State::default();
-    s.apply(1, serf("n1", HealthStatus::Passing));
-    s.apply(2, session("a", "n1", SessionBehavior::Release, 0));
-    s.apply(3, session("b", "n1", SessionBehavior::Release, 0));
+    s.apply(1, serf("n1", HealthStatus::Passing), now());
+    s.apply(2, session("a", "n1", SessionBehavior::Release, 0), now());
+    s.apply(3, session("b", "n1", SessionBehavior::Release, 0), now());
     assert!(matches!(
-        s.apply(4, acquire("k", "nope")),
+        s.apply(4, acquire("k", "nope"), now()),
         CommandResult::Rejected(_)
     ));
-    assert_eq!(s.apply(5, acquire("k", "a")), CommandResult::Bool(true));
+    assert_eq!(
+        s.apply(5, acquire("k", "a"), now()),
+        CommandResult::Bool(true)
+    );
     let e = s.kv_get("k").unwrap();
     assert_eq!((e.session.as_deref(), e.lock_index), (Some("a"), 1));
-    assert_eq!(s.apply(6, acquire("k", "b")), CommandResult::Bool(false));
     assert_eq!(
-        s.apply(7, acquire("k", "a")),
+        s.apply(6, acquire("k", "b"), now()),
+        CommandResult::Bool(false)
+    );
+    assert_eq!(
+        s.apply(7, acquire("k", "a"), now()),
         CommandResult::Bool(true),
         "re-acquiring by the holder updates the value"
     );
     assert_eq!(s.kv_get("k").unwrap().lock_index, 1);
-    assert_eq!(s.apply(8, release("k", "b")), CommandResult::Bool(false));
-    assert_eq!(s.apply(9, set("k", "plain")), CommandResult::Bool(true));
+    assert_eq!(
+        s.apply(8, release("k", "b"), now()),
+        CommandResult::Bool(false)
+    );
+    assert_eq!(
+        s.apply(9, set("k", "plain"), now()),
+        CommandResult::Bool(true)
+    );
     assert_eq!(s.kv_get("k").unwrap().session.as_deref(), Some("a"));
-    assert_eq!(s.apply(10, release("k", "a")), CommandResult::Bool(true));
+    assert_eq!(
+        s.apply(10, release("k", "a"), now()),
+        CommandResult::Bool(true)
+    );
     let e = s.kv_get("k").unwrap();
     assert_eq!((e.session.as_deref(), &e.value[..]), (None, &b"r"[..]));
-    assert_eq!(s.apply(11, acquire("k", "b")), CommandResult::Bool(true));
+    assert_eq!(
+        s.apply(11, acquire("k", "b"), now()),
+        CommandResult::Bool(true)
+    );
     assert_eq!(s.kv_get("k").unwrap().lock_index, 2);
 }
 
 #[test]
 fn a_failing_check_ends_sessions_and_frees_or_deletes_their_keys() {
     let mut s = State::default();
-    s.apply(1, serf("n1", HealthStatus::Passing));
-    s.apply(2, serf("n2", HealthStatus::Passing));
-    s.apply(3, session("rel", "n1", SessionBehavior::Release, 15));
-    s.apply(4, session("del", "n1", SessionBehavior::Delete, 0));
-    s.apply(5, session("other", "n2", SessionBehavior::Release, 0));
-    s.apply(6, acquire("r", "rel"));
-    s.apply(7, acquire("d", "del"));
-    s.apply(8, acquire("o", "other"));
-    assert!(!s.lock_delayed("r"));
+    s.apply(1, serf("n1", HealthStatus::Passing), now());
+    s.apply(2, serf("n2", HealthStatus::Passing), now());
+    s.apply(3, session("rel", "n1", SessionBehavior::Release, 15), now());
+    s.apply(4, session("del", "n1", SessionBehavior::Delete, 0), now());
+    s.apply(
+        5,
+        session("other", "n2", SessionBehavior::Release, 0),
+        now(),
+    );
+    s.apply(6, acquire("r", "rel"), now());
+    s.apply(7, acquire("d", "del"), now());
+    s.apply(8, acquire("o", "other"), now());
+    assert!(!s.lock_delayed("r", now()));
     // Still passing: nothing ends.
-    s.apply(9, serf("n1", HealthStatus::Passing));
+    s.apply(9, serf("n1", HealthStatus::Passing), now());
     assert_eq!(s.sessions().count(), 3);
-    s.apply(10, serf("n1", HealthStatus::Critical));
+    s.apply(10, serf("n1", HealthStatus::Critical), now());
     assert!(s.session("rel").is_none() && s.session("del").is_none());
     let r = s.kv_get("r").unwrap();
     assert_eq!((r.session.as_deref(), r.modify_index), (None, 10));
     assert!(s.kv_get("d").is_none(), "behavior delete");
-    assert!(s.lock_delayed("r"), "15 s lock-delay");
-    assert!(!s.lock_delayed("d"), "no lock-delay");
+    assert!(s.lock_delayed("r", now()), "15 s lock-delay");
+    assert!(s.lock_delayed("r", now() + Duration::from_secs(14)));
+    assert!(
+        !s.lock_delayed("r", now() + Duration::from_secs(15)),
+        "lock-delay over"
+    );
+    assert!(!s.lock_delayed("d", now()), "no lock-delay");
     assert_eq!(s.kv_get("o").unwrap().session.as_deref(), Some("other"));
     // Deregistering a node ends its sessions; destroying ends one.
     s.apply(
@@ -503,12 +561,13 @@ fn a_failing_check_ends_sessions_and_frees_or_deletes_their_keys() {
             node: "n2".into(),
             ..Default::default()
         }),
+        now(),
     );
     assert!(s.session("other").is_none());
     assert_eq!(s.kv_get("o").unwrap().session, None);
-    s.apply(12, serf("n1", HealthStatus::Passing));
-    s.apply(13, session("x", "n1", SessionBehavior::Release, 0));
-    s.apply(14, Command::SessionDestroy { id: "x".into() });
+    s.apply(12, serf("n1", HealthStatus::Passing), now());
+    s.apply(13, session("x", "n1", SessionBehavior::Release, 0), now());
+    s.apply(14, Command::SessionDestroy { id: "x".into() }, now());
     assert_eq!(s.sessions().count(), 0);
     assert_eq!(s.index(Table::Sessions), 14);
 }
@@ -516,8 +575,8 @@ fn a_failing_check_ends_sessions_and_frees_or_deletes_their_keys() {
 #[test]
 fn sessions_survive_a_snapshot_and_old_snapshots_still_load() {
     let mut s = State::default();
-    s.apply(1, serf("n1", HealthStatus::Passing));
-    s.apply(2, session("a", "n1", SessionBehavior::Release, 0));
+    s.apply(1, serf("n1", HealthStatus::Passing), now());
+    s.apply(2, session("a", "n1", SessionBehavior::Release, 0), now());
     let bytes = rmp_serde::to_vec_named(s.tables()).unwrap();
     let back = State::from_tables(rmp_serde::from_slice(&bytes).unwrap());
     assert_eq!(back.session("a"), s.session("a"));
@@ -550,7 +609,7 @@ fn service_node_and_tag_names_match_case_insensitively() {
     if let Command::Register(r) = &mut cmd {
         r.service.as_mut().unwrap().tags = vec!["Blue".into()];
     }
-    s.apply(1, cmd);
+    s.apply(1, cmd, now());
     let found = Query::ServiceHealth {
         service: "api".into(),
         tags: vec!["blue".into()],

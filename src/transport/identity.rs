@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::vocab::Role;
+
 /// The protocols an agent speaks on its one QUIC port, told apart by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Alpn {
@@ -47,32 +49,6 @@ impl Alpn {
 }
 
 impl fmt::Display for Alpn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Whether an agent runs Raft for its DC (server) or only forwards to servers (client).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Holds the DC's Raft state and joins the WAN pool.
-    Server,
-    /// Keeps no Raft state; sends its requests to a live server of its DC.
-    Client,
-}
-
-impl Role {
-    /// The first label of the identity SAN (`server` or `client`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-    }
-}
-
-impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

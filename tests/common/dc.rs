@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use consulate::agent::rpc::{AgentRequest, AgentResponse, ServerInfo};
-use consulate::dispatch::{ReadOptions, ReadOutcome};
-use consulate::raft::ReadMode;
+use consulate::rpc::{
+    AgentRequest, AgentResponse, Call, GetServerInfo, Read, ReadOptions, ReadOutcome, ServerInfo,
+    Write,
+};
 use consulate::state::query::{Query, QueryResult};
 use consulate::state::{Command, CommandResult};
-use consulate::transport::identity::Role;
+use consulate::vocab::ReadMode;
+use consulate::vocab::Role;
 
 use super::{AgentClient, TestPki, eventually};
 
@@ -64,18 +66,12 @@ pub fn write_dc_with(net: u8, pki: &TestPki, extra: &str) -> Dc {
 }
 
 pub async fn info(client: &AgentClient, addr: SocketAddr) -> Option<ServerInfo> {
-    match client
-        .call(
-            addr,
-            None,
-            &AgentRequest::ServerInfo,
-            Duration::from_secs(1),
-        )
-        .await
-    {
-        Ok(AgentResponse::ServerInfo(i)) => i,
-        _ => None,
-    }
+    let req = AgentRequest::from(GetServerInfo);
+    let reply = client.call(addr, None, &req, Duration::from_secs(1)).await;
+    reply
+        .ok()
+        .and_then(|r| GetServerInfo::reply(r).ok())
+        .flatten()
 }
 
 /// Waits until every address in `addrs` reports the same leader; returns its index.
@@ -99,18 +95,17 @@ pub async fn agreed_leader(client: &AgentClient, addrs: &[SocketAddr]) -> usize 
 }
 
 pub async fn put(client: &AgentClient, addr: SocketAddr, key: &str) -> bool {
-    let req = AgentRequest::Write {
+    let req = AgentRequest::from(Write {
         dc: None,
         cmd: Command::KvSet {
             key: key.into(),
             value: Bytes::from_static(b"v"),
             flags: 0,
         },
-        forwarded: false,
-    };
+    });
     matches!(
         client.call(addr, None, &req, Duration::from_secs(5)).await,
-        Ok(AgentResponse::Written(Ok(CommandResult::Bool(true))))
+        Ok(AgentResponse::Write(Ok(CommandResult::Bool(true))))
     )
 }
 
@@ -124,20 +119,14 @@ pub fn has_keys(dir: &Path) -> bool {
 
 /// The KV keys under `prefix` in the server's own (stale) state.
 pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Option<Vec<String>> {
-    let req = AgentRequest::Read {
+    let req = AgentRequest::from(Read {
         dc: None,
         query: Query::KvKeys {
             prefix: prefix.into(),
             separator: None,
         },
-        opts: ReadOptions {
-            mode: ReadMode::Stale,
-            max_stale: None,
-            min_index: 0,
-            wait: Duration::ZERO,
-        },
-        forwarded: true,
-    };
+        opts: ReadOptions::now(ReadMode::Stale),
+    });
     match client.call(addr, None, &req, Duration::from_secs(5)).await {
         Ok(AgentResponse::Read(Ok(ReadOutcome {
             result: QueryResult::Keys(k),

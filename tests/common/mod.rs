@@ -10,14 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consulate::agent::rpc::{AgentRequest, AgentResponse, AgentRpc};
 use consulate::config::TlsConfig;
+use consulate::dispatch::handler::AgentRpc;
 use consulate::metrics::Metrics;
 use consulate::pki::{self, AgentCertSpec, PemPair, Validity};
-use consulate::transport::identity::{Alpn, Role};
+use consulate::rpc::{AgentRequest, AgentResponse, Ping};
+use consulate::transport::identity::Alpn;
 use consulate::transport::rpc::{RpcClient, RpcService};
 use consulate::transport::tls::TlsMaterial;
 use consulate::transport::{Services, Transport, TransportOptions};
+use consulate::vocab::Role;
 use tokio_util::sync::CancellationToken;
 
 pub const DOMAIN: &str = "consul";
@@ -142,9 +144,9 @@ pub async fn ping(
         .call(
             to,
             None,
-            &AgentRequest::Ping {
+            &AgentRequest::from(Ping {
                 payload: bytes::Bytes::from_static(b"hello"),
-            },
+            }),
             Duration::from_secs(5),
         )
         .await

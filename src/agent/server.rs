@@ -1,0 +1,192 @@
+//! What only a server agent runs: its Raft node (served over the `raft` ALPN), its place in
+//! the WAN pool (the `wan-gossip` ALPN) with the router to other DCs, the session TTL
+//! timers, and the loops that go with them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::tasks::Loops;
+use super::{AgentError, bootstrap, node_uuid, reconcile, sessions};
+use crate::config::AgentConfig;
+use crate::dispatch::Dispatcher;
+use crate::federation::{Router, RouterOptions};
+use crate::gossip::quic::QuicGossip;
+use crate::gossip::wan::{self, WanConfig};
+use crate::gossip::{Gossip, Member};
+use crate::metrics::Metrics;
+use crate::raft::{RaftNode, RaftOptions, ServerNode};
+use crate::state::session_ttl::SessionTimers;
+use crate::transport::identity::Alpn;
+use crate::transport::rpc::RpcService;
+use crate::transport::{Services, Transport};
+
+/// A server's own parts, started before the parts every agent has.
+pub struct ServerParts {
+    /// Its Raft node.
+    pub raft: RaftNode,
+    /// Its Raft identity (name and QUIC address).
+    pub me: ServerNode,
+    /// Its membership of the WAN pool.
+    pub wan: Gossip,
+    /// Where it is reached from other DCs.
+    pub wan_addr: SocketAddr,
+    /// Routing to other DCs.
+    pub router: Arc<Router>,
+    /// The session TTL timers it keeps while it leads.
+    pub session_timers: Arc<SessionTimers>,
+}
+
+impl ServerParts {
+    /// Opens Raft and joins the WAN pool, adding their ALPNs to `services`. `serving`
+    /// stops the WAN gossip carrier, last in the ordered shutdown.
+    pub async fn start(
+        config: &AgentConfig,
+        id: u64,
+        transport: &Transport,
+        metrics: &Metrics,
+        services: Services,
+        serving: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<(ServerParts, Services), AgentError> {
+        let max_frame = transport.options().max_frame;
+        let (raft, handler) = RaftNode::open(
+            id,
+            &config.data_dir,
+            &RaftOptions::default(),
+            transport.clone(),
+            metrics.raft.clone(),
+        )
+        .await?;
+        let mut services = services.with(
+            Alpn::Raft,
+            RpcService::new(handler, max_frame, metrics.transport.clone()),
+        );
+        metrics
+            .registry
+            .register(Box::new(crate::raft::collector::RaftCollector::new(
+                raft.clone(),
+            )))
+            .expect("the Raft collector registers once");
+        let quic_addr = SocketAddr::new(config.advertise(), transport.local_addr().port());
+        let me = ServerNode {
+            name: config.node_name.clone(),
+            addr: quic_addr.to_string(),
+        };
+        let wan_addr = config.wan_advertise(transport.local_addr().port());
+        let carrier = QuicGossip::new(
+            transport.clone(),
+            wan_addr,
+            metrics.wan_gossip.clone(),
+            serving.clone(),
+        );
+        services = services.with(Alpn::WanGossip, carrier.service());
+        let wan = Gossip::wan(
+            WanConfig {
+                node: config.node_name.clone(),
+                node_id: node_uuid(id),
+                datacenter: config.datacenter.clone(),
+                domain: config.domain.clone(),
+                advertise: wan_addr,
+                seeds: config.wan_seeds(),
+                options: wan::default_options(),
+            },
+            &carrier,
+            metrics.wan_gossip.clone(),
+            shutdown.child_token(),
+        )
+        .await?;
+        let router = Arc::new(Router::new(
+            &config.datacenter,
+            wan.members(),
+            transport.clone(),
+            RouterOptions::default(),
+            metrics.federation.clone(),
+        ));
+        metrics
+            .registry
+            .register(Box::new(crate::federation::RttCollector::new(
+                router.clone(),
+            )))
+            .expect("the RTT collector registers once");
+        let parts = ServerParts {
+            raft,
+            me,
+            wan,
+            wan_addr,
+            router,
+            session_timers: Arc::new(SessionTimers::default()),
+        };
+        Ok((parts, services))
+    }
+
+    /// Spawns a server's loops: bootstrap (until Raft has state), WAN flood-join and
+    /// leadership publishing, session TTLs and catalog reconciliation on the leader.
+    pub fn spawn_loops(
+        &self,
+        loops: &mut Loops,
+        config: &AgentConfig,
+        transport: &Transport,
+        dispatcher: &Dispatcher,
+        members: watch::Receiver<Vec<Member>>,
+        shutdown: &CancellationToken,
+    ) {
+        loops.spawn(
+            "bootstrap",
+            bootstrap::run(
+                self.raft.clone(),
+                self.me.clone(),
+                config.bootstrap_expect,
+                super::join_servers(config),
+                transport.clone(),
+                shutdown.child_token(),
+            ),
+        );
+        loops.spawn(
+            "wan_flood_join",
+            wan::flood_join(
+                self.wan.clone(),
+                config.datacenter.clone(),
+                self.wan_addr,
+                members.clone(),
+                shutdown.child_token(),
+            ),
+        );
+        loops.spawn(
+            "publish_leadership",
+            publish_leadership(self.wan.clone(), self.raft.clone(), shutdown.child_token()),
+        );
+        loops.spawn(
+            "session_ttls",
+            sessions::run(
+                dispatcher.clone(),
+                self.session_timers.clone(),
+                shutdown.child_token(),
+            ),
+        );
+        loops.spawn(
+            "reconcile",
+            reconcile::run(dispatcher.clone(), members, shutdown.child_token()),
+        );
+    }
+}
+
+/// Keeps this server's WAN `leader` flag equal to its Raft leadership, so that other DCs
+/// send it the requests only a leader answers.
+async fn publish_leadership(wan: Gossip, raft: RaftNode, shutdown: CancellationToken) {
+    let mut metrics = raft.raft().metrics();
+    let mut published = None;
+    loop {
+        let leader = raft.is_leader();
+        if published != Some(leader) {
+            wan.set_leader(leader).await;
+            published = Some(leader);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}

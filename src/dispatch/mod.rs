@@ -1,0 +1,453 @@
+//! Answers every request an agent is given, wherever it must be answered: here, at this
+//! DC's Raft leader, through one of the DC's servers (on client agents), or in another
+//! datacenter (servers forward through the [`Router`]; client agents hand such requests to
+//! a local server). Every entry point (agent RPC, HTTP API, DNS, the agent's own loops)
+//! calls it instead of deciding for itself.
+//!
+//! The decision is one pure function ([`route::route`]); [`Dispatcher::serve`] is the one
+//! generic forwarder around it: it holds a request through a leader election, relays it to
+//! the leader, a server or another DC, or answers it from local state ([`Dispatcher`]'s
+//! `here`). Leader-only work has its own entry, [`Dispatcher::on_leader`].
+
+pub mod handler;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::federation::Router;
+use crate::gossip::Member;
+use crate::metrics::{InFlight, RpcMetrics};
+use crate::raft::{RaftNode, RaftNodeError, ReadMeta};
+use crate::rpc::client::AgentClient;
+use crate::rpc::{
+    AgentRequest, AgentResponse, Call, GetRaftStatus, Hop, JoinRaft, ListDatacenters, RaftStatus,
+    Read, ReadOutcome, RenewSession, RpcError, Write,
+};
+use crate::state::session_ttl::SessionTimers;
+use crate::state::{Command, CommandResult};
+use crate::transport::Transport;
+use crate::vocab::{ReadMode, Role};
+use route::Route;
+
+/// How long a server holds a request while its DC has no reachable leader (an election
+/// after the leader died), retrying as leadership changes, before it answers `No cluster
+/// leader` (Consul's `rpc_hold_timeout`).
+const LEADER_HOLD: Duration = Duration::from_secs(7);
+/// How long a server of this DC may take to accept and acknowledge a request (dial
+/// included) before the sender moves on: far above a LAN round trip, far below the
+/// handshake timeout a dead server would otherwise cost.
+const IN_DC_REACH: Duration = Duration::from_secs(1);
+/// The longest a held request waits for leadership to change before it is tried again
+/// (about two election timeouts: a new leader normally shows up well within it).
+const HOLD_RETRY: Duration = Duration::from_secs(1);
+
+/// The DC's servers as a client agent knows them, and which one it uses now. A server
+/// that fails a request is skipped, so the next request starts at the one that answered.
+#[derive(Default)]
+pub struct ServerList {
+    addrs: RwLock<Vec<SocketAddr>>,
+    current: AtomicUsize,
+}
+
+impl ServerList {
+    /// A list holding `addrs`.
+    pub fn new(addrs: Vec<SocketAddr>) -> ServerList {
+        ServerList {
+            addrs: RwLock::new(addrs),
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the list (membership changed).
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        *self.addrs.write().expect("server list lock") = addrs;
+    }
+
+    /// The servers in the order to try them: the current one first.
+    fn rotation(&self) -> (usize, Vec<SocketAddr>) {
+        let addrs = self.addrs.read().expect("server list lock").clone();
+        let start = self.current.load(Ordering::Relaxed);
+        let n = addrs.len().max(1);
+        let order = (0..addrs.len())
+            .map(|i| addrs[(start + i) % n])
+            .collect::<Vec<_>>();
+        (start, order)
+    }
+
+    fn settle(&self, start: usize, skipped: usize) {
+        if skipped > 0 {
+            let _ = self.current.compare_exchange(
+                start,
+                start.wrapping_add(skipped),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Routes and answers requests for one agent.
+#[derive(Clone)]
+pub struct Dispatcher {
+    datacenter: String,
+    metrics: RpcMetrics,
+    raft: Option<RaftNode>,
+    servers: Arc<ServerList>,
+    client: AgentClient,
+    router: Option<Arc<Router>>,
+    /// Servers: the session TTL timers, reset here when a renewal reaches the leader.
+    session_timers: Option<Arc<SessionTimers>>,
+}
+
+impl Dispatcher {
+    /// A dispatcher for an agent with (server) or without (client) a Raft node. A client
+    /// sends everything to one of `servers`; a server sends requests for other DCs through
+    /// `router`.
+    pub fn new(
+        datacenter: &str,
+        raft: Option<RaftNode>,
+        servers: Arc<ServerList>,
+        transport: Transport,
+        metrics: RpcMetrics,
+        router: Option<Arc<Router>>,
+    ) -> Dispatcher {
+        Dispatcher {
+            datacenter: datacenter.to_string(),
+            metrics,
+            raft,
+            servers,
+            client: AgentClient::new(transport).fail_fast(),
+            router,
+            session_timers: None,
+        }
+    }
+
+    /// On servers: the session TTL timers that renewals reaching this server, when it
+    /// leads, reset.
+    pub fn with_session_timers(mut self, timers: Arc<SessionTimers>) -> Dispatcher {
+        self.session_timers = Some(timers);
+        self
+    }
+
+    /// The routing metrics (also counted by the agent RPC handler).
+    pub fn metrics(&self) -> &RpcMetrics {
+        &self.metrics
+    }
+
+    /// The local datacenter's name.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// This agent's Raft node, on servers.
+    pub fn raft(&self) -> Option<&RaftNode> {
+        self.raft.as_ref()
+    }
+
+    /// The WAN pool as this server sees it (`None` on client agents).
+    pub fn wan_members(&self) -> Option<Vec<Member>> {
+        self.router.as_ref().map(|r| r.members())
+    }
+
+    /// Answers `call`, started by this agent (HTTP, DNS, its loops), wherever it must be
+    /// answered.
+    pub async fn call<C: Call>(&self, call: C) -> Result<C::Reply, RpcError> {
+        C::reply(self.serve(Hop::Origin, call.into()).await)
+    }
+
+    /// Leader-only work (ending sessions whose TTL ran out, reconciling the catalog with
+    /// gossip): answered from this server's state if it leads now, never forwarded or held.
+    pub async fn on_leader<C: Call>(&self, call: C) -> Result<C::Reply, RpcError> {
+        let raft = self.server()?;
+        if !raft.is_leader() {
+            return Err(RpcError::NoLeader);
+        }
+        let req: AgentRequest = call.into();
+        let req = req.bounded();
+        let response = match self.here(raft, Hop::Forwarded, &req).await {
+            Some(response) => response,
+            None => req.fail(RpcError::NoLeader),
+        };
+        C::reply(response)
+    }
+
+    /// The one forwarder: answers `req`, which came by `hop`, where [`route::route`] says,
+    /// holding it while the DC has no reachable leader for at most [`LEADER_HOLD`] (an
+    /// election after a leader died delays requests instead of failing them). Answers from
+    /// elsewhere, errors included, are returned unchanged.
+    pub async fn serve(&self, hop: Hop, req: AgentRequest) -> AgentResponse {
+        let req = req.bounded();
+        let deadline = tokio::time::Instant::now() + LEADER_HOLD;
+        loop {
+            let leader = self
+                .raft
+                .as_ref()
+                .and_then(|r| r.leader())
+                .map(|(id, _)| id);
+            let route = route::route(
+                route::Agent {
+                    datacenter: &self.datacenter,
+                    role: if self.raft.is_some() {
+                        Role::Server
+                    } else {
+                        Role::Client
+                    },
+                    leading: self.raft.as_ref().is_some_and(RaftNode::is_leader),
+                },
+                req.datacenter(),
+                req.needs_leader(),
+                hop,
+            );
+            let route = match route {
+                Ok(route) => route,
+                Err(e) => return req.fail(e),
+            };
+            let answer = match (route, &self.raft) {
+                (Route::Here, Some(raft)) => match self.here(raft, hop, &req).await {
+                    Some(answer) => Ok(answer),
+                    None if hop == Hop::Forwarded => Err(RpcError::NoLeader),
+                    None => self.to_leader(raft, &req).await,
+                },
+                (Route::Leader, Some(raft)) => self.to_leader(raft, &req).await,
+                (Route::RemoteDc, _) => self.cross_dc(&req).await,
+                (Route::ViaServer, _) => self.via_server(&req).await,
+                (Route::Here | Route::Leader, None) => Err(client_holds_no_raft()),
+            };
+            let answer = answer.unwrap_or_else(|e| req.fail(e));
+            if let (Some(raft), Some(e)) = (&self.raft, answer.error())
+                && route::hold(route, hop, e, req.is_read())
+                && tokio::time::Instant::now() < deadline
+            {
+                let left = deadline - tokio::time::Instant::now();
+                raft.leader_change(leader, left.min(HOLD_RETRY)).await;
+                continue;
+            }
+            return answer;
+        }
+    }
+
+    /// Answers `req` from this server's state, or `None` when it finds that the DC's leader
+    /// must answer instead (this server does not lead, a default-mode read's lease lapsed,
+    /// or a stale read is staler than it may be).
+    async fn here(&self, raft: &RaftNode, hop: Hop, req: &AgentRequest) -> Option<AgentResponse> {
+        Some(match req {
+            AgentRequest::Write(Write { cmd, .. }) => {
+                AgentResponse::Write(self.write_here(raft, cmd.clone()).await)
+            }
+            AgentRequest::Read(Read { query, opts, .. }) => {
+                let meta = match raft.read_barrier(opts.mode).await {
+                    Ok(meta)
+                        if opts.mode == ReadMode::Stale
+                            && hop != Hop::Forwarded
+                            && opts.max_stale.is_some_and(|max| {
+                                meta.last_contact_ms > max.as_millis() as u64
+                            }) =>
+                    {
+                        return None;
+                    }
+                    Ok(meta) => meta,
+                    Err(RaftNodeError::NotLeader { .. }) => return None,
+                    Err(e) => return Some(req.fail(e.into())),
+                };
+                AgentResponse::Read(Ok(self.read_here(raft, query, *opts, meta).await))
+            }
+            AgentRequest::GetRaftStatus(_) => AgentResponse::GetRaftStatus(Ok(RaftStatus {
+                leader: raft.leader().map(|(_, node)| node),
+                voters: raft.voters(),
+            })),
+            AgentRequest::ListDatacenters(_) => {
+                AgentResponse::ListDatacenters(Ok(match &self.router {
+                    Some(router) => router.datacenters(),
+                    None => vec![self.datacenter.clone()],
+                }))
+            }
+            AgentRequest::RenewSession(RenewSession { id, .. }) => {
+                if !raft.is_leader() {
+                    return None;
+                }
+                let session = raft.read().state.session(id).cloned();
+                if let (Some(s), Some(timers)) = (&session, &self.session_timers)
+                    && let Some(ttl) = s.ttl
+                {
+                    timers.renew(&s.id, ttl, tokio::time::Instant::now());
+                }
+                AgentResponse::RenewSession(Ok(session))
+            }
+            AgentRequest::JoinRaft(JoinRaft { id, node }) => AgentResponse::JoinRaft(
+                raft.add_server(*id, node.clone())
+                    .await
+                    .map_err(RpcError::from),
+            ),
+            AgentRequest::Ping(_) | AgentRequest::GetServerInfo(_) => req.fail(
+                RpcError::NotServed("a node-local probe is answered by the handler".into()),
+            ),
+        })
+    }
+
+    /// A write of this DC applied here (this server leads, or fails with `No cluster
+    /// leader`).
+    async fn write_here(&self, raft: &RaftNode, cmd: Command) -> Result<CommandResult, RpcError> {
+        // The lock-delay is the leader's to check, before proposing (as Consul): it is
+        // soft state, which the log's deterministic apply cannot consult.
+        if let Command::KvAcquire { key, .. } = &cmd
+            && raft.is_leader()
+            && raft
+                .read()
+                .state
+                .lock_delayed(key, std::time::Instant::now())
+        {
+            return Ok(CommandResult::Bool(false));
+        }
+        Ok(raft.write(cmd).await?)
+    }
+
+    /// A read answered from this server's state, at once or, for a blocking query, once
+    /// the index of its tables passes `opts.min_index` or the wait runs out. It waits on
+    /// the watch channels of the query's tables, not on a timer per change.
+    async fn read_here(
+        &self,
+        raft: &RaftNode,
+        query: &crate::state::query::Query,
+        opts: crate::rpc::ReadOptions,
+        meta: ReadMeta,
+    ) -> ReadOutcome {
+        let deadline = tokio::time::Instant::now() + opts.wait;
+        loop {
+            // Subscribe before reading, so that a change between the two is not missed. The
+            // query runs only when it answers: a waiting request holds no result.
+            let mut watches: Vec<_> = {
+                let r = raft.read();
+                let watches = query.tables().iter().map(|t| r.state.watch(*t)).collect();
+                let index = r.state.max_index(query.tables());
+                if opts.min_index == 0
+                    || index > opts.min_index
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return ReadOutcome {
+                        result: query.run(&r.state),
+                        index,
+                        meta,
+                        mode: opts.mode,
+                    };
+                }
+                watches
+            };
+            let changed =
+                futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            let _waiting = InFlight::new(&self.metrics.queries_blocking);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                continue; // deadline: answer with what is there now
+            }
+        }
+    }
+
+    fn server(&self) -> Result<&RaftNode, RpcError> {
+        self.raft.as_ref().ok_or_else(client_holds_no_raft)
+    }
+
+    /// Sends `req` to this DC's leader as this server knows it (the leader sees it as
+    /// [`Hop::Forwarded`]).
+    async fn to_leader(
+        &self,
+        raft: &RaftNode,
+        req: &AgentRequest,
+    ) -> Result<AgentResponse, RpcError> {
+        let (_, leader) = raft.leader().ok_or(RpcError::NoLeader)?;
+        let addr = leader
+            .addr
+            .parse()
+            .map_err(|_| RpcError::Raft(format!("leader address {:?} is invalid", leader.addr)))?;
+        Ok(self
+            .client
+            .relay(addr, None, req, req.timeout(), IN_DC_REACH)
+            .await?)
+    }
+
+    /// Sends `req` towards the datacenter it names: through the router on servers, to a
+    /// local server on client agents (which never talk to another DC themselves).
+    async fn cross_dc(&self, req: &AgentRequest) -> Result<AgentResponse, RpcError> {
+        let dc = req.datacenter().unwrap_or(&self.datacenter);
+        match &self.router {
+            Some(router) => router.forward(dc, req, req.timeout()).await,
+            None if self.raft.is_none() => self.via_server(req).await,
+            None => Err(RpcError::NoPathToDatacenter),
+        }
+    }
+
+    /// Sends `req` from a client agent to the DC's servers, the current one first, moving
+    /// on while a server cannot be reached (and, for writes, while it surely did not apply
+    /// the request). The first answer is returned, whatever it says.
+    async fn via_server(&self, req: &AgentRequest) -> Result<AgentResponse, RpcError> {
+        let (start, order) = self.servers.rotation();
+        let mut last = RpcError::NotServed("no server of this datacenter is known".into());
+        for (i, addr) in order.into_iter().enumerate() {
+            match self
+                .client
+                .relay(addr, None, req, req.timeout(), IN_DC_REACH)
+                .await
+            {
+                Ok(resp) => {
+                    self.servers.settle(start, i);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let safe = e.is_retry_safe() || req.is_read();
+                    last = e.into();
+                    if !safe {
+                        self.servers.settle(start, i);
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        self.servers.settle(start, 1);
+        Err(last)
+    }
+}
+
+/// Typed shorthands for the calls every entry point makes.
+impl Dispatcher {
+    /// Applies `cmd` through the leader of `dc` (default: this one).
+    pub async fn write(&self, dc: Option<&str>, cmd: Command) -> Result<CommandResult, RpcError> {
+        self.call(Write {
+            dc: dc.map(str::to_string),
+            cmd,
+        })
+        .await
+    }
+
+    /// Answers `query` as `opts` asks, in `dc` (default: this one).
+    pub async fn read(
+        &self,
+        dc: Option<&str>,
+        query: crate::state::query::Query,
+        opts: crate::rpc::ReadOptions,
+    ) -> Result<ReadOutcome, RpcError> {
+        self.call(Read {
+            dc: dc.map(str::to_string),
+            query,
+            opts,
+        })
+        .await
+    }
+
+    /// The leader and voting servers of `dc` (default: this one).
+    pub async fn raft_status(&self, dc: Option<&str>) -> Result<RaftStatus, RpcError> {
+        self.call(GetRaftStatus {
+            dc: dc.map(str::to_string),
+        })
+        .await
+    }
+
+    /// Every datacenter known, this one first, then nearest first.
+    pub async fn datacenters(&self) -> Result<Vec<String>, RpcError> {
+        self.call(ListDatacenters).await
+    }
+}
+
+fn client_holds_no_raft() -> RpcError {
+    RpcError::NotServed("client agents hold no Raft state".into())
+}

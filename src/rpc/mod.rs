@@ -1,0 +1,470 @@
+//! The agent RPC protocol (ALPN `rpc`): the typed calls one agent makes of another (client
+//! to server, server to its DC's leader, server to a server of another DC), their replies,
+//! the error carried between agents, the [`Hop`] a call arrived by, and a typed client
+//! ([`client::AgentClient`]). The transport carries these; the dispatcher decides where
+//! they are answered and answers them.
+//!
+//! Each call is a struct implementing [`Call`], which names its reply type, so a caller
+//! gets `Result<Reply, RpcError>` with the type known at compile time; the wire enums
+//! [`AgentRequest`] and [`AgentResponse`] and the conversions between them are generated
+//! once, by the `calls!` table below.
+
+pub mod client;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{ReadMeta, ServerNode};
+use crate::state::query::{Query, QueryResult};
+use crate::state::{Command, CommandResult, Session};
+use crate::transport::identity::Identity;
+use crate::vocab::{MAX_WAIT_WITH_JITTER, ReadMode, Role};
+
+/// How long a forwarded request may take in all (beyond a blocking read's wait).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request could not be answered, as carried between agents and mapped to HTTP by the
+/// http module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    /// The datacenter asked for is not known (Consul's message).
+    #[error("No path to datacenter")]
+    NoPathToDatacenter,
+    /// The datacenter is known but none of its servers could be reached (Consul's message).
+    #[error("Remote DC has no server currently reachable")]
+    NoReachableServer,
+    /// No leader is known in the DC (Consul: `No cluster leader`).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// This agent cannot serve the request (e.g. a client asked for Raft state).
+    #[error("{0}")]
+    NotServed(String),
+    /// Forwarding failed; `retry_safe` says whether the request surely did not apply.
+    #[error("forwarding failed: {reason}")]
+    Forward {
+        /// What went wrong.
+        reason: String,
+        /// Whether sending it again cannot apply it twice.
+        retry_safe: bool,
+    },
+    /// Raft failed locally.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The peer answered with something that is not a reply to the call (a version or
+    /// programming mismatch).
+    #[error("protocol mismatch: {0}")]
+    Protocol(String),
+}
+
+impl RpcError {
+    /// Whether the request certainly was not applied.
+    pub fn is_retry_safe(&self) -> bool {
+        match self {
+            RpcError::NoLeader
+            | RpcError::NotServed(_)
+            | RpcError::NoPathToDatacenter
+            | RpcError::NoReachableServer => true,
+            RpcError::Forward { retry_safe, .. } => *retry_safe,
+            RpcError::Raft(_) | RpcError::Protocol(_) => false,
+        }
+    }
+}
+
+impl From<crate::raft::RaftNodeError> for RpcError {
+    fn from(e: crate::raft::RaftNodeError) -> Self {
+        use crate::raft::RaftNodeError;
+        match e {
+            RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader => RpcError::NoLeader,
+            other => RpcError::Raft(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::transport::TransportError> for RpcError {
+    fn from(e: crate::transport::TransportError) -> Self {
+        RpcError::Forward {
+            retry_safe: e.is_retry_safe(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// How a call reached the agent answering it. Set only where a call enters an agent: by
+/// the RPC handler from the authenticated peer ([`Hop::of`]), and as [`Hop::Origin`] by
+/// the agent's own entry points (HTTP, DNS, its loops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Starts here, or was handed over by a client agent of this DC: may be sent to the
+    /// DC's leader or another DC, and is held through an election.
+    Origin,
+    /// Sent by a server of this DC, which only ever sends a call on to its leader: the
+    /// DC's one hop is taken, so it is answered here or refused, never sent on or held.
+    Forwarded,
+    /// Arrived from another DC: answered in this DC (at its leader if need be), never sent
+    /// on to a third DC (one WAN hop).
+    FromDc,
+}
+
+impl Hop {
+    /// The hop of a call from `peer` to an agent of `local_dc`.
+    pub fn of(peer: &Identity, local_dc: &str) -> Hop {
+        if peer.datacenter != local_dc {
+            Hop::FromDc
+        } else if peer.role == Role::Server {
+            Hop::Forwarded
+        } else {
+            Hop::Origin
+        }
+    }
+}
+
+/// How a read is to be answered (from Consul's query parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// Consistency mode.
+    pub mode: ReadMode,
+    /// For stale reads: if this server has not heard from the leader for longer, the read
+    /// goes to the leader instead (`?max_stale=`).
+    pub max_stale: Option<Duration>,
+    /// Blocking query: answer once the index exceeds this (0: answer now).
+    pub min_index: u64,
+    /// Blocking query: the longest wait.
+    pub wait: Duration,
+}
+
+impl ReadOptions {
+    /// A read in `mode` answered at once.
+    pub fn now(mode: ReadMode) -> ReadOptions {
+        ReadOptions {
+            mode,
+            max_stale: None,
+            min_index: 0,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// A read's answer and what Consul's headers say about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOutcome {
+    /// The data.
+    pub result: QueryResult,
+    /// `X-Consul-Index`: the highest index of the tables read, never below 1.
+    pub index: u64,
+    /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+    pub meta: ReadMeta,
+    /// `X-Consul-Effective-Consistency`.
+    pub mode: ReadMode,
+}
+
+/// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// The leader, if one is known.
+    pub leader: Option<ServerNode>,
+    /// The voting servers.
+    pub voters: Vec<ServerNode>,
+}
+
+/// A server's Raft identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and QUIC address.
+    pub node: ServerNode,
+    /// Whether it has Raft state.
+    pub initialized: bool,
+    /// The leader it knows of.
+    pub leader: Option<ServerNode>,
+    /// Its current Raft term.
+    pub term: u64,
+    /// The last log index it applied.
+    pub applied: u64,
+    /// The voting members of its cluster, by name.
+    pub voters: Vec<String>,
+    /// Its `bootstrap_expect`, if it is configured to bootstrap.
+    pub bootstrap_expect: Option<u32>,
+}
+
+/// Liveness and identity probe; echoes the payload (also the transport benchmark).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ping {
+    /// Returned unchanged.
+    pub payload: Bytes,
+}
+
+/// The answer to a [`Ping`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The answering node.
+    pub node: String,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// The request's payload.
+    pub payload: Bytes,
+}
+
+/// Who are you, as a Raft server? (Used while bootstrapping; `None` from a client agent.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetServerInfo;
+
+/// Apply a command through the DC's leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Write {
+    /// The DC it is for (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The command.
+    pub cmd: Command,
+}
+
+/// Answer a read (at the DC's leader when its mode needs one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Read {
+    /// The DC it is for (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The query.
+    pub query: Query,
+    /// Consistency and blocking.
+    pub opts: ReadOptions,
+}
+
+/// The DC's Raft leader and voters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRaftStatus {
+    /// The DC it is for (`None`: the receiver's).
+    pub dc: Option<String>,
+}
+
+/// The datacenters the server knows, nearest first (asked by client agents).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListDatacenters;
+
+/// Renew a session at the DC's leader (which keeps the TTL timers); the reply is the
+/// session, `None` if there is no such session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewSession {
+    /// The DC it is for (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The session.
+    pub id: String,
+}
+
+/// Add the sending server to the DC's Raft (sent to a member; the leader does it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRaft {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and address.
+    pub node: ServerNode,
+}
+
+/// One call of the protocol: a request struct whose reply type is known at compile time.
+/// Implemented for every call by the `calls!` table.
+pub trait Call: Into<AgentRequest> {
+    /// What a successful answer carries.
+    type Reply;
+    /// Takes the reply out of `response`; any other variant is a protocol mismatch.
+    fn reply(response: AgentResponse) -> Result<Self::Reply, RpcError>;
+}
+
+/// Generates the wire enums (one variant per call, named after it), the conversions and
+/// [`Call`] impls, and the label of each call: the one place a reply is matched to its call.
+macro_rules! calls {
+    ($($call:ident => $reply:ty, $kind:literal;)*) => {
+        /// A request over the `rpc` ALPN: one variant per [`Call`].
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub enum AgentRequest {
+            $(
+                #[doc = concat!("A [`", stringify!($call), "`] call.")]
+                $call($call),
+            )*
+        }
+
+        /// The answer to an [`AgentRequest`], variant for variant: the call's reply, or
+        /// why there is none.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum AgentResponse {
+            $(
+                #[doc = concat!("Answer to a [`", stringify!($call), "`].")]
+                $call(Result<$reply, RpcError>),
+            )*
+        }
+
+        $(
+            impl From<$call> for AgentRequest {
+                fn from(call: $call) -> AgentRequest {
+                    AgentRequest::$call(call)
+                }
+            }
+
+            impl Call for $call {
+                type Reply = $reply;
+                fn reply(response: AgentResponse) -> Result<$reply, RpcError> {
+                    match response {
+                        AgentResponse::$call(r) => r,
+                        other => Err(RpcError::Protocol(format!(
+                            "a {} reply to a {} call", other.kind(), $kind
+                        ))),
+                    }
+                }
+            }
+        )*
+
+        impl AgentRequest {
+            /// The call's name, as a metric label.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(AgentRequest::$call(_) => $kind,)*
+                }
+            }
+
+            /// The answer saying this request failed with `error`.
+            pub fn fail(&self, error: RpcError) -> AgentResponse {
+                match self {
+                    $(AgentRequest::$call(_) => AgentResponse::$call(Err(error)),)*
+                }
+            }
+        }
+
+        impl AgentResponse {
+            /// The call it answers, as a metric label.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(AgentResponse::$call(_) => $kind,)*
+                }
+            }
+
+            /// The error it carries, if any.
+            pub fn error(&self) -> Option<&RpcError> {
+                match self {
+                    $(AgentResponse::$call(r) => r.as_ref().err(),)*
+                }
+            }
+        }
+    };
+}
+
+calls! {
+    Ping => Pong, "ping";
+    GetServerInfo => Option<ServerInfo>, "server_info";
+    Write => CommandResult, "write";
+    Read => ReadOutcome, "read";
+    GetRaftStatus => RaftStatus, "raft_status";
+    ListDatacenters => Vec<String>, "datacenters";
+    RenewSession => Option<Session>, "session_renew";
+    JoinRaft => (), "join";
+}
+
+impl AgentRequest {
+    /// The datacenter the request names (`None`: the receiver's).
+    pub fn datacenter(&self) -> Option<&str> {
+        match self {
+            AgentRequest::Write(Write { dc, .. })
+            | AgentRequest::Read(Read { dc, .. })
+            | AgentRequest::GetRaftStatus(GetRaftStatus { dc })
+            | AgentRequest::RenewSession(RenewSession { dc, .. }) => dc.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether only the DC's leader answers it (writes, renewals, joins, and reads in
+    /// default or consistent mode).
+    pub fn needs_leader(&self) -> bool {
+        match self {
+            AgentRequest::Write(_) | AgentRequest::RenewSession(_) | AgentRequest::JoinRaft(_) => {
+                true
+            }
+            AgentRequest::Read(r) => r.opts.mode.needs_leader(),
+            _ => false,
+        }
+    }
+
+    /// Whether answering it changes nothing, so that it may be sent to another server
+    /// whatever happened to it on the first.
+    pub fn is_read(&self) -> bool {
+        !matches!(self, AgentRequest::Write(_) | AgentRequest::JoinRaft(_))
+    }
+
+    /// How long one exchange with the server that answers it may take: a blocking read's
+    /// wait on top of [`FORWARD_TIMEOUT`].
+    pub fn timeout(&self) -> Duration {
+        match self {
+            AgentRequest::Read(r) => r.opts.wait + FORWARD_TIMEOUT,
+            _ => FORWARD_TIMEOUT,
+        }
+    }
+
+    /// Bounds what the sender asked for by what any agent grants (a blocking read's wait).
+    pub fn bounded(mut self) -> AgentRequest {
+        if let AgentRequest::Read(r) = &mut self {
+            r.opts.wait = r.opts.wait.min(MAX_WAIT_WITH_JITTER);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(role: Role, dc: &str) -> Identity {
+        Identity {
+            role,
+            datacenter: dc.into(),
+        }
+    }
+
+    #[test]
+    fn the_hop_comes_from_the_peer() {
+        assert_eq!(Hop::of(&peer(Role::Client, "dc1"), "dc1"), Hop::Origin);
+        assert_eq!(Hop::of(&peer(Role::Server, "dc1"), "dc1"), Hop::Forwarded);
+        assert_eq!(Hop::of(&peer(Role::Server, "dc2"), "dc1"), Hop::FromDc);
+        assert_eq!(Hop::of(&peer(Role::Client, "dc2"), "dc1"), Hop::FromDc);
+    }
+
+    #[test]
+    fn a_reply_is_taken_only_from_its_own_variant() {
+        let ok = AgentResponse::ListDatacenters(Ok(vec!["dc1".into()]));
+        assert_eq!(ListDatacenters::reply(ok), Ok(vec!["dc1".to_string()]));
+        let err = AgentResponse::Write(Err(RpcError::NoLeader));
+        assert_eq!(Write::reply(err), Err(RpcError::NoLeader));
+        let wrong = AgentResponse::JoinRaft(Ok(()));
+        assert!(matches!(
+            ListDatacenters::reply(wrong),
+            Err(RpcError::Protocol(m)) if m.contains("join") && m.contains("datacenters")
+        ));
+        let req = AgentRequest::from(GetRaftStatus { dc: None });
+        assert_eq!(
+            req.fail(RpcError::NoLeader),
+            AgentResponse::GetRaftStatus(Err(RpcError::NoLeader))
+        );
+    }
+
+    #[test]
+    fn reads_are_bounded_and_time_out_after_their_wait() {
+        let read = |mode, wait| {
+            AgentRequest::from(Read {
+                dc: None,
+                query: Query::Nodes { node_meta: vec![] },
+                opts: ReadOptions {
+                    wait,
+                    ..ReadOptions::now(mode)
+                },
+            })
+        };
+        let long = read(ReadMode::Stale, Duration::from_secs(3600)).bounded();
+        assert_eq!(long.timeout(), MAX_WAIT_WITH_JITTER + FORWARD_TIMEOUT);
+        assert!(!long.needs_leader() && long.is_read());
+        assert!(read(ReadMode::Leader, Duration::ZERO).needs_leader());
+        let write = AgentRequest::from(Write {
+            dc: Some("dc2".into()),
+            cmd: Command::KvDelete { key: "k".into() },
+        });
+        assert!(write.needs_leader() && !write.is_read());
+        assert_eq!(write.datacenter(), Some("dc2"));
+        assert_eq!(write.timeout(), FORWARD_TIMEOUT);
+    }
+}
