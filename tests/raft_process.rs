@@ -288,3 +288,150 @@ async fn servers_join_as_learners_and_a_wiped_server_replaces_itself() {
         "the old s2 was removed, not kept as a fifth voter"
     );
 }
+
+/// SIGTERM in the middle of a burst of KV writes and agent registrations (each of which
+/// makes anti-entropy write): the agent stops its background loops before Raft, so no
+/// write of its own reaches Raft after it is shut, exits cleanly, and every acknowledged
+/// write is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_writes_stops_every_task_before_raft() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_agent_config(
+        dir.path(),
+        &pki,
+        ("s1", "dc1", Role::Server),
+        "127.88.1.1",
+        "127.88.1.1",
+        "bootstrap_expect = 1\nsync_interval = \"200ms\"\n",
+    );
+    let base = "http://127.88.1.1:8500";
+    let http = http_client();
+    let mut agent = spawn_agent(&config);
+    eventually(Duration::from_secs(15), "the lone server leads", || async {
+        let r = http
+            .get(format!("{base}/v1/status/leader"))
+            .send()
+            .await
+            .ok()?;
+        let leader = r.text().await.ok()?;
+        (leader.len() > 2).then_some(())
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let registered = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (http, stop, acked) = (http.clone(), stop.clone(), acked.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let key = format!("burst/{w}-{i}");
+                i += 1;
+                let ok = http
+                    .put(format!("{base}/v1/kv/{key}"))
+                    .body("v")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    acked.lock().unwrap().insert(key);
+                }
+            }
+        }));
+    }
+    {
+        let (http, stop, registered) = (http.clone(), stop.clone(), registered.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = serde_json::json!({
+                    "ID": format!("web-{i}"),
+                    "Name": "web",
+                    "Port": 8000 + i,
+                    "Check": {"TTL": "30s"},
+                });
+                i += 1;
+                let ok = http
+                    .put(format!("{base}/v1/agent/service/register"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    registered.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    eventually(Duration::from_secs(30), "a burst under way", || async {
+        (acked.lock().unwrap().len() >= 200 && registered.load(Ordering::SeqCst) >= 20)
+            .then_some(())
+    })
+    .await;
+    let status = agent.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15));
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(status.success(), "clean exit, got {status}");
+
+    let raw = std::fs::read_to_string(config.with_extension("log")).unwrap();
+    let log = strip_ansi(&raw);
+    let at = |line: &str| {
+        log.find(line)
+            .unwrap_or_else(|| panic!("no `{line}` in the log:\n{log}"))
+    };
+    assert!(
+        at("leaving and shutting down") < at("background tasks stopped")
+            && at("background tasks stopped") < at("raft stopped")
+            && at("raft stopped") < at("consulate::agent: stopped"),
+        "shutdown out of order:\n{log}"
+    );
+    for refused in [
+        "reached Raft after it was shut down",
+        "still running at shutdown",
+        "still serving at shutdown",
+        "panicked",
+    ] {
+        assert!(!log.contains(refused), "`{refused}` in the log:\n{log}");
+    }
+
+    // Restarted: every acknowledged write is there.
+    let _agent = spawn_agent(&config);
+    let acked = acked.lock().unwrap().clone();
+    eventually(
+        Duration::from_secs(15),
+        "the acknowledged writes back",
+        || async {
+            let r = http
+                .get(format!("{base}/v1/kv/burst/?keys"))
+                .send()
+                .await
+                .ok()?;
+            let keys: BTreeSet<String> = r.json().await.ok()?;
+            acked.is_subset(&keys).then_some(())
+        },
+    )
+    .await;
+}
+
+/// `text` without terminal colour codes (the agent's log colours its fields).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

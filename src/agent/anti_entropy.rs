@@ -26,7 +26,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 /// The shortest time between the starts of two change-triggered syncs.
 pub const COALESCE: Duration = Duration::from_millis(500);
 
-/// Runs until `shutdown` fires.
+/// Runs until `shutdown` fires (a sync in flight then is abandoned: the next start redoes
+/// it).
 pub async fn run(
     local: Arc<LocalAgent>,
     dispatcher: Dispatcher,
@@ -36,7 +37,13 @@ pub async fn run(
     let mut retry = RETRY_FIRST;
     loop {
         let started = tokio::time::Instant::now();
-        let wait = match sync_once(&local, &dispatcher).await {
+        let Some(synced) = shutdown
+            .run_until_cancelled(sync_once(&local, &dispatcher))
+            .await
+        else {
+            return;
+        };
+        let wait = match synced {
             Ok(0) => interval + interval.mul_f64(rand::random::<f64>() / 4.0),
             Ok(writes) => {
                 debug!(writes, "anti-entropy synced the catalog");

@@ -75,13 +75,15 @@ impl Clients {
 }
 
 /// Runs until `shutdown` fires: one task per runnable check, restarted when its definition
-/// changes and stopped when it is deregistered.
-/// `output_every` is how often an output-only change is recorded.
+/// changes and stopped when it is deregistered; the runners live in this loop's own set, so
+/// none outlives it. `output_every` is how often an output-only change is recorded.
 pub async fn run(local: Arc<LocalAgent>, output_every: Duration, shutdown: CancellationToken) {
     let http = Clients::new();
     let mut running: HashMap<String, (LocalCheck, CancellationToken)> = HashMap::new();
+    let mut runners = tokio::task::JoinSet::new();
     let mut version = local.subscribe();
     loop {
+        while runners.try_join_next().is_some() {}
         let checks = local.snapshot().checks;
         running.retain(|id, (def, token)| {
             let keep = checks.get(id).is_some_and(|c| same_runner(c, def));
@@ -95,7 +97,7 @@ pub async fn run(local: Arc<LocalAgent>, output_every: Duration, shutdown: Cance
                 continue;
             }
             let token = shutdown.child_token();
-            tokio::spawn(run_one(
+            runners.spawn(run_one(
                 local.clone(),
                 http.clone(),
                 id.clone(),

@@ -114,8 +114,13 @@ pub async fn run(
     loop {
         if raft.is_leader() {
             let current = members.borrow_and_update().clone();
-            if let Err(e) = reconcile_once(&dispatcher, &current).await {
-                warn!(error = %e, "catalog reconciliation failed; will retry");
+            match shutdown
+                .run_until_cancelled(reconcile_once(&dispatcher, &current))
+                .await
+            {
+                None => return,
+                Some(Err(e)) => warn!(error = %e, "catalog reconciliation failed; will retry"),
+                Some(Ok(())) => {}
             }
         }
         tokio::select! {

@@ -55,7 +55,13 @@ pub async fn run(dispatcher: Dispatcher, timers: Arc<SessionTimers>, shutdown: C
                 dc: None,
                 cmd: Command::SessionDestroy { id: id.clone() },
             };
-            if let Err(e) = dispatcher.on_leader(end).await {
+            let Some(ended) = shutdown
+                .run_until_cancelled(dispatcher.on_leader(end))
+                .await
+            else {
+                return;
+            };
+            if let Err(e) = ended {
                 warn!(session = %id, error = %e, "cannot end an expired session; retrying");
                 timers
                     .lock()

@@ -158,6 +158,8 @@ pub struct RaftNode {
     shared: Arc<RwLock<Replicated>>,
     last_contact: Arc<LeaderContact>,
     commit_seconds: prometheus::Histogram,
+    /// Set once [`RaftNode::shutdown`] began: writes are refused (and logged) from then on.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When this server last heard from a leader.
@@ -253,6 +255,7 @@ impl RaftNode {
                 raft,
                 shared,
                 last_contact,
+                stopped: Default::default(),
             },
             handler,
         ))
@@ -345,6 +348,10 @@ impl RaftNode {
     /// Appends `cmd` if this server leads (group-committed with concurrent writes);
     /// otherwise says who does.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftNodeError> {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("a write reached Raft after it was shut down; refused");
+            return Err(RaftNodeError::Fatal("Raft is shut down".into()));
+        }
         let _timer = self.commit_seconds.start_timer();
         self.batcher.write(cmd).await
     }
@@ -443,6 +450,8 @@ impl RaftNode {
 
     /// Stops Raft.
     pub async fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.raft.shutdown().await;
     }
 }
