@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench transport` (set BENCH_SECS to change the 5 s per measurement).
 
-#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)] // the bench uses a few of the suite's helpers
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
@@ -238,9 +239,10 @@ async fn idle_agent_cpu(pki: &TestPki, secs: Duration) -> f64 {
     })
     .await;
     let hz = 100.0; // USER_HZ on Linux
-    let before = cpu_ticks(agent.pid());
+    let pid = agent.0.as_ref().expect("running").id() as i32;
+    let before = cpu_ticks(pid);
     tokio::time::sleep(secs).await;
-    let used = (cpu_ticks(agent.pid()) - before) as f64 / hz;
+    let used = (cpu_ticks(pid) - before) as f64 / hz;
     used / secs.as_secs_f64() * 100.0
 }
 

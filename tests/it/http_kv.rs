@@ -2,12 +2,10 @@
 //! mode with Consul's headers, writes through any server, CAS, recursion, keys, raw,
 //! blocking queries that wake and that time out, and the error codes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 fn http(dc: &Dc, i: usize) -> String {

@@ -1,6 +1,5 @@
 //! Shared test harness: an in-memory PKI, in-process transports, deadlines for polling, and
 //! helpers to run the built `consulate` binary as a real process.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod dc;
 pub mod wan;
@@ -182,18 +181,14 @@ pub fn run_cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("run consulate")
 }
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-/// A child process killed on drop; if the test is failing, its log's tail is printed.
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind;
+/// if the test is failing, its log's tail is printed.
 pub struct ChildGuard(
     pub Option<std::process::Child>,
     pub Option<std::path::PathBuf>,
 );
 
 impl ChildGuard {
-    pub fn pid(&self) -> i32 {
-        self.0.as_ref().expect("running").id() as i32
-    }
-
     /// Sends `signal` and waits up to `bound` for the exit status.
     pub fn signal_and_wait(
         &mut self,

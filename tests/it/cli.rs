@@ -1,13 +1,11 @@
 //! The built binary as a real process: certificate commands, topology rendering, config
 //! errors, and an agent that serves QUIC and stops cleanly on SIGTERM.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use consulate::config::AgentConfig;
 use consulate::transport::TransportOptions;
 use consulate::transport::identity::Alpn;

@@ -2,8 +2,6 @@
 //! a write to any server succeeds, `kill -9` of the leader under a stream of writes loses no
 //! acknowledged write, and a full restart brings all data back without re-bootstrapping.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 
 use consulate::transport::TransportOptions;
 use consulate::transport::identity::Alpn;

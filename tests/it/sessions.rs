@@ -4,12 +4,10 @@
 //! (measured); a TTL session ends between one and two TTLs; a renewed one survives a leader
 //! failover; py-consul drives sessions and locks; a session and lock in dc2 from dc1.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 

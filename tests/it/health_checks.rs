@@ -3,14 +3,12 @@
 //! fails its own check, a TCP check follows a port, and a TTL check that is not refreshed
 //! goes critical. Results are read through a server's catalog.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const NET: u8 = 14;

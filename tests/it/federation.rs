@@ -4,15 +4,13 @@
 //! forwarded by a local server to the remote DC and answered there; the test kills servers
 //! in both DCs, partitions a DC away and heals it, and checks what users see each time.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::wan::{Link, WanEmulator};
-use common::*;
+use crate::common::wan::{Link, WanEmulator};
+use crate::common::*;
 use consulate::gossip::Gossip;
 use consulate::gossip::quic::QuicGossip;
 use consulate::gossip::wan::{self, WanConfig};

@@ -2,16 +2,14 @@
 //! storage: election, replication, leader-only writes, read modes, failover, and catch-up
 //! of a wiped server through a snapshot.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use consulate::metrics::Metrics;
 use consulate::raft::network::RaftHandler;
 use consulate::raft::{RaftNode, RaftNodeError, RaftOptions, ServerNode};

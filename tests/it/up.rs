@@ -4,12 +4,10 @@
 //! agent gone and every port free. Both tests use the shipped topologies' fixed addresses
 //! (127.0.<dc>.<n>), so nextest runs them one at a time (`.config/nextest.toml`).
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -88,7 +86,7 @@ fn addresses(dcs: u8) -> Vec<String> {
 
 /// The first `sh` block of the README section titled `title`.
 fn readme_block(title: &str) -> &'static str {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme
         .split(&format!("\n## {title}\n"))
         .nth(1)
@@ -102,7 +100,7 @@ fn readme_block(title: &str) -> &'static str {
 
 /// The commands of the README's tour, as a shell reads them (comments dropped).
 fn tour() -> Vec<String> {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme
         .split("\n## A tour\n")
         .nth(1)

@@ -3,12 +3,10 @@
 //! its own services in sync with the catalog (anti-entropy), and moves to another server
 //! when the one it uses dies.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -4,13 +4,11 @@
 //! over UDP and complete over TCP, NXDOMAIN with the SOA, names outside the domain refused
 //! or forwarded to recursors, and garbage on the port never stopping it answering.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn ip(dc: u8, host: u8) -> String {
     format!("127.84.{dc}.{host}")

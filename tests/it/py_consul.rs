@@ -3,13 +3,11 @@
 //! `tests/py/consul_compat.py`: agent service with a check, catalog, health `?passing`, KV
 //! put/get/CAS/recurse/delete, and a blocking `kv.get(index=...)` woken by another thread.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 
 const NET: u8 = 12;
 

@@ -1,13 +1,11 @@
 //! The QUIC transport with real certificates, in process: the handshake/authorization
 //! matrix, hostile input on the port, and bad frames.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::{BufMut, Bytes, BytesMut};
-use common::*;
 use consulate::pki::Validity;
 use consulate::rpc::{AgentResponse, Pong};
 use consulate::transport::identity::{Alpn, Refusal};

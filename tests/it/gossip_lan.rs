@@ -4,12 +4,10 @@
 //! graceful leave (`consulate leave`, SIGTERM) deregisters the node; an agent with the
 //! wrong key never becomes a member and its packets are counted as rejected.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::dc::*;
-use common::*;
+use crate::common::dc::*;
+use crate::common::*;
 use consulate::config::GossipKey;
 use consulate::transport::identity::Alpn;
 use nix::sys::signal::Signal;

@@ -4,13 +4,11 @@
 //! through a dc1 agent with `consul_sd_configs`. Also Prometheus 2.42's discovery requests
 //! replayed exactly, and the label hygiene of the HTTP metrics.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn ip(dc: u8, host: u8) -> String {

@@ -1,0 +1,21 @@
+//! The integration suite, one binary (one link per build): the in-process tier (transport,
+//! Raft clusters and storage) and the real-process tier (the built `consulate` binary run
+//! as agents, driven over HTTP, DNS, the CLI and signals). `common` is the harness.
+
+mod common;
+
+mod cli;
+mod dns;
+mod federation;
+mod gossip_lan;
+mod health_checks;
+mod http_catalog;
+mod http_kv;
+mod prometheus;
+mod py_consul;
+mod raft_cluster;
+mod raft_process;
+mod raft_storage;
+mod sessions;
+mod transport;
+mod up;
