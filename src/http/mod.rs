@@ -206,6 +206,9 @@ pub async fn serve(
     let app = router(api);
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Connections live in this task's set: if the task is aborted (shutdown past its
+        // bound), so is every request still in flight.
+        let mut connections = tokio::task::JoinSet::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
@@ -225,12 +228,14 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(app.clone());
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
+            while connections.try_join_next().is_some() {}
+            connections.spawn(async move {
                 let _ = conn.await;
             });
         }
         drop(listener);
         graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
     });
     Ok((bound, task))
 }
