@@ -254,6 +254,9 @@ pub struct TransportMetrics {
     pub frames_rejected: IntCounterVec,
     /// RPC requests served, by ALPN.
     pub requests_served: IntCounterVec,
+    /// RPC requests whose caller went away before the answer (stream stopped or
+    /// connection lost): their handler was cancelled, by ALPN.
+    pub requests_abandoned: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -315,6 +318,18 @@ impl TransportMetrics {
                     Opts::new(
                         "consulate_rpc_requests_served_total",
                         "Requests answered by this agent's QUIC services, by ALPN.",
+                    ),
+                    &["alpn"],
+                )
+                .expect("valid metric"),
+            ),
+            requests_abandoned: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_rpc_requests_abandoned_total",
+                        "Requests whose caller went away before they were answered (stream \
+                         stopped or connection lost), their handling cancelled, by ALPN.",
                     ),
                     &["alpn"],
                 )

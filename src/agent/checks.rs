@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::local::{CheckKind, LocalAgent, LocalCheck};
+use super::local::{CheckKind, LocalAgent, LocalCheck, MIN_CHECK_INTERVAL};
 use crate::state::HealthStatus;
 use crate::transport::tls::web_client_config;
 
@@ -131,7 +131,12 @@ async fn run_one(
     let started = Instant::now();
     let mut recorded: Option<(String, Instant)> = None;
     let mut critical_since: Option<Instant> = None;
-    let interval = check.interval.unwrap_or(Duration::from_secs(10));
+    // Registration raised short intervals already; the floor here keeps a check read
+    // back from an older data dir from spinning too.
+    let interval = check
+        .interval
+        .unwrap_or(Duration::from_secs(10))
+        .max(MIN_CHECK_INTERVAL);
     // Spread checks over their interval so that they do not fire in lockstep.
     let mut next = tokio::time::Instant::now() + interval.mul_f64(rand::random::<f64>());
     loop {
@@ -154,7 +159,10 @@ async fn run_one(
                 body,
                 tls_skip_verify,
             } => {
-                let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
+                let timeout = check
+                    .timeout
+                    .unwrap_or(DEFAULT_TIMEOUT)
+                    .max(MIN_CHECK_INTERVAL);
                 let client = if *tls_skip_verify {
                     &http.skipping
                 } else {
@@ -163,7 +171,10 @@ async fn run_one(
                 Some(http_check(client, url, method, header, body, timeout).await)
             }
             CheckKind::Tcp(addr) => {
-                let timeout = check.timeout.unwrap_or(DEFAULT_TIMEOUT);
+                let timeout = check
+                    .timeout
+                    .unwrap_or(DEFAULT_TIMEOUT)
+                    .max(MIN_CHECK_INTERVAL);
                 Some(tcp_check(addr, timeout).await)
             }
             CheckKind::Script(_) => return,
@@ -185,6 +196,10 @@ async fn run_one(
             }
         }
         if let Some((status, output)) = verdict {
+            let output = match &check.warning {
+                Some(w) => format!("Warning: {w}\n{output}"),
+                None => output,
+            };
             // The status is read back: an application may have set it (TTL checks).
             let last = match (&recorded, local.check_status(&id)) {
                 (Some((o, at)), Some(s)) => Some((s, o.as_str(), *at)),

@@ -116,6 +116,39 @@ pub struct LocalCheck {
     pub timeout: Option<Duration>,
     /// Deregister the service after being critical this long.
     pub deregister_critical_after: Option<Duration>,
+    /// Why the check does not run as registered (an interval or timeout raised to
+    /// [`MIN_CHECK_INTERVAL`]): shown at the head of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The shortest interval and timeout a check runs with (Consul's `MinInterval`): shorter
+/// ones are raised to it, with a warning, so that no check can spin its agent.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl LocalCheck {
+    /// The check with its interval and timeout raised to [`MIN_CHECK_INTERVAL`] where
+    /// they were shorter, saying so in [`LocalCheck::warning`].
+    pub fn with_minimums(mut self) -> LocalCheck {
+        let mut raised = Vec::new();
+        for (name, value) in [
+            ("Interval", &mut self.interval),
+            ("Timeout", &mut self.timeout),
+        ] {
+            if let Some(d) = value
+                && *d < MIN_CHECK_INTERVAL
+            {
+                raised.push(format!(
+                    "{name} {d:?} is below the minimum of {MIN_CHECK_INTERVAL:?}, using {MIN_CHECK_INTERVAL:?}"
+                ));
+                *d = MIN_CHECK_INTERVAL;
+            }
+        }
+        if !raised.is_empty() {
+            self.warning = Some(raised.join("; "));
+        }
+        self
+    }
 }
 
 /// A refused agent registration (a client mistake: HTTP 400).
@@ -478,6 +511,7 @@ mod tests {
             kind: CheckKind::Ttl(Duration::from_secs(10)),
             interval: None,
             timeout: None,
+            warning: None,
             deregister_critical_after: None,
         }
     }

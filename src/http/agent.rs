@@ -282,7 +282,9 @@ impl CheckBody {
                 "DeregisterCriticalServiceAfter",
                 self.deregister_critical_after,
             )?,
-        })
+            warning: None,
+        }
+        .with_minimums())
     }
 }
 

@@ -20,7 +20,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
@@ -87,63 +86,64 @@ async fn write_ok(api: &Api, dc: Option<&str>, cmd: Command) -> Result<Response,
 /// Largest KV value, as Consul's.
 pub const MAX_KV_VALUE: usize = 512 * 1024;
 
+/// Declares the route table once: [`ROUTES`] (every path template with the methods it
+/// takes, for the tests that walk it) and the router built from the same lines, so a route
+/// cannot be served without being listed, nor take a method it does not list. Every other
+/// method gets 405. State-changing routes take only Consul's documented method (`PUT` or
+/// `DELETE`), never `GET`, so that a web page cannot change an agent through a link.
+macro_rules! routes {
+    ($($path:literal => $($method:ident($handler:path)).+;)*) => {
+        /// Every route: its path template and the methods it takes (lowercase).
+        pub const ROUTES: &[(&str, &[&str])] = &[$(($path, &[$(stringify!($method)),+])),*];
+
+        fn routes() -> Router<Api> {
+            Router::new()$(.route($path, axum::routing::MethodRouter::new()$(.$method($handler))+))*
+        }
+    };
+}
+
+routes! {
+    "/metrics" => get(prometheus);
+    "/v1/status/leader" => get(status::leader);
+    "/v1/status/peers" => get(status::peers);
+    "/v1/catalog/register" => put(catalog::register);
+    "/v1/catalog/deregister" => put(catalog::deregister);
+    "/v1/catalog/datacenters" => get(catalog::datacenters);
+    "/v1/catalog/nodes" => get(catalog::nodes);
+    "/v1/catalog/services" => get(catalog::services);
+    "/v1/catalog/service/{name}" => get(catalog::service);
+    "/v1/catalog/node/{node}" => get(catalog::node);
+    "/v1/health/service/{name}" => get(health::service);
+    "/v1/health/checks/{name}" => get(health::service_checks);
+    "/v1/health/node/{node}" => get(health::node);
+    "/v1/health/state/{state}" => get(health::state);
+    "/v1/agent/self" => get(agent::self_info);
+    "/v1/agent/members" => get(agent::members);
+    "/v1/agent/leave" => put(agent::leave);
+    "/v1/agent/services" => get(agent::services);
+    "/v1/agent/checks" => get(agent::checks);
+    "/v1/agent/service/register" => put(agent::register_service);
+    "/v1/agent/service/deregister/{id}" => put(agent::deregister_service);
+    "/v1/agent/check/register" => put(agent::register_check);
+    "/v1/agent/check/deregister/{id}" => put(agent::deregister_check);
+    "/v1/agent/check/pass/{id}" => put(agent::pass);
+    "/v1/agent/check/warn/{id}" => put(agent::warn);
+    "/v1/agent/check/fail/{id}" => put(agent::fail);
+    "/v1/agent/check/update/{id}" => put(agent::update);
+    "/v1/agent/metrics" => get(agent::metrics);
+    "/v1/session/create" => put(session::create);
+    "/v1/session/destroy/{id}" => put(session::destroy);
+    "/v1/session/renew/{id}" => put(session::renew);
+    "/v1/session/info/{id}" => get(session::info);
+    "/v1/session/node/{node}" => get(session::node);
+    "/v1/session/list" => get(session::all);
+    "/v1/kv/" => get(kv::get).put(kv::put).delete(kv::delete);
+    "/v1/kv/{*key}" => get(kv::get).put(kv::put).delete(kv::delete);
+}
+
 /// The API's routes.
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/metrics", get(prometheus))
-        .route("/v1/status/leader", get(status::leader))
-        .route("/v1/status/peers", get(status::peers))
-        .route("/v1/catalog/register", put(catalog::register))
-        .route("/v1/catalog/deregister", put(catalog::deregister))
-        .route("/v1/catalog/datacenters", get(catalog::datacenters))
-        .route("/v1/catalog/nodes", get(catalog::nodes))
-        .route("/v1/catalog/services", get(catalog::services))
-        .route("/v1/catalog/service/{name}", get(catalog::service))
-        .route("/v1/catalog/node/{node}", get(catalog::node))
-        .route("/v1/health/service/{name}", get(health::service))
-        .route("/v1/health/checks/{name}", get(health::service_checks))
-        .route("/v1/health/node/{node}", get(health::node))
-        .route("/v1/health/state/{state}", get(health::state))
-        .route("/v1/agent/self", get(agent::self_info))
-        .route("/v1/agent/members", get(agent::members))
-        .route("/v1/agent/leave", put(agent::leave))
-        .route("/v1/agent/services", get(agent::services))
-        .route("/v1/agent/checks", get(agent::checks))
-        .route("/v1/agent/service/register", put(agent::register_service))
-        .route(
-            "/v1/agent/service/deregister/{id}",
-            put(agent::deregister_service).get(agent::deregister_service),
-        )
-        .route("/v1/agent/check/register", put(agent::register_check))
-        .route(
-            "/v1/agent/check/deregister/{id}",
-            put(agent::deregister_check).get(agent::deregister_check),
-        )
-        .route(
-            "/v1/agent/check/pass/{id}",
-            put(agent::pass).get(agent::pass),
-        )
-        .route(
-            "/v1/agent/check/warn/{id}",
-            put(agent::warn).get(agent::warn),
-        )
-        .route(
-            "/v1/agent/check/fail/{id}",
-            put(agent::fail).get(agent::fail),
-        )
-        .route("/v1/agent/check/update/{id}", put(agent::update))
-        .route("/v1/agent/metrics", get(agent::metrics))
-        .route("/v1/session/create", put(session::create))
-        .route("/v1/session/destroy/{id}", put(session::destroy))
-        .route("/v1/session/renew/{id}", put(session::renew))
-        .route("/v1/session/info/{id}", get(session::info))
-        .route("/v1/session/node/{node}", get(session::node))
-        .route("/v1/session/list", get(session::all))
-        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
+    routes()
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
         .layer(axum::middleware::from_fn_with_state(
             api.metrics.http.clone(),
@@ -267,4 +267,41 @@ fn read_headers(out: &ReadOutcome) -> HeaderMap {
         HeaderValue::from_static(out.mode.as_str()),
     );
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    /// Words of Consul's paths that name a change: a route holding one takes no GET, so a
+    /// page a user opens cannot change an agent through a link or an image.
+    const CHANGES: &[&str] = &[
+        "register",
+        "deregister",
+        "leave",
+        "pass",
+        "warn",
+        "fail",
+        "update",
+        "create",
+        "destroy",
+        "renew",
+    ];
+
+    #[test]
+    fn no_state_changing_route_takes_get() {
+        for (path, methods) in ROUTES {
+            let changes = path.split('/').any(|seg| CHANGES.contains(&seg));
+            let writes = methods.iter().any(|m| *m != "get");
+            assert!(
+                !(changes && methods.contains(&"get")),
+                "{path} changes state and takes GET"
+            );
+            assert!(
+                !writes || !methods.contains(&"get") || path.starts_with("/v1/kv/"),
+                "{path}: only KV reads and writes one path with several methods"
+            );
+        }
+        assert!(ROUTES.len() >= 36, "every route is in the table");
+    }
 }

@@ -147,7 +147,20 @@ impl<H: Handler> RpcService<H> {
                         .requests_served
                         .with_label_values(&[alpn.as_str()])
                         .inc();
-                    Ok(self.handler.handle(&peer, request).await)
+                    // A caller that goes away (its call dropped: the stream is stopped, or
+                    // the connection lost) cancels the handling, and with it whatever the
+                    // handler waits on or forwarded further (a blocking query, a relay).
+                    let gone = send.stopped();
+                    tokio::select! {
+                        reply = self.handler.handle(&peer, request) => Ok(reply),
+                        _ = gone => {
+                            self.metrics
+                                .requests_abandoned
+                                .with_label_values(&[alpn.as_str()])
+                                .inc();
+                            return;
+                        }
+                    }
                 }
             },
         };

@@ -8,6 +8,7 @@ mod cli;
 mod dns;
 mod federation;
 mod gossip_lan;
+mod hardening;
 mod health_checks;
 mod http_catalog;
 mod http_kv;

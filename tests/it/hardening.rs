@@ -1,0 +1,331 @@
+//! Hostile and careless input against real agent processes (two DCs of one server and one
+//! client agent each): blocking queries abandoned through a client agent and across DCs
+//! are released on the servers; check intervals of `0s` and `1ns` are raised to the
+//! minimum instead of spinning the agent; no state-changing route answers `GET` (the whole
+//! route table is walked).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::common::*;
+
+/// Each test has its own block of addresses: 127.<net>.<dc>.<host>.
+fn ip(net: u8, dc: u8, host: u8) -> String {
+    format!("127.{net}.{dc}.{host}")
+}
+
+fn base(net: u8, dc: u8, host: u8) -> String {
+    format!("http://{}:8500", ip(net, dc, host))
+}
+
+/// Two DCs `dc1`, `dc2` on 127.<net>.x: server `s1` on .1, client `c1` on .21.
+fn write_dcs(dir: &Path, pki: &TestPki, net: u8) -> Vec<PathBuf> {
+    [1u8, 2]
+        .into_iter()
+        .flat_map(|dc| write_small_dc(dir, pki, (net, dc), Some(3 - dc), ""))
+        .collect()
+}
+
+/// Starts both DCs and waits for a leader in each and for dc1 to reach dc2.
+async fn start_dcs(dir: &Path, pki: &TestPki, http: &reqwest::Client, net: u8) -> Vec<ChildGuard> {
+    let agents: Vec<ChildGuard> = write_dcs(dir, pki, net)
+        .iter()
+        .map(|c| spawn_agent(c))
+        .collect();
+    for dc in [1, 2] {
+        let c = base(net, dc, 21);
+        eventually(Duration::from_secs(30), "a leader in each DC", || async {
+            let r = http
+                .get(format!("{c}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
+            (r.text().await.ok()?.len() > 2).then_some(())
+        })
+        .await;
+    }
+    let c1 = base(net, 1, 21);
+    eventually(Duration::from_secs(30), "dc1 reaches dc2", || async {
+        let r = http
+            .get(format!("{c1}/v1/status/leader?dc=dc2"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    agents
+}
+
+/// The value of `consulate_rpc_queries_blocking` on the agent at `base`.
+async fn blocking(http: &reqwest::Client, base: &str) -> Option<f64> {
+    metric(http, base, "consulate_rpc_queries_blocking").await
+}
+
+/// Opens `n` connections to `agent` (host:port), each sending `GET path` and then left
+/// open without reading: the caller drops them to disconnect.
+async fn hold_queries(agent: &str, path: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let addr: SocketAddr = agent.parse().unwrap();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {agent}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_blocking_queries_are_released_on_every_server() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let net = 89;
+    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let (s1, s2, c1) = (base(net, 1, 1), base(net, 2, 1), base(net, 1, 21));
+    // A key in each DC, and its index to block on.
+    let mut index = [0u64; 2];
+    for (i, dc) in ["dc1", "dc2"].into_iter().enumerate() {
+        let r = http
+            .put(format!("{c1}/v1/kv/watched?dc={dc}"))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = http
+            .get(format!("{c1}/v1/kv/watched?dc={dc}"))
+            .send()
+            .await
+            .unwrap();
+        index[i] = r.headers()["X-Consul-Index"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    }
+    let agent = format!("{}:8500", ip(net, 1, 21));
+    let local = hold_queries(
+        &agent,
+        &format!("/v1/kv/watched?index={}&wait=1h", index[0]),
+        300,
+    )
+    .await;
+    let remote = hold_queries(
+        &agent,
+        &format!("/v1/kv/watched?dc=dc2&index={}&wait=1h", index[1]),
+        100,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "every query waiting on its server",
+        || async {
+            let (here, there) = (blocking(&http, &s1).await?, blocking(&http, &s2).await?);
+            (here >= 300.0 && there >= 100.0).then_some(())
+        },
+    )
+    .await;
+    let abandoned_before = metric(
+        &http,
+        &s2,
+        "consulate_rpc_requests_abandoned_total{alpn=\"rpc\"}",
+    )
+    .await
+    .unwrap();
+    drop(local);
+    drop(remote);
+    eventually(
+        Duration::from_secs(10),
+        "every abandoned query released",
+        || async {
+            let (here, there) = (blocking(&http, &s1).await?, blocking(&http, &s2).await?);
+            (here == 0.0 && there == 0.0).then_some(())
+        },
+    )
+    .await;
+    let abandoned = metric(
+        &http,
+        &s2,
+        "consulate_rpc_requests_abandoned_total{alpn=\"rpc\"}",
+    )
+    .await
+    .unwrap();
+    assert!(
+        abandoned - abandoned_before >= 100.0,
+        "dc2 counted the cross-DC queries as abandoned: {abandoned_before} -> {abandoned}"
+    );
+    // The servers still answer, and a write wakes nobody left over.
+    let r = http
+        .put(format!("{c1}/v1/kv/watched?dc=dc2"))
+        .body("w")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(blocking(&http, &s2).await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let net = 90;
+    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let c1 = base(net, 1, 21);
+    // A TCP target that counts the check's connections.
+    let target = tokio::net::TcpListener::bind(format!("{}:0", ip(net, 0, 9)))
+        .await
+        .unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = target.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let register = |body: serde_json::Value| {
+        let http = http.clone();
+        let c1 = c1.clone();
+        async move {
+            http.put(format!("{c1}/v1/agent/check/register"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for (id, interval) in [("zero", "0s"), ("tiny", "1ns")] {
+        let status = register(serde_json::json!({
+            "ID": id, "Name": id, "TCP": target_addr.to_string(),
+            "Interval": interval, "Timeout": "1ns",
+        }))
+        .await;
+        assert_eq!(status, 200, "{interval} is raised, not refused");
+    }
+    let status = register(serde_json::json!({
+        "ID": "ttl", "Name": "ttl", "TTL": "2s", "Status": "passing",
+    }))
+    .await;
+    assert_eq!(status, 200);
+    // Nonsense is refused.
+    for (field, value) in [("Interval", "-1s"), ("Interval", "soon"), ("Timeout", "1x")] {
+        let mut body = serde_json::json!({"ID": "bad", "Name": "bad", "TCP": target_addr.to_string(), "Interval": "10s"});
+        body[field] = serde_json::json!(value);
+        assert_eq!(register(body).await, 400, "{field} {value}");
+    }
+    // The TTL check still lapses: the agent's check runner is not stuck.
+    eventually(Duration::from_secs(15), "the TTL check expired", || async {
+        let checks: serde_json::Value = http
+            .get(format!("{c1}/v1/agent/checks"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (checks["ttl"]["Status"] == "critical").then_some(())
+    })
+    .await;
+    let checks: serde_json::Value = http
+        .get(format!("{c1}/v1/agent/checks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for id in ["zero", "tiny"] {
+        let output = checks[id]["Output"].as_str().unwrap_or_default();
+        assert!(
+            output.contains("below the minimum of 1s"),
+            "{id}: a warning in the output: {output:?}"
+        );
+        assert_eq!(checks[id]["Status"], "passing", "{id} runs");
+    }
+    // Counted, not timed: two checks at the 1 s minimum make a few connections a second,
+    // where a spinning runner makes thousands.
+    let before = runs.load(std::sync::atomic::Ordering::SeqCst);
+    let window = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "a few more runs", || async {
+        (runs.load(std::sync::atomic::Ordering::SeqCst) >= before + 4).then_some(())
+    })
+    .await;
+    let elapsed = window.elapsed().as_secs_f64().max(1.0);
+    let made = runs.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        (made as f64) <= 2.0 * (elapsed + 2.0),
+        "{made} runs in {elapsed:.1} s: the 1 s minimum is not kept"
+    );
+    // Deregistered, they stop.
+    for id in ["zero", "tiny"] {
+        let r = http
+            .put(format!("{c1}/v1/agent/check/deregister/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// Every route of the table, asked with every method it does not take, answers 405 (and
+/// the routes that read answer their own method); no route that changes state takes GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_takes_only_its_methods() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let net = 91;
+    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let c1 = base(net, 1, 21);
+    let methods = ["get", "put", "post", "delete", "patch"];
+    let mut asked = 0;
+    for (template, allowed) in consulate::http::ROUTES {
+        let path: String = template
+            .split('/')
+            .map(|seg| match seg {
+                "{*key}" => "some/key",
+                s if s.starts_with('{') => "x",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in methods {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let takes = allowed.contains(&method);
+            if takes && method != "get" {
+                continue; // would change the agent; the 405s are what is checked here
+            }
+            let status = http
+                .request(m, format!("{c1}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            asked += 1;
+            if takes {
+                assert_ne!(status, 405, "GET {template}");
+            } else {
+                assert_eq!(status, 405, "{method} {template} must be refused");
+            }
+        }
+    }
+    assert!(asked > 100, "the whole table walked ({asked} requests)");
+    // Refusals are counted, by route template.
+    let refused = metric(
+        &http,
+        &c1,
+        "consulate_http_requests_total{code=\"405\",method=\"GET\",route=\"/v1/agent/check/pass/{id}\"}",
+    )
+    .await;
+    assert_eq!(refused, Some(1.0));
+}
