@@ -320,8 +320,8 @@ impl Dispatcher {
             // query runs only when it answers: a waiting request holds no result.
             let mut watches: Vec<_> = {
                 let r = raft.read();
-                let watches = query.tables().iter().map(|t| r.state.watch(*t)).collect();
-                let index = r.state.max_index(query.tables());
+                let watches = query.watch(&r.state);
+                let index = query.index(&r.state);
                 if opts.min_index == 0
                     || index > opts.min_index
                     || tokio::time::Instant::now() >= deadline

@@ -23,6 +23,7 @@ pub struct RaftCollector {
     instances: IntGauge,
     checks: IntGaugeVec,
     kv_keys: IntGauge,
+    kv_woken: prometheus::IntCounter,
 }
 
 const STATES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
@@ -85,6 +86,11 @@ impl RaftCollector {
             )
             .expect("valid metric"),
             kv_keys: gauge("consulate_kv_keys", "Keys in the KV store."),
+            kv_woken: prometheus::IntCounter::new(
+                "consulate_kv_waiters_woken_total",
+                "Blocking KV queries woken by writes to the key or prefix they wait on.",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -130,9 +136,12 @@ impl RaftCollector {
                 .set(n as i64);
         }
         self.kv_keys.set(c.kv_keys as i64);
+        let woken = r.state.kv_waiters_woken();
+        self.kv_woken
+            .inc_by(woken.saturating_sub(self.kv_woken.get()));
     }
 
-    fn parts(&self) -> [&dyn Collector; 11] {
+    fn parts(&self) -> [&dyn Collector; 12] {
         [
             &self.state,
             &self.term,
@@ -145,6 +154,7 @@ impl RaftCollector {
             &self.instances,
             &self.checks,
             &self.kv_keys,
+            &self.kv_woken,
         ]
     }
 }

@@ -25,6 +25,7 @@ impl State {
     pub(super) fn kv_delete(&mut self, index: u64, key: &str) -> CommandResult {
         if self.data.kv.remove(key).is_some() {
             self.touch(Table::Kv, index);
+            self.kv_watches.changed(key, index);
         }
         CommandResult::Bool(true)
     }
@@ -34,6 +35,7 @@ impl State {
             Some(e) if e.modify_index == expected => {
                 self.data.kv.remove(key);
                 self.touch(Table::Kv, index);
+                self.kv_watches.changed(key, index);
                 CommandResult::Bool(true)
             }
             // Deleting an absent key with index 0 is not a match in Consul either.
@@ -48,6 +50,7 @@ impl State {
         }
         if !doomed.is_empty() {
             self.touch(Table::Kv, index);
+            self.kv_watches.tree_changed(prefix, index);
         }
         CommandResult::Bool(true)
     }
@@ -106,6 +109,8 @@ impl State {
     }
 
     pub(super) fn kv_put(&mut self, index: u64, key: String, value: bytes::Bytes, flags: u64) {
+        // Waiters read once this apply has released the state: the order is free.
+        self.kv_watches.changed(&key, index);
         let entry = self.data.kv.entry(key.clone()).or_insert_with(|| KvEntry {
             key,
             create_index: index,

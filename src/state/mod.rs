@@ -13,6 +13,7 @@
 
 mod catalog;
 mod kv;
+mod kv_watch;
 pub mod query;
 pub mod session_ttl;
 mod sessions;
@@ -175,6 +176,8 @@ pub struct State {
     /// it applies the end of a session, and only the leader consults it, before proposing
     /// an acquire; never serialized.
     lock_delays: std::collections::HashMap<String, Instant>,
+    /// What blocking KV queries wait on: keys and prefixes, woken only by writes to them.
+    kv_watches: kv_watch::KvWatches,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -230,6 +233,7 @@ impl State {
             by_name,
             watches,
             lock_delays: Default::default(),
+            kv_watches: Default::default(),
         }
     }
 
@@ -242,6 +246,7 @@ impl State {
             let i = self.data.indexes[t.slot()];
             self.watches[t.slot()].send_replace(i);
         }
+        self.kv_watches.all_changed(self.index(Table::Kv));
     }
 
     /// The content, for a snapshot.
@@ -267,6 +272,21 @@ impl State {
     /// A receiver that changes whenever `table` does.
     pub fn watch(&self, table: Table) -> watch::Receiver<u64> {
         self.watches[table.slot()].subscribe()
+    }
+
+    /// A receiver that changes when KV `key` is written or deleted (and no other write).
+    pub fn watch_kv_key(&self, key: &str) -> watch::Receiver<u64> {
+        self.kv_watches.key(key)
+    }
+
+    /// A receiver that changes when a KV key under `prefix` is written or deleted.
+    pub fn watch_kv_prefix(&self, prefix: &str) -> watch::Receiver<u64> {
+        self.kv_watches.prefix(prefix)
+    }
+
+    /// How many waiting KV queries writes have woken in all.
+    pub fn kv_waiters_woken(&self) -> u64 {
+        self.kv_watches.woken()
     }
 
     fn touch(&mut self, table: Table, index: u64) {

@@ -2,6 +2,7 @@
 //! forwarded to the leader, and names the tables whose indexes a blocking read waits on.
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use std::collections::BTreeMap;
 
@@ -177,6 +178,31 @@ impl Query {
             Query::SessionInfo { .. } | Query::NodeSessions { .. } | Query::Sessions => {
                 &[Table::Sessions]
             }
+        }
+    }
+
+    /// What a blocking read of this query waits on: the key or prefix it reads for KV
+    /// (a write elsewhere in the store wakes nobody waiting here), else its tables.
+    pub fn watch(&self, state: &State) -> Vec<watch::Receiver<u64>> {
+        match self {
+            Query::KvGet { key } => vec![state.watch_kv_key(key)],
+            Query::KvList { prefix } | Query::KvKeys { prefix, .. } => {
+                vec![state.watch_kv_prefix(prefix)]
+            }
+            _ => self.tables().iter().map(|t| state.watch(*t)).collect(),
+        }
+    }
+
+    /// The index a blocking read of this query compares and `X-Consul-Index` reports, never
+    /// below 1: an existing key's own `ModifyIndex` (as Consul), else the highest index of
+    /// its tables.
+    pub fn index(&self, state: &State) -> u64 {
+        match self {
+            Query::KvGet { key } => match state.kv_get(key) {
+                Some(e) => e.modify_index.max(1),
+                None => state.max_index(self.tables()),
+            },
+            _ => state.max_index(self.tables()),
         }
     }
 

@@ -58,6 +58,7 @@ impl State {
         }
         let until = now + session.lock_delay;
         for key in held {
+            self.kv_watches.changed(&key, index);
             match session.behavior {
                 SessionBehavior::Release => {
                     if let Some(e) = self.data.kv.get_mut(&key) {

@@ -329,3 +329,91 @@ async fn every_route_takes_only_its_methods() {
     .await;
     assert_eq!(refused, Some(1.0));
 }
+
+/// A blocking KV query waits on its key or prefix: a write to `b` wakes none of the
+/// waiters on `a` or `a/`; a write to `a/x` wakes the prefix's waiters only; a write to `a`
+/// its own. Counted by the leader's `consulate_kv_waiters_woken_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let net = 92;
+    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let (s1, c1) = (base(net, 1, 1), base(net, 1, 21));
+    let put = |key: &'static str| {
+        let (http, c1) = (http.clone(), c1.clone());
+        async move {
+            let r = http
+                .put(format!("{c1}/v1/kv/{key}"))
+                .body(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    for key in ["a", "b", "a/x"] {
+        put(key).await;
+    }
+    let index_of = |path: &'static str| {
+        let (http, c1) = (http.clone(), c1.clone());
+        async move {
+            let r = http.get(format!("{c1}{path}")).send().await.unwrap();
+            r.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let (key_index, dir_index) = (
+        index_of("/v1/kv/a").await,
+        index_of("/v1/kv/a/?recurse").await,
+    );
+    assert!(key_index < dir_index, "a key reports its own ModifyIndex");
+    let wait = |path: String| {
+        let http = http.clone();
+        tokio::spawn(async move { http.get(path).send().await.unwrap().status() })
+    };
+    let on_key: Vec<_> = (0..40)
+        .map(|_| wait(format!("{c1}/v1/kv/a?index={key_index}&wait=60s")))
+        .collect();
+    let on_dir: Vec<_> = (0..10)
+        .map(|_| wait(format!("{c1}/v1/kv/a/?recurse&index={dir_index}&wait=60s")))
+        .collect();
+    let waiting = || async { metric(&http, &s1, "consulate_rpc_queries_blocking").await };
+    eventually(Duration::from_secs(15), "50 queries waiting", || async {
+        (waiting().await? == 50.0).then_some(())
+    })
+    .await;
+    let woken = || async {
+        metric(&http, &s1, "consulate_kv_waiters_woken_total")
+            .await
+            .unwrap()
+    };
+    let before = woken().await;
+    put("b").await;
+    assert_eq!(
+        woken().await,
+        before,
+        "a write to b woke a waiter on a or a/"
+    );
+    assert_eq!(waiting().await, Some(50.0));
+    put("a/x").await;
+    for w in on_dir {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    assert_eq!(
+        woken().await,
+        before + 10.0,
+        "the prefix's waiters, and only them"
+    );
+    assert_eq!(waiting().await, Some(40.0));
+    assert!(on_key.iter().all(|w| !w.is_finished()));
+    put("a").await;
+    for w in on_key {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    assert_eq!(woken().await, before + 50.0);
+}
