@@ -6,11 +6,15 @@
 //! completes each caller (openraft's flush callback for appends). Under load many appends
 //! share one fsync; alone, an append costs one. Appended entries stay readable from memory
 //! until their transaction has committed.
+//!
+//! Every entry is stored with a CRC-32 of its bytes (as etcd's WAL records are), checked
+//! whenever it is read and for the whole log when it is opened: a damaged entry stops the
+//! server with a message naming the file and the index, and is never served.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -47,6 +51,50 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> StorageResult<T> {
     rmp_serde::from_slice(b).map_err(|e| io_err(e, false))
 }
 
+/// Marks a stored entry that carries a checksum: a byte MessagePack never uses, so entries
+/// written before checksums (plain MessagePack) still read.
+const CHECKSUMMED: u8 = 0xc1;
+
+/// An entry as stored: the marker, the CRC-32 of the encoded entry, the encoded entry.
+fn encode_entry(e: &Entry<TypeConfig>) -> StorageResult<Vec<u8>> {
+    let payload = encode(e)?;
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.push(CHECKSUMMED);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// A stored entry read back, its checksum verified; what is wrong with it otherwise.
+fn decode_entry(stored: &[u8]) -> Result<Entry<TypeConfig>, String> {
+    let payload = match stored.split_first() {
+        Some((&CHECKSUMMED, rest)) => {
+            let (sum, payload) = rest
+                .split_at_checked(4)
+                .ok_or("it is shorter than its checksum")?;
+            let stored = u32::from_be_bytes(sum.try_into().expect("four bytes"));
+            let computed = crc32fast::hash(payload);
+            if stored != computed {
+                return Err(format!(
+                    "it fails its checksum (stored {stored:08x}, computed {computed:08x})"
+                ));
+            }
+            payload
+        }
+        _ => stored,
+    };
+    rmp_serde::from_slice(payload).map_err(|e| format!("it does not decode: {e}"))
+}
+
+/// A damaged entry: says which file and index, and what an operator does about it.
+fn damaged(path: &Path, index: u64, what: &str) -> String {
+    format!(
+        "raft log {}: entry {index} is damaged ({what}); this server's copy cannot be \
+         trusted: stop it, move its data dir away and let it rejoin from the other servers",
+        path.display()
+    )
+}
+
 /// One write, as queued for the writer thread.
 enum Op {
     Append(Vec<(u64, u64, Vec<u8>)>, LogFlushed<TypeConfig>),
@@ -65,6 +113,8 @@ type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The file, named in errors.
+    path: Arc<PathBuf>,
     writer: mpsc::Sender<Op>,
     pending: Pending,
     seq: Arc<AtomicU64>,
@@ -152,20 +202,35 @@ pub enum LogOpenError {
     /// The file is damaged in a way redb only notices by panicking (e.g. truncated).
     #[error("the file is corrupt or truncated ({0}); refusing to start from it")]
     Corrupt(String),
+    /// An entry fails its checksum or does not decode.
+    #[error(
+        "entry {index} is damaged ({what}); refusing to start from it: move the data dir away and let the server rejoin"
+    )]
+    Entry {
+        /// Its log index.
+        index: u64,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 /// Opens the database, turning a panic inside redb (which it raises on some damaged files,
 /// such as a truncated one) into [`LogOpenError::Corrupt`] instead of a crash. The default
 /// panic message is silenced for that call only; hook swaps are serialized.
 fn open_guarded(path: &Path) -> Result<Database, LogOpenError> {
+    guarded(|| Ok(Database::create(path).map_err(redb::Error::from)?))
+}
+
+/// Runs `f`, turning a panic inside redb into [`LogOpenError::Corrupt`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, LogOpenError>) -> Result<T, LogOpenError> {
     static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _serial = HOOK.lock().unwrap_or_else(|p| p.into_inner());
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| Database::create(path));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
     match result {
-        Ok(db) => Ok(db.map_err(redb::Error::from)?),
+        Ok(r) => r,
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -175,6 +240,21 @@ fn open_guarded(path: &Path) -> Result<Database, LogOpenError> {
             Err(LogOpenError::Corrupt(what))
         }
     }
+}
+
+/// Reads every stored entry once, checking its checksum and that it decodes: a log with a
+/// damaged entry is refused at start, before any of it could be served.
+fn verify_all(db: &Database) -> Result<(), LogOpenError> {
+    let tx = db.begin_read().map_err(redb::Error::from)?;
+    let t = tx.open_table(LOGS).map_err(redb::Error::from)?;
+    for r in t.iter().map_err(redb::Error::from)? {
+        let (k, v) = r.map_err(redb::Error::from)?;
+        decode_entry(v.value()).map_err(|what| LogOpenError::Entry {
+            index: k.value(),
+            what,
+        })?;
+    }
+    Ok(())
 }
 
 impl LogStore {
@@ -188,6 +268,7 @@ impl LogStore {
             tx.open_table(META).map_err(redb::Error::from)?;
         }
         tx.commit().map_err(redb::Error::from)?;
+        guarded(|| verify_all(&db))?;
         let db = Arc::new(db);
         let pending = Pending::default();
         let (writer, rx) = mpsc::channel();
@@ -198,6 +279,7 @@ impl LogStore {
             .map_err(|e| LogOpenError::Corrupt(format!("cannot start the log writer: {e}")))?;
         Ok(LogStore {
             db,
+            path: Arc::new(path.to_path_buf()),
             writer,
             pending,
             seq: Arc::default(),
@@ -254,6 +336,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map(|(i, (_, e))| (*i, e.clone()))
             .collect();
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let path = self.path.clone();
         let stored = self
             .blocking(move |db| {
                 let tx = db.begin_read().map_err(|e| io_err(e, false))?;
@@ -261,8 +344,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 t.range::<u64>((start, end))
                     .map_err(|e| io_err(e, false))?
                     .map(|r| {
-                        let (_, v) = r.map_err(|e| io_err(e, false))?;
-                        decode::<Entry<TypeConfig>>(v.value())
+                        let (k, v) = r.map_err(|e| io_err(e, false))?;
+                        decode_entry(v.value()).map_err(|what| {
+                            io_err(
+                                std::io::Error::other(damaged(&path, k.value(), &what)),
+                                false,
+                            )
+                        })
                     })
                     .collect::<StorageResult<Vec<_>>>()
             })
@@ -284,13 +372,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .expect("pending lock poisoned")
             .last_key_value()
             .map(|(_, (_, e))| e.log_id);
+        let path = self.path.clone();
         let mut state = self
-            .blocking(|db| {
+            .blocking(move |db| {
                 let purged: Option<LogId<u64>> = Self::read_meta(db, PURGED)?;
                 let tx = db.begin_read().map_err(|e| io_err(e, false))?;
                 let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
                 let last = match t.last().map_err(|e| io_err(e, false))? {
-                    Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+                    Some((k, v)) => Some(
+                        decode_entry(v.value())
+                            .map_err(|what| {
+                                io_err(
+                                    std::io::Error::other(damaged(&path, k.value(), &what)),
+                                    false,
+                                )
+                            })?
+                            .log_id,
+                    ),
                     None => purged,
                 };
                 Ok(LogState {
@@ -346,7 +444,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
             for e in entries {
-                encoded.push((e.log_id.index, seq, encode(&e)?));
+                encoded.push((e.log_id.index, seq, encode_entry(&e)?));
                 pending.insert(e.log_id.index, (seq, e));
             }
         }
@@ -373,5 +471,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .retain(|i, _| *i > log_id.index);
         self.submit(|reply| Op::Purge(log_id.index, purged, reply))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            payload: EntryPayload::Normal(crate::state::Command::KvSet {
+                key: "k".into(),
+                value: bytes::Bytes::from_static(b"a value worth keeping"),
+                flags: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_stored_entry_carries_a_checksum_that_catches_any_flipped_byte() {
+        let stored = encode_entry(&entry(7)).unwrap();
+        assert_eq!(stored[0], CHECKSUMMED);
+        assert_eq!(decode_entry(&stored).unwrap().log_id.index, 7);
+        for i in 1..stored.len() {
+            let mut bad = stored.clone();
+            bad[i] ^= 0x01;
+            let err = decode_entry(&bad).unwrap_err();
+            assert!(
+                err.contains("checksum") || err.contains("decode"),
+                "byte {i}: {err}"
+            );
+        }
+        assert!(decode_entry(&stored[..3]).unwrap_err().contains("shorter"));
+        // Entries stored before checksums still read.
+        let plain = encode(&entry(8)).unwrap();
+        assert_eq!(decode_entry(&plain).unwrap().log_id.index, 8);
+        assert!(
+            damaged(Path::new("/d/raft/log.redb"), 7, "it fails its checksum")
+                .contains("/d/raft/log.redb: entry 7")
+        );
     }
 }

@@ -172,9 +172,56 @@ async fn corrupt_or_truncated_data_files_stop_the_server_with_a_clear_message() 
     for n in 0..50 {
         assert!(put(&client, dc.addrs[li], &format!("k{n}")).await);
     }
+    // A value to find in a follower's log file, replicated there.
+    const MARK: &[u8] = b"flip-a-byte-in-this-committed-value";
+    let req = consulate::rpc::AgentRequest::from(consulate::rpc::Write {
+        dc: None,
+        cmd: consulate::state::Command::KvSet {
+            key: "marked".into(),
+            value: bytes::Bytes::from_static(MARK),
+            flags: 0,
+        },
+    });
+    client
+        .call(dc.addrs[li], None, &req, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let follower = (li + 1) % 3;
+    eventually(
+        Duration::from_secs(10),
+        "the value on the follower",
+        || async {
+            let keys = keys_on(&client, dc.addrs[follower], "marked").await?;
+            (!keys.is_empty()).then_some(())
+        },
+    )
+    .await;
     for p in procs.iter_mut() {
         p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
+
+    // One byte flipped inside the committed value in the follower's log: refused, naming
+    // the file and the entry, instead of served.
+    let flog = data_dir(&dc, follower).join("raft/log.redb");
+    let good = std::fs::read(&flog).unwrap();
+    let mut bad = good.clone();
+    let mut flipped = 0;
+    for at in 0..bad.len().saturating_sub(MARK.len()) {
+        if &bad[at..at + MARK.len()] == MARK {
+            bad[at + 10] ^= 0x20;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the value is in the follower's log file");
+    std::fs::write(&flog, &bad).unwrap();
+    let err = refuses_to_start(&dc.configs[follower]);
+    assert!(
+        err.contains("log.redb") && err.contains("entry ") && err.contains("damaged"),
+        "names the file and the entry: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one clear line: {err}");
+    std::fs::write(&flog, &good).unwrap();
+
     let dir = data_dir(&dc, 0);
     let log = dir.join("raft/log.redb");
     let original = std::fs::read(&log).unwrap();
