@@ -125,6 +125,10 @@ pub struct HttpMetrics {
     pub requests: IntCounterVec,
     /// Latency by route template and method.
     pub seconds: HistogramVec,
+    /// Connections refused before any request, by reason (`per_client_limit`).
+    pub connections_refused: IntCounterVec,
+    /// Open connections.
+    pub connections_open: IntGauge,
 }
 
 /// Latency buckets (seconds) from 100 us to 10 s, for HTTP and cross-DC requests.
@@ -183,6 +187,26 @@ impl Metrics {
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                     &["route", "method"],
+                )
+                .expect("valid metric"),
+            ),
+            connections_refused: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_http_connections_refused_total",
+                        "HTTP connections answered 429 and closed before any request, by \
+                         reason (per_client_limit: the client IP holds too many).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            connections_open: register(
+                &registry,
+                IntGauge::new(
+                    "consulate_http_connections_open",
+                    "Open HTTP API connections.",
                 )
                 .expect("valid metric"),
             ),

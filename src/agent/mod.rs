@@ -342,13 +342,17 @@ impl Agent {
             metrics.clone(),
             shutdown.clone(),
         );
-        let (http_addr, http_task) =
-            crate::http::serve(config.http_bind(), api, shutdown.child_token())
-                .await
-                .map_err(|e| AgentError::Http {
-                    addr: config.http_bind(),
-                    reason: e.to_string(),
-                })?;
+        let (http_addr, http_task) = crate::http::serve(
+            config.http_bind(),
+            api,
+            config.limits,
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| AgentError::Http {
+            addr: config.http_bind(),
+            reason: e.to_string(),
+        })?;
         info!(
             node = %config.node_name,
             http = %http_addr,

@@ -328,6 +328,37 @@ pub struct AgentConfig {
     /// The DNS interface.
     #[serde(default, skip_serializing_if = "DnsConfig::is_default")]
     pub dns: DnsConfig,
+    /// Limits on what clients of the HTTP API may hold (Consul's `limits`).
+    #[serde(default, skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
+}
+
+/// Limits on the HTTP API's clients (Consul's `limits` block, same names and defaults
+/// where Consul has the setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent HTTP connections one client IP may hold (Consul's, default 200); one
+    /// more is answered 429 and closed.
+    pub http_max_conns_per_client: usize,
+    /// How long a request's body may take to arrive in full (default `30s`, as the
+    /// headers'); past it the request is answered 408.
+    pub http_body_read_timeout: GoDuration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http_max_conns_per_client: 200,
+            http_body_read_timeout: GoDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// Where a dotted key is defined in a TOML document (1-based line).

@@ -184,6 +184,7 @@ impl Topology {
                     sync_interval: None,
                     check_update_interval: None,
                     dns: Default::default(),
+                    limits: Default::default(),
                     reconnect_timeout: None,
                 }
             })

@@ -285,6 +285,10 @@ impl CheckBody {
             warning: None,
         }
         .with_minimums())
+        .and_then(|c: LocalCheck| {
+            c.def.check_bounds().map_err(HttpError::BadRequest)?;
+            Ok(c)
+        })
     }
 }
 
@@ -295,6 +299,7 @@ pub async fn register_service(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let (def, checks) = decode::<ServiceBody>(&body)?.into_definition()?;
+    def.check_bounds().map_err(HttpError::BadRequest)?;
     let checks = checks
         .into_iter()
         .map(|c| decode_value::<CheckBody>(c)?.into_local())

@@ -140,6 +140,7 @@ pub async fn register(
         service,
         checks,
     };
+    req.check_bounds().map_err(HttpError::BadRequest)?;
     write_ok(&api, dc.as_deref(), Command::Register(Box::new(req))).await
 }
 

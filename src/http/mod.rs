@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod kv;
+pub mod limits;
 pub mod params;
 pub mod session;
 pub mod status;
@@ -142,9 +143,13 @@ routes! {
 }
 
 /// The API's routes.
-pub fn router(api: Api) -> Router {
+pub fn router(api: Api, body_timeout: std::time::Duration) -> Router {
     routes()
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            limits::read_body_in_time,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             api.metrics.http.clone(),
             count_request,
@@ -187,6 +192,9 @@ async fn count_request(
     resp
 }
 
+/// How long a refused connection's 429 may take to be written before it is dropped.
+const REFUSAL_WRITE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// How long a connection may take to send a request's headers (slow-loris defence).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -196,14 +204,18 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub async fn serve(
     addr: SocketAddr,
     api: Api,
+    config: crate::config::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(api);
+    let metrics = api.metrics.http.clone();
+    let app = router(api, config.http_body_read_timeout.0);
+    let limiter = limits::ConnLimiter::new(config.http_max_conns_per_client);
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // Connections live in this task's set: if the task is aborted (shutdown past its
@@ -213,10 +225,10 @@ pub async fn serve(
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         loop {
-            let stream = tokio::select! {
+            let (mut stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -225,12 +237,27 @@ pub async fn serve(
                     }
                 },
             };
+            while connections.try_join_next().is_some() {}
+            let Some(permit) = limiter.admit(peer.ip()) else {
+                metrics
+                    .connections_refused
+                    .with_label_values(&["per_client_limit"])
+                    .inc();
+                connections.spawn(async move {
+                    let answer = stream.write_all(limits::TOO_MANY_CONNECTIONS);
+                    let _ = tokio::time::timeout(REFUSAL_WRITE, answer).await;
+                });
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(app.clone());
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            while connections.try_join_next().is_some() {}
+            let open = metrics.connections_open.clone();
+            open.inc();
             connections.spawn(async move {
                 let _ = conn.await;
+                open.dec();
+                drop(permit);
             });
         }
         drop(listener);

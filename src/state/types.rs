@@ -303,3 +303,137 @@ impl Session {
             || self.service_checks.iter().any(|c| c == check_id)
     }
 }
+
+/// The longest ID, name, node name or tag a registration may carry: far more than any real
+/// one, and short enough that whatever is registered can be named in a URL again (to read
+/// or deregister it).
+pub const MAX_NAME_LEN: usize = 512;
+/// Metadata pairs per node or service (Consul's limit).
+pub const MAX_META_PAIRS: usize = 64;
+/// Bytes per metadata key (Consul's limit).
+pub const MAX_META_KEY_LEN: usize = 128;
+/// Bytes per metadata value (Consul's limit).
+pub const MAX_META_VALUE_LEN: usize = 512;
+/// Tags per service.
+pub const MAX_TAGS: usize = 256;
+
+/// `value` (what `field` holds) if it is at most [`MAX_NAME_LEN`] bytes.
+fn bounded_name(field: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{field} is {} bytes long (limit: {MAX_NAME_LEN})",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Metadata within Consul's limits (pairs, key and value lengths), with Consul's messages.
+pub fn check_meta(what: &str, meta: &BTreeMap<String, String>) -> Result<(), String> {
+    if meta.len() > MAX_META_PAIRS {
+        return Err(format!(
+            "{what} metadata cannot contain more than {MAX_META_PAIRS} key/value pairs"
+        ));
+    }
+    for (k, v) in meta {
+        let short = |s: &str| s.chars().take(32).collect::<String>();
+        if k.len() > MAX_META_KEY_LEN {
+            return Err(format!(
+                "Couldn't load metadata pair ('{}…'): Key is too long (limit: {MAX_META_KEY_LEN} characters)",
+                short(k)
+            ));
+        }
+        if v.len() > MAX_META_VALUE_LEN {
+            return Err(format!(
+                "Couldn't load metadata pair ('{k}'): Value is too long (limit: {MAX_META_VALUE_LEN} characters)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ServiceDefinition {
+    /// Whether the definition is within the bounds on IDs, names, tags and metadata.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        bounded_name("Service ID", &self.id)?;
+        bounded_name("Service name", &self.service)?;
+        if self.tags.len() > MAX_TAGS {
+            return Err(format!("a service may have at most {MAX_TAGS} tags"));
+        }
+        for t in &self.tags {
+            bounded_name("A tag", t)?;
+        }
+        check_meta("Service", &self.meta)
+    }
+}
+
+impl CheckDefinition {
+    /// Whether the check's ID and name are within [`MAX_NAME_LEN`].
+    pub fn check_bounds(&self) -> Result<(), String> {
+        bounded_name("Check ID", &self.check_id)?;
+        bounded_name("Check name", &self.name)
+    }
+}
+
+impl RegisterRequest {
+    /// Whether the registration is within the bounds on names, tags and metadata.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        bounded_name("Node name", &self.node)?;
+        check_meta("Node", &self.node_meta)?;
+        if let Some(s) = &self.service {
+            s.check_bounds()?;
+        }
+        self.checks
+            .iter()
+            .try_for_each(CheckDefinition::check_bounds)
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_bounded_as_consul_bounds_metadata() {
+        let meta = |n: usize, k: usize, v: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("{i:0>k$}"), "v".repeat(v)))
+                .collect()
+        };
+        assert!(check_meta("Node", &meta(64, 128, 512)).is_ok());
+        assert!(
+            check_meta("Node", &meta(65, 8, 1))
+                .unwrap_err()
+                .contains("64 key/value")
+        );
+        assert!(
+            check_meta("Node", &meta(1, 129, 1))
+                .unwrap_err()
+                .contains("Key is too long")
+        );
+        assert!(
+            check_meta("Node", &meta(1, 8, 513))
+                .unwrap_err()
+                .contains("Value is too long")
+        );
+        let svc = |id: usize, tags: usize| ServiceDefinition {
+            id: "x".repeat(id),
+            service: "web".into(),
+            tags: vec!["t".into(); tags],
+            ..Default::default()
+        };
+        assert!(svc(512, 256).check_bounds().is_ok());
+        assert!(
+            svc(513, 0)
+                .check_bounds()
+                .unwrap_err()
+                .contains("Service ID")
+        );
+        assert!(svc(1, 257).check_bounds().is_err());
+        let req = RegisterRequest {
+            node: "n".repeat(100_000),
+            ..Default::default()
+        };
+        assert!(req.check_bounds().unwrap_err().contains("Node name"));
+    }
+}

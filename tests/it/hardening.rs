@@ -21,17 +21,23 @@ fn base(net: u8, dc: u8, host: u8) -> String {
     format!("http://{}:8500", ip(net, dc, host))
 }
 
-/// Two DCs `dc1`, `dc2` on 127.<net>.x: server `s1` on .1, client `c1` on .21.
-fn write_dcs(dir: &Path, pki: &TestPki, net: u8) -> Vec<PathBuf> {
+/// Two DCs `dc1`, `dc2` on 127.<net>.x: server `s1` on .1, client `c1` on .21 (with
+/// `client_extra` config lines).
+fn write_dcs(dir: &Path, pki: &TestPki, net: u8, client_extra: &str) -> Vec<PathBuf> {
     [1u8, 2]
         .into_iter()
-        .flat_map(|dc| write_small_dc(dir, pki, (net, dc), Some(3 - dc), ""))
+        .flat_map(|dc| write_small_dc(dir, pki, (net, dc), Some(3 - dc), client_extra))
         .collect()
 }
 
 /// Starts both DCs and waits for a leader in each and for dc1 to reach dc2.
-async fn start_dcs(dir: &Path, pki: &TestPki, http: &reqwest::Client, net: u8) -> Vec<ChildGuard> {
-    let agents: Vec<ChildGuard> = write_dcs(dir, pki, net)
+async fn start_dcs(
+    dir: &Path,
+    pki: &TestPki,
+    http: &reqwest::Client,
+    (net, client_extra): (u8, &str),
+) -> Vec<ChildGuard> {
+    let agents: Vec<ChildGuard> = write_dcs(dir, pki, net, client_extra)
         .iter()
         .map(|c| spawn_agent(c))
         .collect();
@@ -86,7 +92,9 @@ async fn abandoned_blocking_queries_are_released_on_every_server() {
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let net = 89;
-    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    // 400 connections from the test's one address: above the default cap of 200.
+    let limits = "[limits]\nhttp_max_conns_per_client = 1000\n";
+    let _agents = start_dcs(dir.path(), &pki, &http, (net, limits)).await;
     let (s1, s2, c1) = (base(net, 1, 1), base(net, 2, 1), base(net, 1, 21));
     // A key in each DC, and its index to block on.
     let mut index = [0u64; 2];
@@ -177,7 +185,7 @@ async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let net = 90;
-    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
     let c1 = base(net, 1, 21);
     // A TCP target that counts the check's connections.
     let target = tokio::net::TcpListener::bind(format!("{}:0", ip(net, 0, 9)))
@@ -285,7 +293,7 @@ async fn every_route_takes_only_its_methods() {
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let net = 91;
-    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
     let c1 = base(net, 1, 21);
     let methods = ["get", "put", "post", "delete", "patch"];
     let mut asked = 0;
@@ -339,7 +347,7 @@ async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let http = http_client();
     let net = 92;
-    let _agents = start_dcs(dir.path(), &pki, &http, net).await;
+    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
     let (s1, c1) = (base(net, 1, 1), base(net, 1, 21));
     let put = |key: &'static str| {
         let (http, c1) = (http.clone(), c1.clone());
@@ -416,4 +424,169 @@ async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
         assert_eq!(w.await.unwrap(), 200);
     }
     assert_eq!(woken().await, before + 50.0);
+}
+
+/// Limits on a careless or hostile client: registrations with oversized IDs, names or
+/// metadata are refused with 400 (and one at the limits can be deregistered again), a body
+/// trickled in is answered 408, and connections past the per-client cap are answered 429,
+/// each counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_registrations_slow_bodies_and_connection_floods_are_refused() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let net = 93;
+    let limits = "[limits]\nhttp_max_conns_per_client = 10\nhttp_body_read_timeout = \"2s\"\n";
+    let _agents = start_dcs(dir.path(), &pki, &http, (net, limits)).await;
+    let c1 = base(net, 1, 21);
+    let put = |path: &str, body: serde_json::Value| {
+        let req = http.put(format!("{c1}{path}")).json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let meta = |n: usize, k: usize, v: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..n)
+            .map(|i| (format!("{i:0>k$}"), serde_json::json!("v".repeat(v))))
+            .collect()
+    };
+    let too_big = [
+        serde_json::json!({"ID": "x".repeat(100_000), "Name": "web"}),
+        serde_json::json!({"Name": "n".repeat(513)}),
+        serde_json::json!({"Name": "web", "Tags": ["t".repeat(513)]}),
+        serde_json::json!({"Name": "web", "Meta": meta(65, 4, 1)}),
+        serde_json::json!({"Name": "web", "Meta": meta(1, 129, 1)}),
+        serde_json::json!({"Name": "web", "Meta": meta(1, 8, 513)}),
+    ];
+    for body in too_big {
+        let r = put("/v1/agent/service/register", body).await;
+        assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
+    }
+    let r = put(
+        "/v1/catalog/register",
+        serde_json::json!({"Node": "n".repeat(100_000), "Address": "127.0.0.1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = put(
+        "/v1/agent/check/register",
+        serde_json::json!({"Name": "c".repeat(513), "TTL": "10s"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    // At the limits: accepted, and can be named again to deregister it.
+    let id = "i".repeat(512);
+    let r = put(
+        "/v1/agent/service/register",
+        serde_json::json!({"ID": id, "Name": "web", "Meta": meta(64, 128, 512)}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = http
+        .put(format!("{c1}/v1/agent/service/deregister/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A body trickled at 2 bytes a second: 408 once the read timeout has passed.
+    let agent: SocketAddr = format!("{}:8500", ip(net, 1, 21)).parse().unwrap();
+    let mut slow = tokio::net::TcpStream::connect(agent).await.unwrap();
+    slow.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut read, mut write) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        while write.write_all(b"ab").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut read, &mut answer),
+    )
+    .await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        metric(
+            &http,
+            &c1,
+            "consulate_http_requests_total{code=\"408\",method=\"PUT\",route=\"/v1/kv/{*key}\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // Connections from one address past the cap of 10: answered 429 and closed; other
+    // addresses are served.
+    let from = |host: u8| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{}:0", ip(net, 0, host)).parse().unwrap())
+            .unwrap();
+        socket.connect(agent)
+    };
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(from(50).await.unwrap());
+    }
+    eventually(Duration::from_secs(10), "10 connections open", || async {
+        let open = metric(&http, &c1, "consulate_http_connections_open").await?;
+        (open >= 10.0).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let mut extra = from(50).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /v1/agent/self HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut extra, &mut answer),
+        )
+        .await;
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 429"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let mut other = from(51).await.unwrap();
+    other
+        .write_all(b"GET /v1/agent/self HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut other, &mut answer)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        metric(
+            &http,
+            &c1,
+            "consulate_http_connections_refused_total{reason=\"per_client_limit\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+    drop(held);
+    // Places come back when connections close.
+    eventually(Duration::from_secs(10), "a place again", || async {
+        let mut again = from(50).await.ok()?;
+        again
+            .write_all(b"GET /v1/agent/self HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut again, &mut answer)
+            .await
+            .ok()?;
+        String::from_utf8_lossy(&answer)
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
 }
