@@ -316,11 +316,12 @@ impl Dispatcher {
     ) -> ReadOutcome {
         let deadline = tokio::time::Instant::now() + opts.wait;
         loop {
-            // Subscribe before reading, so that a change between the two is not missed. The
-            // query runs only when it answers: a waiting request holds no result.
+            // The index is checked and the watches subscribed under one read of the state,
+            // which writes cannot change meanwhile, so no change between the two is missed;
+            // a read that answers at once subscribes to nothing. The query runs only when it
+            // answers: a waiting request holds no result.
             let mut watches: Vec<_> = {
                 let r = raft.read();
-                let watches = query.watch(&r.state);
                 let index = query.index(&r.state);
                 if opts.min_index == 0
                     || index > opts.min_index
@@ -333,7 +334,7 @@ impl Dispatcher {
                         mode: opts.mode,
                     };
                 }
-                watches
+                query.watch(&r.state)
             };
             let changed =
                 futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::body::HttpBody as _;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::MAX_KV_VALUE;
@@ -72,27 +71,21 @@ pub const TOO_MANY_CONNECTIONS: &[u8] =
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Reads a request's body in full within `timeout` (at most [`MAX_KV_VALUE`] bytes) before
-/// the handler runs: a body trickled slower is answered 408, a larger one 413.
-pub async fn read_body_in_time(
-    State(timeout): State<Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = req.into_parts();
-    if body.is_end_stream() {
-        return next.run(Request::from_parts(parts, body)).await;
+/// the handler runs: a body trickled slower is answered 408, a larger one 413. A request
+/// without a body passes as it is.
+pub async fn read_body(req: Request, timeout: Duration) -> Result<Request, Response> {
+    if req.body().is_end_stream() {
+        return Ok(req);
     }
+    let (parts, body) = req.into_parts();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_KV_VALUE)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Ok(Err(_)) => HttpError::TooLarge(MAX_KV_VALUE).into_response(),
-        Err(_) => (
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(_)) => Err(HttpError::TooLarge(MAX_KV_VALUE).into_response()),
+        Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
             format!("Request body not received within {timeout:?}"),
         )
-            .into_response(),
+            .into_response()),
     }
 }
 

@@ -147,11 +147,7 @@ pub fn router(api: Api, body_timeout: std::time::Duration) -> Router {
     routes()
         .layer(DefaultBodyLimit::max(MAX_KV_VALUE))
         .layer(axum::middleware::from_fn_with_state(
-            body_timeout,
-            limits::read_body_in_time,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            api.metrics.http.clone(),
+            (api.metrics.http.clone(), body_timeout),
             count_request,
         ))
         .with_state(api)
@@ -159,9 +155,11 @@ pub fn router(api: Api, body_timeout: std::time::Duration) -> Router {
 
 /// Counts every request by route template (`/v1/kv/{*key}`, never the raw path; `unmatched`
 /// for a path no route takes), method (`OTHER` beyond the standard ones) and status code,
-/// and times it: a scan of random paths adds no series.
+/// and times it: a scan of random paths adds no series. A request's body must arrive within
+/// `body_timeout` ([`limits::read_body`]; one middleware for both, as each costs a boxed
+/// service per request).
 async fn count_request(
-    State(metrics): State<crate::metrics::HttpMetrics>,
+    State((metrics, body_timeout)): State<(crate::metrics::HttpMetrics, std::time::Duration)>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -180,7 +178,10 @@ async fn count_request(
         _ => "OTHER",
     };
     let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = match limits::read_body(req, body_timeout).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused,
+    };
     metrics
         .requests
         .with_label_values(&[&route, method, resp.status().as_str()])

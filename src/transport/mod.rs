@@ -162,7 +162,9 @@ pub struct TransportOptions {
     pub keep_alive: Duration,
     /// Handshakes in progress above which unvalidated clients are sent a Retry.
     pub max_pending_handshakes: usize,
-    /// Concurrent bidirectional streams a peer may open on one connection.
+    /// Concurrent bidirectional streams a peer may open on one connection: every request
+    /// in flight holds one, and a client agent forwards all its blocking queries (held by
+    /// tools such as consul-template by the thousand) over one connection per server.
     pub max_streams: u32,
 }
 
@@ -174,7 +176,7 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             max_pending_handshakes: 64,
-            max_streams: 4096,
+            max_streams: 16_384,
         }
     }
 }
