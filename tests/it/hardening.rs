@@ -258,26 +258,13 @@ async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
         assert_eq!(register(body).await, 400, "{field} {value}");
     }
     // The TTL check still lapses: the agent's check runner is not stuck.
+    let checks_url = format!("{c1}/v1/agent/checks");
     eventually(Duration::from_secs(15), "the TTL check expired", || async {
-        let checks: serde_json::Value = http
-            .get(format!("{c1}/v1/agent/checks"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let checks = get_json(&http, &checks_url).await?;
         (checks["ttl"]["Status"] == "critical").then_some(())
     })
     .await;
-    let checks: serde_json::Value = http
-        .get(format!("{c1}/v1/agent/checks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let checks = get_json(&http, &checks_url).await.unwrap();
     for id in ["zero", "tiny"] {
         let output = checks[id]["Output"].as_str().unwrap_or_default();
         assert!(

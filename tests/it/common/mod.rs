@@ -245,6 +245,11 @@ pub fn spawn_agent(config: &Path) -> ChildGuard {
     ChildGuard(Some(child), Some(log_path))
 }
 
+/// `GET url` read as JSON; `None` if it cannot be.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// The Prometheus exposition of the agent whose HTTP API is at `base`.
 pub async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
     http.get(format!("{base}/metrics"))
