@@ -11,6 +11,9 @@ dir=$(mktemp -d)
 declare -A pid
 trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 {
+  # Benchmarks load one agent from one address with more connections than the default
+  # per-client cap (200): no cap.
+  echo '[limits]'; echo 'http_max_conns_per_client = 0'
   echo '[[datacenters]]'; echo 'name = "dc1"'; echo 'agents = ['
   for n in 1 2 3; do echo "  { name = \"$prefix$n\", role = \"server\", address = \"127.0.$net.$n\" },"; done
   for n in $(seq 1 "${CLIENTS:-0}"); do echo "  { name = \"${prefix}c$n\", role = \"client\", address = \"127.0.$net.$((20 + n))\" },"; done

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{AgentConfig, ConfigError, GossipKey, JoinAddr, Ports, TlsConfig};
+use super::{AgentConfig, ConfigError, GossipKey, JoinAddr, Limits, Ports, TlsConfig};
 use crate::pki::{self, AgentCertSpec};
 use crate::vocab::Role;
 
@@ -52,6 +52,10 @@ pub struct Topology {
     /// Gossip encryption key shared by every agent, if any.
     #[serde(default)]
     pub encrypt: Option<GossipKey>,
+    /// Limits on HTTP clients, the same for every agent (e.g. a benchmark loading one
+    /// agent with more connections than the default cap).
+    #[serde(default)]
+    pub limits: Limits,
     /// The datacenters.
     pub datacenters: Vec<TopologyDc>,
 }
@@ -184,7 +188,7 @@ impl Topology {
                     sync_interval: None,
                     check_update_interval: None,
                     dns: Default::default(),
-                    limits: Default::default(),
+                    limits: self.limits,
                     reconnect_timeout: None,
                 }
             })
@@ -213,6 +217,27 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topology_s_limits_reach_every_agent() {
+        let topo: Topology = toml::from_str(
+            "[limits]\nhttp_max_conns_per_client = 0\n[[datacenters]]\nname = \"dc1\"\n\
+             agents = [{ name = \"s1\", role = \"server\", address = \"127.0.0.1\" }]\n",
+        )
+        .unwrap();
+        let paths = RenderPaths {
+            certs_dir: "/c".into(),
+            state_dir: "/s".into(),
+        };
+        let cfg = &topo.render(&paths)[0];
+        assert_eq!(cfg.limits.http_max_conns_per_client, 0);
+        assert_eq!(
+            cfg.limits.http_body_read_timeout,
+            Limits::default().http_body_read_timeout
+        );
+        let back: AgentConfig = toml::from_str(&toml::to_string(cfg).unwrap()).unwrap();
+        assert_eq!(back.limits, cfg.limits);
+    }
 
     #[test]
     fn shipped_topologies_render_consistent_configs() {
