@@ -10,6 +10,7 @@
 pub mod batcher;
 pub mod bootstrap;
 pub mod collector;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -158,6 +159,8 @@ pub struct RaftNode {
     shared: Arc<RwLock<Replicated>>,
     last_contact: Arc<LeaderContact>,
     commit_seconds: prometheus::Histogram,
+    /// Followers' answers to AppendEntries, by send time: the leader's lease.
+    acks: Arc<lease::QuorumAcks>,
     /// Set once [`RaftNode::shutdown`] began: writes are refused (and logged) from then on.
     stopped: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -231,10 +234,11 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
+        let acks = Arc::new(lease::QuorumAcks::default());
         let raft = Raft::new(
             id,
             Arc::new(config),
-            RaftNetworkClient::new(transport),
+            RaftNetworkClient::new(transport, acks.clone()),
             log,
             sm,
         )
@@ -255,6 +259,7 @@ impl RaftNode {
                 raft,
                 shared,
                 last_contact,
+                acks,
                 stopped: Default::default(),
             },
             handler,
@@ -320,13 +325,17 @@ impl RaftNode {
         }
     }
 
-    /// Whether a quorum acknowledged this leader recently enough that no other leader can
-    /// have been elected since (openraft's leader lease is the minimum election timeout).
+    /// Whether a quorum acknowledged requests this leader sent recently enough that no
+    /// other leader can have been elected since (the lease is the minimum election
+    /// timeout). Measured from send times against the clock now ([`lease`]), never from
+    /// openraft's metrics snapshot, whose age is unknown after a process pause.
     fn within_lease(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.millis_since_quorum_ack
-            .is_some_and(|ms| ms < self.lease.as_millis() as u64)
+        let membership = m.membership_config.membership();
+        let followers = membership.voter_ids().filter(|v| *v != self.id);
+        self.acks
+            .within(&m.vote, followers, self.lease, Instant::now())
     }
 
     /// The voting members of the cluster as this server knows them.

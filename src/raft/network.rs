@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use super::lease::QuorumAcks;
 use super::{LeaderContact, ServerNode, TypeConfig};
 use crate::transport::identity::{Alpn, Identity};
 use crate::transport::rpc::{Handler, RpcClient};
@@ -81,13 +82,16 @@ impl Handler for RaftHandler {
 #[derive(Clone)]
 pub struct RaftNetworkClient {
     client: RpcClient<RaftRequest, RaftResponse>,
+    acks: Arc<QuorumAcks>,
 }
 
 impl RaftNetworkClient {
-    /// Raft messages go over `transport`'s `raft` ALPN.
-    pub fn new(transport: Transport) -> RaftNetworkClient {
+    /// Raft messages go over `transport`'s `raft` ALPN; followers' answers to
+    /// AppendEntries are recorded in `acks` (the leader's lease).
+    pub fn new(transport: Transport, acks: Arc<QuorumAcks>) -> RaftNetworkClient {
         RaftNetworkClient {
             client: RpcClient::new(transport, Alpn::Raft),
+            acks,
         }
     }
 }
@@ -100,6 +104,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkClient {
             target,
             client: self.client.clone(),
             addr: node.addr.parse().ok(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -109,6 +114,7 @@ pub struct RaftPeer {
     target: u64,
     client: RpcClient<RaftRequest, RaftResponse>,
     addr: Option<std::net::SocketAddr>,
+    acks: Arc<QuorumAcks>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -160,8 +166,20 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let (vote, sent) = (rpc.vote, std::time::Instant::now());
         match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
-            RaftResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            RaftResponse::AppendEntries(r) => {
+                if let Ok(
+                    AppendEntriesResponse::Success
+                    | AppendEntriesResponse::PartialSuccess(_)
+                    | AppendEntriesResponse::Conflict,
+                ) = &r
+                {
+                    // The follower took this leader's term as of `sent`.
+                    self.acks.acked(self.target, vote, sent);
+                }
+                r.map_err(|e| self.remote(e))
+            }
             other => Err(unexpected(&other)),
         }
     }

@@ -480,3 +480,86 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// A leader paused (SIGSTOP) for 3 s while the others elect a new leader and overwrite a
+/// key, then resumed: default-mode reads at the old leader, from the first instant, never
+/// return the old value (its lease is measured from when it sent what a quorum answered,
+/// not from a snapshot taken before the pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_never_serves_a_stale_default_read_when_it_wakes() {
+    let pki = TestPki::new();
+    let dc = write_dc(4, &pki);
+    let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let me = TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        TransportOptions::default(),
+    );
+    let client = me.client(Alpn::Rpc);
+    let http = http_client();
+    let url = |i: usize| format!("http://{}:8500/v1/kv/k", dc.addrs[i].ip());
+    let old = agreed_leader(&client, &dc.addrs[..3]).await;
+    let r = http.put(url(old)).body("old").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Every server has it, so the new leader starts from it.
+    for i in 0..3 {
+        eventually(Duration::from_secs(10), "replicated", || async {
+            let keys = keys_on(&client, dc.addrs[i], "k").await?;
+            (!keys.is_empty()).then_some(())
+        })
+        .await;
+    }
+    let pid = nix::unistd::Pid::from_raw(procs[old].0.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = tokio::time::Instant::now();
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = eventually(Duration::from_secs(15), "a new leader", || async {
+        let i = others[0];
+        let leader = info(&client, dc.addrs[i]).await?.leader?;
+        let at = dc.addrs.iter().position(|a| a.to_string() == leader.addr)?;
+        (at != old).then_some(at)
+    })
+    .await;
+    eventually(Duration::from_secs(15), "the key overwritten", || async {
+        let r = http.put(url(new)).body("new").send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // Reads sent while it is paused wait in its sockets and are the first thing it sees
+    // when it wakes, racing the Raft messages that will tell it it was deposed.
+    let queued: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, url) = (http.clone(), format!("{}?raw", url(old)));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.ok()?;
+                Some((r.status(), r.text().await.unwrap_or_default()))
+            })
+        })
+        .collect();
+    // The pause the scenario calls for (the new leader was found well within it).
+    tokio::time::sleep_until(stopped + Duration::from_secs(3)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut answers = Vec::new();
+    for q in queued {
+        answers.extend(q.await.unwrap());
+    }
+    for _ in 0..50 {
+        let Ok(r) = http.get(format!("{}?raw", url(old))).send().await else {
+            continue;
+        };
+        answers.push((r.status(), r.text().await.unwrap_or_default()));
+    }
+    for (status, body) in &answers {
+        assert_ne!(
+            body, "old",
+            "a stale default-mode read at the old leader ({status})"
+        );
+    }
+    assert!(
+        answers.iter().any(|(s, b)| *s == 200 && b == "new"),
+        "the old leader answers again, with the new value: {answers:?}"
+    );
+    for p in procs.iter_mut() {
+        p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    }
+}
