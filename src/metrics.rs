@@ -46,6 +46,12 @@ pub struct RaftMetrics {
     /// Times this server saw a new leader (Consul's `consul.raft.state.leader` counts
     /// elections won; this counts every change seen).
     pub leader_changes: IntCounter,
+    /// Time of one commit of the Raft log (write and fsync; many appends share one).
+    pub log_commit_seconds: Histogram,
+    /// Raft RPCs this server sent that failed, by RPC (`append_entries`, `vote`,
+    /// `install_snapshot`) and reason: `timeout` (openraft gave up waiting: it sends the
+    /// same entries again at once), `unreachable`, `network`.
+    pub rpc_failures: IntCounterVec,
 }
 
 impl RaftMetrics {
@@ -78,6 +84,20 @@ impl RaftMetrics {
                 "Times this server saw a new leader.",
             )
             .expect("valid metric"),
+            log_commit_seconds: histogram(
+                "consulate_raft_log_commit_seconds",
+                "Time of one commit of the Raft log to disk (write and fsync; concurrent \
+                 appends share one).",
+            ),
+            rpc_failures: IntCounterVec::new(
+                Opts::new(
+                    "consulate_raft_rpc_failures_total",
+                    "Raft RPCs sent by this server that failed, by RPC and reason (timeout: \
+                     openraft stopped waiting and sends again; unreachable; network).",
+                ),
+                &["rpc", "reason"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -87,6 +107,8 @@ impl RaftMetrics {
         register(r, m.apply_seconds.clone());
         register(r, m.snapshots.clone());
         register(r, m.leader_changes.clone());
+        register(r, m.rpc_failures.clone());
+        register(r, m.log_commit_seconds.clone());
         m
     }
 }

@@ -113,6 +113,8 @@ type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The commit-time histogram, once set.
+    times: CommitTimes,
     /// The file, named in errors.
     path: Arc<PathBuf>,
     writer: mpsc::Sender<Op>,
@@ -130,7 +132,11 @@ impl Debug for LogStore {
 const MAX_BATCH: usize = 4096;
 
 /// The writer thread: batches queued operations into one transaction each.
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending) {
+/// Where the writer reports how long each commit (write and fsync) took, once the agent has
+/// said (`LogStore::observe_commits`).
+type CommitTimes = Arc<std::sync::OnceLock<prometheus::Histogram>>;
+
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending, times: CommitTimes) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -139,7 +145,11 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = write_batch(&db, &batch).map_err(|e| e.to_string());
+        if let Some(h) = times.get() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         if result.is_ok() {
             let mut p = pending.lock().expect("pending lock poisoned");
             for op in &batch {
@@ -272,18 +282,25 @@ impl LogStore {
         let db = Arc::new(db);
         let pending = Pending::default();
         let (writer, rx) = mpsc::channel();
-        let (d, p) = (db.clone(), pending.clone());
+        let times = CommitTimes::default();
+        let (d, p, t) = (db.clone(), pending.clone(), times.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(d, rx, p))
+            .spawn(move || writer_loop(d, rx, p, t))
             .map_err(|e| LogOpenError::Corrupt(format!("cannot start the log writer: {e}")))?;
         Ok(LogStore {
             db,
+            times,
             path: Arc::new(path.to_path_buf()),
             writer,
             pending,
             seq: Arc::default(),
         })
+    }
+
+    /// Reports every commit's duration (write and fsync) to `histogram` from now on.
+    pub fn observe_commits(&self, histogram: prometheus::Histogram) {
+        let _ = self.times.set(histogram);
     }
 
     async fn blocking<T: Send + 'static>(

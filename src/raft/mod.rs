@@ -218,6 +218,7 @@ impl RaftNode {
             path: log_path.clone(),
             source: Box::new(source),
         })?;
+        log.observe_commits(metrics.log_commit_seconds.clone());
         let sm = StateMachine::open(&raft_dir)?.with_metrics(metrics.clone());
         let shared = sm.shared();
         let config = openraft::Config {
@@ -238,7 +239,7 @@ impl RaftNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            RaftNetworkClient::new(transport, acks.clone()),
+            RaftNetworkClient::new(transport, acks.clone(), metrics.rpc_failures.clone()),
             log,
             sm,
         )

@@ -32,6 +32,17 @@ pub enum RaftRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
+impl RaftRequest {
+    /// The RPC's name, as a metric label.
+    fn kind(&self) -> &'static str {
+        match self {
+            RaftRequest::AppendEntries(_) => "append_entries",
+            RaftRequest::Vote(_) => "vote",
+            RaftRequest::InstallSnapshot(_) => "install_snapshot",
+        }
+    }
+}
+
 /// The answer to a [`RaftRequest`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftResponse {
@@ -83,15 +94,22 @@ impl Handler for RaftHandler {
 pub struct RaftNetworkClient {
     client: RpcClient<RaftRequest, RaftResponse>,
     acks: Arc<QuorumAcks>,
+    failures: prometheus::IntCounterVec,
 }
 
 impl RaftNetworkClient {
     /// Raft messages go over `transport`'s `raft` ALPN; followers' answers to
-    /// AppendEntries are recorded in `acks` (the leader's lease).
-    pub fn new(transport: Transport, acks: Arc<QuorumAcks>) -> RaftNetworkClient {
+    /// AppendEntries are recorded in `acks` (the leader's lease); RPCs that fail are
+    /// counted in `failures` (by RPC and reason).
+    pub fn new(
+        transport: Transport,
+        acks: Arc<QuorumAcks>,
+        failures: prometheus::IntCounterVec,
+    ) -> RaftNetworkClient {
         RaftNetworkClient {
             client: RpcClient::new(transport, Alpn::Raft),
             acks,
+            failures,
         }
     }
 }
@@ -105,6 +123,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkClient {
             client: self.client.clone(),
             addr: node.addr.parse().ok(),
             acks: self.acks.clone(),
+            failures: self.failures.clone(),
         }
     }
 }
@@ -115,6 +134,32 @@ pub struct RaftPeer {
     client: RpcClient<RaftRequest, RaftResponse>,
     addr: Option<std::net::SocketAddr>,
     acks: Arc<QuorumAcks>,
+    failures: prometheus::IntCounterVec,
+}
+
+/// One Raft RPC on its way: if it is dropped before it ends (openraft stopped waiting, at
+/// its own timeout), it is counted as a timeout.
+struct Attempt<'a> {
+    failures: &'a prometheus::IntCounterVec,
+    rpc: &'static str,
+    ended: bool,
+}
+
+impl Attempt<'_> {
+    fn failed(&mut self, reason: &str) {
+        self.ended = true;
+        self.failures.with_label_values(&[self.rpc, reason]).inc();
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.failures
+                .with_label_values(&[self.rpc, "timeout"])
+                .inc();
+        }
+    }
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -140,15 +185,29 @@ impl RaftPeer {
             )))
         })?;
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
-        self.client
-            .call(addr, None, &req, timeout)
-            .await
-            .map_err(|e| match e {
-                TransportError::Unreachable { .. } | TransportError::Refused { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                other => RPCError::Network(NetworkError::new(&other)),
-            })
+        let mut attempt = Attempt {
+            failures: &self.failures,
+            rpc: req.kind(),
+            ended: false,
+        };
+        match self.client.call(addr, None, &req, timeout).await {
+            Ok(r) => {
+                attempt.ended = true;
+                Ok(r)
+            }
+            Err(e @ (TransportError::Unreachable { .. } | TransportError::Refused { .. })) => {
+                attempt.failed("unreachable");
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ TransportError::Timeout { .. }) => {
+                attempt.failed("timeout");
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+            Err(other) => {
+                attempt.failed("network");
+                Err(RPCError::Network(NetworkError::new(&other)))
+            }
+        }
     }
 }
 
