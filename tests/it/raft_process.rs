@@ -12,8 +12,6 @@ use std::time::Duration;
 use crate::common::dc::*;
 use crate::common::*;
 
-use consulate::transport::TransportOptions;
-use consulate::transport::identity::Alpn;
 use consulate::vocab::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,12 +19,7 @@ async fn kill_leader_under_writes_then_restart_everything() {
     let pki = TestPki::new();
     let dc = write_dc(1, &pki);
     let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let client = me.client(Alpn::Rpc);
+    let (_me, client) = prober(&pki);
 
     let li = agreed_leader(&client, &dc.addrs[..3]).await;
     let follower = dc.addrs[(li + 1) % 3];
@@ -162,12 +155,7 @@ async fn corrupt_or_truncated_data_files_stop_the_server_with_a_clear_message() 
     let pki = TestPki::new();
     let dc = write_dc(2, &pki);
     let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let client = me.client(Alpn::Rpc);
+    let (_me, client) = prober(&pki);
     let li = agreed_leader(&client, &dc.addrs[..3]).await;
     for n in 0..50 {
         assert!(put(&client, dc.addrs[li], &format!("k{n}")).await);
@@ -269,12 +257,7 @@ async fn servers_join_as_learners_and_a_wiped_server_replaces_itself() {
     let pki = TestPki::new();
     let dc = write_dc(3, &pki);
     let mut procs: Vec<ChildGuard> = dc.configs.iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let client = me.client(Alpn::Rpc);
+    let (_me, client) = prober(&pki);
     let voters_of = |i: usize| {
         let client = client.clone();
         let addr = dc.addrs[i];
@@ -490,12 +473,7 @@ async fn a_paused_leader_never_serves_a_stale_default_read_when_it_wakes() {
     let pki = TestPki::new();
     let dc = write_dc(4, &pki);
     let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
-    let me = TestNode::start(
-        &pki.material(Role::Client, "dc1"),
-        "dc1",
-        TransportOptions::default(),
-    );
-    let client = me.client(Alpn::Rpc);
+    let (_me, client) = prober(&pki);
     let http = http_client();
     let url = |i: usize| format!("http://{}:8500/v1/kv/k", dc.addrs[i].ip());
     let old = agreed_leader(&client, &dc.addrs[..3]).await;

@@ -65,6 +65,18 @@ pub fn write_dc_with(net: u8, pki: &TestPki, extra: &str) -> Dc {
     }
 }
 
+/// An in-process node with a client agent's identity in dc1 and its RPC client: how the
+/// process tests probe servers (the node must outlive the client's use).
+pub fn prober(pki: &TestPki) -> (super::TestNode, AgentClient) {
+    let me = super::TestNode::start(
+        &pki.material(Role::Client, "dc1"),
+        "dc1",
+        consulate::transport::TransportOptions::default(),
+    );
+    let client = me.client(consulate::transport::identity::Alpn::Rpc);
+    (me, client)
+}
+
 pub async fn info(client: &AgentClient, addr: SocketAddr) -> Option<ServerInfo> {
     let req = AgentRequest::from(GetServerInfo);
     let reply = client.call(addr, None, &req, Duration::from_secs(1)).await;
