@@ -27,13 +27,8 @@ impl Loops {
     }
 
     /// How many loops are running.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.set.len()
-    }
-
-    /// Whether no loop runs.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
     }
 
     /// Waits up to `bound` for every loop to end, then aborts the rest and waits for them

@@ -2,8 +2,6 @@
 //! names the [`Hop`] it came by from the authenticated peer, answers the node-local probes
 //! (ping, server info) itself and hands everything else to the [`Dispatcher`].
 
-use std::sync::Arc;
-
 use crate::raft::ServerNode;
 use crate::rpc::{AgentRequest, AgentResponse, Hop, JoinRaft, Pong, RpcError, ServerInfo};
 use crate::transport::identity::Identity;
@@ -16,7 +14,7 @@ use super::Dispatcher;
 pub struct AgentRpc {
     node: String,
     datacenter: String,
-    server: Option<Arc<ServerSelf>>,
+    server: Option<ServerSelf>,
     dispatcher: Option<Dispatcher>,
 }
 
@@ -46,11 +44,9 @@ impl AgentRpc {
         bootstrap_expect: Option<u32>,
     ) -> AgentRpc {
         self.dispatcher = Some(dispatcher);
-        self.server = self_node.map(|node| {
-            Arc::new(ServerSelf {
-                node,
-                bootstrap_expect,
-            })
+        self.server = self_node.map(|node| ServerSelf {
+            node,
+            bootstrap_expect,
         });
         self
     }

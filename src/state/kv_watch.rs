@@ -75,7 +75,7 @@ impl KvWatches {
     pub fn changed(&self, key: &str, index: u64) {
         let c = self.lock();
         let mut woken = c.keys.get(key).map_or(0, |s| wake(s, index));
-        woken += prefix_waiters(&c, key, index);
+        woken += prefix_waiters(&c, key, key.len() + 1, index);
         self.count(woken);
     }
 
@@ -88,11 +88,8 @@ impl KvWatches {
                 .map(|(_, s)| wake(s, index))
                 .sum::<u64>()
         };
-        // Prefixes of `prefix` itself: all but `prefix` (counted among those under it).
-        let above = prefix_waiters(&c, prefix, index)
-            - c.prefixes
-                .get(prefix)
-                .map_or(0, |s| s.receiver_count() as u64);
+        // The prefixes above `prefix` (itself is among those under it).
+        let above = prefix_waiters(&c, prefix, prefix.len(), index);
         let woken = under(&c.keys) + under(&c.prefixes) + above;
         self.count(woken);
     }
@@ -123,12 +120,13 @@ impl KvWatches {
     }
 }
 
-/// Wakes the waiters on every prefix of `key` (itself included); how many there were.
-fn prefix_waiters(c: &Channels, key: &str, index: u64) -> u64 {
+/// Wakes the waiters on every prefix of `key` shorter than `below` bytes (`key.len() + 1`:
+/// `key` itself included); how many there were.
+fn prefix_waiters(c: &Channels, key: &str, below: usize, index: u64) -> u64 {
     if c.prefixes.is_empty() {
         return 0;
     }
-    (0..=key.len())
+    (0..below.min(key.len() + 1))
         .filter(|i| key.is_char_boundary(*i))
         .filter_map(|i| c.prefixes.get(&key[..i]))
         .map(|s| wake(s, index))

@@ -119,16 +119,7 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
     let (c1, c2) = (base(1, 21), base(2, 21));
     let (dns1, dns2) = (ip(1, 21), ip(2, 21));
     for c in [&c1, &c2] {
-        eventually(Duration::from_secs(30), "a leader in each DC", || async {
-            let r = http
-                .get(format!("{c}/v1/status/leader"))
-                .send()
-                .await
-                .ok()?;
-            let leader: String = r.json().await.ok()?;
-            (!leader.is_empty()).then_some(())
-        })
-        .await;
+        wait_for_leader(&http, c, "").await;
     }
     register(
         &http,

@@ -30,40 +30,32 @@ fn write_dcs(dir: &Path, pki: &TestPki, net: u8, client_extra: &str) -> Vec<Path
         .collect()
 }
 
-/// Starts both DCs and waits for a leader in each and for dc1 to reach dc2.
-async fn start_dcs(
-    dir: &Path,
-    pki: &TestPki,
-    http: &reqwest::Client,
-    (net, client_extra): (u8, &str),
-) -> Vec<ChildGuard> {
-    let agents: Vec<ChildGuard> = write_dcs(dir, pki, net, client_extra)
+/// Two running DCs and an HTTP client; the agents stop when it is dropped.
+struct Dcs {
+    agents: Vec<ChildGuard>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts both DCs on 127.<net>.x (client agents with `client_extra`) and waits for a
+/// leader in each and for dc1 to reach dc2.
+async fn start_dcs(net: u8, client_extra: &str) -> Dcs {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let agents: Vec<ChildGuard> = write_dcs(dir.path(), &pki, net, client_extra)
         .iter()
         .map(|c| spawn_agent(c))
         .collect();
     for dc in [1, 2] {
-        let c = base(net, dc, 21);
-        eventually(Duration::from_secs(30), "a leader in each DC", || async {
-            let r = http
-                .get(format!("{c}/v1/status/leader"))
-                .send()
-                .await
-                .ok()?;
-            (r.text().await.ok()?.len() > 2).then_some(())
-        })
-        .await;
+        wait_for_leader(&http, &base(net, dc, 21), "").await;
     }
-    let c1 = base(net, 1, 21);
-    eventually(Duration::from_secs(30), "dc1 reaches dc2", || async {
-        let r = http
-            .get(format!("{c1}/v1/status/leader?dc=dc2"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    agents
+    wait_for_leader(&http, &base(net, 1, 21), "?dc=dc2").await;
+    Dcs {
+        agents,
+        http,
+        _dir: dir,
+    }
 }
 
 /// The value of `consulate_rpc_queries_blocking` on the agent at `base`.
@@ -88,14 +80,11 @@ async fn hold_queries(agent: &str, path: &str, n: usize) -> Vec<tokio::net::TcpS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_blocking_queries_are_released_on_every_server() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let net = 89;
     // 400 connections from the test's one address: above the default cap of 200.
-    let limits = "[limits]\nhttp_max_conns_per_client = 1000\n";
-    let agents = start_dcs(dir.path(), &pki, &http, (net, limits)).await;
-    let leader_pid = agents[0].0.as_ref().unwrap().id();
+    let dcs = start_dcs(net, "[limits]\nhttp_max_conns_per_client = 1000\n").await;
+    let http = &dcs.http;
+    let leader_pid = dcs.agents[0].0.as_ref().unwrap().id();
     let (s1, s2, c1) = (base(net, 1, 1), base(net, 2, 1), base(net, 1, 21));
     // A key in each DC, and its index to block on.
     let mut index = [0u64; 2];
@@ -137,13 +126,13 @@ async fn abandoned_blocking_queries_are_released_on_every_server() {
         Duration::from_secs(20),
         "every query waiting on its server",
         || async {
-            let (here, there) = (blocking(&http, &s1).await?, blocking(&http, &s2).await?);
+            let (here, there) = (blocking(http, &s1).await?, blocking(http, &s2).await?);
             (here >= 300.0 && there >= 100.0).then_some(())
         },
     )
     .await;
     let abandoned_before = metric(
-        &http,
+        http,
         &s2,
         "consulate_rpc_requests_abandoned_total{alpn=\"rpc\"}",
     )
@@ -156,13 +145,13 @@ async fn abandoned_blocking_queries_are_released_on_every_server() {
         Duration::from_secs(10),
         "every abandoned query released",
         || async {
-            let (here, there) = (blocking(&http, &s1).await?, blocking(&http, &s2).await?);
+            let (here, there) = (blocking(http, &s1).await?, blocking(http, &s2).await?);
             (here == 0.0 && there == 0.0).then_some(())
         },
     )
     .await;
     let abandoned = metric(
-        &http,
+        http,
         &s2,
         "consulate_rpc_requests_abandoned_total{alpn=\"rpc\"}",
     )
@@ -185,8 +174,8 @@ async fn abandoned_blocking_queries_are_released_on_every_server() {
             assert_eq!(r.status(), 200);
         }
     }
-    assert_eq!(blocking(&http, &s1).await, Some(0.0));
-    assert_eq!(blocking(&http, &s2).await, Some(0.0));
+    assert_eq!(blocking(http, &s1).await, Some(0.0));
+    assert_eq!(blocking(http, &s2).await, Some(0.0));
     let rss_after = rss_mb(leader_pid);
     assert!(
         rss_after < rss_before + 64,
@@ -207,11 +196,9 @@ fn rss_mb(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let net = 90;
-    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
+    let dcs = start_dcs(net, "").await;
+    let http = &dcs.http;
     let c1 = base(net, 1, 21);
     // A TCP target that counts the check's connections.
     let target = tokio::net::TcpListener::bind(format!("{}:0", ip(net, 0, 9)))
@@ -260,11 +247,11 @@ async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
     // The TTL check still lapses: the agent's check runner is not stuck.
     let checks_url = format!("{c1}/v1/agent/checks");
     eventually(Duration::from_secs(15), "the TTL check expired", || async {
-        let checks = get_json(&http, &checks_url).await?;
+        let checks = get_json(http, &checks_url).await?;
         (checks["ttl"]["Status"] == "critical").then_some(())
     })
     .await;
-    let checks = get_json(&http, &checks_url).await.unwrap();
+    let checks = get_json(http, &checks_url).await.unwrap();
     for id in ["zero", "tiny"] {
         let output = checks[id]["Output"].as_str().unwrap_or_default();
         assert!(
@@ -302,11 +289,9 @@ async fn check_intervals_below_a_second_are_raised_and_never_spin_the_agent() {
 /// the routes that read answer their own method); no route that changes state takes GET.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_takes_only_its_methods() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let net = 91;
-    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
+    let dcs = start_dcs(net, "").await;
+    let http = &dcs.http;
     let c1 = base(net, 1, 21);
     let methods = ["get", "put", "post", "delete", "patch"];
     let mut asked = 0;
@@ -343,7 +328,7 @@ async fn every_route_takes_only_its_methods() {
     assert!(asked > 100, "the whole table walked ({asked} requests)");
     // Refusals are counted, by route template.
     let refused = metric(
-        &http,
+        http,
         &c1,
         "consulate_http_requests_total{code=\"405\",method=\"GET\",route=\"/v1/agent/check/pass/{id}\"}",
     )
@@ -356,11 +341,9 @@ async fn every_route_takes_only_its_methods() {
 /// its own. Counted by the leader's `consulate_kv_waiters_woken_total`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let net = 92;
-    let _agents = start_dcs(dir.path(), &pki, &http, (net, "")).await;
+    let dcs = start_dcs(net, "").await;
+    let http = &dcs.http;
     let (s1, c1) = (base(net, 1, 1), base(net, 1, 21));
     let put = |key: &'static str| {
         let (http, c1) = (http.clone(), c1.clone());
@@ -403,13 +386,13 @@ async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
     let on_dir: Vec<_> = (0..10)
         .map(|_| wait(format!("{c1}/v1/kv/a/?recurse&index={dir_index}&wait=60s")))
         .collect();
-    let waiting = || async { metric(&http, &s1, "consulate_rpc_queries_blocking").await };
+    let waiting = || async { metric(http, &s1, "consulate_rpc_queries_blocking").await };
     eventually(Duration::from_secs(15), "50 queries waiting", || async {
         (waiting().await? == 50.0).then_some(())
     })
     .await;
     let woken = || async {
-        metric(&http, &s1, "consulate_kv_waiters_woken_total")
+        metric(http, &s1, "consulate_kv_waiters_woken_total")
             .await
             .unwrap()
     };
@@ -445,12 +428,10 @@ async fn a_kv_write_wakes_only_the_waiters_on_its_key_and_prefixes() {
 /// each counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_registrations_slow_bodies_and_connection_floods_are_refused() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let http = http_client();
     let net = 93;
     let limits = "[limits]\nhttp_max_conns_per_client = 10\nhttp_body_read_timeout = \"2s\"\n";
-    let _agents = start_dcs(dir.path(), &pki, &http, (net, limits)).await;
+    let dcs = start_dcs(net, limits).await;
+    let http = &dcs.http;
     let c1 = base(net, 1, 21);
     let put = |path: &str, body: serde_json::Value| {
         let req = http.put(format!("{c1}{path}")).json(&body);
@@ -523,7 +504,7 @@ async fn oversized_registrations_slow_bodies_and_connection_floods_are_refused()
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(
         metric(
-            &http,
+            http,
             &c1,
             "consulate_http_requests_total{code=\"408\",method=\"PUT\",route=\"/v1/kv/{*key}\"}"
         )
@@ -545,7 +526,7 @@ async fn oversized_registrations_slow_bodies_and_connection_floods_are_refused()
         held.push(from(50).await.unwrap());
     }
     eventually(Duration::from_secs(10), "10 connections open", || async {
-        let open = metric(&http, &c1, "consulate_http_connections_open").await?;
+        let open = metric(http, &c1, "consulate_http_connections_open").await?;
         (open >= 10.0).then_some(())
     })
     .await;
@@ -578,7 +559,7 @@ async fn oversized_registrations_slow_bodies_and_connection_floods_are_refused()
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert_eq!(
         metric(
-            &http,
+            http,
             &c1,
             "consulate_http_connections_refused_total{reason=\"per_client_limit\"}"
         )

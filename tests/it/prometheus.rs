@@ -101,11 +101,7 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
     let http = http_client();
     let (c1, c2) = (base(1, 21), base(2, 21));
     for c in [&c1, &c2] {
-        eventually(Duration::from_secs(30), "a leader in each DC", || async {
-            let (_, v) = get(&http, &format!("{c}/v1/status/leader")).await?;
-            (!v.as_str()?.is_empty()).then_some(())
-        })
-        .await;
+        wait_for_leader(&http, c, "").await;
     }
     eventually(Duration::from_secs(30), "dc1 knows dc2", || async {
         let (_, v) = get(&http, &format!("{c1}/v1/catalog/datacenters")).await?;
@@ -357,15 +353,7 @@ async fn bad_routes_and_scrapes_add_no_label_values() {
     let _server = spawn_agent(&cfg[0]);
     let http = http_client();
     let agent = base(3, 1);
-    eventually(
-        Duration::from_secs(30),
-        "the agent leading its DC",
-        || async {
-            let (_, v) = get(&http, &format!("{agent}/v1/status/leader")).await?;
-            (!v.as_str()?.is_empty()).then_some(())
-        },
-    )
-    .await;
+    wait_for_leader(&http, &agent, "").await;
     let path = |i: usize| match i % 4 {
         0 => format!("/random-{i}"),
         1 => format!("/v1/kv/key-{i}"),

@@ -336,16 +336,7 @@ async fn sigterm_under_writes_stops_every_task_before_raft() {
     let base = "http://127.88.1.1:8500";
     let http = http_client();
     let mut agent = spawn_agent(&config);
-    eventually(Duration::from_secs(15), "the lone server leads", || async {
-        let r = http
-            .get(format!("{base}/v1/status/leader"))
-            .send()
-            .await
-            .ok()?;
-        let leader = r.text().await.ok()?;
-        (leader.len() > 2).then_some(())
-    })
-    .await;
+    wait_for_leader(&http, base, "").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));

@@ -250,6 +250,21 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<serde_json::V
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// Waits until the agent at `base` names a leader (`query`: `""` for its own DC, or e.g.
+/// `"?dc=dc2"` for another).
+pub async fn wait_for_leader(http: &reqwest::Client, base: &str, query: &str) {
+    let url = format!("{base}/v1/status/leader{query}");
+    eventually(
+        Duration::from_secs(30),
+        &format!("a leader at {url}"),
+        || async {
+            let leader = get_json(http, &url).await?;
+            (!leader.as_str()?.is_empty()).then_some(())
+        },
+    )
+    .await
+}
+
 /// The Prometheus exposition of the agent whose HTTP API is at `base`.
 pub async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
     http.get(format!("{base}/metrics"))
