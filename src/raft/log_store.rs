@@ -7,6 +7,12 @@
 //! share one fsync; alone, an append costs one. Appended entries stay readable from memory
 //! until their transaction has committed.
 //!
+//! A purge (after each snapshot, thousands of entries at once on every server) records the
+//! purged id in the next transaction and deletes the entries a small chunk per transaction
+//! afterwards, so that it never holds up the appends behind it: deleting a snapshot's worth
+//! in one transaction took ~200 ms, long enough for the leader to give up on
+//! AppendEntries to every follower.
+//!
 //! Every entry is stored with a CRC-32 of its bytes (as etcd's WAL records are), checked
 //! whenever it is read and for the whole log when it is opened: a damaged entry stops the
 //! server with a message naming the file and the index, and is never served.
@@ -136,9 +142,26 @@ const MAX_BATCH: usize = 4096;
 /// said (`LogStore::observe_commits`).
 type CommitTimes = Arc<std::sync::OnceLock<prometheus::Histogram>>;
 
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending, times: CommitTimes) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+fn writer_loop(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Op>,
+    pending: Pending,
+    times: CommitTimes,
+    mut doomed: Option<u64>,
+) {
+    loop {
+        // With purged entries left to delete, an idle writer deletes a chunk instead of
+        // waiting; otherwise it waits for the next operation.
+        let mut batch = Vec::new();
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) if doomed.is_none() => match rx.recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => return,
+            },
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -146,7 +169,7 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending, time
             }
         }
         let started = std::time::Instant::now();
-        let result = write_batch(&db, &batch).map_err(|e| e.to_string());
+        let result = write_batch(&db, &batch, &mut doomed).map_err(|e| e.to_string());
         if let Some(h) = times.get() {
             h.observe(started.elapsed().as_secs_f64());
         }
@@ -175,8 +198,16 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Op>, pending: Pending, time
     }
 }
 
-fn write_batch(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+/// Most purged entries one transaction deletes. A purge only records how far the log is
+/// purged; the entries go a chunk per transaction, so that deleting thousands of them
+/// (one snapshot's worth) never holds up the appends queued behind it.
+const PURGE_CHUNK: u64 = 128;
+
+/// Writes `batch` in one fsync'd transaction, deleting the next chunk of purged entries
+/// (up to `doomed`, inclusive) with it; `doomed` becomes `None` once none are left.
+fn write_batch(db: &Database, batch: &[Op], doomed: &mut Option<u64>) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
+    let mut left = *doomed;
     {
         let mut logs = tx.open_table(LOGS)?;
         let mut meta = tx.open_table(META)?;
@@ -190,16 +221,30 @@ fn write_batch(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 Op::Truncate(from, _) => logs.retain_in(*from.., |_, _| false)?,
                 Op::Purge(upto, purged, _) => {
                     meta.insert(PURGED, purged.as_slice())?;
-                    logs.retain_in(..=*upto, |_, _| false)?;
+                    left = left.max(Some(*upto));
                 }
                 Op::Meta(key, bytes, _) => {
                     meta.insert(*key, bytes.as_slice())?;
                 }
             }
         }
+        if let Some(upto) = left {
+            let first = logs.first()?.map(|(k, _)| k.value());
+            match first {
+                Some(first) if first <= upto => {
+                    let last = upto.min(first + PURGE_CHUNK - 1);
+                    logs.retain_in(first..=last, |_, _| false)?;
+                    if last == upto {
+                        left = None;
+                    }
+                }
+                _ => left = None,
+            }
+        }
     }
     // Durability::Immediate (redb's default): fsync'd when commit returns.
     tx.commit()?;
+    *doomed = left;
     Ok(())
 }
 
@@ -279,6 +324,10 @@ impl LogStore {
         }
         tx.commit().map_err(redb::Error::from)?;
         guarded(|| verify_all(&db))?;
+        // Purged entries a stop left undeleted go first.
+        let doomed = Self::read_meta::<LogId<u64>>(&db, PURGED)
+            .map_err(|e| LogOpenError::Corrupt(format!("cannot read the purged id: {e}")))?
+            .map(|l| l.index);
         let db = Arc::new(db);
         let pending = Pending::default();
         let (writer, rx) = mpsc::channel();
@@ -286,7 +335,7 @@ impl LogStore {
         let (d, p, t) = (db.clone(), pending.clone(), times.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(d, rx, p, t))
+            .spawn(move || writer_loop(d, rx, p, t, doomed))
             .map_err(|e| LogOpenError::Corrupt(format!("cannot start the log writer: {e}")))?;
         Ok(LogStore {
             db,
@@ -395,8 +444,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let purged: Option<LogId<u64>> = Self::read_meta(db, PURGED)?;
                 let tx = db.begin_read().map_err(|e| io_err(e, false))?;
                 let t = tx.open_table(LOGS).map_err(|e| io_err(e, false))?;
+                // Purged entries may still be on disk (they are deleted a chunk at a
+                // time): the log ends at the newest stored entry above the purged id.
                 let last = match t.last().map_err(|e| io_err(e, false))? {
-                    Some((k, v)) => Some(
+                    Some((k, v)) if Some(k.value()) > purged.map(|p| p.index) => Some(
                         decode_entry(v.value())
                             .map_err(|what| {
                                 io_err(
@@ -406,7 +457,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             })?
                             .log_id,
                     ),
-                    None => purged,
+                    _ => purged,
                 };
                 Ok(LogState {
                     last_purged_log_id: purged,
@@ -495,6 +546,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload};
+    use redb::ReadableTableMetadata;
 
     fn entry(index: u64) -> Entry<TypeConfig> {
         Entry {
@@ -529,5 +581,75 @@ mod tests {
             damaged(Path::new("/d/raft/log.redb"), 7, "it fails its checksum")
                 .contains("/d/raft/log.redb: entry 7")
         );
+    }
+
+    /// A file holding entries `1..=n` and, if given, a purged id at `purged`.
+    fn prepared(path: &Path, n: u64, purged: Option<u64>) {
+        let db = Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut logs = tx.open_table(LOGS).unwrap();
+            for i in 1..=n {
+                logs.insert(i, encode_entry(&entry(i)).unwrap().as_slice())
+                    .unwrap();
+            }
+            let mut meta = tx.open_table(META).unwrap();
+            if let Some(p) = purged {
+                meta.insert(PURGED, encode(&entry(p).log_id).unwrap().as_slice())
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    fn stored(db: &Database) -> (Option<u64>, usize) {
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(LOGS).unwrap();
+        let first = t.first().unwrap().map(|(k, _)| k.value());
+        (first, t.len().unwrap() as usize)
+    }
+
+    #[test]
+    fn a_purge_records_its_id_at_once_and_deletes_the_entries_a_chunk_per_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        prepared(&path, 1000, None);
+        let db = Database::create(&path).unwrap();
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        let purged = encode(&entry(900).log_id).unwrap();
+        let mut doomed = None;
+        write_batch(&db, &[Op::Purge(900, purged, reply)], &mut doomed).unwrap();
+        assert_eq!(doomed, Some(900));
+        assert_eq!(
+            stored(&db),
+            (Some(PURGE_CHUNK + 1), 1000 - PURGE_CHUNK as usize)
+        );
+        let mut transactions = 1;
+        while doomed.is_some() {
+            write_batch(&db, &[], &mut doomed).unwrap();
+            transactions += 1;
+        }
+        assert_eq!(transactions, 900_u64.div_ceil(PURGE_CHUNK));
+        assert_eq!(stored(&db), (Some(901), 100));
+    }
+
+    #[tokio::test]
+    async fn purged_entries_a_stop_left_behind_are_not_in_the_log_and_go_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        // Purged past its last entry, as after installing a newer snapshot.
+        prepared(&path, 1000, Some(1200));
+        let mut store = LogStore::open(&path).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(1200).log_id));
+        assert_eq!(state.last_log_id, Some(entry(1200).log_id));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stored(&store.db).1 > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "purged entries never deleted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

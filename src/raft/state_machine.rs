@@ -2,6 +2,10 @@
 //! stores and installs snapshots. The state lives in memory behind a lock that the read
 //! paths share; the latest snapshot lives on disk (written to a temporary file, fsync'd,
 //! renamed), with a SHA-256 digest so a corrupt file is refused instead of served.
+//!
+//! Taking a snapshot holds the lock only to clone the tables, which are persistent maps (a
+//! constant-time clone sharing structure with the live state, as Consul's go-memdb trees):
+//! encoding and writing happen on a blocking thread while applies and reads go on.
 
 use crate::metrics::RaftMetrics;
 use std::io::Cursor;
@@ -154,13 +158,20 @@ impl StateMachine {
         self.dir.join(SNAPSHOT_FILE)
     }
 
-    /// Makes `sealed` the snapshot on disk, durably, off the async threads; hands it back.
-    async fn persist(&self, sealed: Vec<u8>) -> StorageResult<Vec<u8>> {
+    /// Makes the sealed snapshot that `sealed` produces the one on disk, durably, all on a
+    /// blocking thread (encoding a large state takes a while too); hands the bytes back.
+    async fn persist(
+        &self,
+        sealed: impl FnOnce() -> std::io::Result<Vec<u8>> + Send + 'static,
+    ) -> StorageResult<Vec<u8>> {
         let path = self.snapshot_path();
-        tokio::task::spawn_blocking(move || write_durably(&path, &sealed).map(|()| sealed))
-            .await
-            .map_err(io)?
-            .map_err(io)
+        tokio::task::spawn_blocking(move || {
+            let sealed = sealed()?;
+            write_durably(&path, &sealed).map(|()| sealed)
+        })
+        .await
+        .map_err(io)?
+        .map_err(io)
     }
 
     fn read_snapshot(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -180,25 +191,31 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// The state lock is held only to take the tables, which share their structure with
+    /// the live ones (a constant-time clone): applies go on while the copy is encoded and
+    /// written.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (meta, body) = {
+        let body = {
             let r = self.shared.read().expect("state lock poisoned");
             let n = self
                 .snapshot_idx
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let meta = SnapshotMeta {
-                last_log_id: r.last_applied,
-                last_membership: r.membership.clone(),
-                snapshot_id: format!("{}-{}", r.last_applied.map_or(0, |l| l.index), n),
-            };
-            let body = rmp_serde::to_vec_named(&SnapshotBody {
-                meta: meta.clone(),
+            SnapshotBody {
+                meta: SnapshotMeta {
+                    last_log_id: r.last_applied,
+                    last_membership: r.membership.clone(),
+                    snapshot_id: format!("{}-{}", r.last_applied.map_or(0, |l| l.index), n),
+                },
                 tables: r.state.tables().clone(),
-            })
-            .map_err(io)?;
-            (meta, body)
+            }
         };
-        let sealed = self.persist(seal(&body)).await?;
+        let meta = body.meta.clone();
+        let sealed = self
+            .persist(move || {
+                let encoded = rmp_serde::to_vec_named(&body).map_err(std::io::Error::other)?;
+                Ok(seal(&encoded))
+            })
+            .await?;
         self.metrics.snapshots.with_label_values(&["taken"]).inc();
         Ok(Snapshot {
             meta,
@@ -257,7 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let path = self.snapshot_path();
         let body = unseal(&path, &data).map_err(io)?;
-        self.persist(data).await?;
+        self.persist(move || Ok(data)).await?;
         let mut r = self.shared.write().expect("state lock poisoned");
         r.state.restore(body.tables);
         r.last_applied = meta.last_log_id;

@@ -19,6 +19,7 @@ pub mod session_ttl;
 mod sessions;
 pub mod types;
 
+use imbl::OrdMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::time::Instant;
@@ -199,15 +200,17 @@ pub struct Counts {
     pub kv_keys: usize,
 }
 
-/// The serializable content of [`State`]; also the snapshot format.
+/// The serializable content of [`State`]; also the snapshot format. Persistent maps, so
+/// that a snapshot copies it in constant time under the state lock (and writes share
+/// unchanged nodes with the copy instead of waiting for it to be encoded).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tables {
-    nodes: BTreeMap<String, Node>,
-    services: BTreeMap<(String, String), Service>,
-    checks: BTreeMap<(String, String), Check>,
-    kv: BTreeMap<String, KvEntry>,
+    nodes: OrdMap<String, Node>,
+    services: OrdMap<(String, String), Service>,
+    checks: OrdMap<(String, String), Check>,
+    kv: OrdMap<String, KvEntry>,
     #[serde(default)]
-    sessions: BTreeMap<String, Session>,
+    sessions: OrdMap<String, Session>,
     /// Per table, the log index of its last change (snapshots of older versions hold
     /// fewer; the missing ones start at 0).
     indexes: Vec<u64>,
@@ -366,7 +369,12 @@ indexed!(Node, Service, Check);
 
 /// Inserts `entry` at `key` written at log `index`, unless an equal entry is there already
 /// (then nothing changes). Keeps CreateIndex across updates. True if it wrote.
-fn upsert<K: Ord, V: Indexed>(map: &mut BTreeMap<K, V>, key: K, mut entry: V, index: u64) -> bool {
+fn upsert<K: Ord + Clone, V: Indexed + Clone>(
+    map: &mut OrdMap<K, V>,
+    key: K,
+    mut entry: V,
+    index: u64,
+) -> bool {
     match map.get(&key) {
         Some(old) => {
             let (create, modify) = old.indexes();
@@ -384,8 +392,8 @@ fn upsert<K: Ord, V: Indexed>(map: &mut BTreeMap<K, V>, key: K, mut entry: V, in
 
 /// Removes the entries of `map` within `range` that match `doomed`; true if any was.
 /// Walks only the range (a node's entries, a key prefix), never the whole table.
-fn remove_in<K: Ord + Clone, V>(
-    map: &mut BTreeMap<K, V>,
+fn remove_in<K: Ord + Clone, V: Clone>(
+    map: &mut OrdMap<K, V>,
     range: (Bound<K>, Bound<K>),
     mut doomed: impl FnMut(&V) -> bool,
 ) -> bool {
