@@ -55,7 +55,7 @@ impl ServerParts {
         let (raft, handler) = RaftNode::open(
             id,
             &config.data_dir,
-            &RaftOptions::default(),
+            &raft_options(config),
             transport.clone(),
             metrics.raft.clone(),
         )
@@ -189,4 +189,16 @@ async fn publish_leadership(wan: Gossip, raft: RaftNode, shutdown: CancellationT
             r = metrics.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// The Raft settings `config` asks for, defaults otherwise.
+fn raft_options(config: &AgentConfig) -> RaftOptions {
+    let mut opts = RaftOptions::default();
+    if let Some(n) = config.raft_snapshot_threshold {
+        opts.snapshot_every = n;
+    }
+    if let Some(n) = config.raft_trailing_logs {
+        opts.keep_behind_snapshot = n;
+    }
+    opts
 }

@@ -307,6 +307,15 @@ pub struct AgentConfig {
     /// server waits to be added to an existing cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_expect: Option<u32>,
+    /// Servers only: how many Raft entries are applied between snapshots (Consul's
+    /// `raft_snapshot_threshold`; default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_snapshot_threshold: Option<u64>,
+    /// Servers only: how many entries a snapshot leaves in the log behind it, so that a
+    /// follower that fell that far behind catches up from the log instead of a snapshot
+    /// (Consul's `raft_trailing_logs`; default 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_trailing_logs: Option<u64>,
     /// The certificate files.
     pub tls: TlsConfig,
     /// The LAN gossip encryption key (base64 of 32 bytes); unset means plaintext gossip.
@@ -461,6 +470,19 @@ impl AgentConfig {
                     "only servers bootstrap a cluster".into(),
                 ));
             }
+            if self.raft_snapshot_threshold.is_some() || self.raft_trailing_logs.is_some() {
+                return Err((
+                    if self.raft_snapshot_threshold.is_some() {
+                        "raft_snapshot_threshold"
+                    } else {
+                        "raft_trailing_logs"
+                    },
+                    "only servers keep a Raft log".into(),
+                ));
+            }
+        }
+        if self.raft_snapshot_threshold == Some(0) {
+            return Err(("raft_snapshot_threshold", "must be at least 1".into()));
         }
         if self.bootstrap_expect == Some(0) {
             return Err(("bootstrap_expect", "must be at least 1".into()));

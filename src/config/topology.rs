@@ -179,6 +179,8 @@ impl Topology {
                         Vec::new()
                     },
                     bootstrap_expect: is_server.then_some(servers.len() as u32),
+                    raft_snapshot_threshold: None,
+                    raft_trailing_logs: None,
                     tls: TlsConfig {
                         ca_file: ca.cert.clone(),
                         cert_file: certs.cert,

@@ -219,6 +219,24 @@ fn bad_configs_fail_with_one_clear_line() {
     );
     assert_one_line_error(&client_wan, &["bad.toml:6", "`wan_join`", "only servers"]);
 
+    let client_raft = write(
+        text.replace("role = \"server\"", "role = \"client\"")
+            .replace("bootstrap_expect = 1", "raft_trailing_logs = 10"),
+    );
+    assert_one_line_error(
+        &client_raft,
+        &["bad.toml:6", "`raft_trailing_logs`", "only servers"],
+    );
+
+    let no_snapshots = write(text.replace(
+        "bootstrap_expect = 1",
+        "bootstrap_expect = 1\nraft_snapshot_threshold = 0",
+    ));
+    assert_one_line_error(
+        &no_snapshots,
+        &["bad.toml:7", "`raft_snapshot_threshold`", "at least 1"],
+    );
+
     let bad_port = write(text.replace("http = 18500", "http = 70000"));
     assert_one_line_error(&bad_port, &["bad.toml:9"]);
 
