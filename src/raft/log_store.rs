@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -107,13 +107,22 @@ enum Op {
     Truncate(u64, Reply),
     Purge(u64, Vec<u8>, Reply),
     Meta(&'static str, Vec<u8>, Reply),
+    /// A metadata value nobody waits for and that may be lost in a crash (the committed
+    /// id): written without an fsync of its own, made durable by the next commit that has one.
+    Hint(&'static str, Vec<u8>),
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-/// Entries appended but not yet committed, by index, with the sequence number of the
-/// append that wrote them (so a commit only clears what it wrote).
-type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
+/// The newest appended entries, by index, with the sequence number of the append that
+/// wrote them (so a commit only marks what it wrote) and whether they are on disk yet.
+/// Unflushed entries are always here; flushed ones stay until more than [`RECENT`] are
+/// held, so that replication and the state machine read what was just appended from
+/// memory instead of a read transaction on a blocking thread.
+type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>, bool)>>>;
+
+/// Flushed entries kept in memory behind the newest.
+const RECENT: usize = 256;
 
 /// The log store of one server. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
@@ -178,11 +187,16 @@ fn writer_loop(
             for op in &batch {
                 if let Op::Append(entries, _) = op {
                     for (index, seq, _) in entries {
-                        if p.get(index).is_some_and(|(s, _)| s == seq) {
-                            p.remove(index);
+                        if let Some((s, _, flushed)) = p.get_mut(index)
+                            && s == seq
+                        {
+                            *flushed = true;
                         }
                     }
                 }
+            }
+            while p.len() > RECENT && p.first_key_value().is_some_and(|(_, (_, _, f))| *f) {
+                p.pop_first();
             }
         }
         for op in batch {
@@ -193,6 +207,7 @@ fn writer_loop(
                 Op::Truncate(_, reply) | Op::Purge(_, _, reply) | Op::Meta(_, _, reply) => {
                     let _ = reply.send(result.clone());
                 }
+                Op::Hint(..) => {}
             }
         }
     }
@@ -203,10 +218,16 @@ fn writer_loop(
 /// (one snapshot's worth) never holds up the appends queued behind it.
 const PURGE_CHUNK: u64 = 128;
 
-/// Writes `batch` in one fsync'd transaction, deleting the next chunk of purged entries
-/// (up to `doomed`, inclusive) with it; `doomed` becomes `None` once none are left.
+/// Writes `batch` in one transaction, deleting the next chunk of purged entries (up to
+/// `doomed`, inclusive) with it; `doomed` becomes `None` once none are left. The
+/// transaction is fsync'd unless all it holds is hints and purged entries (which a restart
+/// deletes again).
 fn write_batch(db: &Database, batch: &[Op], doomed: &mut Option<u64>) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
+    let mut tx = db.begin_write()?;
+    if batch.iter().all(|op| matches!(op, Op::Hint(..))) {
+        // Not persisted until the next durable commit, whose fsync then covers it.
+        tx.set_durability(redb::Durability::None);
+    }
     let mut left = *doomed;
     {
         let mut logs = tx.open_table(LOGS)?;
@@ -223,7 +244,7 @@ fn write_batch(db: &Database, batch: &[Op], doomed: &mut Option<u64>) -> Result<
                     meta.insert(PURGED, purged.as_slice())?;
                     left = left.max(Some(*upto));
                 }
-                Op::Meta(key, bytes, _) => {
+                Op::Meta(key, bytes, _) | Op::Hint(key, bytes) => {
                     meta.insert(*key, bytes.as_slice())?;
                 }
             }
@@ -242,7 +263,7 @@ fn write_batch(db: &Database, batch: &[Op], doomed: &mut Option<u64>) -> Result<
             }
         }
     }
-    // Durability::Immediate (redb's default): fsync'd when commit returns.
+    // Otherwise Durability::Immediate (redb's default): fsync'd when commit returns.
     tx.commit()?;
     *doomed = left;
     Ok(())
@@ -392,15 +413,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        // Pending first, then disk: an entry leaves `pending` only after its commit, so
+        let first = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => Some(i + 1),
+            Bound::Unbounded => None,
+        };
+        // The newest entries are all in memory, consecutively: a range that starts among
+        // them is answered from there.
+        let mut found: BTreeMap<u64, Entry<TypeConfig>> = {
+            let p = self.pending.lock().expect("pending lock poisoned");
+            let held = p.range(range.clone()).map(|(i, (_, e, _))| (*i, e.clone()));
+            if let Some(first) = first
+                && p.first_key_value().is_some_and(|(i, _)| *i <= first)
+            {
+                let entries: Vec<_> = held.collect();
+                if entries
+                    .iter()
+                    .enumerate()
+                    .all(|(n, (i, _))| *i == first + n as u64)
+                {
+                    return Ok(entries.into_iter().map(|(_, e)| e).collect());
+                }
+                entries.into_iter().collect()
+            } else {
+                held.collect()
+            }
+        };
+        // Otherwise memory and disk: an entry leaves memory only after its commit, so
         // whatever is missed in one is found in the other.
-        let mut found: BTreeMap<u64, Entry<TypeConfig>> = self
-            .pending
-            .lock()
-            .expect("pending lock poisoned")
-            .range(range.clone())
-            .map(|(i, (_, e))| (*i, e.clone()))
-            .collect();
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
         let path = self.path.clone();
         let stored = self
@@ -437,7 +477,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .lock()
             .expect("pending lock poisoned")
             .last_key_value()
-            .map(|(_, (_, e))| e.log_id);
+            .map(|(_, (_, e, _))| e.log_id);
         let path = self.path.clone();
         let mut state = self
             .blocking(move |db| {
@@ -483,15 +523,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.blocking(|db| Self::read_meta(db, VOTE)).await
     }
 
-    /// Queued without waiting for the fsync: the committed id is only a hint that lets a
-    /// restarted server re-apply its log before it hears from a leader. Whatever value is on
-    /// disk was committed, and the entries up to it were flushed before it, so losing the
-    /// newest hint in a crash costs nothing but a later catch-up.
+    /// Queued as a hint, without an fsync of its own: the committed id only lets a restarted
+    /// server re-apply its log before it hears from a leader. Whatever value is on disk was
+    /// committed, and the entries up to it were flushed before it, so losing the newest
+    /// hint in a crash costs nothing but a later catch-up. (With an fsync of its own, every
+    /// write cost every server two, and the next write's append waited behind the second.)
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
         let bytes = encode(&committed)?;
-        let (reply, _) = tokio::sync::oneshot::channel();
         self.writer
-            .send(Op::Meta(COMMITTED, bytes, reply))
+            .send(Op::Hint(COMMITTED, bytes))
             .map_err(|_| io_err(std::io::Error::other("the log writer stopped"), true))
     }
 
@@ -513,7 +553,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
             for e in entries {
                 encoded.push((e.log_id.index, seq, encode_entry(&e)?));
-                pending.insert(e.log_id.index, (seq, e));
+                pending.insert(e.log_id.index, (seq, e, false));
             }
         }
         // Returns at once; the writer calls `callback` when the entries are on disk, and
