@@ -1,7 +1,7 @@
 # Sourced by the benchmark scripts: builds the release binary and prepares a 3-server DC
 # named dc1 on 127.0.<NET>.1-3 (and, with CLIENTS=N, client agents PREFIXc1..N on
 # 127.0.<NET>.21..) in a temporary folder. Defines $bin, $dir, start NODE, wait_leader
-# (sets $leader).
+# (sets $leader), raft_failures.
 # usage: . benches/cluster.sh NET PREFIX     (nodes are PREFIX1..PREFIX3)
 net=$1; prefix=$2
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +24,11 @@ for n in 1 2 3; do "$bin" tls cert create --server --dc dc1 --node "$prefix$n" -
 for n in $(seq 1 "${CLIENTS:-0}"); do "$bin" tls cert create --client --dc dc1 --node "${prefix}c$n" --dir "$dir/certs" >/dev/null; done
 "$bin" topology render "$dir/topo.toml" --out "$dir/cfg" --certs "$dir/certs" --data-dir "$dir/data" >/dev/null
 start() { env RUST_LOG=warn ${AGENT_ENV:-} "$bin" agent --config "$dir/cfg/$1.toml" >>"$dir/$1.log" 2>&1 & pid[$1]=$!; }
+# Raft RPCs the leader gave up on so far (consulate_raft_rpc_failures_total, every RPC and
+# reason); needs $leader.
+raft_failures() {
+  curl -sf "http://$leader:8500/metrics" | awk '/^consulate_raft_rpc_failures_total/ {s += $2} END {print s + 0}'
+}
 # Waits until server 1 names a leader; sets $leader to its IP.
 wait_leader() {
   leader=""

@@ -13,14 +13,13 @@ for n in k1 k2 k3; do start $n; done
 wait_leader
 u=http://$leader:8500
 curl -sf -X PUT -d 'bench-value' "$u/v1/kv/bench-read" >/dev/null
-failures() { curl -sf "$u/metrics" | awk '/^consulate_raft_rpc_failures_total/ {s += $2} END {print s + 0}'; }
 row() { # LABEL WRK-ARGS...
   local label=$1; shift
-  local before; before=$(failures)
-  wrk "$@" 2>&1 | awk -v l="$label" -v f="$before" '
+  local before; before=$(raft_failures)
+  wrk "$@" 2>&1 | awk -v l="$label" '
     /^ +50%/ {p50=$2} /^ +90%/ {p90=$2} /^ +99%/ {p99=$2} /Requests\/sec/ {rps=$2} /Non-2xx|Socket errors/ {err=err" "$0}
     END {printf "%-40s %10s req/s  p50 %-9s p90 %-9s p99 %-9s%s", l, rps, p50, p90, p99, err}'
-  echo "  raft RPC failures: $(( $(failures) - before ))"
+  echo "  raft RPC failures: $(( $(raft_failures) - before ))"
 }
 echo "consulate leader $leader; ${d}s per row"
 row "consulate write c1 #1" -t1 -c1 -d"${d}s" --latency -s "$root/benches/consulate_put.lua" "$u"

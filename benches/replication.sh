@@ -11,14 +11,11 @@ c=${1:-16}; d=${2:-20}; reps=${3:-3}; t=$(( c < 2 ? 1 : 2 ))
 . "$(dirname "$0")/cluster.sh" 99 r
 for n in r1 r2 r3; do start $n; done
 wait_leader
-failures() {
-  curl -sf "http://$leader:8500/metrics" | awk '/^consulate_raft_rpc_failures_total/ {s += $2} END {print s + 0}'
-}
 echo "consulate leader $leader; writes at $c connections, ${d}s, $reps runs"
 for r in $(seq "$reps"); do
-  before=$(failures)
+  before=$(raft_failures)
   out=$(wrk -t$t -c"$c" -d"${d}s" --latency -s "$root/benches/consulate_put.lua" "http://$leader:8500")
-  after=$(failures)
+  after=$(raft_failures)
   echo "run $r: $(echo "$out" | awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +90%/ {p90=$2} /^ +99%/ {p99=$2} END {printf "%s req/s  p50 %s  p90 %s  p99 %s", rps, p50, p90, p99}')  raft RPC failures: $(( after - before ))"
 done
 curl -sf "http://$leader:8500/metrics" | grep '^consulate_raft_rpc_failures_total' || echo "(no Raft RPC failed)"

@@ -470,15 +470,16 @@ impl AgentConfig {
                     "only servers bootstrap a cluster".into(),
                 ));
             }
-            if self.raft_snapshot_threshold.is_some() || self.raft_trailing_logs.is_some() {
-                return Err((
-                    if self.raft_snapshot_threshold.is_some() {
-                        "raft_snapshot_threshold"
-                    } else {
-                        "raft_trailing_logs"
-                    },
-                    "only servers keep a Raft log".into(),
-                ));
+            for (key, set) in [
+                (
+                    "raft_snapshot_threshold",
+                    self.raft_snapshot_threshold.is_some(),
+                ),
+                ("raft_trailing_logs", self.raft_trailing_logs.is_some()),
+            ] {
+                if set {
+                    return Err((key, "only servers keep a Raft log".into()));
+                }
             }
         }
         if self.raft_snapshot_threshold == Some(0) {

@@ -115,11 +115,13 @@ enum Op {
 type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// The newest appended entries, by index, with the sequence number of the append that
-/// wrote them (so a commit only marks what it wrote) and whether they are on disk yet.
-/// Unflushed entries are always here; flushed ones stay until more than [`RECENT`] are
-/// held, so that replication and the state machine read what was just appended from
-/// memory instead of a read transaction on a blocking thread.
-type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>, bool)>>>;
+/// wrote them: an entry is on disk once a commit has covered its append's sequence number
+/// (the writer commits appends in order). Unflushed entries are always here; flushed ones
+/// stay until more than [`RECENT`] are held, so that replication and the state machine
+/// read what was just appended from memory instead of a read transaction on a blocking
+/// thread. The entries held are consecutive and end at the newest: appends extend the
+/// log, a truncation cuts its end, a purge and eviction its start.
+type Pending = Arc<Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>>;
 
 /// Flushed entries kept in memory behind the newest.
 const RECENT: usize = 256;
@@ -146,11 +148,11 @@ impl Debug for LogStore {
 /// Most operations one transaction takes, to bound the latency of the first in a batch.
 const MAX_BATCH: usize = 4096;
 
-/// The writer thread: batches queued operations into one transaction each.
 /// Where the writer reports how long each commit (write and fsync) took, once the agent has
 /// said (`LogStore::observe_commits`).
 type CommitTimes = Arc<std::sync::OnceLock<prometheus::Histogram>>;
 
+/// The writer thread: batches queued operations into one transaction each.
 fn writer_loop(
     db: Arc<Database>,
     rx: mpsc::Receiver<Op>,
@@ -158,6 +160,8 @@ fn writer_loop(
     times: CommitTimes,
     mut doomed: Option<u64>,
 ) {
+    // The sequence number of the newest append on disk.
+    let mut flushed = None;
     loop {
         // With purged entries left to delete, an idle writer deletes a chunk instead of
         // waiting; otherwise it waits for the next operation.
@@ -183,19 +187,16 @@ fn writer_loop(
             h.observe(started.elapsed().as_secs_f64());
         }
         if result.is_ok() {
+            let newest = batch.iter().filter_map(|op| match op {
+                Op::Append(entries, _) => entries.first().map(|(_, seq, _)| *seq),
+                _ => None,
+            });
+            flushed = flushed.max(newest.max());
             let mut p = pending.lock().expect("pending lock poisoned");
-            for op in &batch {
-                if let Op::Append(entries, _) = op {
-                    for (index, seq, _) in entries {
-                        if let Some((s, _, flushed)) = p.get_mut(index)
-                            && s == seq
-                        {
-                            *flushed = true;
-                        }
-                    }
-                }
-            }
-            while p.len() > RECENT && p.first_key_value().is_some_and(|(_, (_, _, f))| *f) {
+            while p.len() > RECENT
+                && p.first_key_value()
+                    .is_some_and(|(_, (s, _))| Some(*s) <= flushed)
+            {
                 p.pop_first();
             }
         }
@@ -418,26 +419,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(i + 1),
             Bound::Unbounded => None,
         };
-        // The newest entries are all in memory, consecutively: a range that starts among
-        // them is answered from there.
-        let mut found: BTreeMap<u64, Entry<TypeConfig>> = {
+        let mut found = {
             let p = self.pending.lock().expect("pending lock poisoned");
-            let held = p.range(range.clone()).map(|(i, (_, e, _))| (*i, e.clone()));
-            if let Some(first) = first
-                && p.first_key_value().is_some_and(|(i, _)| *i <= first)
-            {
-                let entries: Vec<_> = held.collect();
-                if entries
-                    .iter()
-                    .enumerate()
-                    .all(|(n, (i, _))| *i == first + n as u64)
-                {
-                    return Ok(entries.into_iter().map(|(_, e)| e).collect());
-                }
-                entries.into_iter().collect()
-            } else {
-                held.collect()
+            let held: BTreeMap<u64, Entry<TypeConfig>> = p
+                .range(range.clone())
+                .map(|(i, (_, e))| (*i, e.clone()))
+                .collect();
+            // The entries in memory are consecutive and end at the newest: a range that
+            // starts among them is all there.
+            if first.is_some_and(|f| p.first_key_value().is_some_and(|(i, _)| *i <= f)) {
+                return Ok(held.into_values().collect());
             }
+            held
         };
         // Otherwise memory and disk: an entry leaves memory only after its commit, so
         // whatever is missed in one is found in the other.
@@ -477,7 +470,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .lock()
             .expect("pending lock poisoned")
             .last_key_value()
-            .map(|(_, (_, e, _))| e.log_id);
+            .map(|(_, (_, e))| e.log_id);
         let path = self.path.clone();
         let mut state = self
             .blocking(move |db| {
@@ -553,7 +546,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut pending = self.pending.lock().expect("pending lock poisoned");
             for e in entries {
                 encoded.push((e.log_id.index, seq, encode_entry(&e)?));
-                pending.insert(e.log_id.index, (seq, e, false));
+                pending.insert(e.log_id.index, (seq, e));
             }
         }
         // Returns at once; the writer calls `callback` when the entries are on disk, and

@@ -311,12 +311,7 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
         ["127.84.1.50", "127.84.1.51"]
     );
     let text = scrape(&http, &c1).await.unwrap();
-    let count = |needle: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(needle))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |needle: &str| sum_samples(&text, needle);
     assert!(
         count("consulate_dns_queries_total{outcome=\"malformed\"") >= 100.0,
         "{text}"

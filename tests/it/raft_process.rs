@@ -533,13 +533,10 @@ async fn a_paused_leader_never_serves_a_stale_default_read_when_it_wakes() {
     }
 }
 
-/// The sum of every sample of `family` on the agent at `base` (all label sets).
-async fn family_total(http: &reqwest::Client, base: &str, family: &str) -> f64 {
+/// Raft RPCs the agent at `base` gave up on, over every RPC and reason.
+async fn raft_rpc_failures(http: &reqwest::Client, base: &str) -> f64 {
     let text = scrape(http, base).await.expect("metrics scraped");
-    text.lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    sum_samples(&text, "consulate_raft_rpc_failures_total{")
 }
 
 /// Issue 18's regression test: 20 s of writes at 16 connections on a healthy 3-server DC,
@@ -559,8 +556,7 @@ async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
     let http = http_client();
     let base = |i: usize| format!("http://{}:8500", dc.addrs[i].ip());
     let leader = agreed_leader(&client, &dc.addrs[..3]).await;
-    let failed_before =
-        family_total(&http, &base(leader), "consulate_raft_rpc_failures_total").await;
+    let failed_before = raft_rpc_failures(&http, &base(leader)).await;
 
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     let writers: Vec<_> = (0..16)
@@ -590,8 +586,7 @@ async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
         failed += f;
     }
     assert_eq!(failed, 0, "writes refused or failed on a healthy DC");
-    let failures = family_total(&http, &base(leader), "consulate_raft_rpc_failures_total").await
-        - failed_before;
+    let failures = raft_rpc_failures(&http, &base(leader)).await - failed_before;
     let mut snapshots = Vec::new();
     for i in 0..3 {
         snapshots.push(

@@ -287,6 +287,15 @@ pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<
     )
 }
 
+/// The sum of every sample in the Prometheus exposition `text` whose line starts with
+/// `prefix` (a family and, if wanted, the start of its labels).
+pub fn sum_samples(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// An HTTP client for the agents' API (TLS through the ring provider, as the agent's own).
 pub fn http_client() -> reqwest::Client {
     http_client_builder().build().unwrap()
