@@ -226,7 +226,6 @@ impl Router {
         req: &AgentRequest,
         timeout: Duration,
     ) -> Result<AgentResponse, RpcError> {
-        let is_read = req.is_read();
         let started = Instant::now();
         let order = match self.servers(dc, req.needs_leader()) {
             Ok(o) => o,
@@ -257,11 +256,10 @@ impl Router {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    let safe = e.is_retry_safe() || is_read;
                     self.mark(addr, dc, &e);
-                    if !safe {
+                    if !req.may_resend(&e) {
                         self.count(dc, "error");
-                        return Err(e.into());
+                        return Err(req.forward_failed(e));
                     }
                 }
             }

@@ -138,6 +138,12 @@ pub struct RpcMetrics {
     pub queries_blocking: IntGauge,
     /// Agent RPCs answered, by type and outcome (`ok`, `error`; Consul's `consul.rpc.request`).
     pub requests: IntCounterVec,
+    /// Requests a client agent sent on to another server of its DC because the one it tried
+    /// failed without acting on them (every read; writes never delivered).
+    pub resent: IntCounter,
+    /// Writes answered "may have been applied": delivered to a server (or by a server to the
+    /// leader) that was lost before it answered.
+    pub indeterminate: IntCounter,
 }
 
 /// Metrics of the HTTP API (Consul's `consul.http.*`).
@@ -180,6 +186,24 @@ impl Metrics {
                         "Agent RPCs answered by this agent, by type and outcome (ok, error).",
                     ),
                     &["type", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            resent: register(
+                &registry,
+                IntCounter::new(
+                    "consulate_rpc_resent_total",
+                    "Requests sent on to another server after the one tried failed without \
+                     acting on them.",
+                )
+                .expect("valid metric"),
+            ),
+            indeterminate: register(
+                &registry,
+                IntCounter::new(
+                    "consulate_rpc_writes_indeterminate_total",
+                    "Writes answered 'may have been applied': delivered to a server that was \
+                     lost before it answered.",
                 )
                 .expect("valid metric"),
             ),

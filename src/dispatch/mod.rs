@@ -28,7 +28,7 @@ use crate::rpc::{
 };
 use crate::state::session_ttl::SessionTimers;
 use crate::state::{Command, CommandResult};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use crate::vocab::{ReadMode, Role};
 use route::Route;
 
@@ -361,10 +361,20 @@ impl Dispatcher {
             .addr
             .parse()
             .map_err(|_| RpcError::Raft(format!("leader address {:?} is invalid", leader.addr)))?;
-        Ok(self
-            .client
+        self.client
             .relay(addr, None, req, req.timeout(), IN_DC_REACH)
-            .await?)
+            .await
+            .map_err(|e| self.forward_failed(req, e))
+    }
+
+    /// What a failed exchange of `req` with another agent is reported as (a write that may
+    /// have applied is counted).
+    fn forward_failed(&self, req: &AgentRequest, e: TransportError) -> RpcError {
+        let e = req.forward_failed(e);
+        if matches!(e, RpcError::Indeterminate { .. }) {
+            self.metrics.indeterminate.inc();
+        }
+        e
     }
 
     /// Sends `req` towards the datacenter it names: through the router on servers, to a
@@ -379,12 +389,16 @@ impl Dispatcher {
     }
 
     /// Sends `req` from a client agent to the DC's servers, the current one first, moving
-    /// on while a server cannot be reached (and, for writes, while it surely did not apply
-    /// the request). The first answer is returned, whatever it says.
+    /// on while a server fails without having acted on the request (every read; a write
+    /// only while it was surely not delivered). The first answer is returned, whatever it
+    /// says; a write lost with its server is reported as indeterminate.
     async fn via_server(&self, req: &AgentRequest) -> Result<AgentResponse, RpcError> {
         let (start, order) = self.servers.rotation();
         let mut last = RpcError::NotServed("no server of this datacenter is known".into());
         for (i, addr) in order.into_iter().enumerate() {
+            if i > 0 {
+                self.metrics.resent.inc();
+            }
             match self
                 .client
                 .relay(addr, None, req, req.timeout(), IN_DC_REACH)
@@ -395,10 +409,10 @@ impl Dispatcher {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    let safe = e.is_retry_safe() || req.is_read();
-                    last = e.into();
-                    if !safe {
-                        self.servers.settle(start, i);
+                    let resend = req.may_resend(&e);
+                    last = self.forward_failed(req, e);
+                    if !resend {
+                        self.servers.settle(start, i + 1);
                         return Err(last);
                     }
                 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::raft::{ReadMeta, ServerNode};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult, Session};
+use crate::transport::TransportError;
 use crate::transport::identity::Identity;
 use crate::vocab::{MAX_WAIT_WITH_JITTER, ReadMode, Role};
 
@@ -49,6 +50,15 @@ pub enum RpcError {
         /// Whether sending it again cannot apply it twice.
         retry_safe: bool,
     },
+    /// A write was delivered to a server that was lost before it answered: it may or may
+    /// not have been applied, and sending it again could apply it twice.
+    #[error(
+        "forwarding failed after the request was delivered ({reason}): it may have been applied"
+    )]
+    Indeterminate {
+        /// What went wrong.
+        reason: String,
+    },
     /// Raft failed locally.
     #[error("raft: {0}")]
     Raft(String),
@@ -67,7 +77,7 @@ impl RpcError {
             | RpcError::NoPathToDatacenter
             | RpcError::NoReachableServer => true,
             RpcError::Forward { retry_safe, .. } => *retry_safe,
-            RpcError::Raft(_) | RpcError::Protocol(_) => false,
+            RpcError::Indeterminate { .. } | RpcError::Raft(_) | RpcError::Protocol(_) => false,
         }
     }
 }
@@ -388,6 +398,25 @@ impl AgentRequest {
         !matches!(self, AgentRequest::Write(_) | AgentRequest::JoinRaft(_))
     }
 
+    /// Whether, after its exchange with another agent failed with `e`, this request may be
+    /// sent again (to another server): a read always, a write only if it surely did not
+    /// reach a handler.
+    pub fn may_resend(&self, e: &TransportError) -> bool {
+        self.is_read() || e.is_retry_safe()
+    }
+
+    /// The error a failed exchange of this request with another agent is reported as: a
+    /// write whose outcome is unknown says that it may have been applied.
+    pub fn forward_failed(&self, e: TransportError) -> RpcError {
+        if !self.is_read() && e.outcome_unknown() {
+            RpcError::Indeterminate {
+                reason: e.to_string(),
+            }
+        } else {
+            e.into()
+        }
+    }
+
     /// How long one exchange with the server that answers it may take: a blocking read's
     /// wait on top of [`FORWARD_TIMEOUT`].
     pub fn timeout(&self) -> Duration {
@@ -441,6 +470,60 @@ mod tests {
             req.fail(RpcError::NoLeader),
             AgentResponse::GetRaftStatus(Err(RpcError::NoLeader))
         );
+    }
+
+    #[test]
+    fn a_write_is_resent_only_when_undelivered_and_otherwise_reported_as_indeterminate() {
+        let addr = "127.0.0.1:8300".parse().unwrap();
+        let undelivered = || TransportError::Unreachable {
+            addr,
+            reason: "no stream opened".into(),
+        };
+        let lost = |_: ()| TransportError::ConnectionLost {
+            addr,
+            reason: "closed".into(),
+        };
+        let timed_out = |_: ()| TransportError::Timeout {
+            addr,
+            after: Duration::from_secs(10),
+        };
+        let write = AgentRequest::from(Write {
+            dc: None,
+            cmd: Command::KvDelete { key: "k".into() },
+        });
+        let read = AgentRequest::from(GetRaftStatus { dc: None });
+        assert!(write.may_resend(&undelivered()));
+        let outcome_unknown: [&dyn Fn(()) -> TransportError; 2] = [&lost, &timed_out];
+        for e in outcome_unknown {
+            let e = || e(());
+            assert!(read.may_resend(&e()), "a read is resent after {}", e());
+            assert!(
+                !write.may_resend(&e()),
+                "a write is not resent after {}",
+                e()
+            );
+            let reported = write.forward_failed(e());
+            assert!(
+                matches!(reported, RpcError::Indeterminate { .. })
+                    && reported.to_string().contains("may have been applied")
+                    && !reported.is_retry_safe(),
+                "{reported}"
+            );
+            assert!(matches!(
+                read.forward_failed(e()),
+                RpcError::Forward {
+                    retry_safe: false,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            write.forward_failed(undelivered()),
+            RpcError::Forward {
+                retry_safe: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub enum TransportError {
         /// The deadline that passed.
         after: Duration,
     },
-    /// The connection broke after the request may have been delivered.
+    /// The connection broke after the request was sent: the peer may have acted on it.
     #[error("connection to {addr} lost: {reason}")]
     ConnectionLost {
         /// The peer.
@@ -106,6 +106,14 @@ impl TransportError {
             | TransportError::Bind { .. }
             | TransportError::Tls(_) => false,
         }
+    }
+
+    /// True when the request was sent and no answer came: the peer may have acted on it.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Timeout { .. } | TransportError::ConnectionLost { .. }
+        )
     }
 
     /// Maps a quinn connection error seen on `addr`. Closes that carry one of our refusal
@@ -386,7 +394,15 @@ impl Transport {
                     reason: format!("no handshake within {:?}", inner.opts.handshake_timeout),
                 });
             }
-            Ok(Err(e)) => return Err(TransportError::from_connection(addr, e)),
+            // A connection lost during its handshake never carried a request.
+            Ok(Err(e)) => {
+                return Err(match TransportError::from_connection(addr, e) {
+                    TransportError::ConnectionLost { addr, reason } => {
+                        TransportError::Unreachable { addr, reason }
+                    }
+                    other => other,
+                });
+            }
             Ok(Ok(conn)) => conn,
         };
         let peer = peer_identity(&conn, &inner.domain);

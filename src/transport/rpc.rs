@@ -13,6 +13,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -318,8 +319,9 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
     }
 
     /// Sends `request` to the server at `addr` (which must belong to `expected_dc` if given)
-    /// and waits for its response, at most `timeout` in all. A deadline that passes before
-    /// the request was written reports `Unreachable` (retry-safe), after it `Timeout`.
+    /// and waits for its response, at most `timeout` in all. Whatever fails before the
+    /// request was wholly written reports `Unreachable` (retry-safe: the peer cannot act on
+    /// part of a frame); after it, `Timeout` or `ConnectionLost` (the peer may have acted).
     pub async fn call(
         &self,
         addr: SocketAddr,
@@ -374,18 +376,22 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             }
         };
         let mut watch = Liveness::new(&conn);
-        let mut sent = false;
+        // Until the whole frame is in the stream, the peer cannot have a request to act on:
+        // any failure before that is `Unreachable` (retry-safe), after it the request may
+        // have been delivered.
+        let sent = AtomicBool::new(false);
+        let undelivered = |reason: String| TransportError::Unreachable { addr, reason };
         let exchange = async {
             let (send, recv) = conn
                 .open_bi()
                 .await
-                .map_err(|e| TransportError::from_connection(addr, e))?;
+                .map_err(|e| undelivered(format!("no stream opened: {e}")))?;
             let mut writer = FramedWrite::new(send, codec(max_frame));
             writer
                 .send(Bytes::from(payload))
                 .await
-                .map_err(|e| stream_error(addr, e))?;
-            sent = true;
+                .map_err(|e| undelivered(format!("request not written: {e}")))?;
+            sent.store(true, Ordering::Relaxed);
             let _ = writer.into_inner().finish();
             let mut reader = FramedRead::new(recv, codec(max_frame));
             let frame = match reader.next().await {
@@ -427,10 +433,11 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
                     // gone; a caller's budget running out sooner says nothing about it.
                     conn.close(VarInt::from_u32(0), b"peer unresponsive");
                 }
-                return Err(TransportError::ConnectionLost {
-                    addr,
-                    reason: format!("no acknowledgement within {ack_due:?}"),
-                });
+                let reason = format!("no acknowledgement within {ack_due:?}");
+                if !sent.load(Ordering::Relaxed) {
+                    return Err(undelivered(reason));
+                }
+                return Err(TransportError::ConnectionLost { addr, reason });
             }
         };
         match outcome {
@@ -440,7 +447,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             }
             Err(_) => {
                 watch.timed_out();
-                if sent {
+                if sent.load(Ordering::Relaxed) {
                     Err(TransportError::Timeout {
                         addr,
                         after: timeout,

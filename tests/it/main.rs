@@ -17,6 +17,7 @@ mod py_consul;
 mod raft_cluster;
 mod raft_process;
 mod raft_storage;
+mod server_loss;
 mod sessions;
 mod transport;
 mod up;
