@@ -197,6 +197,9 @@ fn raft_options(config: &AgentConfig) -> RaftOptions {
     if let Some(n) = config.raft_snapshot_threshold {
         opts.snapshot_every = n;
     }
+    if let Some(d) = config.raft_snapshot_interval {
+        opts.snapshot_interval = d.0;
+    }
     if let Some(n) = config.raft_trailing_logs {
         opts.keep_behind_snapshot = n;
     }

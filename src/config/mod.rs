@@ -307,13 +307,17 @@ pub struct AgentConfig {
     /// server waits to be added to an existing cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_expect: Option<u32>,
-    /// Servers only: how many Raft entries are applied between snapshots (Consul's
-    /// `raft_snapshot_threshold`; default 10,000).
+    /// Servers only: how many Raft entries must be applied since the last snapshot for the
+    /// next one to be taken (Consul's `raft_snapshot_threshold`; default 16,384).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_snapshot_threshold: Option<u64>,
+    /// Servers only: how often a server checks the threshold, at a random moment between
+    /// one and two of these (Consul's `raft_snapshot_interval`, Go syntax; default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_snapshot_interval: Option<GoDuration>,
     /// Servers only: how many entries a snapshot leaves in the log behind it, so that a
     /// follower that fell that far behind catches up from the log instead of a snapshot
-    /// (Consul's `raft_trailing_logs`; default 1,000).
+    /// (Consul's `raft_trailing_logs`; default 10,240).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_trailing_logs: Option<u64>,
     /// The certificate files.
@@ -475,6 +479,10 @@ impl AgentConfig {
                     "raft_snapshot_threshold",
                     self.raft_snapshot_threshold.is_some(),
                 ),
+                (
+                    "raft_snapshot_interval",
+                    self.raft_snapshot_interval.is_some(),
+                ),
                 ("raft_trailing_logs", self.raft_trailing_logs.is_some()),
             ] {
                 if set {
@@ -484,6 +492,12 @@ impl AgentConfig {
         }
         if self.raft_snapshot_threshold == Some(0) {
             return Err(("raft_snapshot_threshold", "must be at least 1".into()));
+        }
+        if self
+            .raft_snapshot_interval
+            .is_some_and(|d| d.0 < std::time::Duration::from_millis(5))
+        {
+            return Err(("raft_snapshot_interval", "must be at least 5ms".into()));
         }
         if self.bootstrap_expect == Some(0) {
             return Err(("bootstrap_expect", "must be at least 1".into()));

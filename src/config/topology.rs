@@ -180,6 +180,7 @@ impl Topology {
                     },
                     bootstrap_expect: is_server.then_some(servers.len() as u32),
                     raft_snapshot_threshold: None,
+                    raft_snapshot_interval: None,
                     raft_trailing_logs: None,
                     tls: TlsConfig {
                         ca_file: ca.cert.clone(),

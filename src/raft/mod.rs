@@ -13,6 +13,7 @@ pub mod collector;
 pub mod lease;
 pub mod log_store;
 pub mod network;
+pub mod snapshot_timer;
 pub mod state_machine;
 
 use std::collections::BTreeMap;
@@ -119,19 +120,23 @@ pub struct RaftOptions {
     pub heartbeat: Duration,
     /// Election timeout range (randomized within).
     pub election_timeout: (Duration, Duration),
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot once this many entries were applied since the last one...
     pub snapshot_every: u64,
+    /// ...checked at a random moment between one and two of these ([`snapshot_timer`]).
+    pub snapshot_interval: Duration,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub keep_behind_snapshot: u64,
 }
 
 impl Default for RaftOptions {
+    /// Consul's defaults for the snapshot settings.
     fn default() -> Self {
         RaftOptions {
             heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(200), Duration::from_millis(500)),
-            snapshot_every: 10_000,
-            keep_behind_snapshot: 1_000,
+            snapshot_every: 16_384,
+            snapshot_interval: Duration::from_secs(30),
+            keep_behind_snapshot: 10_240,
         }
     }
 }
@@ -163,6 +168,11 @@ pub struct RaftNode {
     acks: Arc<lease::QuorumAcks>,
     /// Set once [`RaftNode::shutdown`] began: writes are refused (and logged) from then on.
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops the snapshot timer, awaited on shutdown.
+    snapshot_timer: (
+        tokio_util::sync::CancellationToken,
+        Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    ),
 }
 
 /// When this server last heard from a leader.
@@ -226,7 +236,8 @@ impl RaftNode {
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
             election_timeout_min: opts.election_timeout.0.as_millis() as u64,
             election_timeout_max: opts.election_timeout.1.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            // Snapshots are taken by this server's own timer (`snapshot_timer`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: opts.keep_behind_snapshot,
             // Entries can be batches of up to 256 KiB (or one 512 KiB value): bound what one
             // AppendEntries frame carries.
@@ -251,6 +262,13 @@ impl RaftNode {
             raft.metrics(),
             metrics.leader_changes.clone(),
         ));
+        let stop_timer = tokio_util::sync::CancellationToken::new();
+        let timer = tokio::spawn(snapshot_timer::run(
+            raft.clone(),
+            opts.snapshot_every,
+            opts.snapshot_interval,
+            stop_timer.clone(),
+        ));
         Ok((
             RaftNode {
                 id,
@@ -262,6 +280,7 @@ impl RaftNode {
                 last_contact,
                 acks,
                 stopped: Default::default(),
+                snapshot_timer: (stop_timer, Arc::new(tokio::sync::Mutex::new(Some(timer)))),
             },
             handler,
         ))
@@ -462,6 +481,10 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.snapshot_timer.0.cancel();
+        if let Some(timer) = self.snapshot_timer.1.lock().await.take() {
+            let _ = timer.await;
+        }
         let _ = self.raft.shutdown().await;
     }
 }

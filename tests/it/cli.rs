@@ -237,6 +237,15 @@ fn bad_configs_fail_with_one_clear_line() {
         &["bad.toml:7", "`raft_snapshot_threshold`", "at least 1"],
     );
 
+    let hasty_snapshots = write(text.replace(
+        "bootstrap_expect = 1",
+        "bootstrap_expect = 1\nraft_snapshot_interval = \"1ms\"",
+    ));
+    assert_one_line_error(
+        &hasty_snapshots,
+        &["bad.toml:7", "`raft_snapshot_interval`", "at least 5ms"],
+    );
+
     let bad_port = write(text.replace("http = 18500", "http = 70000"));
     assert_one_line_error(&bad_port, &["bad.toml:9"]);
 

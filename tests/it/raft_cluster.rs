@@ -26,6 +26,7 @@ fn fast() -> RaftOptions {
         heartbeat: Duration::from_millis(50),
         election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
         snapshot_every: 100,
+        snapshot_interval: Duration::from_millis(50),
         keep_behind_snapshot: 10,
     }
 }

@@ -540,8 +540,9 @@ async fn raft_rpc_failures(http: &reqwest::Client, base: &str) -> f64 {
 }
 
 /// Issue 18's regression test: 20 s of writes at 16 connections on a healthy 3-server DC,
-/// with a snapshot every 1,000 entries (so every server snapshots and purges its log many
-/// times under the load, as it did ~every 17 s when a purge stalled the log ~200 ms), makes
+/// with a snapshot due every 1,000 entries and checked every 1-2 s (so every server
+/// snapshots and purges thousands of entries many times under the load, as it did ~every
+/// 17 s when a purge stalled the log ~200 ms), makes
 /// the leader give up on no Raft RPC: no AppendEntries or heartbeat times out or fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
@@ -549,7 +550,7 @@ async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
     let dc = write_dc_with(
         5,
         &pki,
-        "raft_snapshot_threshold = 1000\nraft_trailing_logs = 100\n",
+        "raft_snapshot_threshold = 1000\nraft_snapshot_interval = \"1s\"\nraft_trailing_logs = 100\n",
     );
     let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let (_me, client) = prober(&pki);
