@@ -1,6 +1,7 @@
 //! consulate: a multi-datacenter service-discovery federation gateway in the spirit of
 //! HashiCorp Consul. See `ARCHITECTURE.md` for the map of modules.
 
+pub mod acl;
 pub mod agent;
 pub mod cli;
 pub mod config;

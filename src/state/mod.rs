@@ -1,5 +1,5 @@
 //! The replicated state of one datacenter: the catalog (nodes, services, health checks),
-//! the KV store and sessions. Pure and deterministic: [`State::apply`] takes a typed
+//! the KV store, sessions and the ACL system's tokens, policies and roles. Pure and deterministic: [`State::apply`] takes a typed
 //! [`Command`], the Raft log index that carries it and the clock of the server applying
 //! it (read by the caller, used only for soft state: lock-delays), and every entry it
 //! writes records that index as its `CreateIndex`/`ModifyIndex`. Knows nothing of Raft,
@@ -7,10 +7,11 @@
 //! API reads it.
 //!
 //! This file holds the tables, their indexes and `apply`; each table family's commands and
-//! reads are in its own file (`catalog`, `kv`, `sessions`). Each table has its own index
+//! reads are in its own file (`catalog`, `kv`, `sessions`, `acl`). Each table has its own index
 //! (the log index of its last change), published on a watch channel, so that a blocking
 //! query waits on one channel instead of a timer or task each.
 
+mod acl;
 mod catalog;
 mod kv;
 mod kv_watch;
@@ -42,15 +43,18 @@ pub enum Table {
     Kv,
     /// Sessions.
     Sessions,
+    /// ACL tokens, policies and roles.
+    Acl,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 6] = [
         Table::Nodes,
         Table::Services,
         Table::Checks,
         Table::Kv,
         Table::Sessions,
+        Table::Acl,
     ];
 
     fn slot(self) -> usize {
@@ -132,6 +136,29 @@ pub enum Command {
         /// The session.
         id: String,
     },
+    /// The ACL system's one-time bootstrap: the token becomes a management token.
+    AclBootstrap(Box<crate::acl::model::Token>),
+    /// Creates or updates a policy (by ID).
+    AclPolicySet(Box<crate::acl::model::Policy>),
+    /// Deletes a policy.
+    AclPolicyDelete {
+        /// Its ID.
+        id: String,
+    },
+    /// Creates or updates a role (by ID).
+    AclRoleSet(Box<crate::acl::model::Role>),
+    /// Deletes a role.
+    AclRoleDelete {
+        /// Its ID.
+        id: String,
+    },
+    /// Creates or updates a token (by AccessorID).
+    AclTokenSet(Box<crate::acl::model::Token>),
+    /// Deletes a token.
+    AclTokenDelete {
+        /// Its AccessorID.
+        accessor: String,
+    },
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -179,6 +206,8 @@ pub struct State {
     lock_delays: std::collections::HashMap<String, Instant>,
     /// What blocking KV queries wait on: keys and prefixes, woken only by writes to them.
     kv_watches: kv_watch::KvWatches,
+    /// SecretID -> AccessorID of every stored token. Derived from `data`, never serialized.
+    acl_secrets: BTreeMap<String, String>,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -211,6 +240,18 @@ pub struct Tables {
     kv: OrdMap<String, KvEntry>,
     #[serde(default)]
     sessions: OrdMap<String, Session>,
+    /// ACL policies by ID.
+    #[serde(default)]
+    acl_policies: OrdMap<String, crate::acl::model::Policy>,
+    /// ACL roles by ID.
+    #[serde(default)]
+    acl_roles: OrdMap<String, crate::acl::model::Role>,
+    /// ACL tokens by AccessorID.
+    #[serde(default)]
+    acl_tokens: OrdMap<String, crate::acl::model::Token>,
+    /// The index at which the ACL system was bootstrapped.
+    #[serde(default)]
+    acl_bootstrap: Option<u64>,
     /// Per table, the log index of its last change (snapshots of older versions hold
     /// fewer; the missing ones start at 0).
     indexes: Vec<u64>,
@@ -231,12 +272,14 @@ impl State {
             .map(|t| watch::channel(data.indexes[t.slot()]).0)
             .collect();
         let by_name = name_index(&data);
+        let acl_secrets = secret_index(&data);
         State {
             data,
             by_name,
             watches,
             lock_delays: Default::default(),
             kv_watches: Default::default(),
+            acl_secrets,
         }
     }
 
@@ -244,6 +287,7 @@ impl State {
     pub fn restore(&mut self, mut data: Tables) {
         data.indexes.resize(Table::ALL.len(), 0);
         self.by_name = name_index(&data);
+        self.acl_secrets = secret_index(&data);
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -342,6 +386,13 @@ impl State {
                 self.invalidate(index, &id, now);
                 CommandResult::Bool(true)
             }
+            Command::AclBootstrap(token) => self.acl_bootstrap(index, *token),
+            Command::AclPolicySet(policy) => self.acl_policy_set(index, *policy),
+            Command::AclPolicyDelete { id } => self.acl_policy_delete(index, &id),
+            Command::AclRoleSet(role) => self.acl_role_set(index, *role),
+            Command::AclRoleDelete { id } => self.acl_role_delete(index, &id),
+            Command::AclTokenSet(token) => self.acl_token_set(index, *token),
+            Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor),
         }
     }
 }
@@ -418,6 +469,14 @@ fn name_index(data: &Tables) -> BTreeMap<String, BTreeSet<NodeKey>> {
             .insert(key.clone());
     }
     index
+}
+
+/// Builds the SecretID index of `data`'s tokens.
+fn secret_index(data: &Tables) -> BTreeMap<String, String> {
+    data.acl_tokens
+        .values()
+        .map(|t| (t.secret_id.clone(), t.accessor_id.clone()))
+        .collect()
 }
 
 /// A (node, id) key: the primary key of services and checks.

@@ -633,3 +633,255 @@ fn service_node_and_tag_names_match_case_insensitively() {
     };
     assert_eq!((node.node.as_str(), services.len()), ("Node-A", 1));
 }
+
+mod acl {
+    use super::*;
+    use crate::acl::model::{self, GLOBAL_MANAGEMENT_ID, Link, Policy, Role, Token};
+    use crate::acl::{Access, Resource};
+
+    fn policy(id: &str, name: &str, rules: &str) -> Command {
+        Command::AclPolicySet(Box::new(Policy {
+            id: id.into(),
+            name: name.into(),
+            rules: rules.into(),
+            ..Default::default()
+        }))
+    }
+
+    fn token(accessor: &str, secret: &str, policies: &[&str]) -> Token {
+        Token {
+            accessor_id: accessor.into(),
+            secret_id: secret.into(),
+            policies: policies
+                .iter()
+                .map(|n| Link {
+                    name: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn rejected(r: CommandResult, says: &str) {
+        assert!(
+            matches!(&r, CommandResult::Rejected(m) if m.contains(says)),
+            "{r:?} should say {says:?}"
+        );
+    }
+
+    #[test]
+    fn bootstrap_happens_once_and_makes_a_management_token() {
+        let mut s = State::default();
+        assert_eq!(s.acl_bootstrapped(), None);
+        let boot = Command::AclBootstrap(Box::new(token("root", "s3cret", &[])));
+        assert_eq!(s.apply(5, boot.clone(), now()), CommandResult::Ok);
+        let t = s.acl_token_by_secret("s3cret").unwrap();
+        assert!(t.is_management() && t.create_index == 5);
+        assert_eq!(s.acl_rules_of(&t), None, "management: no rules to check");
+        rejected(
+            s.apply(6, boot, now()),
+            "ACL bootstrap no longer allowed (reset index: 5)",
+        );
+        assert_eq!(s.index(Table::Acl), 5);
+    }
+
+    #[test]
+    fn tokens_link_policies_and_roles_by_name_or_id_and_merge_their_rules() {
+        let mut s = State::default();
+        let ok = CommandResult::Ok;
+        assert_eq!(
+            s.apply(
+                1,
+                policy("p1", "kv-app", r#"key_prefix "app/" { policy = "write" }"#),
+                now()
+            ),
+            ok
+        );
+        assert_eq!(
+            s.apply(
+                2,
+                policy("p2", "svc-read", r#"service_prefix "" { policy = "read" }"#),
+                now()
+            ),
+            ok
+        );
+        let role = Role {
+            id: "r1".into(),
+            name: "readers".into(),
+            policies: vec![Link {
+                id: "p2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(s.apply(3, Command::AclRoleSet(Box::new(role)), now()), ok);
+        let mut t = token("a1", "sec1", &["kv-app"]);
+        t.roles = vec![Link {
+            name: "readers".into(),
+            ..Default::default()
+        }];
+        assert_eq!(s.apply(4, Command::AclTokenSet(Box::new(t)), now()), ok);
+        let t = s.acl_token("a1").unwrap();
+        assert_eq!(
+            t.policies,
+            vec![Link {
+                id: "p1".into(),
+                name: "kv-app".into()
+            }]
+        );
+        assert_eq!(t.roles[0].id, "r1");
+        let rules = s.acl_rules_of(&t).unwrap();
+        assert_eq!(
+            rules.named[&Resource::Key].lookup("app/x"),
+            Some(Access::Write)
+        );
+        assert_eq!(
+            rules.named[&Resource::Service].lookup("web"),
+            Some(Access::Read),
+            "through the role"
+        );
+        // Renaming a policy renames the links; deleting it removes its rules.
+        assert_eq!(
+            s.apply(
+                5,
+                policy("p1", "kv-app2", r#"key_prefix "app/" { policy = "read" }"#),
+                now()
+            ),
+            ok
+        );
+        let t = s.acl_token("a1").unwrap();
+        assert_eq!(t.policies[0].name, "kv-app2");
+        assert_eq!(
+            s.acl_rules_of(&t).unwrap().named[&Resource::Key].lookup("app/x"),
+            Some(Access::Read)
+        );
+        assert_eq!(
+            s.apply(6, Command::AclPolicyDelete { id: "p1".into() }, now()),
+            ok
+        );
+        assert!(
+            !s.acl_rules_of(&t)
+                .unwrap()
+                .named
+                .contains_key(&Resource::Key)
+        );
+    }
+
+    #[test]
+    fn bad_acl_writes_are_rejected_with_consuls_reasons() {
+        let mut s = State::default();
+        rejected(
+            s.apply(1, policy("p", "bad name!", ""), now()),
+            "invalid Name",
+        );
+        rejected(
+            s.apply(
+                1,
+                policy("p", "ok", r#"key "a" { policy = "nope" }"#),
+                now(),
+            ),
+            "Failed to parse ACL rules",
+        );
+        s.apply(1, policy("p1", "taken", ""), now());
+        rejected(
+            s.apply(2, policy("p2", "taken", ""), now()),
+            "already exists",
+        );
+        rejected(
+            s.apply(2, policy("p3", model::GLOBAL_MANAGEMENT_NAME, ""), now()),
+            "already exists",
+        );
+        rejected(
+            s.apply(
+                2,
+                Command::AclPolicyDelete {
+                    id: GLOBAL_MANAGEMENT_ID.into(),
+                },
+                now(),
+            ),
+            "not permitted",
+        );
+        rejected(
+            s.apply(
+                2,
+                Command::AclTokenSet(Box::new(token("a", "s", &["missing"]))),
+                now(),
+            ),
+            "cannot find policy \"missing\"",
+        );
+        s.apply(
+            3,
+            Command::AclTokenSet(Box::new(token("a", "s", &[]))),
+            now(),
+        );
+        rejected(
+            s.apply(
+                4,
+                Command::AclTokenSet(Box::new(token("b", "s", &[]))),
+                now(),
+            ),
+            "SecretID is already in use",
+        );
+        rejected(
+            s.apply(
+                4,
+                Command::AclTokenSet(Box::new(token("a", "other", &[]))),
+                now(),
+            ),
+            "Changing a token's SecretID",
+        );
+        let mut local = token("a", "s", &[]);
+        local.local = true;
+        rejected(
+            s.apply(4, Command::AclTokenSet(Box::new(local)), now()),
+            "local mode",
+        );
+        rejected(
+            s.apply(
+                4,
+                Command::AclTokenDelete {
+                    accessor: model::ANONYMOUS_ACCESSOR.into(),
+                },
+                now(),
+            ),
+            "anonymous",
+        );
+    }
+
+    #[test]
+    fn acl_tables_survive_a_snapshot_and_the_secret_index_is_rebuilt() {
+        let mut s = State::default();
+        s.apply(
+            1,
+            policy("p1", "kv", r#"key_prefix "" { policy = "read" }"#),
+            now(),
+        );
+        s.apply(
+            2,
+            Command::AclTokenSet(Box::new(token("a1", "sec1", &["kv"]))),
+            now(),
+        );
+        let bytes = rmp_serde::to_vec_named(s.tables()).unwrap();
+        let back: Tables = rmp_serde::from_slice(&bytes).unwrap();
+        let t = State::from_tables(back);
+        assert_eq!(t.acl_token_by_secret("sec1").unwrap().accessor_id, "a1");
+        assert_eq!(t.index(Table::Acl), 2);
+        assert_eq!(t.acl_policies().len(), 2, "kv and the built-in");
+        assert_eq!(
+            t.acl_token_by_secret(model::ANONYMOUS_SECRET)
+                .unwrap()
+                .accessor_id,
+            model::ANONYMOUS_ACCESSOR
+        );
+        let mut s = t;
+        s.apply(
+            3,
+            Command::AclTokenDelete {
+                accessor: "a1".into(),
+            },
+            now(),
+        );
+        assert!(s.acl_token_by_secret("sec1").is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! Access control, Consul's token/policy system (1.4+): the rule language ([`rules`]), the
+//! tokens, policies and roles as stored ([`model`]), and the [`Authorizer`] a resolved token
+//! becomes, which answers "may this token do that to this resource". Pure: resolving a
+//! secret to its policies (state, replication, caching) and enforcing at the endpoints live
+//! with the callers.
+
+pub mod model;
+pub mod rules;
+
+use std::fmt;
+
+pub use rules::{Access, Resource, Rules, Scalar};
+
+/// What a request needs: an access level on one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// The resource.
+    pub target: Target,
+    /// The level needed.
+    pub needed: Access,
+}
+
+/// A resource a permission is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A named resource (`key "app/x"`).
+    Named(Resource, String),
+    /// A single-rule resource (`operator`).
+    Scalar(Scalar),
+}
+
+impl Permission {
+    /// `needed` on the named resource `name` of `kind`.
+    pub fn named(kind: Resource, name: impl Into<String>, needed: Access) -> Permission {
+        Permission {
+            target: Target::Named(kind, name.into()),
+            needed,
+        }
+    }
+
+    /// `needed` on a single-rule resource.
+    pub fn scalar(s: Scalar, needed: Access) -> Permission {
+        Permission {
+            target: Target::Scalar(s),
+            needed,
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    /// Consul's wording: `permission 'key:write' on "app/x"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Named(kind, name) => write!(
+                f,
+                "permission '{}:{}' on {name:?}",
+                kind.as_str(),
+                self.needed.as_str()
+            ),
+            Target::Scalar(s) => {
+                write!(f, "permission '{}:{}'", s.as_str(), self.needed.as_str())
+            }
+        }
+    }
+}
+
+/// Why an ACL check failed. Both are 403 in Consul's API; neither is fixed by retrying.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum AclError {
+    /// The token does not grant what the request needs.
+    #[error("Permission denied: token with AccessorID '{accessor}' lacks {permission}")]
+    PermissionDenied {
+        /// The token's public id (never its secret).
+        accessor: String,
+        /// What was missing, in Consul's words.
+        permission: String,
+    },
+    /// The secret presented belongs to no token (or an expired one).
+    #[error("ACL not found")]
+    NotFound,
+    /// ACLs are disabled on this agent (the ACL endpoints answer this).
+    #[error("ACL support disabled")]
+    Disabled,
+}
+
+/// What a token may do, resolved from its policies (or one of the built-in kinds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorizer {
+    /// The token's AccessorID, named in denials.
+    accessor: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// `global-management`: everything, the ACL system included.
+    Management,
+    /// The token's merged rules; where none applies, `default_allow` decides (never for
+    /// the ACL system itself, which only an `acl` rule or management grants).
+    Rules { rules: Rules, default_allow: bool },
+}
+
+impl Authorizer {
+    /// A management token's authorizer.
+    pub fn management(accessor: impl Into<String>) -> Authorizer {
+        Authorizer {
+            accessor: accessor.into(),
+            kind: Kind::Management,
+        }
+    }
+
+    /// An authorizer of `rules` (a token's policies merged), falling back to the agent's
+    /// `default_policy` where no rule applies.
+    pub fn of_rules(accessor: impl Into<String>, rules: Rules, default_allow: bool) -> Authorizer {
+        Authorizer {
+            accessor: accessor.into(),
+            kind: Kind::Rules {
+                rules,
+                default_allow,
+            },
+        }
+    }
+
+    /// The token's AccessorID.
+    pub fn accessor(&self) -> &str {
+        &self.accessor
+    }
+
+    /// Whether the token may do `p`.
+    pub fn allows(&self, p: &Permission) -> bool {
+        let (rules, default_allow) = match &self.kind {
+            Kind::Management => return true,
+            Kind::Rules {
+                rules,
+                default_allow,
+            } => (rules, *default_allow),
+        };
+        let rule = match &p.target {
+            Target::Named(kind, name) => rules.named.get(kind).and_then(|s| s.lookup(name)),
+            Target::Scalar(s) => rules.scalar.get(s).copied(),
+        };
+        match rule {
+            Some(rule) => rule.allows(p.needed),
+            None => default_allow && p.target != Target::Scalar(Scalar::Acl),
+        }
+    }
+
+    /// `Ok` when the token may do `p`, else the 403 saying what it lacks.
+    pub fn check(&self, p: &Permission) -> Result<(), AclError> {
+        if self.allows(p) {
+            Ok(())
+        } else {
+            Err(AclError::PermissionDenied {
+                accessor: self.accessor.clone(),
+                permission: p.to_string(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(rules: &str, default_allow: bool) -> Authorizer {
+        Authorizer::of_rules("acc-1", Rules::parse(rules).unwrap(), default_allow)
+    }
+
+    #[test]
+    fn rules_decide_and_the_default_policy_fills_the_gaps() {
+        let t = token(
+            r#"
+            key_prefix "app/" { policy = "write" }
+            service_prefix "" { policy = "read" }
+        "#,
+            false,
+        );
+        let key = |k: &str, a| Permission::named(Resource::Key, k, a);
+        assert!(t.allows(&key("app/x", Access::Write)));
+        assert!(!t.allows(&key("other/x", Access::Write)));
+        assert!(!t.allows(&key("other/x", Access::Read)), "deny by default");
+        assert!(t.allows(&Permission::named(Resource::Service, "web", Access::Read)));
+        assert!(!t.allows(&Permission::named(Resource::Service, "web", Access::Write)));
+        let open = token(r#"key_prefix "secret/" { policy = "deny" }"#, true);
+        assert!(
+            open.allows(&key("app/x", Access::Write)),
+            "allow by default"
+        );
+        assert!(!open.allows(&key("secret/x", Access::Read)));
+        assert!(
+            !open.allows(&Permission::scalar(Scalar::Acl, Access::Read)),
+            "the ACL system is never granted by default"
+        );
+        assert!(open.allows(&Permission::scalar(Scalar::Operator, Access::Write)));
+        let admin = Authorizer::management("root");
+        assert!(admin.allows(&Permission::scalar(Scalar::Acl, Access::Write)));
+        assert!(admin.allows(&key("anything", Access::Write)));
+    }
+
+    #[test]
+    fn a_denial_names_the_token_and_the_permission_in_consuls_words() {
+        let t = token(r#"key_prefix "app/" { policy = "read" }"#, false);
+        let e = t
+            .check(&Permission::named(Resource::Key, "app/x", Access::Write))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Permission denied: token with AccessorID 'acc-1' lacks permission 'key:write' on \"app/x\""
+        );
+        let e = t
+            .check(&Permission::scalar(Scalar::Operator, Access::Read))
+            .unwrap_err();
+        assert!(e.to_string().ends_with("lacks permission 'operator:read'"));
+        assert_eq!(AclError::NotFound.to_string(), "ACL not found");
+    }
+}

@@ -1,0 +1,378 @@
+//! ACL tables: policies, roles and tokens (found by AccessorID, and by SecretID through an
+//! index rebuilt from the tokens), the one-time bootstrap, and the rules every ACL write
+//! must pass (Consul's): names valid and unique, links to policies and roles resolved to
+//! both ID and name, a token's secret and locality fixed once made, built-ins protected.
+
+use imbl::OrdMap;
+
+use crate::acl::Rules;
+use crate::acl::model::{
+    self, ANONYMOUS_ACCESSOR, GLOBAL_MANAGEMENT_ID, Link, Policy, Role, Token,
+};
+
+use super::{CommandResult, State, Table};
+
+/// Consul's rule for policy and role names: letters, digits, `-` and `_`.
+fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl State {
+    /// A policy by ID (the built-in management policy is always there).
+    pub fn acl_policy(&self, id: &str) -> Option<Policy> {
+        match self.data.acl_policies.get(id) {
+            Some(p) => Some(p.clone()),
+            None if id == GLOBAL_MANAGEMENT_ID => Some(model::global_management()),
+            None => None,
+        }
+    }
+
+    /// A policy by name.
+    pub fn acl_policy_named(&self, name: &str) -> Option<Policy> {
+        self.acl_policies().into_iter().find(|p| p.name == name)
+    }
+
+    /// Every policy, the built-in one included, by ID.
+    pub fn acl_policies(&self) -> Vec<Policy> {
+        let mut all: Vec<Policy> = self.data.acl_policies.values().cloned().collect();
+        if !self.data.acl_policies.contains_key(GLOBAL_MANAGEMENT_ID) {
+            all.push(model::global_management());
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        all
+    }
+
+    /// A role by ID.
+    pub fn acl_role(&self, id: &str) -> Option<&Role> {
+        self.data.acl_roles.get(id)
+    }
+
+    /// A role by name.
+    pub fn acl_role_named(&self, name: &str) -> Option<&Role> {
+        self.data.acl_roles.values().find(|r| r.name == name)
+    }
+
+    /// Every role, by ID.
+    pub fn acl_roles(&self) -> impl Iterator<Item = &Role> {
+        self.data.acl_roles.values()
+    }
+
+    /// A token by AccessorID (the anonymous token is always there).
+    pub fn acl_token(&self, accessor: &str) -> Option<Token> {
+        match self.data.acl_tokens.get(accessor) {
+            Some(t) => Some(t.clone()),
+            None if accessor == ANONYMOUS_ACCESSOR => Some(model::anonymous()),
+            None => None,
+        }
+    }
+
+    /// A token by SecretID.
+    pub fn acl_token_by_secret(&self, secret: &str) -> Option<Token> {
+        match self.acl_secrets.get(secret) {
+            Some(accessor) => self.acl_token(accessor),
+            None if secret == model::ANONYMOUS_SECRET => self.acl_token(ANONYMOUS_ACCESSOR),
+            None => None,
+        }
+    }
+
+    /// Every token, the anonymous one included, by AccessorID.
+    pub fn acl_tokens(&self) -> Vec<Token> {
+        let mut all: Vec<Token> = self.data.acl_tokens.values().cloned().collect();
+        if !self.data.acl_tokens.contains_key(ANONYMOUS_ACCESSOR) {
+            all.push(model::anonymous());
+            all.sort_by(|a, b| a.accessor_id.cmp(&b.accessor_id));
+        }
+        all
+    }
+
+    /// The rules a token grants: its policies' and its roles' policies', merged (links to
+    /// deleted policies or roles are skipped, as Consul does); `None` for a management
+    /// token.
+    pub fn acl_rules_of(&self, token: &Token) -> Option<Rules> {
+        let mut ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
+        for role in &token.roles {
+            if let Some(r) = self.data.acl_roles.get(&role.id) {
+                ids.extend(r.policies.iter().map(|l| l.id.as_str()));
+            }
+        }
+        if ids.contains(&GLOBAL_MANAGEMENT_ID) {
+            return None;
+        }
+        let mut rules = Rules::default();
+        for id in ids {
+            if let Some(p) = self.data.acl_policies.get(id)
+                && let Ok(r) = Rules::parse(&p.rules)
+            {
+                rules.merge(&r);
+            }
+        }
+        Some(rules)
+    }
+
+    /// Whether the ACL system was bootstrapped, and at which index.
+    pub fn acl_bootstrapped(&self) -> Option<u64> {
+        self.data.acl_bootstrap
+    }
+
+    /// The one-time bootstrap: `token` becomes a management token.
+    pub(super) fn acl_bootstrap(&mut self, index: u64, mut token: Token) -> CommandResult {
+        if let Some(at) = self.data.acl_bootstrap {
+            return CommandResult::Rejected(format!(
+                "ACL bootstrap no longer allowed (reset index: {at})"
+            ));
+        }
+        self.data.acl_bootstrap = Some(index);
+        token.policies = vec![Link {
+            id: GLOBAL_MANAGEMENT_ID.into(),
+            name: model::GLOBAL_MANAGEMENT_NAME.into(),
+        }];
+        token.roles.clear();
+        token.local = false;
+        self.acl_token_set(index, token)
+    }
+
+    pub(super) fn acl_policy_set(&mut self, index: u64, mut policy: Policy) -> CommandResult {
+        if !valid_name(&policy.name, 128) {
+            return CommandResult::Rejected(format!(
+                "Invalid Policy: invalid Name {:?}",
+                policy.name
+            ));
+        }
+        if let Err(e) = Rules::parse(&policy.rules) {
+            return CommandResult::Rejected(format!("Invalid Policy: {e}"));
+        }
+        if self
+            .acl_policies()
+            .iter()
+            .any(|p| p.name == policy.name && p.id != policy.id)
+        {
+            return CommandResult::Rejected(format!(
+                "Invalid Policy: A Policy with Name {:?} already exists",
+                policy.name
+            ));
+        }
+        if policy.id == GLOBAL_MANAGEMENT_ID {
+            let builtin = model::global_management();
+            if policy.rules != builtin.rules || policy.name != builtin.name {
+                return CommandResult::Rejected(
+                    "Changing the Rules or Name of the builtin global-management policy is not permitted"
+                        .into(),
+                );
+            }
+        }
+        let create = self
+            .data
+            .acl_policies
+            .get(&policy.id)
+            .map_or(index, |p| p.create_index);
+        policy.create_index = create;
+        policy.modify_index = index;
+        // Links carry names: a renamed policy is renamed in every link to it.
+        let (id, name) = (&policy.id, &policy.name);
+        relink(
+            &mut self.data.acl_tokens,
+            |t| &t.policies,
+            |t| &mut t.policies,
+            id,
+            name,
+        );
+        relink(
+            &mut self.data.acl_roles,
+            |r| &r.policies,
+            |r| &mut r.policies,
+            id,
+            name,
+        );
+        self.data.acl_policies.insert(policy.id.clone(), policy);
+        self.touch(Table::Acl, index);
+        CommandResult::Ok
+    }
+
+    pub(super) fn acl_policy_delete(&mut self, index: u64, id: &str) -> CommandResult {
+        if id == GLOBAL_MANAGEMENT_ID {
+            return CommandResult::Rejected(
+                "Deletion of the builtin global-management policy is not permitted".into(),
+            );
+        }
+        if self.data.acl_policies.remove(id).is_some() {
+            self.touch(Table::Acl, index);
+        }
+        CommandResult::Ok
+    }
+
+    pub(super) fn acl_role_set(&mut self, index: u64, mut role: Role) -> CommandResult {
+        if !valid_name(&role.name, 256) {
+            return CommandResult::Rejected(format!("Invalid Role: invalid Name {:?}", role.name));
+        }
+        if self
+            .data
+            .acl_roles
+            .values()
+            .any(|r| r.name == role.name && r.id != role.id)
+        {
+            return CommandResult::Rejected(format!(
+                "Invalid Role: A Role with Name {:?} already exists",
+                role.name
+            ));
+        }
+        if let Err(e) = self.resolve_policy_links(&mut role.policies) {
+            return CommandResult::Rejected(e);
+        }
+        role.create_index = self
+            .data
+            .acl_roles
+            .get(&role.id)
+            .map_or(index, |r| r.create_index);
+        role.modify_index = index;
+        let (id, name) = (&role.id, &role.name);
+        relink(
+            &mut self.data.acl_tokens,
+            |t| &t.roles,
+            |t| &mut t.roles,
+            id,
+            name,
+        );
+        self.data.acl_roles.insert(role.id.clone(), role);
+        self.touch(Table::Acl, index);
+        CommandResult::Ok
+    }
+
+    pub(super) fn acl_role_delete(&mut self, index: u64, id: &str) -> CommandResult {
+        if self.data.acl_roles.remove(id).is_some() {
+            self.touch(Table::Acl, index);
+        }
+        CommandResult::Ok
+    }
+
+    pub(super) fn acl_token_set(&mut self, index: u64, mut token: Token) -> CommandResult {
+        if token.accessor_id.is_empty() || token.secret_id.is_empty() {
+            return CommandResult::Rejected("A token needs an AccessorID and a SecretID".into());
+        }
+        if let Some(owner) = self.acl_secrets.get(&token.secret_id)
+            && *owner != token.accessor_id
+        {
+            return CommandResult::Rejected("Invalid Token: SecretID is already in use".into());
+        }
+        let old = self.acl_token(&token.accessor_id);
+        if let Some(old) = &old {
+            if old.secret_id != token.secret_id {
+                return CommandResult::Rejected(
+                    "Changing a token's SecretID is not permitted".into(),
+                );
+            }
+            if old.local != token.local {
+                return CommandResult::Rejected(
+                    "Cannot toggle local mode of a token; create a new token instead".into(),
+                );
+            }
+            token.create_ms = old.create_ms;
+        }
+        if let Err(e) = self.resolve_policy_links(&mut token.policies) {
+            return CommandResult::Rejected(e);
+        }
+        for link in &mut token.roles {
+            let role = match (link.id.is_empty(), link.name.is_empty()) {
+                (false, _) => self.data.acl_roles.get(&link.id),
+                (true, false) => self.acl_role_named(&link.name),
+                (true, true) => None,
+            };
+            match role {
+                Some(r) => {
+                    link.id = r.id.clone();
+                    link.name = r.name.clone();
+                }
+                None => {
+                    return CommandResult::Rejected(format!(
+                        "cannot find role {:?}",
+                        if link.id.is_empty() {
+                            &link.name
+                        } else {
+                            &link.id
+                        }
+                    ));
+                }
+            }
+        }
+        token.create_index = old.as_ref().map_or(index, |t| t.create_index);
+        token.modify_index = index;
+        self.acl_secrets
+            .insert(token.secret_id.clone(), token.accessor_id.clone());
+        self.data
+            .acl_tokens
+            .insert(token.accessor_id.clone(), token);
+        self.touch(Table::Acl, index);
+        CommandResult::Ok
+    }
+
+    pub(super) fn acl_token_delete(&mut self, index: u64, accessor: &str) -> CommandResult {
+        if accessor == ANONYMOUS_ACCESSOR {
+            return CommandResult::Rejected(
+                "Delete operation not permitted on the anonymous token".into(),
+            );
+        }
+        if let Some(t) = self.data.acl_tokens.remove(accessor) {
+            self.acl_secrets.remove(&t.secret_id);
+            self.touch(Table::Acl, index);
+        }
+        CommandResult::Ok
+    }
+
+    /// Fills in both the ID and the name of each link to a policy (given either); an
+    /// unknown policy is an error, a repeated one is dropped.
+    fn resolve_policy_links(&self, links: &mut Vec<Link>) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for link in links.drain(..) {
+            let policy = if !link.id.is_empty() {
+                self.acl_policy(&link.id)
+            } else {
+                self.acl_policy_named(&link.name)
+            };
+            let Some(p) = policy else {
+                return Err(format!(
+                    "cannot find policy {:?}",
+                    if link.id.is_empty() {
+                        &link.name
+                    } else {
+                        &link.id
+                    }
+                ));
+            };
+            if seen.insert(p.id.clone()) {
+                out.push(Link {
+                    id: p.id,
+                    name: p.name,
+                });
+            }
+        }
+        *links = out;
+        Ok(())
+    }
+}
+
+/// Renames the links to `id` held by the entries of `map` (only the entries that hold a
+/// stale name are copied).
+fn relink<V: Clone>(
+    map: &mut OrdMap<String, V>,
+    links: impl Fn(&V) -> &Vec<Link>,
+    links_mut: impl Fn(&mut V) -> &mut Vec<Link>,
+    id: &str,
+    name: &str,
+) {
+    let stale: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| links(v).iter().any(|l| l.id == id && l.name != name))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in stale {
+        if let Some(v) = map.get_mut(&k) {
+            for l in links_mut(v).iter_mut().filter(|l| l.id == id) {
+                l.name = name.to_string();
+            }
+        }
+    }
+}
