@@ -11,6 +11,17 @@ use std::fmt;
 
 pub use rules::{Access, Resource, Rules, Scalar};
 
+/// A token's secret as it travels with a request: never shown in logs or debug output.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
 /// What a request needs: an access level on one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permission {
@@ -145,6 +156,27 @@ impl Authorizer {
         }
     }
 
+    /// Whether the token may write every name of `kind` under `prefix` (a recursive
+    /// delete): write on the prefix itself, and no rule for a longer name under it that
+    /// grants less (Consul's `KeyWritePrefix`).
+    pub fn allows_write_under(&self, kind: Resource, prefix: &str) -> bool {
+        if !self.allows(&Permission::named(kind, prefix, Access::Write)) {
+            return false;
+        }
+        let Kind::Rules { rules, .. } = &self.kind else {
+            return true;
+        };
+        let Some(segments) = rules.named.get(&kind) else {
+            return true;
+        };
+        segments
+            .exact
+            .iter()
+            .chain(&segments.prefix)
+            .filter(|(name, _)| name.starts_with(prefix))
+            .all(|(_, a)| a.allows(Access::Write))
+    }
+
     /// `Ok` when the token may do `p`, else the 403 saying what it lacks.
     pub fn check(&self, p: &Permission) -> Result<(), AclError> {
         if self.allows(p) {
@@ -195,6 +227,24 @@ mod tests {
         let admin = Authorizer::management("root");
         assert!(admin.allows(&Permission::scalar(Scalar::Acl, Access::Write)));
         assert!(admin.allows(&key("anything", Access::Write)));
+    }
+
+    #[test]
+    fn a_recursive_write_needs_write_on_everything_under_the_prefix() {
+        let t = token(
+            r#"
+            key_prefix "app/" { policy = "write" }
+            key "app/locked" { policy = "read" }
+        "#,
+            false,
+        );
+        assert!(
+            !t.allows_write_under(Resource::Key, "app/"),
+            "app/locked is read-only"
+        );
+        assert!(t.allows_write_under(Resource::Key, "app/x/"));
+        assert!(!t.allows_write_under(Resource::Key, "other/"));
+        assert!(Authorizer::management("m").allows_write_under(Resource::Key, ""));
     }
 
     #[test]

@@ -193,6 +193,8 @@ impl Topology {
                     dns: Default::default(),
                     limits: self.limits,
                     reconnect_timeout: None,
+                    primary_datacenter: None,
+                    acl: Default::default(),
                 }
             })
             .collect()

@@ -5,10 +5,10 @@
 
 use imbl::OrdMap;
 
-use crate::acl::Rules;
 use crate::acl::model::{
     self, ANONYMOUS_ACCESSOR, GLOBAL_MANAGEMENT_ID, Link, Policy, Role, Token,
 };
+use crate::acl::{AclError, Authorizer, Rules};
 
 use super::{CommandResult, State, Table};
 
@@ -70,13 +70,38 @@ impl State {
         }
     }
 
-    /// A token by SecretID.
+    /// A token by SecretID. Looked up by the secret's SHA-256 (so the lookup's timing
+    /// says nothing about the secrets stored) and confirmed in constant time.
     pub fn acl_token_by_secret(&self, secret: &str) -> Option<Token> {
-        match self.acl_secrets.get(secret) {
+        let token = match self.acl_secrets.get(&secret_key(secret)) {
             Some(accessor) => self.acl_token(accessor),
-            None if secret == model::ANONYMOUS_SECRET => self.acl_token(ANONYMOUS_ACCESSOR),
+            None if model::secrets_equal(secret, model::ANONYMOUS_SECRET) => {
+                self.acl_token(ANONYMOUS_ACCESSOR)
+            }
             None => None,
+        }?;
+        model::secrets_equal(&token.secret_id, secret).then_some(token)
+    }
+
+    /// What the holder of `secret` (`None`: the anonymous token) may do at `now_ms`, with
+    /// `default_allow` where no rule applies; an unknown or expired secret is `ACL not
+    /// found`.
+    pub fn acl_authorizer(
+        &self,
+        secret: Option<&str>,
+        default_allow: bool,
+        now_ms: u64,
+    ) -> Result<Authorizer, AclError> {
+        let token = match secret {
+            None => self.acl_token(ANONYMOUS_ACCESSOR),
+            Some(s) => self.acl_token_by_secret(s),
         }
+        .filter(|t| !t.expired(now_ms))
+        .ok_or(AclError::NotFound)?;
+        Ok(match self.acl_rules_of(&token) {
+            None => Authorizer::management(token.accessor_id),
+            Some(rules) => Authorizer::of_rules(token.accessor_id, rules, default_allow),
+        })
     }
 
     /// Every token, the anonymous one included, by AccessorID.
@@ -104,10 +129,8 @@ impl State {
         }
         let mut rules = Rules::default();
         for id in ids {
-            if let Some(p) = self.data.acl_policies.get(id)
-                && let Ok(r) = Rules::parse(&p.rules)
-            {
-                rules.merge(&r);
+            if let Some(r) = self.acl_compiled.get(id) {
+                rules.merge(r);
             }
         }
         Some(rules)
@@ -187,6 +210,9 @@ impl State {
             id,
             name,
         );
+        if let Ok(rules) = Rules::parse(&policy.rules) {
+            self.acl_compiled.insert(policy.id.clone(), rules);
+        }
         self.data.acl_policies.insert(policy.id.clone(), policy);
         self.touch(Table::Acl, index);
         CommandResult::Ok
@@ -199,6 +225,7 @@ impl State {
             );
         }
         if self.data.acl_policies.remove(id).is_some() {
+            self.acl_compiled.remove(id);
             self.touch(Table::Acl, index);
         }
         CommandResult::Ok
@@ -252,7 +279,7 @@ impl State {
         if token.accessor_id.is_empty() || token.secret_id.is_empty() {
             return CommandResult::Rejected("A token needs an AccessorID and a SecretID".into());
         }
-        if let Some(owner) = self.acl_secrets.get(&token.secret_id)
+        if let Some(owner) = self.acl_secrets.get(&secret_key(&token.secret_id))
             && *owner != token.accessor_id
         {
             return CommandResult::Rejected("Invalid Token: SecretID is already in use".into());
@@ -300,7 +327,7 @@ impl State {
         token.create_index = old.as_ref().map_or(index, |t| t.create_index);
         token.modify_index = index;
         self.acl_secrets
-            .insert(token.secret_id.clone(), token.accessor_id.clone());
+            .insert(secret_key(&token.secret_id), token.accessor_id.clone());
         self.data
             .acl_tokens
             .insert(token.accessor_id.clone(), token);
@@ -315,7 +342,7 @@ impl State {
             );
         }
         if let Some(t) = self.data.acl_tokens.remove(accessor) {
-            self.acl_secrets.remove(&t.secret_id);
+            self.acl_secrets.remove(&secret_key(&t.secret_id));
             self.touch(Table::Acl, index);
         }
         CommandResult::Ok
@@ -352,6 +379,24 @@ impl State {
         *links = out;
         Ok(())
     }
+}
+
+/// The key of a secret in the SecretID index: its SHA-256.
+pub(super) fn secret_key(secret: &str) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// Every stored policy's rules, parsed (policies are checked when written, so all parse).
+pub(super) fn compile_policies(
+    policies: &OrdMap<String, Policy>,
+) -> std::collections::BTreeMap<String, Rules> {
+    policies
+        .iter()
+        .filter_map(|(id, p)| Rules::parse(&p.rules).ok().map(|r| (id.clone(), r)))
+        .collect()
 }
 
 /// Renames the links to `id` held by the entries of `map` (only the entries that hold a

@@ -12,6 +12,7 @@
 //! query waits on one channel instead of a timer or task each.
 
 mod acl;
+pub mod authorize;
 mod catalog;
 mod kv;
 mod kv_watch;
@@ -206,8 +207,11 @@ pub struct State {
     lock_delays: std::collections::HashMap<String, Instant>,
     /// What blocking KV queries wait on: keys and prefixes, woken only by writes to them.
     kv_watches: kv_watch::KvWatches,
-    /// SecretID -> AccessorID of every stored token. Derived from `data`, never serialized.
-    acl_secrets: BTreeMap<String, String>,
+    /// SHA-256 of each stored token's SecretID -> its AccessorID. Derived from `data`,
+    /// never serialized.
+    acl_secrets: BTreeMap<[u8; 32], String>,
+    /// Each stored policy's rules, parsed. Derived from `data`, never serialized.
+    acl_compiled: BTreeMap<String, crate::acl::Rules>,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -273,6 +277,7 @@ impl State {
             .collect();
         let by_name = name_index(&data);
         let acl_secrets = secret_index(&data);
+        let acl_compiled = acl::compile_policies(&data.acl_policies);
         State {
             data,
             by_name,
@@ -280,6 +285,7 @@ impl State {
             lock_delays: Default::default(),
             kv_watches: Default::default(),
             acl_secrets,
+            acl_compiled,
         }
     }
 
@@ -288,6 +294,7 @@ impl State {
         data.indexes.resize(Table::ALL.len(), 0);
         self.by_name = name_index(&data);
         self.acl_secrets = secret_index(&data);
+        self.acl_compiled = acl::compile_policies(&data.acl_policies);
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -472,10 +479,10 @@ fn name_index(data: &Tables) -> BTreeMap<String, BTreeSet<NodeKey>> {
 }
 
 /// Builds the SecretID index of `data`'s tokens.
-fn secret_index(data: &Tables) -> BTreeMap<String, String> {
+fn secret_index(data: &Tables) -> BTreeMap<[u8; 32], String> {
     data.acl_tokens
         .values()
-        .map(|t| (t.secret_id.clone(), t.accessor_id.clone()))
+        .map(|t| (acl::secret_key(&t.secret_id), t.accessor_id.clone()))
         .collect()
 }
 

@@ -884,4 +884,104 @@ mod acl {
         );
         assert!(s.acl_token_by_secret("sec1").is_none());
     }
+
+    #[test]
+    fn commands_need_consuls_permissions_and_reads_are_filtered() {
+        use crate::state::authorize::filter_result;
+        let mut s = State::default();
+        s.apply(1, reg("n1", Some(("web-1", "web")), vec![]), now());
+        s.apply(2, reg("n1", Some(("db-1", "db")), vec![]), now());
+        s.apply(3, set("app/a", "1"), now());
+        s.apply(4, set("other/b", "2"), now());
+        s.apply(
+            5,
+            policy(
+                "p1",
+                "app",
+                r#"
+                key_prefix "app/" { policy = "write" }
+                service "web" { policy = "write" }
+                node_prefix "" { policy = "read" }
+            "#,
+            ),
+            now(),
+        );
+        s.apply(
+            6,
+            Command::AclTokenSet(Box::new(token("a1", "sec1", &["app"]))),
+            now(),
+        );
+        let authz = s.acl_authorizer(Some("sec1"), false, 0).unwrap();
+        assert_eq!(authz.accessor(), "a1");
+        assert!(s.authorize_command(&authz, &set("app/x", "v")).is_ok());
+        let e = s
+            .authorize_command(&authz, &set("other/x", "v"))
+            .unwrap_err();
+        assert!(e.to_string().contains("'key:write' on \"other/x\""), "{e}");
+        assert!(
+            s.authorize_command(&authz, &reg("n1", Some(("web-2", "web")), vec![]))
+                .is_ok(),
+            "a service on an unchanged node needs only service:write"
+        );
+        assert!(
+            s.authorize_command(&authz, &reg("n2", Some(("web-3", "web")), vec![]))
+                .is_err(),
+            "a new node needs node:write"
+        );
+        assert!(
+            s.authorize_command(&authz, &Command::KvDeleteTree { prefix: "".into() })
+                .is_err()
+        );
+        assert!(
+            s.authorize_command(
+                &authz,
+                &Command::Batch(vec![set("app/1", "v"), set("x", "v")])
+            )
+            .is_err(),
+            "a batch needs all of its commands' permissions"
+        );
+        assert!(
+            s.authorize_command(
+                &authz,
+                &Command::AclTokenDelete {
+                    accessor: "a1".into()
+                }
+            )
+            .is_err()
+        );
+        // Lists are filtered, a single key refused.
+        let q = Query::KvList { prefix: "".into() };
+        let (r, removed) = filter_result(&authz, &q, q.run(&s)).unwrap();
+        assert!(removed);
+        assert!(matches!(&r, QueryResult::Kv(v) if v.len() == 1 && v[0].key == "app/a"));
+        let q = Query::KvGet {
+            key: "other/b".into(),
+        };
+        assert!(filter_result(&authz, &q, q.run(&s)).is_err());
+        let q = Query::Services { node_meta: vec![] };
+        let (r, removed) = filter_result(&authz, &q, q.run(&s)).unwrap();
+        assert!(removed);
+        assert!(matches!(&r, QueryResult::ServiceTags(m) if m.keys().eq(["web"])));
+        let q = Query::Nodes { node_meta: vec![] };
+        let (_, removed) = filter_result(&authz, &q, q.run(&s)).unwrap();
+        assert!(!removed, "node_prefix \"\" read");
+        // Unknown, expired and anonymous tokens.
+        assert_eq!(
+            s.acl_authorizer(Some("nope"), true, 0).unwrap_err(),
+            crate::acl::AclError::NotFound
+        );
+        let mut short = token("a2", "sec2", &[]);
+        short.expiration_ms = Some(10);
+        s.apply(7, Command::AclTokenSet(Box::new(short)), now());
+        assert!(s.acl_authorizer(Some("sec2"), true, 9).is_ok());
+        assert!(s.acl_authorizer(Some("sec2"), true, 10).is_err(), "expired");
+        let anon = s.acl_authorizer(None, false, 0).unwrap();
+        assert_eq!(anon.accessor(), model::ANONYMOUS_ACCESSOR);
+        assert!(s.authorize_command(&anon, &set("app/x", "v")).is_err());
+        let anon = s.acl_authorizer(None, true, 0).unwrap();
+        assert!(
+            s.authorize_command(&anon, &set("app/x", "v")).is_ok(),
+            "default allow"
+        );
+    }
 }

@@ -1,0 +1,191 @@
+//! What a token needs for each command, and which part of each query's answer it may see
+//! (Consul's rules), checked by the server that holds the data. One exhaustive match per
+//! type: a new command or result cannot be added without saying what it needs.
+//!
+//! Writes are refused whole (403 naming the permission); a single KV key read without
+//! `key:read` is refused; every other read is filtered down to what the token may read,
+//! and says whether anything was removed (`X-Consul-Results-Filtered-By-ACLs`).
+
+use crate::acl::{Access, AclError, Authorizer, Permission, Resource, Scalar};
+
+use super::query::{Query, QueryResult};
+use super::{Command, RegisterRequest, State};
+
+impl State {
+    /// Whether `authz` may apply `cmd` to this state.
+    pub fn authorize_command(&self, authz: &Authorizer, cmd: &Command) -> Result<(), AclError> {
+        let need = |kind, name: &str, a| authz.check(&Permission::named(kind, name, a));
+        match cmd {
+            Command::Register(req) => self.authorize_register(authz, req),
+            Command::Deregister(req) => match (&req.service_id, &req.check_id) {
+                (Some(id), _) => match self.data.services.get(&(req.node.clone(), id.clone())) {
+                    Some(s) => need(Resource::Service, &s.service, Access::Write),
+                    None => need(Resource::Node, &req.node, Access::Write),
+                },
+                (None, Some(id)) => match self.data.checks.get(&(req.node.clone(), id.clone())) {
+                    Some(c) if !c.service_name.is_empty() => {
+                        need(Resource::Service, &c.service_name, Access::Write)
+                    }
+                    _ => need(Resource::Node, &req.node, Access::Write),
+                },
+                (None, None) => need(Resource::Node, &req.node, Access::Write),
+            },
+            Command::KvSet { key, .. }
+            | Command::KvCas { key, .. }
+            | Command::KvDelete { key }
+            | Command::KvDeleteCas { key, .. }
+            | Command::KvAcquire { key, .. }
+            | Command::KvRelease { key, .. } => need(Resource::Key, key, Access::Write),
+            Command::KvDeleteTree { prefix } => {
+                if authz.allows_write_under(Resource::Key, prefix) {
+                    Ok(())
+                } else {
+                    authz.check(&Permission::named(Resource::Key, prefix, Access::Write))?;
+                    Err(AclError::PermissionDenied {
+                        accessor: authz.accessor().to_string(),
+                        permission: format!("permission 'key:write' on every key under {prefix:?}"),
+                    })
+                }
+            }
+            Command::SessionCreate(s) => need(Resource::Session, &s.node, Access::Write),
+            Command::SessionDestroy { id } => match self.data.sessions.get(id) {
+                Some(s) => need(Resource::Session, &s.node, Access::Write),
+                None => Ok(()),
+            },
+            // Bootstrap needs no token: the command itself succeeds only once.
+            Command::AclBootstrap(_) => Ok(()),
+            Command::AclPolicySet(_)
+            | Command::AclPolicyDelete { .. }
+            | Command::AclRoleSet(_)
+            | Command::AclRoleDelete { .. }
+            | Command::AclTokenSet(_)
+            | Command::AclTokenDelete { .. } => {
+                authz.check(&Permission::scalar(Scalar::Acl, Access::Write))
+            }
+            Command::Batch(cmds) => cmds
+                .iter()
+                .try_for_each(|c| self.authorize_command(authz, c)),
+        }
+    }
+
+    /// A registration needs `node:write` when it makes or changes the node or carries a
+    /// node check, and `service:write` on each service it registers or checks.
+    fn authorize_register(
+        &self,
+        authz: &Authorizer,
+        req: &RegisterRequest,
+    ) -> Result<(), AclError> {
+        let need = |kind, name: &str| authz.check(&Permission::named(kind, name, Access::Write));
+        let node_changes = match self.data.nodes.get(&req.node) {
+            None => true,
+            Some(n) => {
+                n.address != req.address
+                    || n.tagged_addresses != req.tagged_addresses
+                    || (!req.node_meta.is_empty() && n.meta != req.node_meta)
+            }
+        };
+        if node_changes {
+            need(Resource::Node, &req.node)?;
+        }
+        if let Some(s) = &req.service {
+            need(Resource::Service, &s.service)?;
+        }
+        for check in &req.checks {
+            match &check.service_id {
+                None => need(Resource::Node, &req.node)?,
+                Some(id) => {
+                    let name = req
+                        .service
+                        .as_ref()
+                        .filter(|s| s.id == *id || (s.id.is_empty() && s.service == *id))
+                        .map(|s| s.service.clone())
+                        .or_else(|| {
+                            self.data
+                                .services
+                                .get(&(req.node.clone(), id.clone()))
+                                .map(|s| s.service.clone())
+                        });
+                    match name {
+                        Some(name) => need(Resource::Service, &name)?,
+                        None => need(Resource::Node, &req.node)?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What of `result` (the answer to `query`) `authz` may see, and whether anything was
+/// removed; a single KV key the token may not read is refused instead.
+pub fn filter_result(
+    authz: &Authorizer,
+    query: &Query,
+    result: QueryResult,
+) -> Result<(QueryResult, bool), AclError> {
+    let can = |kind, name: &str| authz.allows(&Permission::named(kind, name, Access::Read));
+    if let Query::KvGet { key } = query {
+        authz.check(&Permission::named(Resource::Key, key, Access::Read))?;
+    }
+    let mut removed = false;
+    let mut keep = |ok: bool| {
+        removed |= !ok;
+        ok
+    };
+    let out = match result {
+        QueryResult::Kv(mut v) => {
+            v.retain(|e| keep(can(Resource::Key, &e.key)));
+            QueryResult::Kv(v)
+        }
+        QueryResult::Keys(mut v) => {
+            v.retain(|k| keep(can(Resource::Key, k)));
+            QueryResult::Keys(v)
+        }
+        QueryResult::Nodes(mut v) => {
+            v.retain(|n| keep(can(Resource::Node, &n.node)));
+            QueryResult::Nodes(v)
+        }
+        QueryResult::ServiceTags(mut m) => {
+            m.retain(|name, _| keep(can(Resource::Service, name)));
+            QueryResult::ServiceTags(m)
+        }
+        QueryResult::ServiceNodes(mut v) => {
+            v.retain(|(n, s)| {
+                keep(can(Resource::Node, &n.node) && can(Resource::Service, &s.service))
+            });
+            QueryResult::ServiceNodes(v)
+        }
+        QueryResult::NodeServices(Some((node, mut services))) => {
+            if keep(can(Resource::Node, &node.node)) {
+                services.retain(|s| keep(can(Resource::Service, &s.service)));
+                QueryResult::NodeServices(Some((node, services)))
+            } else {
+                QueryResult::NodeServices(None)
+            }
+        }
+        QueryResult::NodeServices(None) => QueryResult::NodeServices(None),
+        QueryResult::Health(mut v) => {
+            v.retain(|h| {
+                keep(
+                    can(Resource::Node, &h.node.node) && can(Resource::Service, &h.service.service),
+                )
+            });
+            QueryResult::Health(v)
+        }
+        QueryResult::Checks(mut v) => {
+            v.retain(|c| {
+                keep(if c.service_name.is_empty() {
+                    can(Resource::Node, &c.node)
+                } else {
+                    can(Resource::Service, &c.service_name)
+                })
+            });
+            QueryResult::Checks(v)
+        }
+        QueryResult::Sessions(mut v) => {
+            v.retain(|s| keep(can(Resource::Session, &s.node)));
+            QueryResult::Sessions(v)
+        }
+    };
+    Ok((out, removed))
+}
