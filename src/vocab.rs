@@ -66,3 +66,12 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// The longest a blocking query waits, whoever asks and however it travelled: [`MAX_WAIT`]
 /// plus Consul's jitter of up to a sixteenth, so that many waiters do not return together.
 pub const MAX_WAIT_WITH_JITTER: Duration = Duration::from_millis(600_000 + 600_000 / 16);
+
+/// A random (version 4) UUID, hyphenated: Consul's form of every generated ID (sessions,
+/// ACL accessors, secrets, policies, roles).
+pub fn random_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}

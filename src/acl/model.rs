@@ -175,6 +175,13 @@ pub fn anonymous() -> Token {
     }
 }
 
+/// The wall clock in Unix milliseconds (token creation and expiry).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Compares two secrets in time independent of where they differ.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;

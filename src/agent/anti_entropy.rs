@@ -75,11 +75,13 @@ pub async fn run(
 pub async fn sync_once(local: &LocalAgent, dispatcher: &Dispatcher) -> Result<usize, RpcError> {
     let opts = ReadOptions::now(ReadMode::Leader);
     let name = local.node.name.clone();
+    // The agent's own token (`acl.tokens.agent`) syncs what was registered with it.
+    let token = || dispatcher.agent_token();
     let services = dispatcher
-        .read(None, Query::NodeServices { node: name.clone() }, opts)
+        .read(token(), None, Query::NodeServices { node: name.clone() }, opts)
         .await?;
     let checks = dispatcher
-        .read(None, Query::NodeChecks { node: name }, opts)
+        .read(token(), None, Query::NodeChecks { node: name }, opts)
         .await?;
     let (QueryResult::NodeServices(node), QueryResult::Checks(checks)) =
         (services.result, checks.result)
@@ -99,7 +101,7 @@ pub async fn sync_once(local: &LocalAgent, dispatcher: &Dispatcher) -> Result<us
     );
     let n = plan.len();
     if n > 0 {
-        dispatcher.write(None, Command::Batch(plan)).await?;
+        dispatcher.write(token(), None, Command::Batch(plan)).await?;
     }
     Ok(n)
 }

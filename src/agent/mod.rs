@@ -229,6 +229,14 @@ impl Agent {
         if let Some(s) = &server {
             dispatcher = dispatcher.with_session_timers(s.session_timers.clone());
         }
+        if config.acl.enabled {
+            let tokens = &config.acl.tokens;
+            dispatcher = dispatcher.with_acl(crate::dispatch::AclSettings {
+                default_allow: config.acl.default_policy == crate::config::AclDefaultPolicy::Allow,
+                default_token: tokens.default.clone().map(crate::acl::Secret),
+                agent_token: tokens.agent.clone().map(crate::acl::Secret),
+            });
+        }
         let local = Arc::new(local::LocalAgent::persistent(
             local::NodeInfo {
                 id: node_uuid(id),

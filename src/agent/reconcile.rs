@@ -138,6 +138,7 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
         dc: None,
         query,
         opts: ReadOptions::now(ReadMode::Stale),
+        token: None, // leader-only work is not checked against ACLs
     };
     let nodes = dispatcher
         .on_leader(read(Query::Nodes { node_meta: vec![] }))
@@ -160,6 +161,7 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
         let write = Write {
             dc: None,
             cmd: Command::Batch(plan),
+            token: None,
         };
         dispatcher.on_leader(write).await?;
     }

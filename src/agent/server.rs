@@ -170,6 +170,76 @@ impl ServerParts {
             "reconcile",
             reconcile::run(dispatcher.clone(), members, shutdown.child_token()),
         );
+        let primary = config
+            .primary_datacenter
+            .as_deref()
+            .is_none_or(|p| p == config.datacenter);
+        if let (true, true, Some(secret)) = (
+            config.acl.enabled,
+            primary,
+            config.acl.tokens.initial_management.clone(),
+        ) {
+            loops.spawn(
+                "acl_initial_management",
+                initial_management(
+                    self.raft.clone(),
+                    dispatcher.clone(),
+                    secret,
+                    shutdown.child_token(),
+                ),
+            );
+        }
+    }
+}
+
+/// On the primary DC's leader: makes sure the configured `initial_management` secret is a
+/// management token (the first time, as the ACL system's bootstrap), checked again whenever
+/// this server becomes the leader.
+async fn initial_management(
+    raft: RaftNode,
+    dispatcher: Dispatcher,
+    secret: String,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.raft().metrics();
+    loop {
+        let missing = raft.is_leader() && {
+            let r = raft.read();
+            r.state.acl_token_by_secret(&secret).is_none()
+        };
+        if missing {
+            let token = crate::acl::model::Token {
+                accessor_id: crate::vocab::random_uuid(),
+                secret_id: secret.clone(),
+                description: "Initial Management Token".into(),
+                policies: vec![crate::acl::model::Link {
+                    id: crate::acl::model::GLOBAL_MANAGEMENT_ID.into(),
+                    name: crate::acl::model::GLOBAL_MANAGEMENT_NAME.into(),
+                }],
+                create_ms: crate::acl::model::now_ms(),
+                ..Default::default()
+            };
+            let bootstrapped = raft.read().state.acl_bootstrapped().is_some();
+            let cmd = if bootstrapped {
+                crate::state::Command::AclTokenSet(Box::new(token))
+            } else {
+                crate::state::Command::AclBootstrap(Box::new(token))
+            };
+            let write = crate::rpc::Write {
+                dc: None,
+                cmd,
+                token: None,
+            };
+            match dispatcher.on_leader(write).await {
+                Ok(_) => tracing::info!("ACL initial management token created"),
+                Err(e) => tracing::warn!(error = %e, "could not create the initial management token; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
     }
 }
 

@@ -54,6 +54,7 @@ pub async fn run(dispatcher: Dispatcher, timers: Arc<SessionTimers>, shutdown: C
             let end = Write {
                 dc: None,
                 cmd: Command::SessionDestroy { id: id.clone() },
+                token: None, // leader-only work is not checked against ACLs
             };
             let Some(ended) = shutdown
                 .run_until_cancelled(dispatcher.on_leader(end))

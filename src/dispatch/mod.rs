@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::acl::{AclError, Authorizer, Secret};
 use crate::federation::Router;
 use crate::gossip::Member;
 use crate::metrics::{InFlight, RpcMetrics};
@@ -27,6 +28,7 @@ use crate::rpc::{
     Read, ReadOutcome, RenewSession, RpcError, Write,
 };
 use crate::state::session_ttl::SessionTimers;
+use crate::state::authorize::filter_result;
 use crate::state::{Command, CommandResult};
 use crate::transport::{Transport, TransportError};
 use crate::vocab::{ReadMode, Role};
@@ -89,6 +91,27 @@ impl ServerList {
     }
 }
 
+/// How an agent applies ACLs: servers check every request they answer against the
+/// token it carries; every agent sends its `default` token with requests that carry none.
+#[derive(Debug, Clone)]
+pub struct AclSettings {
+    /// Where no rule of a token applies, allow (`default_policy = "allow"`).
+    pub default_allow: bool,
+    /// The token of requests that carry none (`acl.tokens.default`).
+    pub default_token: Option<Secret>,
+    /// The agent's own token, for its own work (`acl.tokens.agent`).
+    pub agent_token: Option<Secret>,
+}
+
+/// Whether a request answered here is checked against its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Yes: it came from a user, an agent or another DC.
+    Token,
+    /// No: the leader's own work (session expiry, reconciliation).
+    Internal,
+}
+
 /// Routes and answers requests for one agent.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -100,6 +123,8 @@ pub struct Dispatcher {
     router: Option<Arc<Router>>,
     /// Servers: the session TTL timers, reset here when a renewal reaches the leader.
     session_timers: Option<Arc<SessionTimers>>,
+    /// ACLs, when enabled.
+    acl: Option<Arc<AclSettings>>,
 }
 
 impl Dispatcher {
@@ -122,7 +147,20 @@ impl Dispatcher {
             client: AgentClient::new(transport).fail_fast(),
             router,
             session_timers: None,
+            acl: None,
         }
+    }
+
+    /// With ACLs enabled as `settings` say.
+    pub fn with_acl(mut self, settings: AclSettings) -> Dispatcher {
+        self.acl = Some(Arc::new(settings));
+        self
+    }
+
+    /// The token this agent's own work is done with (`None` without ACLs, or without an
+    /// `acl.tokens.agent`: the anonymous token).
+    pub fn agent_token(&self) -> Option<Secret> {
+        self.acl.as_ref().and_then(|a| a.agent_token.clone())
     }
 
     /// On servers: the session TTL timers that renewals reaching this server, when it
@@ -155,7 +193,13 @@ impl Dispatcher {
     /// Answers `call`, started by this agent (HTTP, DNS, its loops), wherever it must be
     /// answered.
     pub async fn call<C: Call>(&self, call: C) -> Result<C::Reply, RpcError> {
-        C::reply(self.serve(Hop::Origin, call.into()).await)
+        let mut req: AgentRequest = call.into();
+        if let (Some(acl), Some(token)) = (&self.acl, req.token_mut())
+            && token.is_none()
+        {
+            token.clone_from(&acl.default_token);
+        }
+        C::reply(self.serve(Hop::Origin, req).await)
     }
 
     /// Leader-only work (ending sessions whose TTL ran out, reconciling the catalog with
@@ -167,7 +211,7 @@ impl Dispatcher {
         }
         let req: AgentRequest = call.into();
         let req = req.bounded();
-        let response = match self.here(raft, Hop::Forwarded, &req).await {
+        let response = match self.here(raft, Hop::Forwarded, &req, Check::Internal).await {
             Some(response) => response,
             None => req.fail(RpcError::NoLeader),
         };
@@ -206,7 +250,7 @@ impl Dispatcher {
                 Err(e) => return req.fail(e),
             };
             let answer = match (route, &self.raft) {
-                (Route::Here, Some(raft)) => match self.here(raft, hop, &req).await {
+                (Route::Here, Some(raft)) => match self.here(raft, hop, &req, Check::Token).await {
                     Some(answer) => Ok(answer),
                     None if hop == Hop::Forwarded => Err(RpcError::NoLeader),
                     None => self.to_leader(raft, &req).await,
@@ -232,9 +276,24 @@ impl Dispatcher {
     /// Answers `req` from this server's state, or `None` when it finds that the DC's leader
     /// must answer instead (this server does not lead, a default-mode read's lease lapsed,
     /// or a stale read is staler than it may be).
-    async fn here(&self, raft: &RaftNode, hop: Hop, req: &AgentRequest) -> Option<AgentResponse> {
+    async fn here(
+        &self,
+        raft: &RaftNode,
+        hop: Hop,
+        req: &AgentRequest,
+        check: Check,
+    ) -> Option<AgentResponse> {
+        let authz = match self.authorizer(raft, req, check) {
+            Ok(authz) => authz,
+            Err(e) => return Some(req.fail(e.into())),
+        };
         Some(match req {
             AgentRequest::Write(Write { cmd, .. }) => {
+                if let Some(authz) = &authz
+                    && let Err(e) = raft.read().state.authorize_command(authz, cmd)
+                {
+                    return Some(req.fail(e.into()));
+                }
                 AgentResponse::Write(self.write_here(raft, cmd.clone()).await)
             }
             AgentRequest::Read(Read { query, opts, .. }) => {
@@ -252,7 +311,10 @@ impl Dispatcher {
                     Err(RaftNodeError::NotLeader { .. }) => return None,
                     Err(e) => return Some(req.fail(e.into())),
                 };
-                AgentResponse::Read(Ok(self.read_here(raft, query, *opts, meta).await))
+                match self.read_here(raft, query, *opts, meta, authz.as_ref()).await {
+                    Ok(out) => AgentResponse::Read(Ok(out)),
+                    Err(e) => req.fail(e.into()),
+                }
             }
             AgentRequest::GetRaftStatus(_) => AgentResponse::GetRaftStatus(Ok(RaftStatus {
                 leader: raft.leader().map(|(_, node)| node),
@@ -269,6 +331,15 @@ impl Dispatcher {
                     return None;
                 }
                 let session = raft.read().state.session(id).cloned();
+                if let (Some(authz), Some(s)) = (&authz, &session)
+                    && let Err(e) = authz.check(&crate::acl::Permission::named(
+                        crate::acl::Resource::Session,
+                        &s.node,
+                        crate::acl::Access::Write,
+                    ))
+                {
+                    return Some(req.fail(e.into()));
+                }
                 if let (Some(s), Some(timers)) = (&session, &self.session_timers)
                     && let Some(ttl) = s.ttl
                 {
@@ -285,6 +356,32 @@ impl Dispatcher {
                 RpcError::NotServed("a node-local probe is answered by the handler".into()),
             ),
         })
+    }
+
+    /// What the token `req` carries may do, when this server checks ACLs and `req` is one
+    /// that carries a token (`None`: nothing to check).
+    fn authorizer(
+        &self,
+        raft: &RaftNode,
+        req: &AgentRequest,
+        check: Check,
+    ) -> Result<Option<Authorizer>, AclError> {
+        let Some(acl) = self.acl.as_ref().filter(|_| check == Check::Token) else {
+            return Ok(None);
+        };
+        let mut req = req.clone();
+        let Some(token) = req.token_mut() else {
+            return Ok(None);
+        };
+        let now_ms = crate::acl::model::now_ms();
+        raft.read()
+            .state
+            .acl_authorizer(
+                token.as_ref().map(|s| s.0.as_str()),
+                acl.default_allow,
+                now_ms,
+            )
+            .map(Some)
     }
 
     /// A write of this DC applied here (this server leads, or fails with `No cluster
@@ -313,7 +410,8 @@ impl Dispatcher {
         query: &crate::state::query::Query,
         opts: crate::rpc::ReadOptions,
         meta: ReadMeta,
-    ) -> ReadOutcome {
+        authz: Option<&Authorizer>,
+    ) -> Result<ReadOutcome, AclError> {
         let deadline = tokio::time::Instant::now() + opts.wait;
         loop {
             // The index is checked and the watches subscribed under one read of the state,
@@ -327,12 +425,17 @@ impl Dispatcher {
                     || index > opts.min_index
                     || tokio::time::Instant::now() >= deadline
                 {
-                    return ReadOutcome {
-                        result: query.run(&r.state),
+                    let (result, filtered) = match authz {
+                        Some(authz) => filter_result(authz, query, query.run(&r.state))?,
+                        None => (query.run(&r.state), false),
+                    };
+                    return Ok(ReadOutcome {
+                        result,
                         index,
                         meta,
                         mode: opts.mode,
-                    };
+                        filtered,
+                    });
                 }
                 query.watch(&r.state)
             };
@@ -425,18 +528,25 @@ impl Dispatcher {
 
 /// Typed shorthands for the calls every entry point makes.
 impl Dispatcher {
-    /// Applies `cmd` through the leader of `dc` (default: this one).
-    pub async fn write(&self, dc: Option<&str>, cmd: Command) -> Result<CommandResult, RpcError> {
+    /// Applies `cmd` through the leader of `dc` (default: this one), made with `token`.
+    pub async fn write(
+        &self,
+        token: Option<Secret>,
+        dc: Option<&str>,
+        cmd: Command,
+    ) -> Result<CommandResult, RpcError> {
         self.call(Write {
             dc: dc.map(str::to_string),
             cmd,
+            token,
         })
         .await
     }
 
-    /// Answers `query` as `opts` asks, in `dc` (default: this one).
+    /// Answers `query` as `opts` asks, in `dc` (default: this one), made with `token`.
     pub async fn read(
         &self,
+        token: Option<Secret>,
         dc: Option<&str>,
         query: crate::state::query::Query,
         opts: crate::rpc::ReadOptions,
@@ -445,6 +555,7 @@ impl Dispatcher {
             dc: dc.map(str::to_string),
             query,
             opts,
+            token,
         })
         .await
     }

@@ -351,7 +351,8 @@ impl Resolver {
         let dc_name = dc.clone().unwrap_or_else(|| local.to_string());
         let found = match inner
             .dispatcher
-            .read(dc.as_deref(), query, inner.read)
+            // DNS carries no token: the agent's default token, or the anonymous one.
+            .read(None, dc.as_deref(), query, inner.read)
             .await
         {
             Ok(out) => match out.result {

@@ -141,7 +141,7 @@ pub async fn register(
         checks,
     };
     req.check_bounds().map_err(HttpError::BadRequest)?;
-    write_ok(&api, dc.as_deref(), Command::Register(Box::new(req))).await
+    write_ok(&api, &p, dc.as_deref(), Command::Register(Box::new(req))).await
 }
 
 /// `catalog/deregister`'s body.
@@ -174,7 +174,7 @@ pub async fn deregister(
         service_id: b.service_id.filter(|s| !s.is_empty()),
         check_id: b.check_id.filter(|s| !s.is_empty()),
     };
-    write_ok(&api, dc.as_deref(), Command::Deregister(req)).await
+    write_ok(&api, &p, dc.as_deref(), Command::Deregister(req)).await
 }
 
 /// `GET /v1/catalog/datacenters`: the DCs of the federation, the local one first, then by

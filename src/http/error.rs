@@ -40,6 +40,7 @@ impl HttpError {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound | HttpError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
             HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Rpc(RpcError::Acl(_)) => StatusCode::FORBIDDEN,
             HttpError::Internal(_) | HttpError::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -129,7 +129,7 @@ pub async fn put(
             flags,
         },
     };
-    bool_answer(api.dispatcher.write(p.dc(), cmd).await?)
+    bool_answer(api.dispatcher.write(p.token(), p.dc(), cmd).await?)
 }
 
 /// `DELETE /v1/kv/:key` with `?recurse` or `?cas=`.
@@ -146,5 +146,5 @@ pub async fn delete(
     } else {
         Command::KvDelete { key }
     };
-    bool_answer(api.dispatcher.write(p.dc(), cmd).await?)
+    bool_answer(api.dispatcher.write(p.token(), p.dc(), cmd).await?)
 }

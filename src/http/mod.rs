@@ -69,14 +69,19 @@ impl Api {
 /// parameters; returns Consul's headers with the answer.
 async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOutcome), HttpError> {
     let opts = p.read_options()?;
-    let out = api.dispatcher.read(p.dc(), query, opts).await?;
+    let out = api.dispatcher.read(p.token(), p.dc(), query, opts).await?;
     Ok((read_headers(&out), out))
 }
 
-/// Applies a catalog write in `dc` (default: this one) and answers Consul's `true`, or 400
-/// with the refusal.
-async fn write_ok(api: &Api, dc: Option<&str>, cmd: Command) -> Result<Response, HttpError> {
-    match api.dispatcher.write(dc, cmd).await? {
+/// Applies a catalog write in `dc` (default: this one) with the request's token, and
+/// answers Consul's `true`, or 400 with the refusal.
+async fn write_ok(
+    api: &Api,
+    p: &Params,
+    dc: Option<&str>,
+    cmd: Command,
+) -> Result<Response, HttpError> {
+    match api.dispatcher.write(p.token(), dc, cmd).await? {
         CommandResult::Ok | CommandResult::Bool(true) => Ok(Json(true).into_response()),
         CommandResult::Bool(false) => Ok(Json(false).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
@@ -294,6 +299,12 @@ fn read_headers(out: &ReadOutcome) -> HeaderMap {
         "X-Consul-Effective-Consistency",
         HeaderValue::from_static(out.mode.as_str()),
     );
+    if out.filtered {
+        h.insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            HeaderValue::from_static("true"),
+        );
+    }
     h
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::acl::Secret;
 use crate::duration::parse_go_duration;
 use crate::rpc::ReadOptions;
 use crate::vocab::{MAX_WAIT, ReadMode};
@@ -12,8 +13,9 @@ use super::error::HttpError;
 /// Default blocking wait (Consul: 5 minutes).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
-/// The query string of one request, in order (bare flags map to ""; a name may repeat).
-pub struct Params(pub Vec<(String, String)>);
+/// The query string of one request, in order (bare flags map to ""; a name may repeat),
+/// and the ACL token it carries.
+pub struct Params(pub Vec<(String, String)>, pub Option<Secret>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     type Rejection = HttpError;
@@ -23,13 +25,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
         _: &S,
     ) -> Result<Self, HttpError> {
         let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(query)
-            .map(Params)
-            .map_err(|e| HttpError::BadRequest(format!("Invalid query string: {e}")))
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| HttpError::BadRequest(format!("Invalid query string: {e}")))?;
+        let token = token_of(&parts.headers, &pairs);
+        Ok(Params(pairs, token))
     }
 }
 
+/// The request's ACL token, where Consul looks for it: `X-Consul-Token`, then
+/// `Authorization: Bearer`, then `?token=`. An empty one is no token.
+fn token_of(headers: &axum::http::HeaderMap, pairs: &[(String, String)]) -> Option<Secret> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    header("x-consul-token")
+        .or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")))
+        .map(str::trim)
+        .or_else(|| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.as_str())
+        })
+        .filter(|t| !t.is_empty())
+        .map(|t| Secret(t.to_string()))
+}
+
 impl Params {
+    /// The ACL token the request carries (`None`: the agent's default, or anonymous).
+    pub fn token(&self) -> Option<Secret> {
+        self.1.clone()
+    }
+
     /// Whether a flag is present (`?recurse`, `?recurse=`, `?recurse=1` all count, as Consul).
     pub fn flag(&self, name: &str) -> bool {
         self.0.iter().any(|(k, _)| k == name)
@@ -141,6 +166,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            None,
         )
     }
 

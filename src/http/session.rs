@@ -65,13 +65,6 @@ fn lock_delay(v: Option<Value>) -> Result<Duration, HttpError> {
     Ok(d.min(LOCK_DELAY_MAX))
 }
 
-/// A random (version 4) UUID, as Consul's session IDs.
-fn new_session_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
 
 /// Builds the session a create request asks for (pure but for the new ID). Pure rules:
 /// TTL within [10s, 24h], behavior `release`|`delete`, checks default to `serfHealth`.
@@ -112,7 +105,7 @@ fn session_from(body: CreateBody, agent_node: &str) -> Result<Session, HttpError
     }
     node_checks.dedup();
     Ok(Session {
-        id: new_session_id(),
+        id: crate::vocab::random_uuid(),
         name: body.name,
         node: body
             .node
@@ -134,7 +127,7 @@ pub async fn create(State(api): State<Api>, p: Params, body: Bytes) -> Result<Re
     let id = session.id.clone();
     match api
         .dispatcher
-        .write(p.dc(), Command::SessionCreate(Box::new(session)))
+        .write(p.token(), p.dc(), Command::SessionCreate(Box::new(session)))
         .await?
     {
         CommandResult::Ok => Ok(Json(serde_json::json!({ "ID": id })).into_response()),
@@ -150,7 +143,7 @@ pub async fn destroy(
     p: Params,
 ) -> Result<Response, HttpError> {
     api.dispatcher
-        .write(p.dc(), Command::SessionDestroy { id })
+        .write(p.token(), p.dc(), Command::SessionDestroy { id })
         .await?;
     Ok(Json(true).into_response())
 }
@@ -164,6 +157,7 @@ pub async fn renew(
     let renew = RenewSession {
         dc: p.dc().map(str::to_string),
         id: id.clone(),
+        token: p.token(),
     };
     match api.dispatcher.call(renew).await? {
         Some(s) => Ok(Json(vec![SessionJson::from(&s)]).into_response()),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclError, Secret};
 use crate::raft::{ReadMeta, ServerNode};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult, Session};
@@ -59,6 +60,9 @@ pub enum RpcError {
         /// What went wrong.
         reason: String,
     },
+    /// The request's token is unknown, or does not grant what the request needs.
+    #[error(transparent)]
+    Acl(#[from] AclError),
     /// Raft failed locally.
     #[error("raft: {0}")]
     Raft(String),
@@ -75,7 +79,8 @@ impl RpcError {
             RpcError::NoLeader
             | RpcError::NotServed(_)
             | RpcError::NoPathToDatacenter
-            | RpcError::NoReachableServer => true,
+            | RpcError::NoReachableServer
+            | RpcError::Acl(_) => true,
             RpcError::Forward { retry_safe, .. } => *retry_safe,
             RpcError::Indeterminate { .. } | RpcError::Raft(_) | RpcError::Protocol(_) => false,
         }
@@ -167,6 +172,9 @@ pub struct ReadOutcome {
     pub meta: ReadMeta,
     /// `X-Consul-Effective-Consistency`.
     pub mode: ReadMode,
+    /// Whether ACLs removed part of the answer (`X-Consul-Results-Filtered-By-ACLs`).
+    #[serde(default)]
+    pub filtered: bool,
 }
 
 /// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.
@@ -228,6 +236,10 @@ pub struct Write {
     pub dc: Option<String>,
     /// The command.
     pub cmd: Command,
+    /// The ACL token it is made with (`None`: the anonymous token), checked where the
+    /// command is applied.
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 /// Answer a read (at the DC's leader when its mode needs one).
@@ -239,6 +251,10 @@ pub struct Read {
     pub query: Query,
     /// Consistency and blocking.
     pub opts: ReadOptions,
+    /// The ACL token it is made with (`None`: the anonymous token), checked where the
+    /// data is read.
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 /// The DC's Raft leader and voters.
@@ -260,6 +276,9 @@ pub struct RenewSession {
     pub dc: Option<String>,
     /// The session.
     pub id: String,
+    /// The ACL token it is made with.
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 /// Add the sending server to the DC's Raft (sent to a member; the leader does it).
@@ -380,6 +399,16 @@ impl AgentRequest {
         }
     }
 
+    /// The ACL token the request carries, for the requests that carry one.
+    pub fn token_mut(&mut self) -> Option<&mut Option<Secret>> {
+        match self {
+            AgentRequest::Write(Write { token, .. })
+            | AgentRequest::Read(Read { token, .. })
+            | AgentRequest::RenewSession(RenewSession { token, .. }) => Some(token),
+            _ => None,
+        }
+    }
+
     /// Whether only the DC's leader answers it (writes, renewals, joins, and reads in
     /// default or consistent mode).
     pub fn needs_leader(&self) -> bool {
@@ -490,6 +519,7 @@ mod tests {
         let write = AgentRequest::from(Write {
             dc: None,
             cmd: Command::KvDelete { key: "k".into() },
+            token: None,
         });
         let read = AgentRequest::from(GetRaftStatus { dc: None });
         assert!(write.may_resend(&undelivered()));
@@ -536,6 +566,7 @@ mod tests {
                     wait,
                     ..ReadOptions::now(mode)
                 },
+                token: None,
             })
         };
         let long = read(ReadMode::Stale, Duration::from_secs(3600)).bounded();
@@ -545,6 +576,7 @@ mod tests {
         let write = AgentRequest::from(Write {
             dc: Some("dc2".into()),
             cmd: Command::KvDelete { key: "k".into() },
+            token: None,
         });
         assert!(write.needs_leader() && !write.is_read());
         assert_eq!(write.datacenter(), Some("dc2"));

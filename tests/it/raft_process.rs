@@ -169,6 +169,7 @@ async fn corrupt_or_truncated_data_files_stop_the_server_with_a_clear_message() 
             value: bytes::Bytes::from_static(MARK),
             flags: 0,
         },
+        token: None,
     });
     client
         .call(dc.addrs[li], None, &req, Duration::from_secs(5))

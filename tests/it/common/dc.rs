@@ -114,6 +114,7 @@ pub async fn put(client: &AgentClient, addr: SocketAddr, key: &str) -> bool {
             value: Bytes::from_static(b"v"),
             flags: 0,
         },
+        token: None,
     });
     matches!(
         client.call(addr, None, &req, Duration::from_secs(5)).await,
@@ -138,6 +139,7 @@ pub async fn keys_on(client: &AgentClient, addr: SocketAddr, prefix: &str) -> Op
             separator: None,
         },
         opts: ReadOptions::now(ReadMode::Stale),
+        token: None,
     });
     match client.call(addr, None, &req, Duration::from_secs(5)).await {
         Ok(AgentResponse::Read(Ok(ReadOutcome {
