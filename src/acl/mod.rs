@@ -94,15 +94,16 @@ pub enum AclError {
     Disabled,
 }
 
-/// What a token may do, resolved from its policies (or one of the built-in kinds).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a token may do, resolved from its policies (or one of the built-in kinds). Sent
+/// from a server to an agent that asked (the agent checks its own endpoints with it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Authorizer {
     /// The token's AccessorID, named in denials.
     accessor: String,
     kind: Kind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Kind {
     /// `global-management`: everything, the ACL system included.
     Management,

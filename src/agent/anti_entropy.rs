@@ -78,7 +78,12 @@ pub async fn sync_once(local: &LocalAgent, dispatcher: &Dispatcher) -> Result<us
     // The agent's own token (`acl.tokens.agent`) syncs what was registered with it.
     let token = || dispatcher.agent_token();
     let services = dispatcher
-        .read(token(), None, Query::NodeServices { node: name.clone() }, opts)
+        .read(
+            token(),
+            None,
+            Query::NodeServices { node: name.clone() },
+            opts,
+        )
         .await?;
     let checks = dispatcher
         .read(token(), None, Query::NodeChecks { node: name }, opts)
@@ -101,7 +106,9 @@ pub async fn sync_once(local: &LocalAgent, dispatcher: &Dispatcher) -> Result<us
     );
     let n = plan.len();
     if n > 0 {
-        dispatcher.write(token(), None, Command::Batch(plan)).await?;
+        dispatcher
+            .write(token(), None, Command::Batch(plan))
+            .await?;
     }
     Ok(n)
 }

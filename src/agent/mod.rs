@@ -343,13 +343,19 @@ impl Agent {
                 addr: dns_bind,
                 reason: e.to_string(),
             })?;
-        let api = crate::http::Api::new(
+        let mut api = crate::http::Api::new(
             dispatcher.clone(),
             local,
             members,
             metrics.clone(),
             shutdown.clone(),
         );
+        if config.acl.enabled {
+            api = api.with_acl(crate::http::AclEdge::new(
+                config.acl.token_ttl.0,
+                config.acl.down_policy,
+            ));
+        }
         let (http_addr, http_task) = crate::http::serve(
             config.http_bind(),
             api,

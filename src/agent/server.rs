@@ -232,7 +232,9 @@ async fn initial_management(
             };
             match dispatcher.on_leader(write).await {
                 Ok(_) => tracing::info!("ACL initial management token created"),
-                Err(e) => tracing::warn!(error = %e, "could not create the initial management token; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create the initial management token; will retry")
+                }
             }
         }
         tokio::select! {

@@ -27,8 +27,8 @@ use crate::rpc::{
     AgentRequest, AgentResponse, Call, GetRaftStatus, Hop, JoinRaft, ListDatacenters, RaftStatus,
     Read, ReadOutcome, RenewSession, RpcError, Write,
 };
-use crate::state::session_ttl::SessionTimers;
 use crate::state::authorize::filter_result;
+use crate::state::session_ttl::SessionTimers;
 use crate::state::{Command, CommandResult};
 use crate::transport::{Transport, TransportError};
 use crate::vocab::{ReadMode, Role};
@@ -287,6 +287,14 @@ impl Dispatcher {
             Ok(authz) => authz,
             Err(e) => return Some(req.fail(e.into())),
         };
+        let acl_system = match req {
+            AgentRequest::Write(w) => w.cmd.is_acl(),
+            AgentRequest::Read(r) => r.query.tables() == [crate::state::Table::Acl],
+            _ => false,
+        };
+        if acl_system && self.acl.is_none() {
+            return Some(req.fail(AclError::Disabled.into()));
+        }
         Some(match req {
             AgentRequest::Write(Write { cmd, .. }) => {
                 if let Some(authz) = &authz
@@ -311,7 +319,10 @@ impl Dispatcher {
                     Err(RaftNodeError::NotLeader { .. }) => return None,
                     Err(e) => return Some(req.fail(e.into())),
                 };
-                match self.read_here(raft, query, *opts, meta, authz.as_ref()).await {
+                match self
+                    .read_here(raft, query, *opts, meta, authz.as_ref())
+                    .await
+                {
                     Ok(out) => AgentResponse::Read(Ok(out)),
                     Err(e) => req.fail(e.into()),
                 }
@@ -331,10 +342,13 @@ impl Dispatcher {
                     return None;
                 }
                 let session = raft.read().state.session(id).cloned();
-                if let (Some(authz), Some(s)) = (&authz, &session)
+                // As for destroying: an unknown session has no node to check, so only a
+                // token that may renew any session learns that it is unknown.
+                let node = session.as_ref().map_or("", |s| s.node.as_str());
+                if let Some(authz) = &authz
                     && let Err(e) = authz.check(&crate::acl::Permission::named(
                         crate::acl::Resource::Session,
-                        &s.node,
+                        node,
                         crate::acl::Access::Write,
                     ))
                 {
@@ -352,6 +366,10 @@ impl Dispatcher {
                     .await
                     .map_err(RpcError::from),
             ),
+            AgentRequest::ResolveToken(_) => match authz {
+                Some(authz) => AgentResponse::ResolveToken(Ok(authz)),
+                None => req.fail(AclError::Disabled.into()),
+            },
             AgentRequest::Ping(_) | AgentRequest::GetServerInfo(_) => req.fail(
                 RpcError::NotServed("a node-local probe is answered by the handler".into()),
             ),

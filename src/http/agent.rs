@@ -16,6 +16,7 @@ use super::catalog::parse_status;
 use super::error::HttpError;
 use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
 use super::params::Params;
+use crate::acl::{Access, Authorizer, Permission, Resource};
 use crate::agent::local::{CheckKind, LocalCheck, LocalError};
 use crate::duration::parse_go_duration;
 use crate::gossip::{Member, MemberStatus};
@@ -107,7 +108,8 @@ struct SelfConfig<'a> {
 }
 
 /// `GET /v1/agent/self`: what Prometheus reads `Config.Datacenter` from.
-pub async fn self_info(State(api): State<Api>) -> Response {
+pub async fn self_info(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, agent_perm(&api, Access::Read)).await?;
     let n = &api.local.node;
     let config = SelfConfig {
         datacenter: &n.datacenter,
@@ -118,41 +120,74 @@ pub async fn self_info(State(api): State<Api>) -> Response {
         revision: "",
         version: env!("CARGO_PKG_VERSION"),
     };
-    Json(serde_json::json!({
+    Ok(Json(serde_json::json!({
         "Config": config,
         "Member": self_member(&api),
         "Meta": {},
     }))
-    .into_response()
+    .into_response())
+}
+
+/// `agent:<level>` on this agent's node.
+fn agent_perm(api: &Api, level: Access) -> Permission {
+    Permission::named(Resource::Agent, api.local.node.name.clone(), level)
+}
+
+/// What changing local check `id` needs: `service:write` on its service, or `node:write`
+/// on this node for a node check (or an unknown one).
+fn check_perm(api: &Api, id: &str) -> Permission {
+    let local = api.local.snapshot();
+    let service = local
+        .checks
+        .get(id)
+        .and_then(|c| c.def.service_id.as_ref())
+        .and_then(|sid| local.services.get(sid))
+        .map(|s| s.service.clone());
+    match service {
+        Some(name) => Permission::named(Resource::Service, name, Access::Write),
+        None => Permission::named(Resource::Node, api.local.node.name.clone(), Access::Write),
+    }
+}
+
+/// Whether `authz` (none: ACLs off) may read `name` of `kind`.
+fn may_read(authz: Option<&Authorizer>, kind: Resource, name: &str) -> bool {
+    authz.is_none_or(|a| a.allows(&Permission::named(kind, name, Access::Read)))
 }
 
 /// `GET /v1/agent/members`: the LAN pool as gossip sees it (`?wan` on servers: the WAN
 /// pool of every DC's servers, named `<node>.<dc>`).
 pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let out: Vec<MemberJson> = if p.enabled("wan") {
-        let wan = api
-            .dispatcher
+    let authz = api.authorizer(&p).await?;
+    let members = if p.enabled("wan") {
+        api.dispatcher
             .wan_members()
-            .ok_or_else(|| HttpError::BadRequest("WAN members are only known to servers".into()))?;
-        wan.iter().map(member_json).collect()
+            .ok_or_else(|| HttpError::BadRequest("WAN members are only known to servers".into()))?
     } else {
-        api.members.borrow().iter().map(member_json).collect()
+        api.members.borrow().clone()
     };
+    let out: Vec<MemberJson> = members
+        .iter()
+        .filter(|m| may_read(authz.as_ref(), Resource::Node, &m.name))
+        .map(member_json)
+        .collect();
     Ok(Json(out).into_response())
 }
 
 /// `PUT /v1/agent/leave`: this agent leaves the pool gracefully and shuts down.
-pub async fn leave(State(api): State<Api>) -> Response {
+pub async fn leave(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, agent_perm(&api, Access::Write)).await?;
     api.shutdown.cancel();
-    ().into_response()
+    Ok(().into_response())
 }
 
 /// `GET /v1/agent/services`: this agent's services by ID.
-pub async fn services(State(api): State<Api>) -> Response {
+pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let authz = api.authorizer(&p).await?;
     let local = api.local.snapshot();
     let services: Vec<_> = local
         .services
         .values()
+        .filter(|d| may_read(authz.as_ref(), Resource::Service, &d.service))
         .map(|d| d.clone().into_service(api.local.node.name.clone()))
         .collect();
     let json: BTreeMap<&str, ServiceJson> = services
@@ -164,18 +199,26 @@ pub async fn services(State(api): State<Api>) -> Response {
             )
         })
         .collect();
-    Json(json).into_response()
+    Ok(Json(json).into_response())
 }
 
 /// `GET /v1/agent/checks`: this agent's checks by ID.
-pub async fn checks(State(api): State<Api>) -> Response {
+pub async fn checks(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let authz = api.authorizer(&p).await?;
     let local = api.local.snapshot();
     let checks = local.catalog_checks(&api.local.node.name);
     let json: BTreeMap<&str, CheckJson> = checks
         .iter()
+        .filter(|(_, c)| {
+            if c.service_name.is_empty() {
+                may_read(authz.as_ref(), Resource::Node, &c.node)
+            } else {
+                may_read(authz.as_ref(), Resource::Service, &c.service_name)
+            }
+        })
         .map(|(id, c)| (id.as_str(), CheckJson::from(c)))
         .collect();
-    Json(json).into_response()
+    Ok(Json(json).into_response())
 }
 
 /// A check in an agent registration (alone or inside a service).
@@ -300,6 +343,11 @@ pub async fn register_service(
 ) -> Result<Response, HttpError> {
     let (def, checks) = decode::<ServiceBody>(&body)?.into_definition()?;
     def.check_bounds().map_err(HttpError::BadRequest)?;
+    api.authorize(
+        &p,
+        Permission::named(Resource::Service, def.service.clone(), Access::Write),
+    )
+    .await?;
     let checks = checks
         .into_iter()
         .map(|c| decode_value::<CheckBody>(c)?.into_local())
@@ -313,14 +361,42 @@ pub async fn register_service(
 pub async fn deregister_service(
     State(api): State<Api>,
     Path(id): Path<String>,
+    p: Params,
 ) -> Result<Response, HttpError> {
+    let name = api
+        .local
+        .snapshot()
+        .services
+        .get(&id)
+        .map(|s| s.service.clone());
+    let perm = match name {
+        Some(name) => Permission::named(Resource::Service, name, Access::Write),
+        None => agent_perm(&api, Access::Write),
+    };
+    api.authorize(&p, perm).await?;
     api.local.update(|l| l.remove_service(&id))?;
     Ok(().into_response())
 }
 
 /// `PUT /v1/agent/check/register`.
-pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Response, HttpError> {
+pub async fn register_check(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let check = decode::<CheckBody>(&body)?.into_local()?;
+    let service = check.def.service_id.as_ref().and_then(|sid| {
+        api.local
+            .snapshot()
+            .services
+            .get(sid)
+            .map(|s| s.service.clone())
+    });
+    let perm = match service {
+        Some(name) => Permission::named(Resource::Service, name, Access::Write),
+        None => Permission::named(Resource::Node, api.local.node.name.clone(), Access::Write),
+    };
+    api.authorize(&p, perm).await?;
     api.local.update(|l| l.add_check(check))?;
     Ok(().into_response())
 }
@@ -329,7 +405,9 @@ pub async fn register_check(State(api): State<Api>, body: Bytes) -> Result<Respo
 pub async fn deregister_check(
     State(api): State<Api>,
     Path(id): Path<String>,
+    p: Params,
 ) -> Result<Response, HttpError> {
+    api.authorize(&p, check_perm(&api, &id)).await?;
     api.local.update(|l| l.remove_check(&id))?;
     Ok(().into_response())
 }
@@ -340,6 +418,7 @@ async fn set_status(
     status: HealthStatus,
     p: &Params,
 ) -> Result<Response, HttpError> {
+    api.authorize(p, check_perm(api, id)).await?;
     let note = p.get("note").unwrap_or_default().to_string();
     api.local.set_check(id, status, note)?;
     Ok(().into_response())
@@ -385,8 +464,10 @@ struct UpdateBody {
 pub async fn update(
     State(api): State<Api>,
     Path(id): Path<String>,
+    p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    api.authorize(&p, check_perm(&api, &id)).await?;
     let b: UpdateBody = decode(&body)?;
     api.local
         .set_check(&id, parse_status(&b.status)?, b.output)?;
@@ -396,16 +477,17 @@ pub async fn update(
 /// `GET /v1/agent/metrics`: with `?format=prometheus` the Prometheus text format (as
 /// `/metrics`); otherwise Consul's JSON summary (gauges, counters and samples, by name and
 /// labels).
-pub async fn metrics(State(api): State<Api>, p: Params) -> Response {
+pub async fn metrics(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, agent_perm(&api, Access::Read)).await?;
     if p.get("format") == Some("prometheus") {
-        return (
+        return Ok((
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
             api.metrics.encode(),
         )
-            .into_response();
+            .into_response());
     }
-    Json(super::json::metrics_summary(&api.metrics.registry.gather())).into_response()
+    Ok(Json(super::json::metrics_summary(&api.metrics.registry.gather())).into_response())
 }

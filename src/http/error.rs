@@ -17,6 +17,9 @@ pub enum HttpError {
     /// The thing named does not exist; the body says which.
     #[error("{0}")]
     NotFoundBecause(String),
+    /// Refused for a reason the body says (e.g. a second ACL bootstrap).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request body exceeds the endpoint's limit.
     #[error("Request body too large, max size: {0} bytes")]
     TooLarge(usize),
@@ -40,6 +43,10 @@ impl HttpError {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound | HttpError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
             HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::Rpc(RpcError::Acl(crate::acl::AclError::Disabled)) => {
+                StatusCode::UNAUTHORIZED
+            }
             HttpError::Rpc(RpcError::Acl(_)) => StatusCode::FORBIDDEN,
             HttpError::Internal(_) | HttpError::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -3,6 +3,7 @@
 //! and `X-Consul-*` headers. Only this module knows JSON; errors become status codes in one
 //! place ([`error`]).
 
+pub mod acl;
 pub mod agent;
 pub mod catalog;
 pub mod error;
@@ -24,11 +25,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::{Authorizer, Permission};
 use crate::agent::local::LocalAgent;
 use crate::dispatch::Dispatcher;
 use crate::gossip::Member;
 use crate::metrics::Metrics;
-use crate::rpc::ReadOutcome;
+use crate::rpc::{ReadOutcome, ResolveToken, RpcError};
 use crate::state::query::Query;
 use crate::state::{Command, CommandResult};
 use error::HttpError;
@@ -43,6 +45,35 @@ pub struct Api {
     metrics: Metrics,
     /// The agent's shutdown signal (`/v1/agent/leave` fires it).
     shutdown: CancellationToken,
+    /// With ACLs on: how the agent's own endpoints check tokens.
+    acl: Option<Arc<AclEdge>>,
+}
+
+/// How the agent's own endpoints (those answered from the agent, not the DC's state) check
+/// tokens: resolved by a server of the DC (`ResolveToken`), cached for `acl.token_ttl`;
+/// when no server answers, `acl.down_policy` decides.
+pub struct AclEdge {
+    ttl: std::time::Duration,
+    down: crate::config::AclDownPolicy,
+    cache: std::sync::Mutex<std::collections::HashMap<Option<[u8; 32]>, Resolved>>,
+}
+
+/// A token resolved at an instant.
+type Resolved = (std::time::Instant, Authorizer);
+
+/// Most tokens an agent keeps resolved; past it, expired entries are dropped (and all of
+/// them if none had expired).
+const ACL_CACHE_MAX: usize = 4096;
+
+impl AclEdge {
+    /// Resolved tokens kept for `ttl`; `down` when no server can resolve one.
+    pub fn new(ttl: std::time::Duration, down: crate::config::AclDownPolicy) -> AclEdge {
+        AclEdge {
+            ttl,
+            down,
+            cache: Default::default(),
+        }
+    }
 }
 
 impl Api {
@@ -61,6 +92,74 @@ impl Api {
             members,
             metrics,
             shutdown: leave,
+            acl: None,
+        }
+    }
+
+    /// With ACLs on.
+    pub fn with_acl(mut self, edge: AclEdge) -> Api {
+        self.acl = Some(Arc::new(edge));
+        self
+    }
+
+    /// What the request's token may do, for the agent's own endpoints (`None`: ACLs off).
+    async fn authorizer(&self, p: &Params) -> Result<Option<Authorizer>, HttpError> {
+        let Some(edge) = &self.acl else {
+            return Ok(None);
+        };
+        let token = p.token();
+        let key = token.as_ref().map(|t| {
+            ring::digest::digest(&ring::digest::SHA256, t.0.as_bytes())
+                .as_ref()
+                .try_into()
+                .expect("SHA-256 is 32 bytes")
+        });
+        let cached = edge
+            .cache
+            .lock()
+            .expect("acl cache lock")
+            .get(&key)
+            .cloned();
+        if let Some((at, authz)) = &cached
+            && at.elapsed() < edge.ttl
+        {
+            return Ok(Some(authz.clone()));
+        }
+        match self.dispatcher.call(ResolveToken { token }).await {
+            Ok(authz) => {
+                let mut cache = edge.cache.lock().expect("acl cache lock");
+                if cache.len() >= ACL_CACHE_MAX {
+                    cache.retain(|_, (at, _)| at.elapsed() < edge.ttl);
+                    if cache.len() >= ACL_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(key, (std::time::Instant::now(), authz.clone()));
+                Ok(Some(authz))
+            }
+            Err(e @ RpcError::Acl(_)) => Err(e.into()),
+            Err(e) => {
+                use crate::config::AclDownPolicy;
+                match (edge.down, cached) {
+                    (AclDownPolicy::ExtendCache | AclDownPolicy::AsyncCache, Some((_, authz))) => {
+                        Ok(Some(authz))
+                    }
+                    (AclDownPolicy::Allow, _) => Ok(Some(Authorizer::of_rules(
+                        crate::acl::model::ANONYMOUS_ACCESSOR,
+                        crate::acl::Rules::default(),
+                        true,
+                    ))),
+                    _ => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Checks that the request's token grants `perm` (nothing to check with ACLs off).
+    async fn authorize(&self, p: &Params, perm: Permission) -> Result<(), HttpError> {
+        match self.authorizer(p).await? {
+            Some(authz) => Ok(authz.check(&perm).map_err(RpcError::Acl)?),
+            None => Ok(()),
         }
     }
 }
@@ -92,15 +191,33 @@ async fn write_ok(
 /// Largest KV value, as Consul's.
 pub const MAX_KV_VALUE: usize = 512 * 1024;
 
+/// Where a route's ACL check happens (declared with the route, so a route cannot be added
+/// without saying; `tests/it/acl.rs` asks every route without a token under
+/// `default_policy = "deny"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclCheck {
+    /// None: public by design, as in Consul (the leader, the peers, the DC list).
+    Public,
+    /// By the server that answers, from the DC's state: every read and write of the
+    /// catalog, KV, sessions and the ACL system goes through the dispatcher with the
+    /// request's token.
+    Data,
+    /// By the handler, against the agent's own resources (`Api::authorize`): `agent:`,
+    /// `node:` and `service:` rules for this agent's node, services and checks.
+    Agent,
+}
+
 /// Declares the route table once: [`ROUTES`] (every path template with the methods it
 /// takes, for the tests that walk it) and the router built from the same lines, so a route
 /// cannot be served without being listed, nor take a method it does not list. Every other
 /// method gets 405. State-changing routes take only Consul's documented method (`PUT` or
 /// `DELETE`), never `GET`, so that a web page cannot change an agent through a link.
 macro_rules! routes {
-    ($($path:literal => $($method:ident($handler:path)).+;)*) => {
-        /// Every route: its path template and the methods it takes (lowercase).
-        pub const ROUTES: &[(&str, &[&str])] = &[$(($path, &[$(stringify!($method)),+])),*];
+    ($($path:literal [$acl:ident] => $($method:ident($handler:path)).+;)*) => {
+        /// Every route: its path template, the methods it takes (lowercase) and where its
+        /// ACL check happens.
+        pub const ROUTES: &[(&str, &[&str], AclCheck)] =
+            &[$(($path, &[$(stringify!($method)),+], AclCheck::$acl)),*];
 
         fn routes() -> Router<Api> {
             Router::new()$(.route($path, axum::routing::MethodRouter::new()$(.$method($handler))+))*
@@ -109,42 +226,55 @@ macro_rules! routes {
 }
 
 routes! {
-    "/metrics" => get(prometheus);
-    "/v1/status/leader" => get(status::leader);
-    "/v1/status/peers" => get(status::peers);
-    "/v1/catalog/register" => put(catalog::register);
-    "/v1/catalog/deregister" => put(catalog::deregister);
-    "/v1/catalog/datacenters" => get(catalog::datacenters);
-    "/v1/catalog/nodes" => get(catalog::nodes);
-    "/v1/catalog/services" => get(catalog::services);
-    "/v1/catalog/service/{name}" => get(catalog::service);
-    "/v1/catalog/node/{node}" => get(catalog::node);
-    "/v1/health/service/{name}" => get(health::service);
-    "/v1/health/checks/{name}" => get(health::service_checks);
-    "/v1/health/node/{node}" => get(health::node);
-    "/v1/health/state/{state}" => get(health::state);
-    "/v1/agent/self" => get(agent::self_info);
-    "/v1/agent/members" => get(agent::members);
-    "/v1/agent/leave" => put(agent::leave);
-    "/v1/agent/services" => get(agent::services);
-    "/v1/agent/checks" => get(agent::checks);
-    "/v1/agent/service/register" => put(agent::register_service);
-    "/v1/agent/service/deregister/{id}" => put(agent::deregister_service);
-    "/v1/agent/check/register" => put(agent::register_check);
-    "/v1/agent/check/deregister/{id}" => put(agent::deregister_check);
-    "/v1/agent/check/pass/{id}" => put(agent::pass);
-    "/v1/agent/check/warn/{id}" => put(agent::warn);
-    "/v1/agent/check/fail/{id}" => put(agent::fail);
-    "/v1/agent/check/update/{id}" => put(agent::update);
-    "/v1/agent/metrics" => get(agent::metrics);
-    "/v1/session/create" => put(session::create);
-    "/v1/session/destroy/{id}" => put(session::destroy);
-    "/v1/session/renew/{id}" => put(session::renew);
-    "/v1/session/info/{id}" => get(session::info);
-    "/v1/session/node/{node}" => get(session::node);
-    "/v1/session/list" => get(session::all);
-    "/v1/kv/" => get(kv::get).put(kv::put).delete(kv::delete);
-    "/v1/kv/{*key}" => get(kv::get).put(kv::put).delete(kv::delete);
+    "/metrics" [Agent] => get(prometheus);
+    "/v1/status/leader" [Public] => get(status::leader);
+    "/v1/status/peers" [Public] => get(status::peers);
+    "/v1/catalog/register" [Data] => put(catalog::register);
+    "/v1/catalog/deregister" [Data] => put(catalog::deregister);
+    "/v1/catalog/datacenters" [Public] => get(catalog::datacenters);
+    "/v1/catalog/nodes" [Data] => get(catalog::nodes);
+    "/v1/catalog/services" [Data] => get(catalog::services);
+    "/v1/catalog/service/{name}" [Data] => get(catalog::service);
+    "/v1/catalog/node/{node}" [Data] => get(catalog::node);
+    "/v1/health/service/{name}" [Data] => get(health::service);
+    "/v1/health/checks/{name}" [Data] => get(health::service_checks);
+    "/v1/health/node/{node}" [Data] => get(health::node);
+    "/v1/health/state/{state}" [Data] => get(health::state);
+    "/v1/agent/self" [Agent] => get(agent::self_info);
+    "/v1/agent/members" [Agent] => get(agent::members);
+    "/v1/agent/leave" [Agent] => put(agent::leave);
+    "/v1/agent/services" [Agent] => get(agent::services);
+    "/v1/agent/checks" [Agent] => get(agent::checks);
+    "/v1/agent/service/register" [Agent] => put(agent::register_service);
+    "/v1/agent/service/deregister/{id}" [Agent] => put(agent::deregister_service);
+    "/v1/agent/check/register" [Agent] => put(agent::register_check);
+    "/v1/agent/check/deregister/{id}" [Agent] => put(agent::deregister_check);
+    "/v1/agent/check/pass/{id}" [Agent] => put(agent::pass);
+    "/v1/agent/check/warn/{id}" [Agent] => put(agent::warn);
+    "/v1/agent/check/fail/{id}" [Agent] => put(agent::fail);
+    "/v1/agent/check/update/{id}" [Agent] => put(agent::update);
+    "/v1/agent/metrics" [Agent] => get(agent::metrics);
+    "/v1/session/create" [Data] => put(session::create);
+    "/v1/session/destroy/{id}" [Data] => put(session::destroy);
+    "/v1/session/renew/{id}" [Data] => put(session::renew);
+    "/v1/session/info/{id}" [Data] => get(session::info);
+    "/v1/session/node/{node}" [Data] => get(session::node);
+    "/v1/session/list" [Data] => get(session::all);
+    "/v1/acl/bootstrap" [Data] => put(acl::bootstrap);
+    "/v1/acl/policy" [Data] => put(acl::create_policy);
+    "/v1/acl/policy/{id}" [Data] => get(acl::get_policy).put(acl::update_policy).delete(acl::delete_policy);
+    "/v1/acl/policy/name/{name}" [Data] => get(acl::get_policy_named);
+    "/v1/acl/policies" [Data] => get(acl::policies);
+    "/v1/acl/role" [Data] => put(acl::create_role);
+    "/v1/acl/role/{id}" [Data] => get(acl::get_role).put(acl::update_role).delete(acl::delete_role);
+    "/v1/acl/role/name/{name}" [Data] => get(acl::get_role_named);
+    "/v1/acl/roles" [Data] => get(acl::roles);
+    "/v1/acl/token" [Data] => put(acl::create_token);
+    "/v1/acl/token/self" [Data] => get(acl::token_self);
+    "/v1/acl/token/{accessor}" [Data] => get(acl::get_token).put(acl::update_token).delete(acl::delete_token);
+    "/v1/acl/tokens" [Data] => get(acl::tokens);
+    "/v1/kv/" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
+    "/v1/kv/{*key}" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
 }
 
 /// The API's routes.
@@ -274,11 +404,18 @@ pub async fn serve(
 }
 
 /// `GET /metrics`: the Prometheus text format.
-async fn prometheus(State(api): State<Api>) -> impl IntoResponse {
-    (
+async fn prometheus(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let node = api.local.node.name.clone();
+    api.authorize(
+        &p,
+        Permission::named(crate::acl::Resource::Agent, node, crate::acl::Access::Read),
+    )
+    .await?;
+    Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         api.metrics.encode(),
     )
+        .into_response())
 }
 
 /// Consul's read headers.
@@ -329,7 +466,7 @@ mod tests {
 
     #[test]
     fn no_state_changing_route_takes_get() {
-        for (path, methods) in ROUTES {
+        for (path, methods, _) in ROUTES {
             let changes = path.split('/').any(|seg| CHANGES.contains(&seg));
             let writes = methods.iter().any(|m| *m != "get");
             assert!(

@@ -65,7 +65,6 @@ fn lock_delay(v: Option<Value>) -> Result<Duration, HttpError> {
     Ok(d.min(LOCK_DELAY_MAX))
 }
 
-
 /// Builds the session a create request asks for (pure but for the new ID). Pure rules:
 /// TTL within [10s, 24h], behavior `release`|`delete`, checks default to `serfHealth`.
 fn session_from(body: CreateBody, agent_node: &str) -> Result<Session, HttpError> {

@@ -376,8 +376,17 @@ macro_rules! calls {
     };
 }
 
+/// What the holder of `token` may do, answered by any server of the DC from its state
+/// (asked by agents for their own endpoints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveToken {
+    /// The token (`None`: the anonymous token).
+    pub token: Option<Secret>,
+}
+
 calls! {
     Ping => Pong, "ping";
+    ResolveToken => crate::acl::Authorizer, "acl_resolve";
     GetServerInfo => Option<ServerInfo>, "server_info";
     Write => CommandResult, "write";
     Read => ReadOutcome, "read";
@@ -404,7 +413,8 @@ impl AgentRequest {
         match self {
             AgentRequest::Write(Write { token, .. })
             | AgentRequest::Read(Read { token, .. })
-            | AgentRequest::RenewSession(RenewSession { token, .. }) => Some(token),
+            | AgentRequest::RenewSession(RenewSession { token, .. })
+            | AgentRequest::ResolveToken(ResolveToken { token }) => Some(token),
             _ => None,
         }
     }

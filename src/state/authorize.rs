@@ -48,9 +48,11 @@ impl State {
                 }
             }
             Command::SessionCreate(s) => need(Resource::Session, &s.node, Access::Write),
+            // An unknown session has no node to check: only a token that may end any
+            // session's (`session_prefix ""`) learns that it is unknown.
             Command::SessionDestroy { id } => match self.data.sessions.get(id) {
                 Some(s) => need(Resource::Session, &s.node, Access::Write),
-                None => Ok(()),
+                None => need(Resource::Session, "", Access::Write),
             },
             // Bootstrap needs no token: the command itself succeeds only once.
             Command::AclBootstrap(_) => Ok(()),
@@ -185,6 +187,24 @@ pub fn filter_result(
         QueryResult::Sessions(mut v) => {
             v.retain(|s| keep(can(Resource::Session, &s.node)));
             QueryResult::Sessions(v)
+        }
+        // Whoever holds a secret may read its token; everything else of the ACL system
+        // needs `acl:read`, and a token's secret `acl:write`.
+        QueryResult::AclTokens(v) if matches!(query, Query::AclTokenSelf { .. }) => {
+            QueryResult::AclTokens(v)
+        }
+        QueryResult::AclTokens(mut v) => {
+            authz.check(&Permission::scalar(Scalar::Acl, Access::Read))?;
+            if !authz.allows(&Permission::scalar(Scalar::Acl, Access::Write)) {
+                for t in &mut v {
+                    t.secret_id = "<hidden>".into();
+                }
+            }
+            QueryResult::AclTokens(v)
+        }
+        r @ (QueryResult::AclPolicies(_) | QueryResult::AclRoles(_)) => {
+            authz.check(&Permission::scalar(Scalar::Acl, Access::Read))?;
+            r
         }
     };
     Ok((out, removed))

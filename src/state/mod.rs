@@ -166,6 +166,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether it changes the ACL system (refused where ACLs are disabled).
+    pub fn is_acl(&self) -> bool {
+        match self {
+            Command::AclBootstrap(_)
+            | Command::AclPolicySet(_)
+            | Command::AclPolicyDelete { .. }
+            | Command::AclRoleSet(_)
+            | Command::AclRoleDelete { .. }
+            | Command::AclTokenSet(_)
+            | Command::AclTokenDelete { .. } => true,
+            Command::Batch(cmds) => cmds.iter().any(Command::is_acl),
+            _ => false,
+        }
+    }
+
     /// Roughly how many bytes the command carries (values and keys), for batching limits.
     pub fn approx_size(&self) -> usize {
         match self {

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use std::collections::BTreeMap;
 
 use super::{Check, HealthStatus, KvEntry, Node, Service, Session, State, Table};
+use crate::acl::model::{Policy, Role, Token};
 
 /// Node metadata pairs a node must carry (`?node-meta=key:value`, all of them).
 pub type NodeMetaFilter = Vec<(String, String)>;
@@ -98,6 +99,35 @@ pub enum Query {
     },
     /// `session/list`: every session.
     Sessions,
+    /// `acl/policies`.
+    AclPolicies,
+    /// `acl/policy/:id` or `acl/policy/name/:name` (none or one).
+    AclPolicy(AclName),
+    /// `acl/roles`.
+    AclRoles,
+    /// `acl/role/:id` or `acl/role/name/:name` (none or one).
+    AclRole(AclName),
+    /// `acl/tokens`.
+    AclTokens,
+    /// `acl/token/:accessor` (none or one).
+    AclToken {
+        /// Its AccessorID.
+        accessor: String,
+    },
+    /// `acl/token/self`: the token whose secret this is (none or one).
+    AclTokenSelf {
+        /// The secret.
+        secret: crate::acl::Secret,
+    },
+}
+
+/// An ACL policy or role, named by ID or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AclName {
+    /// By ID.
+    Id(String),
+    /// By name.
+    Name(String),
 }
 
 /// One service instance with its node and the checks that decide its health.
@@ -132,6 +162,12 @@ pub enum QueryResult {
     Checks(Vec<Check>),
     /// Sessions.
     Sessions(Vec<Session>),
+    /// ACL policies.
+    AclPolicies(Vec<Policy>),
+    /// ACL roles.
+    AclRoles(Vec<Role>),
+    /// ACL tokens.
+    AclTokens(Vec<Token>),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -178,6 +214,13 @@ impl Query {
             Query::SessionInfo { .. } | Query::NodeSessions { .. } | Query::Sessions => {
                 &[Table::Sessions]
             }
+            Query::AclPolicies
+            | Query::AclPolicy(_)
+            | Query::AclRoles
+            | Query::AclRole(_)
+            | Query::AclTokens
+            | Query::AclToken { .. }
+            | Query::AclTokenSelf { .. } => &[Table::Acl],
         }
     }
 
@@ -335,6 +378,32 @@ impl Query {
                     .collect(),
             ),
             Query::Sessions => QueryResult::Sessions(state.sessions().cloned().collect()),
+            Query::AclPolicies => QueryResult::AclPolicies(state.acl_policies()),
+            Query::AclPolicy(which) => QueryResult::AclPolicies(
+                match which {
+                    AclName::Id(id) => state.acl_policy(id),
+                    AclName::Name(name) => state.acl_policy_named(name),
+                }
+                .into_iter()
+                .collect(),
+            ),
+            Query::AclRoles => QueryResult::AclRoles(state.acl_roles().cloned().collect()),
+            Query::AclRole(which) => QueryResult::AclRoles(
+                match which {
+                    AclName::Id(id) => state.acl_role(id),
+                    AclName::Name(name) => state.acl_role_named(name),
+                }
+                .cloned()
+                .into_iter()
+                .collect(),
+            ),
+            Query::AclTokens => QueryResult::AclTokens(state.acl_tokens()),
+            Query::AclToken { accessor } => {
+                QueryResult::AclTokens(state.acl_token(accessor).into_iter().collect())
+            }
+            Query::AclTokenSelf { secret } => {
+                QueryResult::AclTokens(state.acl_token_by_secret(&secret.0).into_iter().collect())
+            }
         }
     }
 }

@@ -295,7 +295,7 @@ async fn every_route_takes_only_its_methods() {
     let c1 = base(net, 1, 21);
     let methods = ["get", "put", "post", "delete", "patch"];
     let mut asked = 0;
-    for (template, allowed) in consulate::http::ROUTES {
+    for (template, allowed, _) in consulate::http::ROUTES {
         let path: String = template
             .split('/')
             .map(|seg| match seg {

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod acl;
 mod cli;
 mod dns;
 mod federation;

@@ -1,0 +1,345 @@
+//! Real processes with ACLs on (`default_policy = "deny"`): a token scoped by HCL rules
+//! reads and writes only what it was granted, through a server and through a client agent;
+//! every route of the HTTP API refuses or filters a request without a token.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::dc::*;
+use crate::common::*;
+
+const ROOT: &str = "root-secret-0000";
+
+fn acl_line(server: bool) -> String {
+    let initial = if server {
+        format!("initial_management = \"{ROOT}\", ")
+    } else {
+        String::new()
+    };
+    format!(
+        "primary_datacenter = \"dc1\"\nacl = {{ enabled = true, default_policy = \"deny\", tokens = {{ {initial}agent = \"{ROOT}\" }} }}\n"
+    )
+}
+
+struct Acl {
+    http: reqwest::Client,
+    server: String,
+    client: String,
+    _procs: Vec<ChildGuard>,
+    _dc: Dc,
+}
+
+async fn start(net: u8) -> Acl {
+    let pki = TestPki::new();
+    let dc = write_dc_with(net, &pki, &acl_line(true));
+    let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    procs.push(spawn_agent(&write_client_with(
+        &dc,
+        &pki,
+        net,
+        9,
+        "c1",
+        &acl_line(false),
+    )));
+    let http = http_client_builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let server = format!("http://127.79.{net}.1:8500");
+    let client = format!("http://127.79.{net}.9:8500");
+    // The primary's leader makes the initial management token; it then works everywhere.
+    for base in [&server, &client] {
+        eventually(
+            Duration::from_secs(30),
+            "the initial management token works",
+            || async {
+                let r = http
+                    .put(format!("{base}/v1/kv/secret/k"))
+                    .header("X-Consul-Token", ROOT)
+                    .body("v")
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
+        .await;
+    }
+    Acl {
+        http,
+        server,
+        client,
+        _procs: procs,
+        _dc: dc,
+    }
+}
+
+impl Acl {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, String, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, url);
+        if let Some(t) = token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, r.text().await.unwrap(), headers)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_reads_and_writes_only_what_it_was_granted() {
+    let acl = start(15).await;
+    let put = reqwest::Method::PUT;
+    let get = reqwest::Method::GET;
+    let s = &acl.server;
+    let rules =
+        "key_prefix \"app/\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }";
+    let (status, body, _) = acl
+        .send(
+            put.clone(),
+            &format!("{s}/v1/acl/policy"),
+            Some(ROOT),
+            Some(json!({"Name": "app-writer", "Rules": rules})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let policy: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(policy["Name"], "app-writer");
+    let (status, body, _) = acl
+        .send(
+            put.clone(),
+            &format!("{s}/v1/acl/token"),
+            Some(ROOT),
+            Some(json!({"Description": "app", "Policies": [{"Name": "app-writer"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token: Value = serde_json::from_str(&body).unwrap();
+    let secret = token["SecretID"].as_str().unwrap().to_string();
+    assert_eq!(token["Policies"][0]["ID"], policy["ID"]);
+    // Through a server and through the client agent: the token travels with the request.
+    for base in [&acl.server, &acl.client] {
+        let (status, body, _) = acl
+            .send(
+                put.clone(),
+                &format!("{base}/v1/kv/app/x"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!((status, body.as_str()), (200, "true"), "app/x via {base}");
+        let (status, body, _) = acl
+            .send(
+                put.clone(),
+                &format!("{base}/v1/kv/other/x"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "other/x via {base}: {body}");
+        assert!(
+            body.contains("Permission denied") && body.contains("'key:write' on \"other/x\""),
+            "{body}"
+        );
+        let (status, body, headers) = acl
+            .send(
+                get.clone(),
+                &format!("{base}/v1/kv/?recurse"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let keys: Vec<String> = serde_json::from_str::<Vec<Value>>(&body)
+            .unwrap()
+            .iter()
+            .map(|e| e["Key"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(keys, ["app/x"], "only app/ is visible");
+        assert_eq!(
+            headers
+                .get("X-Consul-Results-Filtered-By-ACLs")
+                .map(|v| v.to_str().unwrap()),
+            Some("true")
+        );
+        let (status, _, _) = acl
+            .send(
+                get.clone(),
+                &format!("{base}/v1/kv/secret/k"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "a single key without key:read");
+        let (status, body, _) = acl
+            .send(
+                get.clone(),
+                &format!("{base}/v1/acl/token/self"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["AccessorID"],
+            token["AccessorID"]
+        );
+        let (status, body, _) = acl
+            .send(
+                get.clone(),
+                &format!("{base}/v1/kv/app/x"),
+                Some("no-such-token"),
+                None,
+            )
+            .await;
+        assert_eq!((status, body.as_str()), (403, "ACL not found"));
+        // Bearer works too; the ACL system itself needs acl:read.
+        let r = acl
+            .http
+            .get(format!("{base}/v1/acl/tokens"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    // A second bootstrap is refused, with the index of the first.
+    let (status, body, _) = acl
+        .send(put.clone(), &format!("{s}/v1/acl/bootstrap"), None, None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("ACL bootstrap no longer allowed"), "{body}");
+    // Deleting the token makes it unknown at once in this DC.
+    let accessor = token["AccessorID"].as_str().unwrap();
+    let (status, _, _) = acl
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{s}/v1/acl/token/{accessor}"),
+            Some(ROOT),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body, _) = acl
+        .send(put, &format!("{s}/v1/kv/app/y"), Some(&secret), None)
+        .await;
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
+}
+
+/// Every route the router serves, asked without a token under `default_policy = "deny"`:
+/// a change is refused (403), a read is refused or answers without any of the data the
+/// anonymous token may not see. Only the routes declared public answer normally. A route
+/// added without its check fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_or_filters_a_request_without_a_token() {
+    use consulate::http::AclCheck;
+    let acl = start(16).await;
+    // Data the anonymous token must not see, under names the requests use.
+    let c = &acl.client;
+    let (status, body, _) = acl
+        .send(
+            reqwest::Method::PUT,
+            &format!("{}/v1/catalog/register", acl.server),
+            Some(ROOT),
+            Some(json!({"Node": "secretnode", "Address": "10.9.9.9",
+                        "Service": {"Service": "secretsvc", "Port": 1}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = acl
+        .send(
+            reqwest::Method::PUT,
+            &format!("{c}/v1/agent/service/register"),
+            Some(ROOT),
+            Some(json!({"Name": "secretsvc", "ID": "secretsvc",
+                        "Check": {"CheckID": "secretchk", "TTL": "30s"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let markers = [
+        "secretnode",
+        "secretsvc",
+        "secretchk",
+        "secret/k",
+        "10.9.9.9",
+        ROOT,
+    ];
+    let bodies = |template: &str| -> Option<Value> {
+        Some(match template {
+            "/v1/catalog/register" => json!({"Node": "secretnode", "Address": "10.0.0.1"}),
+            "/v1/catalog/deregister" => json!({"Node": "secretnode"}),
+            "/v1/agent/service/register" => json!({"Name": "secretsvc"}),
+            "/v1/agent/check/register" => json!({"Name": "c", "TTL": "10s"}),
+            "/v1/agent/check/update/{id}" => json!({"Status": "passing"}),
+            "/v1/session/create" => json!({"Node": "c1"}),
+            "/v1/acl/policy" | "/v1/acl/policy/{id}" => json!({"Name": "p", "Rules": ""}),
+            "/v1/acl/role" | "/v1/acl/role/{id}" => json!({"Name": "r"}),
+            "/v1/acl/token" | "/v1/acl/token/{accessor}" => json!({"Description": "t"}),
+            _ => return None,
+        })
+    };
+    let mut asked = 0;
+    for (template, methods, check) in consulate::http::ROUTES {
+        let path: String = template
+            .split('/')
+            .map(|seg| match seg {
+                "{*key}" => "secret/k",
+                "{name}" => "secretsvc",
+                "{node}" => "secretnode",
+                "{id}" => "secretchk",
+                "{state}" => "any",
+                "{accessor}" => "00000000-0000-0000-0000-000000000002",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in *methods {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let url = format!("{c}{path}");
+            let (status, body, _) = acl.send(m, &url, None, bodies(template)).await;
+            asked += 1;
+            match (check, *method) {
+                (AclCheck::Public, _) => {
+                    assert_ne!(status, 403, "{method} {template} is public: {body}")
+                }
+                (_, "get") => assert!(
+                    status == 403
+                        || ((status == 200 || status == 404)
+                            && markers.iter().all(|m| !body.contains(m))),
+                    "GET {template} without a token answered {status}: {body}"
+                ),
+                // The one write refused before any token matters: there is no key.
+                (_, "put") if *template == "/v1/kv/" => {
+                    assert_eq!((status, body.as_str()), (400, "Missing key name"))
+                }
+                _ => assert_eq!(
+                    status, 403,
+                    "{method} {template} without a token must be refused: {body}"
+                ),
+            }
+        }
+    }
+    let all: usize = consulate::http::ROUTES.iter().map(|r| r.1.len()).sum();
+    assert_eq!(asked, all, "the whole table walked");
+    // The agent is still up: `PUT /v1/agent/leave` was refused too.
+    let (status, _, _) = acl
+        .send(
+            reqwest::Method::GET,
+            &format!("{c}/v1/agent/self"),
+            Some(ROOT),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
