@@ -63,6 +63,7 @@ impl CliError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
@@ -85,7 +86,15 @@ impl Client {
         Client {
             base,
             http: http.clone(),
+            token: None,
         }
+    }
+
+    /// Sends `token` (`CONSUL_HTTP_TOKEN` or `-token`) with every request, as
+    /// `X-Consul-Token`.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     async fn send(
@@ -93,6 +102,10 @@ impl Client {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<reqwest::Response, CliError> {
+        let req = match &self.token {
+            Some(t) => req.header("X-Consul-Token", t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| CliError::Unreachable {
             addr: self.base.clone(),
             reason: e.to_string(),
@@ -541,6 +554,235 @@ pub async fn services_register(c: &Client, file: &Path) -> Result<String, CliErr
         out.push_str(&format!("Registered service: {name}\n"));
     }
     Ok(out)
+}
+
+/// A token as Consul's CLI prints it.
+fn token_text(t: &Value) -> String {
+    let mut out = format!(
+        "AccessorID:       {}\nSecretID:         {}\nDescription:      {}\nLocal:            {}\nCreate Time:      {}\n",
+        text(&t["AccessorID"]),
+        text(&t["SecretID"]),
+        text(&t["Description"]),
+        t["Local"].as_bool().unwrap_or(false),
+        text(&t["CreateTime"]),
+    );
+    if let Some(exp) = t["ExpirationTime"].as_str() {
+        out += &format!("Expiration Time:  {exp}\n");
+    }
+    out += "Policies:\n";
+    for p in t["Policies"].as_array().into_iter().flatten() {
+        out += &format!("   {} - {}\n", text(&p["ID"]), text(&p["Name"]));
+    }
+    out
+}
+
+/// A policy as Consul's CLI prints it.
+fn policy_text(p: &Value) -> String {
+    format!(
+        "ID:           {}\nName:         {}\nDescription:  {}\nDatacenters:  {}\nRules:\n{}\n",
+        text(&p["ID"]),
+        text(&p["Name"]),
+        text(&p["Description"]),
+        p["Datacenters"]
+            .as_array()
+            .map(|d| d.iter().map(text).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        text(&p["Rules"]),
+    )
+}
+
+fn one_out(v: &Value, format: Format, pretty: fn(&Value) -> String) -> String {
+    match format {
+        Format::Json => json_out(v),
+        Format::Pretty => pretty(v),
+    }
+}
+
+async fn put_json(c: &Client, path: &str, body: &Value, what: &str) -> Result<Value, CliError> {
+    let answer = c.put(path, body.to_string().into_bytes(), what).await?;
+    serde_json::from_str(&answer).map_err(|e| CliError::Input(format!("{what}: bad answer: {e}")))
+}
+
+/// `consulate acl bootstrap`: the DC's first management token.
+pub async fn acl_bootstrap(c: &Client, format: Format) -> Result<String, CliError> {
+    let t = put_json(c, "/v1/acl/bootstrap", &Value::Null, "bootstrapping ACLs").await?;
+    Ok(one_out(&t, format, token_text))
+}
+
+/// Rules given as `@FILE` (read from it) or inline.
+fn rules_arg(rules: &str) -> Result<String, CliError> {
+    match rules.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| CliError::Input(format!("reading rules from {path}: {e}"))),
+        None => Ok(rules.to_string()),
+    }
+}
+
+/// `consulate acl policy create -name N [-description D] [-rules @FILE|RULES]`.
+pub async fn acl_policy_create(
+    c: &Client,
+    name: &str,
+    description: &str,
+    rules: &str,
+    format: Format,
+) -> Result<String, CliError> {
+    let body = serde_json::json!({
+        "Name": name, "Description": description, "Rules": rules_arg(rules)?,
+    });
+    let p = put_json(c, "/v1/acl/policy", &body, "creating the policy").await?;
+    Ok(one_out(&p, format, policy_text))
+}
+
+/// The policy path for `-id` or `-name`.
+fn policy_path(id: Option<&str>, name: Option<&str>) -> Result<String, CliError> {
+    match (id, name) {
+        (Some(id), _) => Ok(format!("/v1/acl/policy/{id}")),
+        (None, Some(name)) => Ok(format!("/v1/acl/policy/name/{name}")),
+        (None, None) => Err(CliError::Input("Must specify either -id or -name".into())),
+    }
+}
+
+/// `consulate acl policy read -id ID | -name NAME`.
+pub async fn acl_policy_read(
+    c: &Client,
+    id: Option<&str>,
+    name: Option<&str>,
+    format: Format,
+) -> Result<String, CliError> {
+    let path = policy_path(id, name)?;
+    let p = c
+        .get(&path, "reading the policy")
+        .await?
+        .ok_or_else(|| CliError::Input("Policy not found".into()))?;
+    Ok(one_out(&p, format, policy_text))
+}
+
+/// `consulate acl policy list`.
+pub async fn acl_policy_list(c: &Client, format: Format) -> Result<String, CliError> {
+    list(
+        c,
+        "/v1/acl/policies",
+        "listing policies",
+        format,
+        &["ID", "Name", "Description"],
+        |p| vec![text(&p["ID"]), text(&p["Name"]), text(&p["Description"])],
+    )
+    .await
+}
+
+/// `consulate acl policy delete -id ID | -name NAME`.
+pub async fn acl_policy_delete(
+    c: &Client,
+    id: Option<&str>,
+    name: Option<&str>,
+) -> Result<String, CliError> {
+    let id = match (id, name) {
+        (Some(id), _) => id.to_string(),
+        _ => {
+            let p = c
+                .get(&policy_path(None, name)?, "finding the policy")
+                .await?
+                .ok_or_else(|| CliError::Input("Policy not found".into()))?;
+            text(&p["ID"])
+        }
+    };
+    c.delete(&format!("/v1/acl/policy/{id}"), "deleting the policy")
+        .await?;
+    Ok(format!("Policy \"{id}\" deleted successfully\n"))
+}
+
+/// What `consulate acl token create` is given.
+pub struct TokenSpec {
+    /// `-description`.
+    pub description: String,
+    /// `-policy-name` (repeatable).
+    pub policy_names: Vec<String>,
+    /// `-policy-id` (repeatable).
+    pub policy_ids: Vec<String>,
+    /// `-role-name` (repeatable).
+    pub role_names: Vec<String>,
+    /// `-local`.
+    pub local: bool,
+    /// `-expires-ttl` (Go duration).
+    pub expires_ttl: Option<String>,
+}
+
+/// `consulate acl token create ...`.
+pub async fn acl_token_create(
+    c: &Client,
+    spec: &TokenSpec,
+    format: Format,
+) -> Result<String, CliError> {
+    let policies: Vec<Value> = spec
+        .policy_names
+        .iter()
+        .map(|n| serde_json::json!({"Name": n}))
+        .chain(spec.policy_ids.iter().map(|i| serde_json::json!({"ID": i})))
+        .collect();
+    let roles: Vec<Value> = spec
+        .role_names
+        .iter()
+        .map(|n| serde_json::json!({"Name": n}))
+        .collect();
+    let mut body = serde_json::json!({
+        "Description": spec.description, "Policies": policies, "Roles": roles,
+        "Local": spec.local,
+    });
+    if let Some(ttl) = &spec.expires_ttl {
+        body["ExpirationTTL"] = Value::String(ttl.clone());
+    }
+    let t = put_json(c, "/v1/acl/token", &body, "creating the token").await?;
+    Ok(one_out(&t, format, token_text))
+}
+
+/// `consulate acl token read -id ACCESSOR | -self`.
+pub async fn acl_token_read(
+    c: &Client,
+    id: Option<&str>,
+    format: Format,
+) -> Result<String, CliError> {
+    let path = match id {
+        Some(id) => format!("/v1/acl/token/{id}"),
+        None => "/v1/acl/token/self".to_string(),
+    };
+    let t = c
+        .get(&path, "reading the token")
+        .await?
+        .ok_or_else(|| CliError::Input("Token not found".into()))?;
+    Ok(one_out(&t, format, token_text))
+}
+
+/// `consulate acl token list`.
+pub async fn acl_token_list(c: &Client, format: Format) -> Result<String, CliError> {
+    list(
+        c,
+        "/v1/acl/tokens",
+        "listing tokens",
+        format,
+        &["AccessorID", "Description", "Local", "Policies"],
+        |t| {
+            let policies: Vec<String> = t["Policies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| text(&p["Name"]))
+                .collect();
+            vec![
+                text(&t["AccessorID"]),
+                text(&t["Description"]),
+                t["Local"].as_bool().unwrap_or(false).to_string(),
+                policies.join(","),
+            ]
+        },
+    )
+    .await
+}
+
+/// `consulate acl token delete -id ACCESSOR`.
+pub async fn acl_token_delete(c: &Client, id: &str) -> Result<String, CliError> {
+    c.delete(&format!("/v1/acl/token/{id}"), "deleting the token")
+        .await?;
+    Ok(format!("Token \"{id}\" deleted successfully\n"))
 }
 
 #[cfg(test)]

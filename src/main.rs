@@ -128,6 +128,126 @@ enum Command {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// Access control: bootstrap, policies and tokens.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Make the DC's first management token (once).
+    Bootstrap {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Policies.
+    Policy {
+        #[command(subcommand)]
+        command: AclPolicyCommand,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        command: AclTokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclPolicyCommand {
+    /// Create a policy.
+    Create {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its unique name.
+        #[arg(long)]
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The rules (HCL or JSON), or @FILE to read them from.
+        #[arg(long, default_value = "")]
+        rules: String,
+    },
+    /// List every policy.
+    List {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Show one policy.
+    Read {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its ID.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a policy.
+    Delete {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its ID.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclTokenCommand {
+    /// Create a token.
+    Create {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A policy by name (repeatable).
+        #[arg(long)]
+        policy_name: Vec<String>,
+        /// A policy by ID (repeatable).
+        #[arg(long)]
+        policy_id: Vec<String>,
+        /// A role by name (repeatable).
+        #[arg(long)]
+        role_name: Vec<String>,
+        /// Keep the token in this DC (never replicated).
+        #[arg(long)]
+        local: bool,
+        /// Expire the token after this long (1m to 24h).
+        #[arg(long)]
+        expires_ttl: Option<String>,
+    },
+    /// List every token.
+    List {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Show a token (`-self`: the one this command runs with).
+    Read {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its AccessorID.
+        #[arg(long, required_unless_present = "self_")]
+        id: Option<String>,
+        /// The token given with `-token` or `CONSUL_HTTP_TOKEN`.
+        #[arg(long = "self")]
+        self_: bool,
+    },
+    /// Delete a token.
+    Delete {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its AccessorID.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +274,9 @@ struct HttpArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "pretty")]
     format: Format,
+    /// The ACL token requests are made with.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -356,9 +479,79 @@ where
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let out = runtime.block_on(f(ops::Client::new(&http.http_addr), http.format))?;
+    let client = ops::Client::new(&http.http_addr).with_token(http.token.clone());
+    let out = runtime.block_on(f(client, http.format))?;
     print!("{out}");
     Ok(())
+}
+
+fn run_acl(command: AclCommand) -> anyhow::Result<()> {
+    match command {
+        AclCommand::Bootstrap { http } => {
+            operate(&http, |c, f| async move { ops::acl_bootstrap(&c, f).await })
+        }
+        AclCommand::Policy { command } => match command {
+            AclPolicyCommand::Create {
+                http,
+                name,
+                description,
+                rules,
+            } => operate(&http, |c, f| async move {
+                ops::acl_policy_create(&c, &name, &description, &rules, f).await
+            }),
+            AclPolicyCommand::List { http } => {
+                operate(
+                    &http,
+                    |c, f| async move { ops::acl_policy_list(&c, f).await },
+                )
+            }
+            AclPolicyCommand::Read { http, id, name } => operate(&http, |c, f| async move {
+                ops::acl_policy_read(&c, id.as_deref(), name.as_deref(), f).await
+            }),
+            AclPolicyCommand::Delete { http, id, name } => operate(&http, |c, _| async move {
+                ops::acl_policy_delete(&c, id.as_deref(), name.as_deref()).await
+            }),
+        },
+        AclCommand::Token { command } => match command {
+            AclTokenCommand::Create {
+                http,
+                description,
+                policy_name,
+                policy_id,
+                role_name,
+                local,
+                expires_ttl,
+            } => {
+                let spec = ops::TokenSpec {
+                    description,
+                    policy_names: policy_name,
+                    policy_ids: policy_id,
+                    role_names: role_name,
+                    local,
+                    expires_ttl,
+                };
+                operate(&http, |c, f| async move {
+                    ops::acl_token_create(&c, &spec, f).await
+                })
+            }
+            AclTokenCommand::List { http } => {
+                operate(
+                    &http,
+                    |c, f| async move { ops::acl_token_list(&c, f).await },
+                )
+            }
+            AclTokenCommand::Read { http, id, self_ } => operate(&http, |c, f| async move {
+                let id = if self_ { None } else { id };
+                ops::acl_token_read(&c, id.as_deref(), f).await
+            }),
+            AclTokenCommand::Delete { http, id } => {
+                operate(
+                    &http,
+                    |c, _| async move { ops::acl_token_delete(&c, &id).await },
+                )
+            }
+        },
+    }
 }
 
 /// `consulate lock`: exits with the command's exit code.
@@ -374,7 +567,7 @@ fn run_lock(
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(shutdown_signal(shutdown.clone()));
-        let client = ops::Client::new(&http.http_addr);
+        let client = ops::Client::new(&http.http_addr).with_token(http.token.clone());
         consulate::lock::run(&client, opts, command, shutdown).await
     })?;
     std::process::exit(code);
@@ -465,6 +658,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session {
             command: SessionCommand::List { http },
         } => operate(&http, |c, f| async move { ops::session_list(&c, f).await }),
+        Command::Acl { command } => run_acl(command),
         Command::Lock {
             http,
             name,

@@ -214,6 +214,86 @@ async fn a_scoped_token_reads_and_writes_only_what_it_was_granted() {
             .unwrap();
         assert_eq!(r.status(), 403);
     }
+    // The CLI: a policy from a rules file, a token with it, read back with
+    // CONSUL_HTTP_TOKEN; refused without a token.
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.hcl");
+    std::fs::write(&rules_file, "key_prefix \"cli/\" { policy = \"write\" }\n").unwrap();
+    let addr = s.trim_start_matches("http://");
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(consulate_bin());
+        cmd.args(args).env_remove("CONSUL_HTTP_TOKEN");
+        if let Some(t) = token {
+            cmd.env("CONSUL_HTTP_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let rules_arg = format!("@{}", rules_file.display());
+    let (ok, out, err) = cli(
+        &[
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            "cli-pol",
+            "-rules",
+            &rules_arg,
+            "-http-addr",
+            addr,
+        ],
+        Some(ROOT),
+    );
+    assert!(ok && out.contains("Name:         cli-pol"), "{out}{err}");
+    let (ok, out, err) = cli(
+        &[
+            "acl",
+            "token",
+            "create",
+            "-policy-name",
+            "cli-pol",
+            "-description",
+            "from the cli",
+            "-http-addr",
+            addr,
+            "-format",
+            "json",
+        ],
+        Some(ROOT),
+    );
+    assert!(ok, "{out}{err}");
+    let cli_secret = serde_json::from_str::<Value>(&out).unwrap()["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = cli(
+        &["acl", "token", "read", "-self", "-http-addr", addr],
+        Some(&cli_secret),
+    );
+    assert!(
+        ok && out.contains("from the cli") && out.contains("cli-pol"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cli(
+        &[
+            "kv",
+            "put",
+            "-http-addr",
+            addr,
+            "-token",
+            &cli_secret,
+            "cli/k",
+            "v",
+        ],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&["acl", "policy", "list", "-http-addr", addr], None);
+    assert!(!ok && err.contains("403"), "{err}");
     // A second bootstrap is refused, with the index of the first.
     let (status, body, _) = acl
         .send(put.clone(), &format!("{s}/v1/acl/bootstrap"), None, None)
