@@ -294,6 +294,21 @@ async fn a_scoped_token_reads_and_writes_only_what_it_was_granted() {
     assert!(ok, "{out}{err}");
     let (ok, _, err) = cli(&["acl", "policy", "list", "-http-addr", addr], None);
     assert!(!ok && err.contains("403"), "{err}");
+    // py-consul with token= (through the client agent).
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_acl.py");
+    let out = tokio::process::Command::new(crate::py_consul::python())
+        .arg(script)
+        .args([acl.client.trim_start_matches("http://"), secret.as_str()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-consul: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A second bootstrap is refused, with the index of the first.
     let (status, body, _) = acl
         .send(put.clone(), &format!("{s}/v1/acl/bootstrap"), None, None)
@@ -412,6 +427,25 @@ async fn every_route_refuses_or_filters_a_request_without_a_token() {
     }
     let all: usize = consulate::http::ROUTES.iter().map(|r| r.1.len()).sum();
     assert_eq!(asked, all, "the whole table walked");
+    // DNS carries no token: the anonymous token may not read the service.
+    let host = c.trim_start_matches("http://").trim_end_matches(":8500");
+    let dig = std::process::Command::new("dig")
+        .args([
+            &format!("@{host}"),
+            "-p",
+            "8600",
+            "+time=2",
+            "+tries=1",
+            "+short",
+        ])
+        .arg("secretsvc.service.consul")
+        .output()
+        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
+    let answer = String::from_utf8_lossy(&dig.stdout);
+    assert!(
+        dig.status.success() && answer.trim().is_empty(),
+        "dig: {answer}"
+    );
     // The agent is still up: `PUT /v1/agent/leave` was refused too.
     let (status, _, _) = acl
         .send(

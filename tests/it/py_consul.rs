@@ -12,7 +12,7 @@ use crate::common::*;
 const NET: u8 = 12;
 
 /// The venv's Python: `CONSULATE_PYTHON`, else `target/py-venv/bin/python`.
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("CONSULATE_PYTHON") {
         return p.into();
     }
