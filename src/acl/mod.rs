@@ -140,20 +140,33 @@ impl Authorizer {
 
     /// Whether the token may do `p`.
     pub fn allows(&self, p: &Permission) -> bool {
-        let (rules, default_allow) = match &self.kind {
-            Kind::Management => return true,
+        match &p.target {
+            Target::Named(kind, name) => self.allows_named(*kind, name, p.needed),
+            Target::Scalar(s) => match &self.kind {
+                Kind::Management => true,
+                Kind::Rules {
+                    rules,
+                    default_allow,
+                } => match rules.scalar.get(s) {
+                    Some(rule) => rule.allows(p.needed),
+                    None => *default_allow && *s != Scalar::Acl,
+                },
+            },
+        }
+    }
+
+    /// Whether the token may do `needed` to `name` of `kind` ([`Authorizer::allows`]
+    /// without building a [`Permission`]: what filtering a list asks per entry).
+    pub fn allows_named(&self, kind: Resource, name: &str, needed: Access) -> bool {
+        match &self.kind {
+            Kind::Management => true,
             Kind::Rules {
                 rules,
                 default_allow,
-            } => (rules, *default_allow),
-        };
-        let rule = match &p.target {
-            Target::Named(kind, name) => rules.named.get(kind).and_then(|s| s.lookup(name)),
-            Target::Scalar(s) => rules.scalar.get(s).copied(),
-        };
-        match rule {
-            Some(rule) => rule.allows(p.needed),
-            None => default_allow && p.target != Target::Scalar(Scalar::Acl),
+            } => match rules.named.get(&kind).and_then(|s| s.lookup(name)) {
+                Some(rule) => rule.allows(needed),
+                None => *default_allow,
+            },
         }
     }
 

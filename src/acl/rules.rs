@@ -140,11 +140,13 @@ impl Segments {
         if let Some(a) = self.exact.get(name) {
             return Some(*a);
         }
-        // The longest prefix of `name` with a rule: walk the prefixes from the longest.
-        (0..=name.len())
+        // Every prefix of `name` sorts at or before it, and a longer prefix after a shorter
+        // one: walking back from `name`, the first rule that is a prefix is the longest.
+        self.prefix
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(name)))
             .rev()
-            .filter(|i| name.is_char_boundary(*i))
-            .find_map(|i| self.prefix.get(&name[..i]).copied())
+            .find(|(p, _)| name.starts_with(p.as_str()))
+            .map(|(_, a)| *a)
     }
 
     fn merge(&mut self, other: &Segments) {

@@ -320,7 +320,7 @@ impl Dispatcher {
                     Err(e) => return Some(req.fail(e.into())),
                 };
                 match self
-                    .read_here(raft, query, *opts, meta, authz.as_ref())
+                    .read_here(raft, query, *opts, meta, authz.as_deref())
                     .await
                 {
                     Ok(out) => AgentResponse::Read(Ok(out)),
@@ -367,7 +367,7 @@ impl Dispatcher {
                     .map_err(RpcError::from),
             ),
             AgentRequest::ResolveToken(_) => match authz {
-                Some(authz) => AgentResponse::ResolveToken(Ok(authz)),
+                Some(authz) => AgentResponse::ResolveToken(Ok((*authz).clone())),
                 None => req.fail(AclError::Disabled.into()),
             },
             AgentRequest::Ping(_) | AgentRequest::GetServerInfo(_) => req.fail(
@@ -383,22 +383,17 @@ impl Dispatcher {
         raft: &RaftNode,
         req: &AgentRequest,
         check: Check,
-    ) -> Result<Option<Authorizer>, AclError> {
+    ) -> Result<Option<Arc<Authorizer>>, AclError> {
         let Some(acl) = self.acl.as_ref().filter(|_| check == Check::Token) else {
             return Ok(None);
         };
-        let mut req = req.clone();
-        let Some(token) = req.token_mut() else {
+        let Some(token) = req.token() else {
             return Ok(None);
         };
         let now_ms = crate::acl::model::now_ms();
         raft.read()
             .state
-            .acl_authorizer(
-                token.as_ref().map(|s| s.0.as_str()),
-                acl.default_allow,
-                now_ms,
-            )
+            .acl_authorizer(token.map(|s| s.0.as_str()), acl.default_allow, now_ms)
             .map(Some)
     }
 

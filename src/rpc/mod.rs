@@ -408,7 +408,19 @@ impl AgentRequest {
         }
     }
 
-    /// The ACL token the request carries, for the requests that carry one.
+    /// The ACL token the request carries (`None`: a request that carries none, such as
+    /// a probe; `Some(None)`: the anonymous token).
+    pub fn token(&self) -> Option<Option<&Secret>> {
+        match self {
+            AgentRequest::Write(Write { token, .. })
+            | AgentRequest::Read(Read { token, .. })
+            | AgentRequest::RenewSession(RenewSession { token, .. })
+            | AgentRequest::ResolveToken(ResolveToken { token }) => Some(token.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The ACL token the request carries, to fill in.
     pub fn token_mut(&mut self) -> Option<&mut Option<Secret>> {
         match self {
             AgentRequest::Write(Write { token, .. })

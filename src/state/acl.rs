@@ -3,6 +3,8 @@
 //! must pass (Consul's): names valid and unique, links to policies and roles resolved to
 //! both ID and name, a token's secret and locality fixed once made, built-ins protected.
 
+use std::sync::Arc;
+
 use imbl::OrdMap;
 
 use crate::acl::model::{
@@ -86,22 +88,38 @@ impl State {
     /// What the holder of `secret` (`None`: the anonymous token) may do at `now_ms`, with
     /// `default_allow` where no rule applies; an unknown or expired secret is `ACL not
     /// found`.
+    ///
+    /// Resolved tokens are kept until the next change of the ACL tables (so that a read
+    /// costs a hash and a map lookup, not a merge of rules); an expiring one is checked
+    /// against `now_ms` on every use.
     pub fn acl_authorizer(
         &self,
         secret: Option<&str>,
         default_allow: bool,
         now_ms: u64,
-    ) -> Result<Authorizer, AclError> {
+    ) -> Result<Arc<Authorizer>, AclError> {
+        let key = (secret.map(secret_key), default_allow);
+        if let Some((expires, authz)) = self.acl_resolved.lock().expect("acl cache").get(&key)
+            && expires.is_none_or(|t| t > now_ms)
+        {
+            return Ok(authz.clone());
+        }
         let token = match secret {
             None => self.acl_token(ANONYMOUS_ACCESSOR),
             Some(s) => self.acl_token_by_secret(s),
         }
         .filter(|t| !t.expired(now_ms))
         .ok_or(AclError::NotFound)?;
-        Ok(match self.acl_rules_of(&token) {
+        let authz = Arc::new(match self.acl_rules_of(&token) {
             None => Authorizer::management(token.accessor_id),
             Some(rules) => Authorizer::of_rules(token.accessor_id, rules, default_allow),
-        })
+        });
+        let mut cache = self.acl_resolved.lock().expect("acl cache");
+        if cache.len() >= RESOLVED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (token.expiration_ms, authz.clone()));
+        Ok(authz)
     }
 
     /// Every token, the anonymous one included, by AccessorID.
@@ -380,6 +398,15 @@ impl State {
         Ok(())
     }
 }
+
+/// Most resolved tokens a server keeps between two changes of the ACL tables.
+const RESOLVED_MAX: usize = 4096;
+
+/// Resolved tokens by (SHA-256 of the secret, `None` for the anonymous token; the default
+/// policy): when the token expires, and what it may do.
+pub(super) type ResolvedTokens = std::sync::Mutex<
+    std::collections::HashMap<(Option<[u8; 32]>, bool), (Option<u64>, Arc<Authorizer>)>,
+>;
 
 /// The key of a secret in the SecretID index: its SHA-256.
 pub(super) fn secret_key(secret: &str) -> [u8; 32] {

@@ -125,9 +125,15 @@ pub fn filter_result(
     query: &Query,
     result: QueryResult,
 ) -> Result<(QueryResult, bool), AclError> {
-    let can = |kind, name: &str| authz.allows(&Permission::named(kind, name, Access::Read));
-    if let Query::KvGet { key } = query {
-        authz.check(&Permission::named(Resource::Key, key, Access::Read))?;
+    let can = |kind, name: &str| authz.allows_named(kind, name, Access::Read);
+    if let Query::KvGet { key } = query
+        && !can(Resource::Key, key)
+    {
+        authz.check(&Permission::named(
+            Resource::Key,
+            key.as_str(),
+            Access::Read,
+        ))?;
     }
     let mut removed = false;
     let mut keep = |ok: bool| {

@@ -227,6 +227,8 @@ pub struct State {
     acl_secrets: BTreeMap<[u8; 32], String>,
     /// Each stored policy's rules, parsed. Derived from `data`, never serialized.
     acl_compiled: BTreeMap<String, crate::acl::Rules>,
+    /// Tokens resolved since the ACL tables last changed (emptied by every change).
+    acl_resolved: acl::ResolvedTokens,
 }
 
 /// Sizes of the catalog and KV store ([`State::counts`]).
@@ -301,6 +303,7 @@ impl State {
             kv_watches: Default::default(),
             acl_secrets,
             acl_compiled,
+            acl_resolved: Default::default(),
         }
     }
 
@@ -310,6 +313,7 @@ impl State {
         self.by_name = name_index(&data);
         self.acl_secrets = secret_index(&data);
         self.acl_compiled = acl::compile_policies(&data.acl_policies);
+        self.acl_resolved.lock().expect("acl cache").clear();
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -359,6 +363,9 @@ impl State {
     }
 
     fn touch(&mut self, table: Table, index: u64) {
+        if table == Table::Acl {
+            self.acl_resolved.lock().expect("acl cache").clear();
+        }
         self.data.indexes[table.slot()] = index;
         self.watches[table.slot()].send_replace(index);
     }
