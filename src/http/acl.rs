@@ -238,13 +238,23 @@ pub async fn delete_policy(
     Ok(Json(true).into_response())
 }
 
+/// Every policy, role or token (with the request's token), in Consul's shapes.
+async fn all(api: &Api, p: &Params, query: Query) -> Result<Response, HttpError> {
+    let (headers, out) = read(api, p, query).await?;
+    let json = match out.result {
+        QueryResult::AclPolicies(v) => Json(v).into_response(),
+        QueryResult::AclRoles(v) => Json(v).into_response(),
+        QueryResult::AclTokens(v) => {
+            Json(v.into_iter().map(TokenJson::from).collect::<Vec<_>>()).into_response()
+        }
+        _ => return Err(HttpError::shape()),
+    };
+    Ok((headers, json).into_response())
+}
+
 /// `GET /v1/acl/policies`.
 pub async fn policies(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let (headers, out) = read(&api, &p, Query::AclPolicies).await?;
-    match out.result {
-        QueryResult::AclPolicies(v) => Ok((headers, Json(v)).into_response()),
-        _ => Err(HttpError::shape()),
-    }
+    all(&api, &p, Query::AclPolicies).await
 }
 
 /// A role in a request body.
@@ -336,11 +346,7 @@ pub async fn delete_role(
 
 /// `GET /v1/acl/roles`.
 pub async fn roles(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let (headers, out) = read(&api, &p, Query::AclRoles).await?;
-    match out.result {
-        QueryResult::AclRoles(v) => Ok((headers, Json(v)).into_response()),
-        _ => Err(HttpError::shape()),
-    }
+    all(&api, &p, Query::AclRoles).await
 }
 
 /// A token in a request body.
@@ -516,13 +522,5 @@ pub async fn delete_token(
 
 /// `GET /v1/acl/tokens`.
 pub async fn tokens(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let (headers, out) = read(&api, &p, Query::AclTokens).await?;
-    match out.result {
-        QueryResult::AclTokens(v) => Ok((
-            headers,
-            Json(v.into_iter().map(TokenJson::from).collect::<Vec<_>>()),
-        )
-            .into_response()),
-        _ => Err(HttpError::shape()),
-    }
+    all(&api, &p, Query::AclTokens).await
 }
