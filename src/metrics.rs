@@ -29,7 +29,20 @@ pub struct Metrics {
     pub raft: RaftMetrics,
     /// The DNS interface.
     pub dns: DnsMetrics,
+    /// ACL replication (servers of non-primary DCs).
+    pub acl: AclMetrics,
     build: IntGaugeVec,
+}
+
+/// ACL replication from the primary DC (Consul's `/v1/acl/replication` figures).
+#[derive(Clone)]
+pub struct AclMetrics {
+    /// The primary's ACL index this DC last replicated.
+    pub replicated_index: IntGauge,
+    /// When the last replication round succeeded (Unix seconds).
+    pub last_success: IntGauge,
+    /// Replication rounds that failed (primary unreachable, token refused, ...).
+    pub errors: IntCounter,
 }
 
 /// Raft's counters and histograms (Consul's `consul.raft.*`).
@@ -274,6 +287,32 @@ impl Metrics {
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
+        let acl = AclMetrics {
+            replicated_index: register(
+                &registry,
+                IntGauge::new(
+                    "consulate_acl_replicated_index",
+                    "The primary DC's ACL index this DC last replicated.",
+                )
+                .expect("valid metric"),
+            ),
+            last_success: register(
+                &registry,
+                IntGauge::new(
+                    "consulate_acl_replication_last_success_seconds",
+                    "When ACL replication last succeeded (Unix time).",
+                )
+                .expect("valid metric"),
+            ),
+            errors: register(
+                &registry,
+                IntCounter::new(
+                    "consulate_acl_replication_errors_total",
+                    "ACL replication rounds that failed.",
+                )
+                .expect("valid metric"),
+            ),
+        };
         Metrics {
             registry,
             transport,
@@ -284,6 +323,7 @@ impl Metrics {
             http,
             raft,
             dns,
+            acl,
             build,
         }
     }

@@ -2,6 +2,7 @@
 //! takes them down in order when the shared cancellation token fires. This is the only
 //! place that knows every subsystem; each of them knows only its own boundary.
 
+pub mod acl_replication;
 pub mod anti_entropy;
 pub mod bootstrap;
 pub mod checks;
@@ -295,6 +296,7 @@ impl Agent {
                 &transport,
                 &dispatcher,
                 members.clone(),
+                &metrics,
                 &shutdown,
             ),
             None => loops.spawn(
@@ -352,6 +354,10 @@ impl Agent {
         );
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(
+                config
+                    .primary_datacenter
+                    .clone()
+                    .filter(|p| *p != config.datacenter),
                 config.acl.token_ttl.0,
                 config.acl.down_policy,
             ));

@@ -131,6 +131,7 @@ impl ServerParts {
         transport: &Transport,
         dispatcher: &Dispatcher,
         members: watch::Receiver<Vec<Member>>,
+        metrics: &Metrics,
         shutdown: &CancellationToken,
     ) {
         loops.spawn(
@@ -174,6 +175,29 @@ impl ServerParts {
             .primary_datacenter
             .as_deref()
             .is_none_or(|p| p == config.datacenter);
+        if let (true, false, Some(source)) = (
+            config.acl.enabled,
+            primary,
+            config.primary_datacenter.clone(),
+        ) {
+            loops.spawn(
+                "acl_replication",
+                super::acl_replication::run(
+                    self.raft.clone(),
+                    dispatcher.clone(),
+                    source,
+                    config
+                        .acl
+                        .tokens
+                        .replication
+                        .clone()
+                        .map(crate::acl::Secret),
+                    config.acl.enable_token_replication,
+                    metrics.acl.clone(),
+                    shutdown.child_token(),
+                ),
+            );
+        }
         if let (true, true, Some(secret)) = (
             config.acl.enabled,
             primary,

@@ -85,6 +85,31 @@ fn links(bodies: Vec<LinkBody>) -> Vec<Link> {
         .collect()
 }
 
+/// The request as sent to where global ACL objects are written (the primary DC, unless it
+/// names a DC).
+fn global(api: &Api, p: &Params) -> Params {
+    p.for_dc(api.acl_dc(p).as_deref())
+}
+
+/// The request as sent to where token `accessor` lives: here if it is a `Local` token of
+/// this DC, else the primary.
+async fn token_home(api: &Api, p: &Params, accessor: &str) -> Result<Params, HttpError> {
+    let here = read(
+        api,
+        p,
+        Query::AclToken {
+            accessor: accessor.to_string(),
+        },
+    )
+    .await;
+    match here {
+        Ok((_, out)) if matches!(&out.result, QueryResult::AclTokens(v) if v.first().is_some_and(|t| t.local)) => {
+            Ok(p.for_dc(p.dc()))
+        }
+        _ => Ok(global(api, p)),
+    }
+}
+
 /// Runs `cmd` with the request's token: a refusal is 400 (or 403 for `forbidden`).
 async fn apply(api: &Api, p: &Params, cmd: Command, forbidden: bool) -> Result<(), HttpError> {
     match api.dispatcher.write(p.token(), p.dc(), cmd).await? {
@@ -116,6 +141,7 @@ async fn one(api: &Api, p: &Params, query: Query, what: &str) -> Result<Response
 
 /// `PUT /v1/acl/bootstrap`: once per DC, a management token.
 pub async fn bootstrap(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let p = global(&api, &p);
     let secret = random_uuid();
     let token = Token {
         accessor_id: random_uuid(),
@@ -190,7 +216,7 @@ pub async fn create_policy(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    put_policy(&api, &p, random_uuid(), &body).await
+    put_policy(&api, &global(&api, &p), random_uuid(), &body).await
 }
 
 /// `PUT /v1/acl/policy/:id`: updates a policy.
@@ -200,6 +226,7 @@ pub async fn update_policy(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    let p = global(&api, &p);
     one(
         &api,
         &p,
@@ -234,7 +261,13 @@ pub async fn delete_policy(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    apply(&api, &p, Command::AclPolicyDelete { id }, false).await?;
+    apply(
+        &api,
+        &global(&api, &p),
+        Command::AclPolicyDelete { id },
+        false,
+    )
+    .await?;
     Ok(Json(true).into_response())
 }
 
@@ -302,7 +335,7 @@ pub async fn create_role(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    put_role(&api, &p, random_uuid(), &body).await
+    put_role(&api, &global(&api, &p), random_uuid(), &body).await
 }
 
 /// `PUT /v1/acl/role/:id`: updates a role.
@@ -312,6 +345,7 @@ pub async fn update_role(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    let p = global(&api, &p);
     one(&api, &p, Query::AclRole(AclName::Id(id.clone())), "role").await?;
     put_role(&api, &p, id, &body).await
 }
@@ -340,7 +374,13 @@ pub async fn delete_role(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    apply(&api, &p, Command::AclRoleDelete { id }, false).await?;
+    apply(
+        &api,
+        &global(&api, &p),
+        Command::AclRoleDelete { id },
+        false,
+    )
+    .await?;
     Ok(Json(true).into_response())
 }
 
@@ -413,6 +453,14 @@ async fn put_token(
 ) -> Result<Response, HttpError> {
     let b: TokenBody = decode(body)?;
     let _ = (&b.hash, &b.createtime, b.createindex, b.modifyindex);
+    // A `Local` token lives in this DC; any other is written in the primary.
+    let global_p;
+    let p = if b.local {
+        p
+    } else {
+        global_p = global(api, p);
+        &global_p
+    };
     let now = now_ms();
     let accessor = match (accessor, b.accessorid.is_empty()) {
         (Some(a), false) if a != b.accessorid => {
@@ -479,6 +527,7 @@ pub async fn update_token(
     p: Params,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    let p = token_home(&api, &p, &accessor).await?;
     one(
         &api,
         &p,
@@ -516,6 +565,7 @@ pub async fn delete_token(
     Path(accessor): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
+    let p = token_home(&api, &p, &accessor).await?;
     apply(&api, &p, Command::AclTokenDelete { accessor }, false).await?;
     Ok(Json(true).into_response())
 }

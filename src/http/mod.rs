@@ -53,6 +53,8 @@ pub struct Api {
 /// tokens: resolved by a server of the DC (`ResolveToken`), cached for `acl.token_ttl`;
 /// when no server answers, `acl.down_policy` decides.
 pub struct AclEdge {
+    /// The primary DC, where global ACL objects are written, when this is another DC.
+    primary: Option<String>,
     ttl: std::time::Duration,
     down: crate::config::AclDownPolicy,
     cache: std::sync::Mutex<std::collections::HashMap<Option<[u8; 32]>, Resolved>>,
@@ -66,9 +68,15 @@ type Resolved = (std::time::Instant, Authorizer);
 const ACL_CACHE_MAX: usize = 4096;
 
 impl AclEdge {
-    /// Resolved tokens kept for `ttl`; `down` when no server can resolve one.
-    pub fn new(ttl: std::time::Duration, down: crate::config::AclDownPolicy) -> AclEdge {
+    /// Resolved tokens kept for `ttl`; `down` when no server can resolve one; global ACL
+    /// objects written in `primary` (`None`: this DC is the primary).
+    pub fn new(
+        primary: Option<String>,
+        ttl: std::time::Duration,
+        down: crate::config::AclDownPolicy,
+    ) -> AclEdge {
         AclEdge {
+            primary,
             ttl,
             down,
             cache: Default::default(),
@@ -100,6 +108,14 @@ impl Api {
     pub fn with_acl(mut self, edge: AclEdge) -> Api {
         self.acl = Some(Arc::new(edge));
         self
+    }
+
+    /// Where a global ACL object of this request is written: its `?dc=`, else the primary
+    /// DC (replicated from there), else here.
+    fn acl_dc(&self, p: &Params) -> Option<String> {
+        p.dc()
+            .map(str::to_string)
+            .or_else(|| self.acl.as_ref().and_then(|a| a.primary.clone()))
     }
 
     /// What the request's token may do, for the agent's own endpoints (`None`: ACLs off).

@@ -50,6 +50,16 @@ fn token_of(headers: &axum::http::HeaderMap, pairs: &[(String, String)]) -> Opti
 }
 
 impl Params {
+    /// The same request for datacenter `dc` (its `?dc=` replaced).
+    pub fn for_dc(&self, dc: Option<&str>) -> Params {
+        let mut pairs: Vec<(String, String)> =
+            self.0.iter().filter(|(k, _)| k != "dc").cloned().collect();
+        if let Some(dc) = dc {
+            pairs.push(("dc".into(), dc.into()));
+        }
+        Params(pairs, self.1.clone())
+    }
+
     /// The ACL token the request carries (`None`: the agent's default, or anonymous).
     pub fn token(&self) -> Option<Secret> {
         self.1.clone()

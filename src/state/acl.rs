@@ -154,6 +154,121 @@ impl State {
         Some(rules)
     }
 
+    /// The global part of the ACL tables (what other DCs replicate).
+    pub fn acl_global(&self) -> crate::state::query::AclSet {
+        crate::state::query::AclSet {
+            policies: self.data.acl_policies.values().cloned().collect(),
+            roles: self.data.acl_roles.values().cloned().collect(),
+            tokens: self
+                .data
+                .acl_tokens
+                .values()
+                .filter(|t| !t.local)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The writes that make this DC's global ACL objects those of `primary` (deletions
+    /// first, then policies before the roles and tokens that link to them); `Local` tokens
+    /// are left alone. Empty when they already match.
+    pub fn acl_replication_plan(
+        &self,
+        primary: &crate::state::query::AclSet,
+    ) -> Vec<super::Command> {
+        use super::Command;
+        use std::collections::BTreeMap;
+        let same_policy = |a: &Policy, b: &Policy| {
+            (&a.name, &a.description, &a.rules, &a.datacenters)
+                == (&b.name, &b.description, &b.rules, &b.datacenters)
+        };
+        let same_role = |a: &Role, b: &Role| {
+            (&a.name, &a.description, &a.policies) == (&b.name, &b.description, &b.policies)
+        };
+        let same_token = |a: &Token, b: &Token| {
+            (
+                &a.secret_id,
+                &a.description,
+                &a.policies,
+                &a.roles,
+                a.expiration_ms,
+                a.create_ms,
+            ) == (
+                &b.secret_id,
+                &b.description,
+                &b.policies,
+                &b.roles,
+                b.expiration_ms,
+                b.create_ms,
+            )
+        };
+        let policies: BTreeMap<&str, &Policy> = primary
+            .policies
+            .iter()
+            .map(|p| (p.id.as_str(), p))
+            .collect();
+        let roles: BTreeMap<&str, &Role> =
+            primary.roles.iter().map(|r| (r.id.as_str(), r)).collect();
+        let tokens: BTreeMap<&str, &Token> = primary
+            .tokens
+            .iter()
+            .map(|t| (t.accessor_id.as_str(), t))
+            .collect();
+        let mut plan = Vec::new();
+        for (accessor, t) in self.data.acl_tokens.iter() {
+            if !t.local && !tokens.contains_key(accessor.as_str()) {
+                plan.push(Command::AclTokenDelete {
+                    accessor: accessor.clone(),
+                });
+            }
+        }
+        for id in self.data.acl_roles.keys() {
+            if !roles.contains_key(id.as_str()) {
+                plan.push(Command::AclRoleDelete { id: id.clone() });
+            }
+        }
+        for id in self.data.acl_policies.keys() {
+            if !policies.contains_key(id.as_str()) {
+                plan.push(Command::AclPolicyDelete { id: id.clone() });
+            }
+        }
+        for (id, p) in &policies {
+            if self
+                .data
+                .acl_policies
+                .get(*id)
+                .is_none_or(|l| !same_policy(l, p))
+            {
+                plan.push(Command::AclPolicySet(Box::new((*p).clone())));
+            }
+        }
+        for (id, r) in &roles {
+            if self
+                .data
+                .acl_roles
+                .get(*id)
+                .is_none_or(|l| !same_role(l, r))
+            {
+                plan.push(Command::AclRoleSet(Box::new((*r).clone())));
+            }
+        }
+        for (accessor, t) in &tokens {
+            if self
+                .data
+                .acl_tokens
+                .get(*accessor)
+                .is_none_or(|l| !same_token(l, t))
+            {
+                plan.push(Command::AclTokenSet(Box::new((*t).clone())));
+            }
+        }
+        if !primary.tokens.is_empty() && self.data.acl_bootstrap.is_none() {
+            // The primary's bootstrap covers the federation: none here afterwards.
+            plan.push(Command::AclReplicated);
+        }
+        plan
+    }
+
     /// Whether the ACL system was bootstrapped, and at which index.
     pub fn acl_bootstrapped(&self) -> Option<u64> {
         self.data.acl_bootstrap
@@ -233,6 +348,15 @@ impl State {
         }
         self.data.acl_policies.insert(policy.id.clone(), policy);
         self.touch(Table::Acl, index);
+        CommandResult::Ok
+    }
+
+    /// Replicated from the primary: this DC is never bootstrapped on its own.
+    pub(super) fn acl_replicated(&mut self, index: u64) -> CommandResult {
+        if self.data.acl_bootstrap.is_none() {
+            self.data.acl_bootstrap = Some(index);
+            self.touch(Table::Acl, index);
+        }
         CommandResult::Ok
     }
 

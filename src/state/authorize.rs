@@ -61,7 +61,8 @@ impl State {
             | Command::AclRoleSet(_)
             | Command::AclRoleDelete { .. }
             | Command::AclTokenSet(_)
-            | Command::AclTokenDelete { .. } => {
+            | Command::AclTokenDelete { .. }
+            | Command::AclReplicated => {
                 authz.check(&Permission::scalar(Scalar::Acl, Access::Write))
             }
             Command::Batch(cmds) => cmds
@@ -207,6 +208,11 @@ pub fn filter_result(
                 }
             }
             QueryResult::AclTokens(v)
+        }
+        // Replication copies secrets: it needs `acl:write`.
+        r @ QueryResult::AclSet(_) => {
+            authz.check(&Permission::scalar(Scalar::Acl, Access::Write))?;
+            r
         }
         r @ (QueryResult::AclPolicies(_) | QueryResult::AclRoles(_)) => {
             authz.check(&Permission::scalar(Scalar::Acl, Access::Read))?;

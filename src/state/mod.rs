@@ -160,6 +160,8 @@ pub enum Command {
         /// Its AccessorID.
         accessor: String,
     },
+    /// This DC's ACL tables are replicated from the primary: bootstrap is closed here.
+    AclReplicated,
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -175,7 +177,8 @@ impl Command {
             | Command::AclRoleSet(_)
             | Command::AclRoleDelete { .. }
             | Command::AclTokenSet(_)
-            | Command::AclTokenDelete { .. } => true,
+            | Command::AclTokenDelete { .. }
+            | Command::AclReplicated => true,
             Command::Batch(cmds) => cmds.iter().any(Command::is_acl),
             _ => false,
         }
@@ -422,6 +425,7 @@ impl State {
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id),
             Command::AclTokenSet(token) => self.acl_token_set(index, *token),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor),
+            Command::AclReplicated => self.acl_replicated(index),
         }
     }
 }

@@ -119,6 +119,20 @@ pub enum Query {
         /// The secret.
         secret: crate::acl::Secret,
     },
+    /// What other DCs replicate from the primary: every policy and role, and every token
+    /// that is not `Local` (secrets included).
+    AclReplication,
+}
+
+/// The global part of a DC's ACL tables, as replicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclSet {
+    /// Every stored policy.
+    pub policies: Vec<Policy>,
+    /// Every role.
+    pub roles: Vec<Role>,
+    /// Every stored token that is not `Local`.
+    pub tokens: Vec<Token>,
 }
 
 /// An ACL policy or role, named by ID or by name.
@@ -168,6 +182,8 @@ pub enum QueryResult {
     AclRoles(Vec<Role>),
     /// ACL tokens.
     AclTokens(Vec<Token>),
+    /// The ACL tables' global part.
+    AclSet(Box<AclSet>),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -220,7 +236,8 @@ impl Query {
             | Query::AclRole(_)
             | Query::AclTokens
             | Query::AclToken { .. }
-            | Query::AclTokenSelf { .. } => &[Table::Acl],
+            | Query::AclTokenSelf { .. }
+            | Query::AclReplication => &[Table::Acl],
         }
     }
 
@@ -401,6 +418,7 @@ impl Query {
             Query::AclToken { accessor } => {
                 QueryResult::AclTokens(state.acl_token(accessor).into_iter().collect())
             }
+            Query::AclReplication => QueryResult::AclSet(Box::new(state.acl_global())),
             Query::AclTokenSelf { secret } => {
                 QueryResult::AclTokens(state.acl_token_by_secret(&secret.0).into_iter().collect())
             }

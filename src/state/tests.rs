@@ -984,4 +984,63 @@ mod acl {
             "default allow"
         );
     }
+
+    #[test]
+    fn replication_makes_the_global_objects_the_primarys_and_leaves_local_tokens() {
+        let mut primary = State::default();
+        primary.apply(
+            1,
+            policy("p1", "kv", r#"key_prefix "" { policy = "read" }"#),
+            now(),
+        );
+        primary.apply(
+            2,
+            Command::AclTokenSet(Box::new(token("g1", "sg1", &["kv"]))),
+            now(),
+        );
+        let mut local = token("l1", "sl1", &["kv"]);
+        local.local = true;
+        primary.apply(3, Command::AclTokenSet(Box::new(local.clone())), now());
+        let mut replica = State::default();
+        replica.apply(1, policy("p0", "gone", ""), now());
+        replica.apply(
+            2,
+            Command::AclTokenSet(Box::new(token("old", "sold", &[]))),
+            now(),
+        );
+        let mut mine = token("l2", "sl2", &[]);
+        mine.local = true;
+        replica.apply(3, Command::AclTokenSet(Box::new(mine)), now());
+        let set = primary.acl_global();
+        assert_eq!(
+            set.tokens.len(),
+            1,
+            "the primary's local token is not replicated"
+        );
+        let plan = replica.acl_replication_plan(&set);
+        let r = replica.apply(10, Command::Batch(plan), now());
+        assert!(
+            matches!(&r, CommandResult::Batch(v) if v.iter().all(|x| *x == CommandResult::Ok)),
+            "{r:?}"
+        );
+        assert!(replica.acl_token_by_secret("sg1").is_some());
+        assert!(
+            replica.acl_token_by_secret("sold").is_none(),
+            "deleted in the primary"
+        );
+        assert!(
+            replica.acl_token_by_secret("sl2").is_some(),
+            "local tokens stay"
+        );
+        assert!(replica.acl_policy("p0").is_none());
+        assert_eq!(replica.acl_policy("p1").unwrap().name, "kv");
+        assert!(
+            replica.acl_bootstrapped().is_some(),
+            "no bootstrap of its own afterwards"
+        );
+        assert!(
+            replica.acl_replication_plan(&set).is_empty(),
+            "nothing to do once in step"
+        );
+    }
 }

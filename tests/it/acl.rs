@@ -457,3 +457,159 @@ async fn every_route_refuses_or_filters_a_request_without_a_token() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// Two DCs, dc1 primary: dc2's leader replicates dc1's policies and tokens, so the initial
+/// management token and a token made in dc1 work in dc2; a global token made through dc2
+/// is written in dc1; a `Local` token of dc2 stays there; a token deleted in dc1 stops
+/// working in dc2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_home() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ip = |dc: u8| format!("127.83.{dc}.1");
+    let acl = |extra: &str| {
+        format!(
+            "primary_datacenter = \"dc1\"\nacl = {{ enabled = true, default_policy = \"deny\", {extra} }}\n"
+        )
+    };
+    let dc1 = write_agent_config(
+        dir.path(),
+        &pki,
+        ("s1", "dc1", consulate::vocab::Role::Server),
+        &ip(1),
+        &ip(1),
+        &format!(
+            "bootstrap_expect = 1\n{}",
+            acl(&format!(
+                "tokens = {{ initial_management = \"{ROOT}\", agent = \"{ROOT}\" }}"
+            ))
+        ),
+    );
+    let dc2 = write_agent_config(
+        dir.path(),
+        &pki,
+        ("s1", "dc2", consulate::vocab::Role::Server),
+        &ip(2),
+        &ip(2),
+        &format!(
+            "bootstrap_expect = 1\nwan_join = [\"{}\"]\n{}",
+            ip(1),
+            acl(&format!(
+                "enable_token_replication = true, tokens = {{ replication = \"{ROOT}\", agent = \"{ROOT}\" }}"
+            ))
+        ),
+    );
+    let _agents = [spawn_agent(&dc1), spawn_agent(&dc2)];
+    let http = http_client_builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (b1, b2) = (
+        format!("http://{}:8500", ip(1)),
+        format!("http://{}:8500", ip(2)),
+    );
+    let works = |base: String, token: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .put(format!("{base}/v1/kv/probe"))
+                .header("X-Consul-Token", token)
+                .body("v")
+                .send()
+                .await
+                .ok()?;
+            Some(r.status().as_u16())
+        }
+    };
+    let until = |base: &str, token: &str, want: u16, what: &str| {
+        let (base, token, what) = (base.to_string(), token.to_string(), what.to_string());
+        let works = &works;
+        async move {
+            let t = std::time::Instant::now();
+            eventually(Duration::from_secs(30), &what, || async {
+                (works(base.clone(), token.clone()).await == Some(want)).then_some(())
+            })
+            .await;
+            t.elapsed()
+        }
+    };
+    until(&b1, ROOT, 200, "the management token in dc1").await;
+    until(&b2, ROOT, 200, "the management token replicated to dc2").await;
+    let put = |base: &str, path: &str, token: &str, body: Value| {
+        let req = http
+            .put(format!("{base}{path}"))
+            .header("X-Consul-Token", token)
+            .body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let (status, _) = put(
+        &b1,
+        "/v1/acl/policy",
+        ROOT,
+        json!({"Name": "kv", "Rules": "key_prefix \"\" { policy = \"write\" }"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, t1) = put(
+        &b1,
+        "/v1/acl/token",
+        ROOT,
+        json!({"Policies": [{"Name": "kv"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let s1 = t1["SecretID"].as_str().unwrap().to_string();
+    let took = until(&b2, &s1, 200, "a dc1 token works in dc2").await;
+    eprintln!("a token made in dc1 worked in dc2 after {took:?}");
+    // Made through dc2, written in dc1 (and replicated back).
+    let (status, t2) = put(
+        &b2,
+        "/v1/acl/token",
+        ROOT,
+        json!({"Policies": [{"Name": "kv"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{t2}");
+    let s2 = t2["SecretID"].as_str().unwrap().to_string();
+    until(
+        &b1,
+        &s2,
+        200,
+        "a global token made through dc2 works in dc1",
+    )
+    .await;
+    // A Local token of dc2 stays there.
+    let (status, tl) = put(
+        &b2,
+        "/v1/acl/token",
+        ROOT,
+        json!({"Policies": [{"Name": "kv"}], "Local": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{tl}");
+    let local = tl["SecretID"].as_str().unwrap().to_string();
+    until(&b2, &local, 200, "the local token in dc2").await;
+    assert_eq!(
+        works(b1.clone(), local.clone()).await,
+        Some(403),
+        "not in dc1"
+    );
+    // Deleted in dc1: refused in dc2 too.
+    let accessor = t1["AccessorID"].as_str().unwrap();
+    let r = http
+        .delete(format!("{b1}/v1/acl/token/{accessor}"))
+        .header("X-Consul-Token", ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let took = until(&b2, &s1, 403, "a deleted token stops working in dc2").await;
+    eprintln!("a token deleted in dc1 stopped working in dc2 after {took:?}");
+    // The local token survived replication rounds.
+    assert_eq!(works(b2.clone(), local).await, Some(200));
+}
