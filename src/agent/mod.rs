@@ -296,7 +296,6 @@ impl Agent {
                 &transport,
                 &dispatcher,
                 members.clone(),
-                &metrics,
                 &shutdown,
             ),
             None => loops.spawn(

@@ -37,6 +37,8 @@ pub struct ServerParts {
     pub router: Arc<Router>,
     /// The session TTL timers it keeps while it leads.
     pub session_timers: Arc<SessionTimers>,
+    /// Its ACL replication figures (non-primary DCs).
+    pub acl_metrics: crate::metrics::AclMetrics,
 }
 
 impl ServerParts {
@@ -118,6 +120,7 @@ impl ServerParts {
             wan_addr,
             router,
             session_timers: Arc::new(SessionTimers::default()),
+            acl_metrics: metrics.acl.clone(),
         };
         Ok((parts, services))
     }
@@ -131,7 +134,6 @@ impl ServerParts {
         transport: &Transport,
         dispatcher: &Dispatcher,
         members: watch::Receiver<Vec<Member>>,
-        metrics: &Metrics,
         shutdown: &CancellationToken,
     ) {
         loops.spawn(
@@ -193,7 +195,7 @@ impl ServerParts {
                         .clone()
                         .map(crate::acl::Secret),
                     config.acl.enable_token_replication,
-                    metrics.acl.clone(),
+                    self.acl_metrics.clone(),
                     shutdown.child_token(),
                 ),
             );
