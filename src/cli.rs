@@ -785,6 +785,32 @@ pub async fn acl_token_delete(c: &Client, id: &str) -> Result<String, CliError> 
     Ok(format!("Token \"{id}\" deleted successfully\n"))
 }
 
+/// `consulate acl replication`: how ACL replication stands (Consul's fields).
+pub async fn acl_replication(c: &Client, format: Format) -> Result<String, CliError> {
+    let v = c
+        .get("/v1/acl/replication", "reading the replication status")
+        .await?
+        .unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows = [
+        ("Enabled", "Enabled"),
+        ("Running", "Running"),
+        ("Source Datacenter", "SourceDatacenter"),
+        ("Replication Type", "ReplicationType"),
+        ("Replicated Index", "ReplicatedIndex"),
+        ("Replicated Token Index", "ReplicatedTokenIndex"),
+        ("Last Success", "LastSuccess"),
+        ("Last Error", "LastError"),
+        ("Last Error Message", "LastErrorMessage"),
+    ];
+    Ok(rows
+        .iter()
+        .map(|(label, key)| format!("{:<24}{}\n", format!("{label}:"), text(&v[*key])))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,11 @@ enum AclCommand {
         #[command(subcommand)]
         command: AclTokenCommand,
     },
+    /// How ACL replication from the primary DC stands.
+    Replication {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -489,6 +494,12 @@ fn run_acl(command: AclCommand) -> anyhow::Result<()> {
     match command {
         AclCommand::Bootstrap { http } => {
             operate(&http, |c, f| async move { ops::acl_bootstrap(&c, f).await })
+        }
+        AclCommand::Replication { http } => {
+            operate(
+                &http,
+                |c, f| async move { ops::acl_replication(&c, f).await },
+            )
         }
         AclCommand::Policy { command } => match command {
             AclPolicyCommand::Create {

@@ -11,6 +11,30 @@ use std::fmt;
 
 pub use rules::{Access, Resource, Rules, Scalar};
 
+/// How a server's ACL replication stands (Consul's `/v1/acl/replication`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplicationStatus {
+    /// Whether this DC replicates (ACLs on, not the primary).
+    pub enabled: bool,
+    /// Whether this server replicates now (it leads its DC).
+    pub running: bool,
+    /// The primary DC.
+    pub source_datacenter: String,
+    /// `tokens` (with `enable_token_replication`) or `policies`.
+    pub replication_type: String,
+    /// The primary's ACL index last replicated.
+    pub replicated_index: u64,
+    /// The same, for tokens (0 when tokens are not replicated).
+    pub replicated_token_index: u64,
+    /// When replication last succeeded (RFC 3339; empty: never).
+    pub last_success: String,
+    /// When it last failed (RFC 3339; empty: never).
+    pub last_error: String,
+    /// Why it last failed.
+    pub last_error_message: String,
+}
+
 /// A token's secret as it travels with a request: never shown in logs or debug output.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]

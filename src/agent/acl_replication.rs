@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::acl::Secret;
+use std::sync::{Arc, Mutex};
+
+use crate::acl::{ReplicationStatus, Secret};
 use crate::dispatch::Dispatcher;
 use crate::metrics::AclMetrics;
 use crate::raft::RaftNode;
@@ -23,19 +25,51 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The pause after a failed round.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Replicates from `primary` while this server leads its DC, until `shutdown`.
+/// What a replication loop is given.
+pub struct Replication {
+    /// The primary DC.
+    pub primary: String,
+    /// The replication token (`acl.tokens.replication`).
+    pub token: Option<Secret>,
+    /// Whether tokens are replicated too (`acl.enable_token_replication`).
+    pub tokens_too: bool,
+    /// Where it reports.
+    pub metrics: AclMetrics,
+    /// What `/v1/acl/replication` shows.
+    pub status: Arc<Mutex<ReplicationStatus>>,
+}
+
+/// Replicates from the primary while this server leads its DC, until `shutdown`.
 pub async fn run(
     raft: RaftNode,
     dispatcher: Dispatcher,
-    primary: String,
-    token: Option<Secret>,
-    tokens_too: bool,
-    metrics: AclMetrics,
+    r: Replication,
     shutdown: CancellationToken,
 ) {
+    let Replication {
+        primary,
+        token,
+        tokens_too,
+        metrics,
+        status,
+    } = r;
+    let report = |f: &dyn Fn(&mut ReplicationStatus)| {
+        f(&mut status.lock().expect("replication status lock"))
+    };
+    report(&|s| {
+        s.enabled = true;
+        s.source_datacenter = primary.clone();
+        s.replication_type = if tokens_too { "tokens" } else { "policies" }.into();
+    });
+    let now = || {
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
     let mut leadership = raft.raft().metrics();
     let mut index = 0;
     loop {
+        report(&|s| s.running = raft.is_leader());
         if !raft.is_leader() {
             index = 0;
             tokio::select! {
@@ -86,6 +120,11 @@ pub async fn run(
                     info!(%primary, index = at, changes, "ACLs replicated");
                 }
                 index = at;
+                report(&|s| {
+                    s.replicated_index = at;
+                    s.replicated_token_index = if tokens_too { at } else { 0 };
+                    s.last_success = now();
+                });
                 metrics.replicated_index.set(at as i64);
                 metrics
                     .last_success
@@ -93,6 +132,11 @@ pub async fn run(
             }
             Err(e) => {
                 metrics.errors.inc();
+                let message = e.to_string();
+                report(&|s| {
+                    s.last_error = now();
+                    s.last_error_message = message.clone();
+                });
                 warn!(%primary, error = %e, "ACL replication failed; will retry");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

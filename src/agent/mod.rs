@@ -228,7 +228,9 @@ impl Agent {
             server.as_ref().map(|s| s.router.clone()),
         );
         if let Some(s) = &server {
-            dispatcher = dispatcher.with_session_timers(s.session_timers.clone());
+            dispatcher = dispatcher
+                .with_session_timers(s.session_timers.clone())
+                .with_acl_replication(s.acl_replication.clone());
         }
         if config.acl.enabled {
             let tokens = &config.acl.tokens;

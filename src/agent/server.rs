@@ -39,6 +39,8 @@ pub struct ServerParts {
     pub session_timers: Arc<SessionTimers>,
     /// Its ACL replication figures (non-primary DCs).
     pub acl_metrics: crate::metrics::AclMetrics,
+    /// How its ACL replication stands (`/v1/acl/replication`).
+    pub acl_replication: Arc<std::sync::Mutex<crate::acl::ReplicationStatus>>,
 }
 
 impl ServerParts {
@@ -121,6 +123,7 @@ impl ServerParts {
             router,
             session_timers: Arc::new(SessionTimers::default()),
             acl_metrics: metrics.acl.clone(),
+            acl_replication: Default::default(),
         };
         Ok((parts, services))
     }
@@ -187,15 +190,18 @@ impl ServerParts {
                 super::acl_replication::run(
                     self.raft.clone(),
                     dispatcher.clone(),
-                    source,
-                    config
-                        .acl
-                        .tokens
-                        .replication
-                        .clone()
-                        .map(crate::acl::Secret),
-                    config.acl.enable_token_replication,
-                    self.acl_metrics.clone(),
+                    super::acl_replication::Replication {
+                        primary: source,
+                        token: config
+                            .acl
+                            .tokens
+                            .replication
+                            .clone()
+                            .map(crate::acl::Secret),
+                        tokens_too: config.acl.enable_token_replication,
+                        metrics: self.acl_metrics.clone(),
+                        status: self.acl_replication.clone(),
+                    },
                     shutdown.child_token(),
                 ),
             );

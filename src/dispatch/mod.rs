@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::acl::{AclError, Authorizer, Secret};
+use crate::acl::{AclError, Authorizer, ReplicationStatus, Secret};
 use crate::federation::Router;
 use crate::gossip::Member;
 use crate::metrics::{InFlight, RpcMetrics};
@@ -125,6 +125,8 @@ pub struct Dispatcher {
     session_timers: Option<Arc<SessionTimers>>,
     /// ACLs, when enabled.
     acl: Option<Arc<AclSettings>>,
+    /// Servers: how this server's ACL replication stands.
+    acl_replication: Option<Arc<std::sync::Mutex<ReplicationStatus>>>,
 }
 
 impl Dispatcher {
@@ -148,7 +150,17 @@ impl Dispatcher {
             router,
             session_timers: None,
             acl: None,
+            acl_replication: None,
         }
+    }
+
+    /// On servers: where this server's ACL replication loop reports how it stands.
+    pub fn with_acl_replication(
+        mut self,
+        status: Arc<std::sync::Mutex<ReplicationStatus>>,
+    ) -> Dispatcher {
+        self.acl_replication = Some(status);
+        self
     }
 
     /// With ACLs enabled as `settings` say.
@@ -366,6 +378,11 @@ impl Dispatcher {
                     .await
                     .map_err(RpcError::from),
             ),
+            AgentRequest::AclReplicationStatus(_) => AgentResponse::AclReplicationStatus(Ok(self
+                .acl_replication
+                .as_ref()
+                .map(|s| s.lock().expect("replication status lock").clone())
+                .unwrap_or_default())),
             AgentRequest::ResolveToken(_) => match authz {
                 Some(authz) => AgentResponse::ResolveToken(Ok((*authz).clone())),
                 None => req.fail(AclError::Disabled.into()),

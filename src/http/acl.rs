@@ -574,3 +574,15 @@ pub async fn delete_token(
 pub async fn tokens(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
     all(&api, &p, Query::AclTokens).await
 }
+
+/// `GET /v1/acl/replication`: how ACL replication stands on the server that answers (of
+/// `?dc=`); no token needed, as in Consul.
+pub async fn replication(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let status = api
+        .dispatcher
+        .call(crate::rpc::AclReplicationStatus {
+            dc: p.dc().map(str::to_string),
+        })
+        .await?;
+    Ok(Json(status).into_response())
+}

@@ -289,6 +289,7 @@ routes! {
     "/v1/acl/token/self" [Data] => get(acl::token_self);
     "/v1/acl/token/{accessor}" [Data] => get(acl::get_token).put(acl::update_token).delete(acl::delete_token);
     "/v1/acl/tokens" [Data] => get(acl::tokens);
+    "/v1/acl/replication" [Public] => get(acl::replication);
     "/v1/kv/" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
     "/v1/kv/{*key}" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
 }

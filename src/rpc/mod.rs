@@ -384,8 +384,16 @@ pub struct ResolveToken {
     pub token: Option<Secret>,
 }
 
+/// How ACL replication stands on the server that answers (of `dc`, default this one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AclReplicationStatus {
+    /// The DC it is for (`None`: the receiver's).
+    pub dc: Option<String>,
+}
+
 calls! {
     Ping => Pong, "ping";
+    AclReplicationStatus => crate::acl::ReplicationStatus, "acl_replication";
     ResolveToken => crate::acl::Authorizer, "acl_resolve";
     GetServerInfo => Option<ServerInfo>, "server_info";
     Write => CommandResult, "write";
@@ -403,7 +411,8 @@ impl AgentRequest {
             AgentRequest::Write(Write { dc, .. })
             | AgentRequest::Read(Read { dc, .. })
             | AgentRequest::GetRaftStatus(GetRaftStatus { dc })
-            | AgentRequest::RenewSession(RenewSession { dc, .. }) => dc.as_deref(),
+            | AgentRequest::RenewSession(RenewSession { dc, .. })
+            | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc }) => dc.as_deref(),
             _ => None,
         }
     }

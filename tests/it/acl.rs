@@ -612,4 +612,41 @@ async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_hom
     eprintln!("a token deleted in dc1 stopped working in dc2 after {took:?}");
     // The local token survived replication rounds.
     assert_eq!(works(b2.clone(), local).await, Some(200));
+    // Replication reports how it stands, on dc2's server (its leader) and through the CLI.
+    let status: Value = http
+        .get(format!("{b2}/v1/acl/replication"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["Enabled"], true, "{status}");
+    assert_eq!(status["Running"], true, "{status}");
+    assert_eq!(status["SourceDatacenter"], "dc1");
+    assert_eq!(status["ReplicationType"], "tokens");
+    assert!(status["ReplicatedIndex"].as_u64().unwrap() > 0, "{status}");
+    assert!(!status["LastSuccess"].as_str().unwrap().is_empty());
+    let primary: Value = http
+        .get(format!("{b1}/v1/acl/replication"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        primary["Enabled"], false,
+        "the primary replicates from nobody"
+    );
+    let out = std::process::Command::new(consulate_bin())
+        .args(["acl", "replication", "-http-addr"])
+        .arg(b2.trim_start_matches("http://"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Source Datacenter:      dc1"),
+        "{text}"
+    );
 }
