@@ -61,6 +61,10 @@ enum Command {
         /// Restart an agent that exits on its own.
         #[arg(long)]
         restart: bool,
+        /// Turn ACLs on (default deny; the first DC is the primary) and print the
+        /// management token (kept in the data dir, the same on every start).
+        #[arg(long)]
+        acl: bool,
     },
     /// Report on a running local federation: agents, leaders, WAN members, cross-DC queries
     /// (exit code 1 when anything is down or failing).
@@ -620,12 +624,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             certs,
             fresh,
             restart,
+            acl,
         } => run_up(consulate::up::UpOptions {
             topology,
             state_dir: data_dir,
             certs_dir: certs,
             fresh,
             restart,
+            acl,
             ready_timeout: std::time::Duration::from_secs(60),
         }),
         Command::Members { http, wan } => {
@@ -744,7 +750,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: absolute(data_dir)?,
             };
             for written in topo
-                .write_configs(&paths, &out)
+                .write_configs(&topo.render(&paths), &out)
                 .with_context(|| format!("writing {}", out.display()))?
             {
                 println!("==> Wrote {}", written.display());

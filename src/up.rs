@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub fresh: bool,
     /// Restart an agent that exits on its own.
     pub restart: bool,
+    /// Turn ACLs on ([`Topology::secure`]) with a management token kept in the state folder.
+    pub acl: bool,
     /// How long to wait for leaders and a complete WAN pool.
     pub ready_timeout: Duration,
 }
@@ -272,10 +274,17 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
     for dir in [&log_dir, &pid_dir] {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    topo.write_configs(&paths, &config_dir)
+    let mut configs = topo.render(&paths);
+    let management = if opts.acl {
+        let token = management_token(&opts.state_dir)?;
+        topo.secure(&mut configs, &token);
+        Some(token)
+    } else {
+        None
+    };
+    topo.write_configs(&configs, &config_dir)
         .map_err(io(&config_dir))?;
-    let mut agents: Vec<Agent> = topo
-        .render(&paths)
+    let mut agents: Vec<Agent> = configs
         .into_iter()
         .map(|cfg| Agent {
             http: cfg.http_bind(),
@@ -295,7 +304,10 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
     }
     let clients: BTreeMap<String, cli::Client> = agents
         .iter()
-        .map(|a| (a.node.clone(), cli::Client::new(&a.http.to_string())))
+        .map(|a| {
+            let c = cli::Client::new(&a.http.to_string()).with_token(management.clone());
+            (a.node.clone(), c)
+        })
         .collect();
     let servers = agents.iter().filter(|a| a.role == Role::Server).count();
     let dcs = topo.datacenters.len();
@@ -366,6 +378,10 @@ pub async fn up(opts: UpOptions, shutdown: CancellationToken) -> Result<(), UpEr
             other.name
         );
         println!("  curl -s http://{h}/metrics | grep consulate_http_requests_total");
+    }
+    if let Some(token) = &management {
+        println!("\nACLs are on (default deny). The management token:");
+        println!("  export CONSUL_HTTP_TOKEN={token}");
     }
     println!("\nCtrl-C stops every agent.");
     supervise(&mut agents, opts.restart, &shutdown).await;
@@ -542,6 +558,23 @@ impl Status {
     }
 }
 
+/// The management token of the federation kept in `state_dir` (made on first use, readable
+/// only by its owner), so that restarts and `consulate status` use the same one.
+fn management_token(state_dir: &Path) -> Result<String, UpError> {
+    let path = state_dir.join("acl-management-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+    let token = crate::vocab::random_uuid();
+    std::fs::write(&path, &token).map_err(io(&path))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(&path))?;
+    Ok(token)
+}
+
 /// Probes a running federation described by the topology at `path`.
 pub async fn status(path: &Path) -> Result<Status, UpError> {
     let topo = Topology::load(path)?;
@@ -551,8 +584,10 @@ pub async fn status(path: &Path) -> Result<Status, UpError> {
     };
     let mut agents = Vec::new();
     let mut clients = BTreeMap::new();
+    // With ACLs on (`up --acl`), the token `up` printed: `CONSUL_HTTP_TOKEN`.
+    let token = std::env::var("CONSUL_HTTP_TOKEN").ok();
     for cfg in topo.render(&paths) {
-        let c = cli::Client::new(&cfg.http_bind().to_string());
+        let c = cli::Client::new(&cfg.http_bind().to_string()).with_token(token.clone());
         agents.push(AgentStatus {
             alive: cli::alive(&c).await,
             datacenter: cfg.datacenter.clone(),

@@ -200,11 +200,38 @@ impl Topology {
             .collect()
     }
 
-    /// Writes every rendered config as `<out>/<node>.toml`; returns the files written.
-    pub fn write_configs(&self, paths: &RenderPaths, out: &Path) -> std::io::Result<Vec<PathBuf>> {
+    /// Turns ACLs on in `configs` (rendered from this topology), Consul's way for a
+    /// federation: every agent checks tokens with `default_policy = "deny"`; the first DC
+    /// is the primary, whose servers create `management` as the initial management token;
+    /// the other DCs' servers replicate tokens with it; every agent syncs with it.
+    pub fn secure(&self, configs: &mut [AgentConfig], management: &str) {
+        let Some(primary) = self.datacenters.first().map(|dc| dc.name.clone()) else {
+            return;
+        };
+        for cfg in configs {
+            let server = cfg.role == Role::Server;
+            let in_primary = cfg.datacenter == primary;
+            cfg.primary_datacenter = Some(primary.clone());
+            cfg.acl.enabled = true;
+            cfg.acl.default_policy = super::AclDefaultPolicy::Deny;
+            cfg.acl.enable_token_replication = !in_primary;
+            cfg.acl.tokens.agent = Some(management.to_string());
+            cfg.acl.tokens.initial_management =
+                (server && in_primary).then(|| management.to_string());
+            cfg.acl.tokens.replication = (server && !in_primary).then(|| management.to_string());
+        }
+    }
+
+    /// Writes each of `configs` (rendered from this topology) as `<out>/<node>.toml`;
+    /// returns the files written.
+    pub fn write_configs(
+        &self,
+        configs: &[AgentConfig],
+        out: &Path,
+    ) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(out)?;
-        self.render(paths)
-            .into_iter()
+        configs
+            .iter()
             .map(|cfg| {
                 let file = out.join(format!("{}.toml", cfg.node_name));
                 let body = toml::to_string_pretty(&cfg).map_err(std::io::Error::other)?;

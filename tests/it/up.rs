@@ -32,15 +32,19 @@ fn user_checkout() -> tempfile::TempDir {
     dir
 }
 
-/// `consulate status [TOPOLOGY] -format FORMAT` run in `dir`.
+/// `consulate status [TOPOLOGY] -format FORMAT` run in `dir`, with the management token of
+/// `up --acl` when there is one (as its output tells users to export it).
 fn status(dir: &Path, topology: Option<&str>, format: &str) -> std::process::Output {
-    std::process::Command::new(consulate_bin())
-        .arg("status")
+    let mut cmd = std::process::Command::new(consulate_bin());
+    cmd.arg("status")
         .args(topology)
         .args(["-format", format])
         .current_dir(dir)
-        .output()
-        .unwrap()
+        .env_remove("CONSUL_HTTP_TOKEN");
+    if let Ok(token) = std::fs::read_to_string(dir.join(".consulate/acl-management-token")) {
+        cmd.env("CONSUL_HTTP_TOKEN", token.trim());
+    }
+    cmd.output().unwrap()
 }
 
 /// Polls `consulate status` until every agent's own view has converged (`up`'s readiness
@@ -353,10 +357,43 @@ async fn up_brings_three_dcs_up_and_restarts_a_crashed_agent() {
     let state = dir.path().join(".consulate");
     let topology = "topology/local-3dc.toml";
     let started = Instant::now();
-    let (mut up, out_path) = spawn_up(dir.path(), &[topology, "--restart"]);
+    // With ACLs on: dc1 is the primary, dc2 and dc3 replicate its management token.
+    let (mut up, out_path) = spawn_up(dir.path(), &[topology, "--restart", "--acl"]);
     let text = up_ready(&out_path).await;
     eprintln!("local-3dc ready {:?} after start", started.elapsed());
     assert_eq!(text.matches("leader\n").count(), 3, "{text}");
+    let token = std::fs::read_to_string(state.join("acl-management-token")).unwrap();
+    let printed = eventually(Duration::from_secs(10), "the token printed", || async {
+        let text = std::fs::read_to_string(&out_path).ok()?;
+        text.contains("export CONSUL_HTTP_TOKEN=").then_some(text)
+    })
+    .await;
+    assert!(printed.contains(&format!("export CONSUL_HTTP_TOKEN={}", token.trim())));
+    let http = http_client();
+    for dc in 1..=3 {
+        let url = format!("http://127.0.{dc}.10:8500/v1/kv/up-acl");
+        let anonymous = http.put(&url).body("v").send().await.unwrap();
+        assert_eq!(
+            anonymous.status(),
+            403,
+            "dc{dc} refuses a request without a token"
+        );
+        eventually(
+            Duration::from_secs(20),
+            "the management token in every DC",
+            || async {
+                let r = http
+                    .put(&url)
+                    .header("X-Consul-Token", token.trim())
+                    .body("v")
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
+        .await;
+    }
 
     let report = healthy(dir.path(), Some(topology)).await;
     assert_eq!(report["agents"].as_array().unwrap().len(), 12);
