@@ -3,12 +3,11 @@
 //! the primary per change and one Raft entry per change batch, so tokens made in the
 //! primary work here and deleted ones stop working.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use std::sync::{Arc, Mutex};
 
 use crate::acl::{ReplicationStatus, Secret};
 use crate::dispatch::Dispatcher;
