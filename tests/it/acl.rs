@@ -464,9 +464,59 @@ async fn every_route_refuses_or_filters_a_request_without_a_token() {
 /// working in dc2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_home() {
+    two_dcs(83, None).await;
+}
+
+/// The same across the WAN emulator's 80 ms link (its delays printed, for BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_replicate_across_an_emulated_80ms_wan() {
+    two_dcs(82, Some(Duration::from_millis(80))).await;
+}
+
+async fn two_dcs(net: u8, wan: Option<Duration>) {
+    use crate::common::wan::{Link, WanEmulator};
     let pki = TestPki::new();
     let dir = tempfile::tempdir().unwrap();
-    let ip = |dc: u8| format!("127.83.{dc}.1");
+    let ip = move |dc: u8| format!("127.{net}.{dc}.1");
+    // With a WAN link, each server is reached from the other DC through a front on .100.
+    let front = move |dc: u8| format!("127.{net}.{dc}.100:8300");
+    let _emulator = match wan {
+        Some(latency) => {
+            let e = WanEmulator::new(move |addr: std::net::IpAddr| {
+                let std::net::IpAddr::V4(v4) = addr else {
+                    return None;
+                };
+                Some(format!("dc{}", v4.octets()[2]))
+            });
+            e.set_link(
+                "dc1",
+                "dc2",
+                Link {
+                    latency,
+                    jitter: Duration::from_millis(5),
+                    loss: 0.0,
+                },
+            );
+            for dc in [1, 2] {
+                e.front(
+                    &format!("dc{dc}"),
+                    front(dc).parse().unwrap(),
+                    format!("{}:8300", ip(dc)).parse().unwrap(),
+                )
+                .await;
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let wan_lines = |dc: u8| match wan {
+        Some(_) => format!("advertise_addr_wan = \"{}\"\n", front(dc)),
+        None => String::new(),
+    };
+    let seed = match wan {
+        Some(_) => front(1),
+        None => ip(1),
+    };
     let acl = |extra: &str| {
         format!(
             "primary_datacenter = \"dc1\"\nacl = {{ enabled = true, default_policy = \"deny\", {extra} }}\n"
@@ -479,7 +529,8 @@ async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_hom
         &ip(1),
         &ip(1),
         &format!(
-            "bootstrap_expect = 1\n{}",
+            "bootstrap_expect = 1\n{}{}",
+            wan_lines(1),
             acl(&format!(
                 "tokens = {{ initial_management = \"{ROOT}\", agent = \"{ROOT}\" }}"
             ))
@@ -492,8 +543,9 @@ async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_hom
         &ip(2),
         &ip(2),
         &format!(
-            "bootstrap_expect = 1\nwan_join = [\"{}\"]\n{}",
-            ip(1),
+            "bootstrap_expect = 1\nwan_join = [\"{}\"]\n{}{}",
+            seed,
+            wan_lines(2),
             acl(&format!(
                 "enable_token_replication = true, tokens = {{ replication = \"{ROOT}\", agent = \"{ROOT}\" }}"
             ))
@@ -565,7 +617,7 @@ async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_hom
     assert_eq!(status, 200);
     let s1 = t1["SecretID"].as_str().unwrap().to_string();
     let took = until(&b2, &s1, 200, "a dc1 token works in dc2").await;
-    eprintln!("a token made in dc1 worked in dc2 after {took:?}");
+    eprintln!("a token made in dc1 worked in dc2 after {took:?} (WAN {wan:?})");
     // Made through dc2, written in dc1 (and replicated back).
     let (status, t2) = put(
         &b2,
@@ -609,7 +661,7 @@ async fn tokens_made_in_the_primary_work_in_the_other_dc_and_local_ones_stay_hom
         .unwrap();
     assert_eq!(r.status(), 200);
     let took = until(&b2, &s1, 403, "a deleted token stops working in dc2").await;
-    eprintln!("a token deleted in dc1 stopped working in dc2 after {took:?}");
+    eprintln!("a token deleted in dc1 stopped working in dc2 after {took:?} (WAN {wan:?})");
     // The local token survived replication rounds.
     assert_eq!(works(b2.clone(), local).await, Some(200));
     // Replication reports how it stands, on dc2's server (its leader) and through the CLI.
