@@ -165,6 +165,14 @@ pub fn global_management() -> Policy {
     }
 }
 
+/// A link to the built-in management policy: what makes a token a management token.
+pub fn management_link() -> Link {
+    Link {
+        id: GLOBAL_MANAGEMENT_ID.into(),
+        name: GLOBAL_MANAGEMENT_NAME.into(),
+    }
+}
+
 /// The built-in anonymous token (no policies until an operator gives it some).
 pub fn anonymous() -> Token {
     Token {
@@ -180,6 +188,15 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The key a secret is found by (its SHA-256): a lookup by it says nothing, by its
+/// timing, about the secrets stored.
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// Compares two secrets in time independent of where they differ.

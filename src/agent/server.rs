@@ -244,10 +244,7 @@ async fn initial_management(
                 accessor_id: crate::vocab::random_uuid(),
                 secret_id: secret.clone(),
                 description: "Initial Management Token".into(),
-                policies: vec![crate::acl::model::Link {
-                    id: crate::acl::model::GLOBAL_MANAGEMENT_ID.into(),
-                    name: crate::acl::model::GLOBAL_MANAGEMENT_NAME.into(),
-                }],
+                policies: vec![crate::acl::model::management_link()],
                 create_ms: crate::acl::model::now_ms(),
                 ..Default::default()
             };

@@ -301,7 +301,7 @@ impl Dispatcher {
         };
         let acl_system = match req {
             AgentRequest::Write(w) => w.cmd.is_acl(),
-            AgentRequest::Read(r) => r.query.tables() == [crate::state::Table::Acl],
+            AgentRequest::Read(r) => r.query.is_acl(),
             _ => false,
         };
         if acl_system && self.acl.is_none() {

@@ -124,12 +124,9 @@ impl Api {
             return Ok(None);
         };
         let token = p.token();
-        let key = token.as_ref().map(|t| {
-            ring::digest::digest(&ring::digest::SHA256, t.0.as_bytes())
-                .as_ref()
-                .try_into()
-                .expect("SHA-256 is 32 bytes")
-        });
+        let key = token
+            .as_ref()
+            .map(|t| crate::acl::model::secret_digest(&t.0));
         let cached = edge
             .cache
             .lock()

@@ -43,7 +43,8 @@ pub async fn run(
             _ = tokio::time::sleep(delay(interval, rand::random::<f64>())) => {}
         }
         let (applied, snapshot) = {
-            let m = raft.metrics().borrow().clone();
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
         if due(applied, snapshot, threshold) {

@@ -75,7 +75,7 @@ impl State {
     /// A token by SecretID. Looked up by the secret's SHA-256 (so the lookup's timing
     /// says nothing about the secrets stored) and confirmed in constant time.
     pub fn acl_token_by_secret(&self, secret: &str) -> Option<Token> {
-        let token = match self.acl_secrets.get(&secret_key(secret)) {
+        let token = match self.acl_secrets.get(&model::secret_digest(secret)) {
             Some(accessor) => self.acl_token(accessor),
             None if model::secrets_equal(secret, model::ANONYMOUS_SECRET) => {
                 self.acl_token(ANONYMOUS_ACCESSOR)
@@ -98,7 +98,7 @@ impl State {
         default_allow: bool,
         now_ms: u64,
     ) -> Result<Arc<Authorizer>, AclError> {
-        let key = (secret.map(secret_key), default_allow);
+        let key = (secret.map(model::secret_digest), default_allow);
         if let Some((expires, authz)) = self.acl_resolved.lock().expect("acl cache").get(&key)
             && expires.is_none_or(|t| t > now_ms)
         {
@@ -282,10 +282,7 @@ impl State {
             ));
         }
         self.data.acl_bootstrap = Some(index);
-        token.policies = vec![Link {
-            id: GLOBAL_MANAGEMENT_ID.into(),
-            name: model::GLOBAL_MANAGEMENT_NAME.into(),
-        }];
+        token.policies = vec![model::management_link()];
         token.roles.clear();
         token.local = false;
         self.acl_token_set(index, token)
@@ -421,7 +418,9 @@ impl State {
         if token.accessor_id.is_empty() || token.secret_id.is_empty() {
             return CommandResult::Rejected("A token needs an AccessorID and a SecretID".into());
         }
-        if let Some(owner) = self.acl_secrets.get(&secret_key(&token.secret_id))
+        if let Some(owner) = self
+            .acl_secrets
+            .get(&model::secret_digest(&token.secret_id))
             && *owner != token.accessor_id
         {
             return CommandResult::Rejected("Invalid Token: SecretID is already in use".into());
@@ -468,8 +467,10 @@ impl State {
         }
         token.create_index = old.as_ref().map_or(index, |t| t.create_index);
         token.modify_index = index;
-        self.acl_secrets
-            .insert(secret_key(&token.secret_id), token.accessor_id.clone());
+        self.acl_secrets.insert(
+            model::secret_digest(&token.secret_id),
+            token.accessor_id.clone(),
+        );
         self.data
             .acl_tokens
             .insert(token.accessor_id.clone(), token);
@@ -484,7 +485,7 @@ impl State {
             );
         }
         if let Some(t) = self.data.acl_tokens.remove(accessor) {
-            self.acl_secrets.remove(&secret_key(&t.secret_id));
+            self.acl_secrets.remove(&model::secret_digest(&t.secret_id));
             self.touch(Table::Acl, index);
         }
         CommandResult::Ok
@@ -531,14 +532,6 @@ const RESOLVED_MAX: usize = 4096;
 pub(super) type ResolvedTokens = std::sync::Mutex<
     std::collections::HashMap<(Option<[u8; 32]>, bool), (Option<u64>, Arc<Authorizer>)>,
 >;
-
-/// The key of a secret in the SecretID index: its SHA-256.
-pub(super) fn secret_key(secret: &str) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
-}
 
 /// Every stored policy's rules, parsed (policies are checked when written, so all parse).
 pub(super) fn compile_policies(

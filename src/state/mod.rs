@@ -508,7 +508,12 @@ fn name_index(data: &Tables) -> BTreeMap<String, BTreeSet<NodeKey>> {
 fn secret_index(data: &Tables) -> BTreeMap<[u8; 32], String> {
     data.acl_tokens
         .values()
-        .map(|t| (acl::secret_key(&t.secret_id), t.accessor_id.clone()))
+        .map(|t| {
+            (
+                crate::acl::model::secret_digest(&t.secret_id),
+                t.accessor_id.clone(),
+            )
+        })
         .collect()
 }
 

@@ -214,6 +214,11 @@ fn instances<'a>(
 }
 
 impl Query {
+    /// Whether it reads the ACL system (refused where ACLs are disabled).
+    pub fn is_acl(&self) -> bool {
+        self.tables() == [Table::Acl]
+    }
+
     /// The tables whose changes can change this query's answer.
     pub fn tables(&self) -> &'static [Table] {
         match self {

@@ -42,10 +42,7 @@ async fn start(net: u8) -> Acl {
         "c1",
         &acl_line(false),
     )));
-    let http = http_client_builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = http_client_bounded();
     let server = format!("http://127.79.{net}.1:8500");
     let client = format!("http://127.79.{net}.9:8500");
     // The primary's leader makes the initial management token; it then works everywhere.
@@ -552,10 +549,7 @@ async fn two_dcs(net: u8, wan: Option<Duration>) {
         ),
     );
     let _agents = [spawn_agent(&dc1), spawn_agent(&dc2)];
-    let http = http_client_builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = http_client_bounded();
     let (b1, b2) = (
         format!("http://{}:8500", ip(1)),
         format!("http://{}:8500", ip(2)),

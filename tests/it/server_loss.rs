@@ -32,7 +32,7 @@ async fn killing_any_one_server_fails_no_read_and_no_undelivered_write_through_a
     let mut procs: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
     let _client = spawn_agent(&write_client(&dc, &pki, NET, 9, "c1"));
     let (_me, probe) = prober(&pki);
-    let http = http_builder_with_timeout();
+    let http = http_client_bounded();
     let base = format!("http://127.79.{NET}.9:8500");
     agreed_leader(&probe, &dc.addrs[..3]).await;
     eventually(
@@ -211,13 +211,6 @@ async fn killing_any_one_server_fails_no_read_and_no_undelivered_write_through_a
         "counted {indeterminate} indeterminate writes, answered {}",
         tally.indeterminate.len()
     );
-}
-
-fn http_builder_with_timeout() -> reqwest::Client {
-    http_client_builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 /// Every key under `load/` as the leader holds it (a consistent read).

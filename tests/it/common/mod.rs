@@ -301,6 +301,15 @@ pub fn http_client() -> reqwest::Client {
     http_client_builder().build().unwrap()
 }
 
+/// [`http_client`] with a 20 s bound on every request, for tests that keep loading agents
+/// while servers are killed or partitioned (a request never hangs the test).
+pub fn http_client_bounded() -> reqwest::Client {
+    http_client_builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
 /// [`http_client`]'s builder, for tests that set more options.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
