@@ -175,20 +175,60 @@ pub struct RaftNode {
     ),
 }
 
-/// When this server last heard from a leader.
+/// When this server last heard from a leader, and whether its state has caught up since it
+/// started: a restarted server re-applies its log before its state is what it was, and a
+/// new one holds nothing until a leader sends it the log, so neither may answer stale reads
+/// before then.
 #[derive(Debug, Default)]
-pub struct LeaderContact(Mutex<Option<Instant>>);
+pub struct LeaderContact {
+    last: Mutex<Option<Instant>>,
+    /// What must be applied first: the commit index this server had when it started, else
+    /// (a new server) the leader's commit index in the first AppendEntries it accepted.
+    catch_up_to: std::sync::OnceLock<u64>,
+    /// Set once the state reached `catch_up_to` (or a leader confirmed a read): never reset.
+    caught_up: std::sync::atomic::AtomicBool,
+}
 
 impl LeaderContact {
-    /// Records contact now.
-    pub fn touch(&self) {
-        *self.0.lock().expect("contact lock poisoned") = Some(Instant::now());
+    /// For a server that had committed up to `known` when it stopped (`None`: a new one).
+    pub fn starting_from(known: Option<u64>) -> LeaderContact {
+        let contact = LeaderContact::default();
+        if let Some(index) = known {
+            contact.catch_up_to.get_or_init(|| index);
+        }
+        contact
+    }
+
+    /// Records contact now, from a leader whose commit index is `leader_commit`.
+    pub fn touch(&self, leader_commit: Option<u64>) {
+        *self.last.lock().expect("contact lock poisoned") = Some(Instant::now());
+        self.catch_up_to.get_or_init(|| leader_commit.unwrap_or(0));
     }
 
     /// Milliseconds since the last contact (`None` if never).
     pub fn since_ms(&self) -> Option<u64> {
-        let at = *self.0.lock().expect("contact lock poisoned");
+        let at = *self.last.lock().expect("contact lock poisoned");
         at.map(|at| at.elapsed().as_millis() as u64)
+    }
+
+    /// Whether state that has applied up to `applied` holds everything that was committed
+    /// when this server started (once true, stays true).
+    pub fn caught_up(&self, applied: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let reached = self.catch_up_to.get().is_some_and(|&to| applied >= to);
+        if reached {
+            self.mark_caught_up();
+        }
+        reached
+    }
+
+    /// Records that this server's state is known to be current (a leader confirmed a read).
+    pub fn mark_caught_up(&self) {
+        self.caught_up
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -224,13 +264,20 @@ impl RaftNode {
         std::fs::create_dir_all(&raft_dir)
             .map_err(|e| RaftNodeError::Fatal(format!("{}: {e}", raft_dir.display())))?;
         let log_path = raft_dir.join("log.redb");
-        let log = LogStore::open(&log_path).map_err(|source| RaftNodeError::Log {
+        let mut log = LogStore::open(&log_path).map_err(|source| RaftNodeError::Log {
             path: log_path.clone(),
             source: Box::new(source),
         })?;
         log.observe_commits(metrics.log_commit_seconds.clone());
         let sm = StateMachine::open(&raft_dir)?.with_metrics(metrics.clone());
         let shared = sm.shared();
+        // What this server knew was committed when it stopped: once it has re-applied that,
+        // it answers stale reads with no older state than it had before.
+        let committed = openraft::storage::RaftLogStorage::read_committed(&mut log)
+            .await
+            .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
+        let known = committed.or(shared.read().expect("state lock").last_applied);
+        let last_contact = Arc::new(LeaderContact::starting_from(known.map(|l| l.index)));
         let config = openraft::Config {
             cluster_name: "consulate".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
@@ -256,7 +303,6 @@ impl RaftNode {
         )
         .await
         .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
-        let last_contact = Arc::new(LeaderContact::default());
         let handler = Arc::new(RaftHandler::new(raft.clone(), last_contact.clone()));
         tokio::spawn(count_leader_changes(
             raft.metrics(),
@@ -387,9 +433,16 @@ impl RaftNode {
 
     /// Prepares a read in `mode`: checks leadership (leader and consistent modes, confirming
     /// with a quorum for consistent) and reports what Consul's headers carry.
+    /// A stale read on a server that has not caught up since it started is served as a
+    /// consistent one (by the leader), as Consul forwards stale reads until a server has
+    /// heard from a leader.
     pub async fn read_barrier(&self, mode: ReadMode) -> Result<ReadMeta, RaftNodeError> {
         let leader = self.leader();
         let me_leader = self.is_leader();
+        let mode = match mode {
+            ReadMode::Stale if !self.caught_up() => ReadMode::Consistent,
+            mode => mode,
+        };
         match mode {
             ReadMode::Stale => {}
             // Default mode trusts a leader that a quorum acknowledged within the lease; a
@@ -405,7 +458,7 @@ impl RaftNode {
                         return Err(RaftNodeError::NoLeader);
                     }
                     Ok(Err(other)) => return Err(RaftNodeError::Fatal(other.to_string())),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => self.last_contact.mark_caught_up(),
                 }
             }
             _ => {
@@ -423,6 +476,12 @@ impl RaftNode {
                 self.last_contact.since_ms().unwrap_or(u64::MAX)
             },
         })
+    }
+
+    /// Whether this server's state holds everything committed when it started.
+    fn caught_up(&self) -> bool {
+        let applied = self.read().last_applied.map_or(0, |l| l.index);
+        self.last_contact.caught_up(applied)
     }
 
     /// Milliseconds since this server last heard from a leader (`None`: never).
@@ -486,5 +545,38 @@ impl RaftNode {
             let _ = timer.await;
         }
         let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaderContact;
+
+    #[test]
+    fn a_restarted_server_is_caught_up_once_it_reapplied_what_it_had() {
+        let contact = LeaderContact::starting_from(Some(30));
+        assert!(!contact.caught_up(29));
+        // A leader further ahead does not move the target: stale reads may lag.
+        contact.touch(Some(80));
+        assert!(contact.caught_up(30));
+    }
+
+    #[test]
+    fn a_new_server_is_caught_up_once_it_applied_what_the_first_leader_committed() {
+        let contact = LeaderContact::starting_from(None);
+        assert!(!contact.caught_up(100), "no leader heard from yet");
+        contact.touch(Some(50));
+        assert!(!contact.caught_up(49));
+        // Later contacts do not move the target: it is what was committed at start.
+        contact.touch(Some(80));
+        assert!(contact.caught_up(50));
+        assert!(contact.caught_up(0), "once caught up, stays so");
+    }
+
+    #[test]
+    fn a_leader_confirming_a_read_is_caught_up() {
+        let contact = LeaderContact::default();
+        contact.mark_caught_up();
+        assert!(contact.caught_up(0));
     }
 }

@@ -75,9 +75,10 @@ impl Handler for RaftHandler {
     async fn handle(&self, _peer: &Identity, request: RaftRequest) -> RaftResponse {
         match request {
             RaftRequest::AppendEntries(r) => {
+                let leader_commit = r.leader_commit.map(|l| l.index);
                 let resp = self.raft.append_entries(r).await;
                 if matches!(resp, Ok(AppendEntriesResponse::Success)) {
-                    self.contact.touch();
+                    self.contact.touch(leader_commit);
                 }
                 RaftResponse::AppendEntries(resp)
             }
