@@ -43,6 +43,10 @@ pub struct AclMetrics {
     pub last_success: IntGauge,
     /// Replication rounds that failed (primary unreachable, token refused, ...).
     pub errors: IntCounter,
+    /// Tokens resolved elsewhere (by this agent's servers, or a non-replicating DC's
+    /// servers by the primary), by how they were answered: `cached`, `resolved`,
+    /// `refused`, `down_policy` (the resolver unreachable).
+    pub token_resolutions: IntCounterVec,
 }
 
 /// Raft's counters and histograms (Consul's `consul.raft.*`).
@@ -309,6 +313,19 @@ impl Metrics {
                 IntCounter::new(
                     "consulate_acl_replication_errors_total",
                     "ACL replication rounds that failed.",
+                )
+                .expect("valid metric"),
+            ),
+            token_resolutions: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_acl_token_resolutions_total",
+                        "Tokens resolved elsewhere (by this agent's servers, or by the primary \
+                         DC), by how: cached, resolved, refused, down_policy (the resolver \
+                         unreachable).",
+                    ),
+                    &["how"],
                 )
                 .expect("valid metric"),
             ),

@@ -1,14 +1,16 @@
 //! Access control, Consul's token/policy system (1.4+): the rule language ([`rules`]), the
 //! tokens, policies and roles as stored ([`model`]), and the [`Authorizer`] a resolved token
-//! becomes, which answers "may this token do that to this resource". Pure: resolving a
-//! secret to its policies (state, replication, caching) and enforcing at the endpoints live
-//! with the callers.
+//! becomes, which answers "may this token do that to this resource", and the cache of
+//! tokens resolved elsewhere with its down policy ([`cache`]). Resolving a secret to its
+//! policies (state, replication) and enforcing at the endpoints live with the callers.
 
+pub mod cache;
 pub mod model;
 pub mod rules;
 
 use std::fmt;
 
+pub use cache::{DownPolicy, ResolvedTokens};
 pub use rules::{Access, Resource, Rules, Scalar};
 
 /// How a server's ACL replication stands (Consul's `/v1/acl/replication`).

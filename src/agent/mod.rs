@@ -232,12 +232,31 @@ impl Agent {
                 .with_session_timers(s.session_timers.clone())
                 .with_acl_replication(s.acl_replication.clone());
         }
+        let default_allow = config.acl.default_policy == crate::config::AclDefaultPolicy::Allow;
+        let resolved_tokens = || {
+            crate::acl::ResolvedTokens::new(
+                config.acl.token_ttl.0,
+                config.acl.down_policy,
+                default_allow,
+                metrics.acl.token_resolutions.clone(),
+            )
+        };
+        // Another DC than the primary, as its own config says.
+        let primary = config
+            .primary_datacenter
+            .clone()
+            .filter(|p| *p != config.datacenter);
         if config.acl.enabled {
             let tokens = &config.acl.tokens;
+            let remote = primary
+                .clone()
+                .filter(|_| server.is_some() && !config.acl.enable_token_replication)
+                .map(|p| (p, Arc::new(resolved_tokens())));
             dispatcher = dispatcher.with_acl(crate::dispatch::AclSettings {
-                default_allow: config.acl.default_policy == crate::config::AclDefaultPolicy::Allow,
+                default_allow,
                 default_token: tokens.default.clone().map(crate::acl::Secret),
                 agent_token: tokens.agent.clone().map(crate::acl::Secret),
+                remote,
             });
         }
         let local = Arc::new(local::LocalAgent::persistent(
@@ -354,14 +373,7 @@ impl Agent {
             shutdown.clone(),
         );
         if config.acl.enabled {
-            api = api.with_acl(crate::http::AclEdge::new(
-                config
-                    .primary_datacenter
-                    .clone()
-                    .filter(|p| *p != config.datacenter),
-                config.acl.token_ttl.0,
-                config.acl.down_policy,
-            ));
+            api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }
         let (http_addr, http_task) = crate::http::serve(
             config.http_bind(),

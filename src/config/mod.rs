@@ -390,7 +390,7 @@ pub struct AclConfig {
     /// What a token may do where none of its rules applies: `allow` or `deny`.
     pub default_policy: AclDefaultPolicy,
     /// What happens when a token cannot be resolved because the primary DC is unreachable.
-    pub down_policy: AclDownPolicy,
+    pub down_policy: crate::acl::DownPolicy,
     /// How long a resolved token is cached by agents and non-primary servers.
     pub token_ttl: GoDuration,
     /// Whether non-primary DCs replicate tokens (policies and roles always are).
@@ -404,7 +404,7 @@ impl Default for AclConfig {
         AclConfig {
             enabled: false,
             default_policy: AclDefaultPolicy::Allow,
-            down_policy: AclDownPolicy::ExtendCache,
+            down_policy: crate::acl::DownPolicy::ExtendCache,
             token_ttl: GoDuration(std::time::Duration::from_secs(30)),
             enable_token_replication: false,
             tokens: AclTokens::default(),
@@ -426,20 +426,6 @@ pub enum AclDefaultPolicy {
     Allow,
     /// Whatever no rule allows is denied.
     Deny,
-}
-
-/// `acl.down_policy` (Consul's values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AclDownPolicy {
-    /// Keep using cached tokens past their TTL; unknown ones are denied.
-    ExtendCache,
-    /// As `extend-cache`, refreshing in the background.
-    AsyncCache,
-    /// Deny everything that needs a token resolved.
-    Deny,
-    /// Allow everything.
-    Allow,
 }
 
 /// `acl.tokens`: secrets the agent holds. Shown as `<hidden>` in debug output.

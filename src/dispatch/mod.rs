@@ -101,6 +101,9 @@ pub struct AclSettings {
     pub default_token: Option<Secret>,
     /// The agent's own token, for its own work (`acl.tokens.agent`).
     pub agent_token: Option<Secret>,
+    /// Servers of a DC that does not replicate tokens: global tokens are resolved by the
+    /// primary DC (named here) and cached.
+    pub remote: Option<(String, Arc<crate::acl::ResolvedTokens>)>,
 }
 
 /// Whether a request answered here is checked against its token.
@@ -295,7 +298,7 @@ impl Dispatcher {
         req: &AgentRequest,
         check: Check,
     ) -> Option<AgentResponse> {
-        let authz = match self.authorizer(raft, req, check) {
+        let authz = match self.authorizer(raft, req, check).await {
             Ok(authz) => authz,
             Err(e) => return Some(req.fail(e.into())),
         };
@@ -394,8 +397,9 @@ impl Dispatcher {
     }
 
     /// What the token `req` carries may do, when this server checks ACLs and `req` is one
-    /// that carries a token (`None`: nothing to check).
-    fn authorizer(
+    /// that carries a token (`None`: nothing to check). A token this server does not know
+    /// is resolved by the primary DC when this DC does not replicate tokens.
+    async fn authorizer(
         &self,
         raft: &RaftNode,
         req: &AgentRequest,
@@ -408,10 +412,41 @@ impl Dispatcher {
             return Ok(None);
         };
         let now_ms = crate::acl::model::now_ms();
-        raft.read()
-            .state
-            .acl_authorizer(token.map(|s| s.0.as_str()), acl.default_allow, now_ms)
-            .map(Some)
+        let here = raft.read().state.acl_authorizer(
+            token.map(|s| s.0.as_str()),
+            acl.default_allow,
+            now_ms,
+        );
+        match (here, &acl.remote, token) {
+            (Err(AclError::NotFound), Some((primary, tokens)), Some(secret)) => {
+                let fetch = || self.resolve_in(primary, secret);
+                let authz = tokens
+                    .resolve(Some(secret), std::time::Instant::now(), fetch)
+                    .await?;
+                Ok(Some(Arc::new(authz)))
+            }
+            (here, ..) => here.map(Some),
+        }
+    }
+
+    /// Asks `dc` (the primary) what `secret` may do (`None`: it could not be reached).
+    async fn resolve_in(&self, dc: &str, secret: &Secret) -> Option<Result<Authorizer, AclError>> {
+        let req = AgentRequest::from(crate::rpc::ResolveToken {
+            token: Some(secret.clone()),
+            dc: Some(dc.to_string()),
+        });
+        let answer = match self.cross_dc(&req).await {
+            Ok(answer) => crate::rpc::ResolveToken::reply(answer),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(authz) => Some(Ok(authz)),
+            Err(RpcError::Acl(e)) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(datacenter = dc, error = %e, "the primary DC resolved no token");
+                None
+            }
+        }
     }
 
     /// A write of this DC applied here (this server leads, or fails with `No cluster

@@ -55,32 +55,14 @@ pub struct Api {
 pub struct AclEdge {
     /// The primary DC, where global ACL objects are written, when this is another DC.
     primary: Option<String>,
-    ttl: std::time::Duration,
-    down: crate::config::AclDownPolicy,
-    cache: std::sync::Mutex<std::collections::HashMap<Option<[u8; 32]>, Resolved>>,
+    tokens: crate::acl::ResolvedTokens,
 }
 
-/// A token resolved at an instant.
-type Resolved = (std::time::Instant, Authorizer);
-
-/// Most tokens an agent keeps resolved; past it, expired entries are dropped (and all of
-/// them if none had expired).
-const ACL_CACHE_MAX: usize = 4096;
-
 impl AclEdge {
-    /// Resolved tokens kept for `ttl`; `down` when no server can resolve one; global ACL
-    /// objects written in `primary` (`None`: this DC is the primary).
-    pub fn new(
-        primary: Option<String>,
-        ttl: std::time::Duration,
-        down: crate::config::AclDownPolicy,
-    ) -> AclEdge {
-        AclEdge {
-            primary,
-            ttl,
-            down,
-            cache: Default::default(),
-        }
+    /// Tokens resolved through this DC's servers, kept in `tokens`; global ACL objects
+    /// written in `primary` (`None`: this DC is the primary).
+    pub fn new(primary: Option<String>, tokens: crate::acl::ResolvedTokens) -> AclEdge {
+        AclEdge { primary, tokens }
     }
 }
 
@@ -124,48 +106,26 @@ impl Api {
             return Ok(None);
         };
         let token = p.token();
-        let key = token
-            .as_ref()
-            .map(|t| crate::acl::model::secret_digest(&t.0));
-        let cached = edge
-            .cache
-            .lock()
-            .expect("acl cache lock")
-            .get(&key)
-            .cloned();
-        if let Some((at, authz)) = &cached
-            && at.elapsed() < edge.ttl
-        {
-            return Ok(Some(authz.clone()));
-        }
-        match self.dispatcher.call(ResolveToken { token }).await {
-            Ok(authz) => {
-                let mut cache = edge.cache.lock().expect("acl cache lock");
-                if cache.len() >= ACL_CACHE_MAX {
-                    cache.retain(|_, (at, _)| at.elapsed() < edge.ttl);
-                    if cache.len() >= ACL_CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(key, (std::time::Instant::now(), authz.clone()));
-                Ok(Some(authz))
-            }
-            Err(e @ RpcError::Acl(_)) => Err(e.into()),
-            Err(e) => {
-                use crate::config::AclDownPolicy;
-                match (edge.down, cached) {
-                    (AclDownPolicy::ExtendCache | AclDownPolicy::AsyncCache, Some((_, authz))) => {
-                        Ok(Some(authz))
-                    }
-                    (AclDownPolicy::Allow, _) => Ok(Some(Authorizer::of_rules(
-                        crate::acl::model::ANONYMOUS_ACCESSOR,
-                        crate::acl::Rules::default(),
-                        true,
-                    ))),
-                    _ => Err(e.into()),
+        let fetch = || async {
+            let call = ResolveToken {
+                token: token.clone(),
+                dc: None,
+            };
+            match self.dispatcher.call(call).await {
+                Ok(authz) => Some(Ok(authz)),
+                Err(RpcError::Acl(e)) => Some(Err(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no server resolved a token");
+                    None
                 }
             }
-        }
+        };
+        let authz = edge
+            .tokens
+            .resolve(token.as_ref(), std::time::Instant::now(), fetch)
+            .await
+            .map_err(RpcError::Acl)?;
+        Ok(Some(authz))
     }
 
     /// Checks that the request's token grants `perm` (nothing to check with ACLs off).

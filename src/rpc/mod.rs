@@ -382,6 +382,9 @@ macro_rules! calls {
 pub struct ResolveToken {
     /// The token (`None`: the anonymous token).
     pub token: Option<Secret>,
+    /// The DC that resolves it (`None`: the receiver's): the primary, for servers of a DC
+    /// that does not replicate tokens.
+    pub dc: Option<String>,
 }
 
 /// How ACL replication stands on the server that answers (of `dc`, default this one).
@@ -412,7 +415,8 @@ impl AgentRequest {
             | AgentRequest::Read(Read { dc, .. })
             | AgentRequest::GetRaftStatus(GetRaftStatus { dc })
             | AgentRequest::RenewSession(RenewSession { dc, .. })
-            | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc }) => dc.as_deref(),
+            | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc })
+            | AgentRequest::ResolveToken(ResolveToken { dc, .. }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -424,7 +428,7 @@ impl AgentRequest {
             AgentRequest::Write(Write { token, .. })
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
-            | AgentRequest::ResolveToken(ResolveToken { token }) => Some(token.as_ref()),
+            | AgentRequest::ResolveToken(ResolveToken { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -435,7 +439,7 @@ impl AgentRequest {
             AgentRequest::Write(Write { token, .. })
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
-            | AgentRequest::ResolveToken(ResolveToken { token }) => Some(token),
+            | AgentRequest::ResolveToken(ResolveToken { token, .. }) => Some(token),
             _ => None,
         }
     }

@@ -696,3 +696,198 @@ async fn two_dcs(net: u8, wan: Option<Duration>) {
         "{text}"
     );
 }
+
+/// DCs that do not replicate tokens ask the primary for the global ones and cache them for
+/// `token_ttl`. With the primary cut off, dc2 (`down_policy = "extend-cache"`) keeps
+/// serving a token it has seen and refuses one it never saw (its `default_policy` is
+/// deny), dc3 (`"deny"`) refuses every global token, and both keep their `Local` tokens.
+/// Healed, a token deleted in the primary stops working in dc2 within its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_cut_off_extend_cache_keeps_seen_tokens_and_deny_refuses_them() {
+    use crate::common::wan::WanEmulator;
+    const NET: u8 = 78;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ip = |dc: u8| format!("127.{NET}.{dc}.1");
+    let front = |dc: u8| format!("127.{NET}.{dc}.100:8300");
+    let wan = WanEmulator::new(|addr: std::net::IpAddr| match addr {
+        std::net::IpAddr::V4(v4) => Some(format!("dc{}", v4.octets()[2])),
+        _ => None,
+    });
+    for dc in 1..=3 {
+        wan.front(
+            &format!("dc{dc}"),
+            front(dc).parse().unwrap(),
+            format!("{}:8300", ip(dc)).parse().unwrap(),
+        )
+        .await;
+    }
+    let config = |dc: u8, acl: &str| {
+        let join = match dc {
+            1 => String::new(),
+            _ => format!("wan_join = [\"{}\"]\n", front(1)),
+        };
+        write_agent_config(
+            dir.path(),
+            &pki,
+            ("s1", &format!("dc{dc}"), consulate::vocab::Role::Server),
+            &ip(dc),
+            &ip(dc),
+            &format!(
+                "bootstrap_expect = 1\nadvertise_addr_wan = \"{}\"\n{join}primary_datacenter = \"dc1\"\nacl = {{ enabled = true, default_policy = \"deny\", token_ttl = \"1s\", {acl} }}\n",
+                front(dc)
+            ),
+        )
+    };
+    let secondary = |down: &str| {
+        format!(
+            "down_policy = \"{down}\", tokens = {{ replication = \"{ROOT}\", agent = \"{ROOT}\" }}"
+        )
+    };
+    let _agents = [
+        spawn_agent(&config(
+            1,
+            &format!("tokens = {{ initial_management = \"{ROOT}\", agent = \"{ROOT}\" }}"),
+        )),
+        spawn_agent(&config(2, &secondary("extend-cache"))),
+        spawn_agent(&config(3, &secondary("deny"))),
+    ];
+    let http = http_client_bounded();
+    let base = |dc: u8| format!("http://{}:8500", ip(dc));
+    let status = |dc: u8, token: String| {
+        let req = http
+            .put(format!("{}/v1/kv/probe", base(dc)))
+            .header("X-Consul-Token", token)
+            .body("v");
+        async move { Some(req.send().await.ok()?.status().as_u16()) }
+    };
+    let until = |dc: u8, token: &str, want: u16, what: &str| {
+        let (token, what) = (token.to_string(), format!("{what} (dc{dc}: {want})"));
+        let status = &status;
+        async move {
+            eventually(Duration::from_secs(30), &what, || async {
+                (status(dc, token.clone()).await == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+    for dc in 1..=3 {
+        until(
+            dc,
+            ROOT,
+            200,
+            "the management token, resolved by the primary",
+        )
+        .await;
+    }
+    let put = |dc: u8, path: &str, body: Value| {
+        let req = http
+            .put(format!("{}{path}", base(dc)))
+            .header("X-Consul-Token", ROOT)
+            .body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status == 200)
+                .then(|| serde_json::from_str::<Value>(&text).unwrap())
+                .ok_or(text)
+        }
+    };
+    put(
+        1,
+        "/v1/acl/policy",
+        json!({"Name": "kv", "Rules": "key_prefix \"\" { policy = \"write\" }"}),
+    )
+    .await
+    .unwrap();
+    // A Local token of dc2 or dc3 names the policy as replicated there.
+    let token = |dc: u8, local: bool| {
+        let put = &put;
+        async move {
+            let t = eventually(Duration::from_secs(30), "a token made", || async {
+                let body = json!({"Policies": [{"Name": "kv"}], "Local": local});
+                put(dc, "/v1/acl/token", body).await.ok()
+            })
+            .await;
+            (
+                t["SecretID"].as_str().unwrap().to_string(),
+                t["AccessorID"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (seen, seen_accessor) = token(1, false).await;
+    let (unseen, _) = token(1, false).await;
+    for dc in [2, 3] {
+        until(dc, &seen, 200, "a primary token, resolved by the primary").await;
+        let (local, _) = token(dc, true).await;
+        until(dc, &local, 200, "a local token").await;
+    }
+    // Metrics need `agent:read` with ACLs on (as Consul's).
+    let resolved = |dc: u8, how: &str| {
+        let series = format!("consulate_acl_token_resolutions_total{{how=\"{how}\"}} ");
+        let req = http
+            .get(format!("{}/metrics", base(dc)))
+            .header("X-Consul-Token", ROOT);
+        async move {
+            let text = req.send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    assert!(resolved(2, "resolved").await > 0.0);
+    let locals: Vec<(u8, String)> = {
+        let mut v = Vec::new();
+        for dc in [2, 3] {
+            v.push((dc, token(dc, true).await.0));
+        }
+        v
+    };
+
+    wan.cut("dc1", "dc2");
+    wan.cut("dc1", "dc3");
+    let down_before = resolved(2, "down_policy").await;
+    until(
+        3,
+        &seen,
+        403,
+        "deny refuses a seen token with the primary cut off",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "dc2 finds the primary unreachable",
+        || async {
+            (status(2, seen.clone()).await == Some(200)
+                && resolved(2, "down_policy").await > down_before)
+                .then_some(())
+        },
+    )
+    .await;
+    // Past its TTL and with the primary unreachable, the seen token still works in dc2
+    // (extend-cache); the unseen one gets the default policy (deny).
+    assert_eq!(status(2, seen.clone()).await, Some(200));
+    assert_eq!(status(2, unseen.clone()).await, Some(403));
+    for (dc, local) in &locals {
+        assert_eq!(status(*dc, local.clone()).await, Some(200), "dc{dc} local");
+    }
+
+    wan.heal("dc1", "dc2");
+    wan.heal("dc1", "dc3");
+    until(3, &seen, 200, "the primary reachable again").await;
+    let r = http
+        .delete(format!("{}/v1/acl/token/{seen_accessor}", base(1)))
+        .header("X-Consul-Token", ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until(
+        2,
+        &seen,
+        403,
+        "a token deleted in the primary, once its TTL ran out",
+    )
+    .await;
+}
