@@ -66,7 +66,65 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// How the CLI reaches an agent's HTTPS API: Consul's `CONSUL_HTTP_SSL`, `CONSUL_CACERT`,
+/// `CONSUL_CLIENT_CERT`/`CONSUL_CLIENT_KEY` and `CONSUL_TLS_SERVER_NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// `https://` for an address given without a scheme.
+    pub ssl: bool,
+    /// The CA that signed the agent's certificate (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for an agent with `verify_incoming`.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the agent's certificate is checked against, instead of the address's host
+    /// (e.g. `server.dc1.consul` for an agent reached by an IP its certificate lacks).
+    pub server_name: Option<String>,
+}
+
 impl Client {
+    /// A client of the agent at `addr` (`host:port` or a URL) over `tls` where it says so.
+    pub fn connect(addr: &str, tls: &TlsOptions) -> Result<Client, CliError> {
+        if *tls == TlsOptions::default() {
+            return Ok(Client::new(addr));
+        }
+        let scheme = if tls.ssl { "https" } else { "http" };
+        let url = if addr.contains("://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("{scheme}://{addr}")
+        };
+        let input = |e: &dyn std::fmt::Display| CliError::Input(e.to_string());
+        let config = crate::transport::tls::api_client_config(
+            tls.ca_file.as_deref(),
+            tls.client_cert
+                .as_ref()
+                .map(|(cert, key)| (cert.as_path(), key.as_path())),
+        )
+        .map_err(|e| input(&e))?;
+        let mut builder = reqwest::Client::builder().use_preconfigured_tls(config);
+        let mut base = url.clone();
+        if let Some(name) = &tls.server_name {
+            // Connect to the address given, but name (and verify) the agent as `name`.
+            let parsed = reqwest::Url::parse(&url).map_err(|e| input(&e))?;
+            let host = parsed.host_str().unwrap_or_default();
+            let port = parsed.port_or_known_default().unwrap_or(8501);
+            let to = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                .map_err(|e| input(&e))?
+                .next()
+                .ok_or_else(|| CliError::Input(format!("{host}: no address")))?;
+            builder = builder.resolve(name, to);
+            let mut named = parsed.clone();
+            named.set_host(Some(name)).map_err(|e| input(&e))?;
+            base = named.as_str().trim_end_matches('/').to_string();
+        }
+        let http = builder.build().map_err(|e| input(&e))?;
+        Ok(Client {
+            base,
+            http,
+            token: None,
+        })
+    }
+
     /// A client of the agent at `addr` (`host:port` or a URL).
     pub fn new(addr: &str) -> Client {
         let base = if addr.contains("://") {

@@ -286,6 +286,34 @@ struct HttpArgs {
     /// The ACL token requests are made with.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Use HTTPS for an address given without a scheme (`CONSUL_HTTP_SSL=true`).
+    #[arg(long, env = "CONSUL_HTTP_SSL")]
+    http_ssl: bool,
+    /// The CA certificate that signed the agent's HTTPS certificate.
+    #[arg(long, env = "CONSUL_CACERT")]
+    ca_file: Option<PathBuf>,
+    /// A client certificate, for an agent with `verify_incoming`.
+    #[arg(long, env = "CONSUL_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, env = "CONSUL_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// The name the agent's certificate is verified against, instead of the address's host.
+    #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl HttpArgs {
+    /// A client of the agent these arguments name.
+    fn client(&self) -> anyhow::Result<ops::Client> {
+        let tls = ops::TlsOptions {
+            ssl: self.http_ssl,
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone().zip(self.client_key.clone()),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(ops::Client::connect(&self.http_addr, &tls)?.with_token(self.token.clone()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -488,7 +516,7 @@ where
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let client = ops::Client::new(&http.http_addr).with_token(http.token.clone());
+    let client = http.client()?;
     let out = runtime.block_on(f(client, http.format))?;
     print!("{out}");
     Ok(())
@@ -579,10 +607,10 @@ fn run_lock(
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let client = http.client()?;
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(shutdown_signal(shutdown.clone()));
-        let client = ops::Client::new(&http.http_addr).with_token(http.token.clone());
         consulate::lock::run(&client, opts, command, shutdown).await
     })?;
     std::process::exit(code);

@@ -170,7 +170,8 @@ pub struct HttpMetrics {
     pub requests: IntCounterVec,
     /// Latency by route template and method.
     pub seconds: HistogramVec,
-    /// Connections refused before any request, by reason (`per_client_limit`).
+    /// Connections refused before any request, by reason (`per_client_limit`,
+    /// `tls_handshake`).
     pub connections_refused: IntCounterVec,
     /// Open connections.
     pub connections_open: IntGauge,
@@ -258,8 +259,9 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "consulate_http_connections_refused_total",
-                        "HTTP connections answered 429 and closed before any request, by \
-                         reason (per_client_limit: the client IP holds too many).",
+                        "HTTP connections closed before any request, by reason \
+                         (per_client_limit: answered 429, the client IP holds too many; \
+                         tls_handshake: the HTTPS handshake failed or timed out).",
                     ),
                     &["reason"],
                 )

@@ -375,8 +375,18 @@ impl Agent {
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }
-        let (http_addr, http_task) = crate::http::serve(
+        let https = match config.https_bind() {
+            Some(addr) => {
+                let tls = tls
+                    .https_config(config.tls.verify_incoming)
+                    .map_err(TransportError::from)?;
+                Some((addr, Arc::new(tls)))
+            }
+            None => None,
+        };
+        let (http_addr, https_addr, http_task) = crate::http::serve(
             config.http_bind(),
+            https,
             api,
             config.limits,
             shutdown.child_token(),
@@ -389,6 +399,7 @@ impl Agent {
         info!(
             node = %config.node_name,
             http = %http_addr,
+            https = ?https_addr,
             dns = %dns_addr,
             datacenter = %config.datacenter,
             role = %config.role,

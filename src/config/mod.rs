@@ -68,6 +68,10 @@ pub struct Ports {
     pub lan: u16,
     /// QUIC (UDP), default 8300: `rpc`, `raft` and `wan-gossip` ALPNs.
     pub quic: u16,
+    /// The HTTP API over TLS (TCP; Consul's 8501), with the agent's certificate; off
+    /// unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https: Option<u16>,
 }
 
 impl Default for Ports {
@@ -77,6 +81,7 @@ impl Default for Ports {
             dns: DEFAULT_DNS_PORT,
             lan: DEFAULT_LAN_PORT,
             quic: DEFAULT_QUIC_PORT,
+            https: None,
         }
     }
 }
@@ -91,6 +96,10 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// This agent's private key.
     pub key_file: PathBuf,
+    /// HTTPS API clients must present a certificate signed by the CA (Consul's
+    /// `verify_incoming`; agent-to-agent QUIC always requires one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_incoming: bool,
 }
 
 /// A peer address given as `ip` or `ip:port`; the port defaults per use (LAN or QUIC).
@@ -625,7 +634,7 @@ impl AgentConfig {
             return Err(("bootstrap_expect", "must be at least 1".into()));
         }
         let p = &self.ports;
-        let mut ports = [p.http, p.dns, p.lan, p.quic];
+        let mut ports = [p.http, p.dns, p.lan, p.quic, p.https.unwrap_or(0)];
         ports.sort_unstable();
         // Port 0 (an ephemeral port, used by tests) may repeat.
         if ports.windows(2).any(|w| w[0] == w[1] && w[0] != 0) {
@@ -684,6 +693,13 @@ impl AgentConfig {
     /// Where the HTTP API binds.
     pub fn http_bind(&self) -> SocketAddr {
         SocketAddr::new(self.bind_addr, self.ports.http)
+    }
+
+    /// Where the HTTPS API binds, when it is on.
+    pub fn https_bind(&self) -> Option<SocketAddr> {
+        self.ports
+            .https
+            .map(|port| SocketAddr::new(self.bind_addr, port))
     }
 
     /// Where the QUIC endpoint binds.

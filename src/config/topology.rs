@@ -186,6 +186,7 @@ impl Topology {
                         ca_file: ca.cert.clone(),
                         cert_file: certs.cert,
                         key_file: certs.key,
+                        verify_incoming: false,
                     },
                     encrypt: self.encrypt.clone(),
                     sync_interval: None,

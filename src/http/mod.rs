@@ -308,25 +308,66 @@ const REFUSAL_WRITE: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a connection may take to send a request's headers (slow-loris defence).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Binds the HTTP listener and serves until `shutdown` fires (in-flight requests finish).
-/// HTTP/1.1 only, as Consul's plain-HTTP API: an idle connection then costs hyper's two
-/// buffers and a small task, which matters with thousands of blocking queries held open.
+/// Serves the API on `http` (plain) and, when configured, on `https` with its TLS config,
+/// until `shutdown` fires (in-flight requests finish); returns the bound addresses and the
+/// task. HTTP/1.1 only, as Consul's API: an idle connection then costs hyper's two buffers
+/// and a small task, which matters with thousands of blocking queries held open.
 pub async fn serve(
-    addr: SocketAddr,
+    http: SocketAddr,
+    https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     api: Api,
     config: crate::config::Limits,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    use tokio::io::AsyncWriteExt;
-
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let metrics = api.metrics.http.clone();
-    let app = router(api, config.http_body_read_timeout.0);
-    let limiter = limits::ConnLimiter::new(config.http_max_conns_per_client);
+) -> std::io::Result<(SocketAddr, Option<SocketAddr>, tokio::task::JoinHandle<()>)> {
+    let plain = tokio::net::TcpListener::bind(http).await?;
+    let bound = plain.local_addr()?;
+    let tls = match https {
+        Some((addr, tls)) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            Some((listener, tokio_rustls::TlsAcceptor::from(tls)))
+        }
+        None => None,
+    };
+    let bound_tls = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    let accepting = Accepting {
+        metrics: api.metrics.http.clone(),
+        app: router(api, config.http_body_read_timeout.0),
+        limiter: limits::ConnLimiter::new(config.http_max_conns_per_client),
+        shutdown,
+    };
     let task = tokio::spawn(async move {
+        let secure = async {
+            if let Some((listener, acceptor)) = tls {
+                accepting.run(listener, Some(acceptor)).await;
+            }
+        };
+        tokio::join!(accepting.run(plain, None), secure);
+    });
+    Ok((bound, bound_tls, task))
+}
+
+/// What every listener of the API shares.
+struct Accepting {
+    metrics: crate::metrics::HttpMetrics,
+    app: Router,
+    limiter: limits::ConnLimiter,
+    shutdown: CancellationToken,
+}
+
+/// How long a client has to finish the TLS handshake of an HTTPS connection.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Accepting {
+    /// Accepts connections on `listener` (through `tls` when given) until shutdown, then
+    /// lets every connection finish its request in flight.
+    async fn run(&self, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+        use tokio::io::AsyncWriteExt;
+
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // Connections live in this task's set: if the task is aborted (shutdown past its
         // bound), so is every request still in flight.
@@ -336,7 +377,7 @@ pub async fn serve(
             .header_read_timeout(HEADER_READ_TIMEOUT);
         loop {
             let (mut stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -348,11 +389,8 @@ pub async fn serve(
                 },
             };
             while connections.try_join_next().is_some() {}
-            let Some(permit) = limiter.admit(peer.ip()) else {
-                metrics
-                    .connections_refused
-                    .with_label_values(&["per_client_limit"])
-                    .inc();
+            let Some(permit) = self.limiter.admit(peer.ip()) else {
+                self.refused("per_client_limit");
                 connections.spawn(async move {
                     let answer = stream.write_all(limits::TOO_MANY_CONNECTIONS);
                     let _ = tokio::time::timeout(REFUSAL_WRITE, answer).await;
@@ -360,21 +398,53 @@ pub async fn serve(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(app.clone());
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            let open = metrics.connections_open.clone();
+            let service = TowerToHyperService::new(self.app.clone());
+            let open = self.metrics.connections_open.clone();
             open.inc();
-            connections.spawn(async move {
-                let _ = conn.await;
-                open.dec();
-                drop(permit);
-            });
+            match &tls {
+                None => {
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    connections.spawn(async move {
+                        let _ = conn.await;
+                        open.dec();
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    let (watcher, http) = (graceful.watcher(), http.clone());
+                    let refused = self.metrics.connections_refused.clone();
+                    connections.spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                            Ok(Ok(stream)) => {
+                                let conn = http.serve_connection(TokioIo::new(stream), service);
+                                let _ = watcher.watch(conn).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                                refused.with_label_values(&["tls_handshake"]).inc();
+                            }
+                            Err(_) => {
+                                refused.with_label_values(&["tls_handshake"]).inc();
+                            }
+                        }
+                        open.dec();
+                        drop(permit);
+                    });
+                }
+            }
         }
         drop(listener);
         graceful.shutdown().await;
         while connections.join_next().await.is_some() {}
-    });
-    Ok((bound, task))
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format.

@@ -192,6 +192,25 @@ impl TlsMaterial {
         Ok(QuicServerConfig::try_from(cfg).map_err(|e| rustls::Error::General(e.to_string()))?)
     }
 
+    /// The HTTPS API's config (Consul's `ports.https`): this agent's certificate, TLS 1.2
+    /// or 1.3 for the tools that still speak 1.2, and with `verify_incoming` a client
+    /// certificate signed by the federation CA required.
+    pub fn https_config(&self, verify_incoming: bool) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if verify_incoming {
+            builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(self.roots()?, provider).build()?,
+            )
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut cfg = builder.with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
     /// The dialer's config for one ALPN: our certificate presented, the server's chain
     /// verified against the CA (its identity is checked by policy after the handshake).
     pub fn client_config(&self, alpn: Alpn) -> Result<QuicClientConfig, TlsError> {
@@ -302,6 +321,39 @@ impl ServerCertVerifier for CaServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A rustls client config for an agent's HTTPS API (the CLI with `CONSUL_CACERT`): the
+/// server's chain verified against the PEM certificates of `ca_file` (its name as usual),
+/// and a client certificate (`CONSUL_CLIENT_CERT`/`CONSUL_CLIENT_KEY`) presented if given.
+pub fn api_client_config(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for c in read_certs("CA file", path)? {
+                roots.add(c)?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let builder = builder.with_root_certificates(roots);
+    Ok(match client {
+        Some((cert, key)) => {
+            let chain = read_certs("client certificate file", cert)?;
+            let pem = std::fs::read(key).map_err(|e| file_err("client key file", key, e))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| file_err("client key file", key, e))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    })
 }
 
 /// A rustls client config for HTTPS to the web (HTTP checks, the CLI): the ring provider,

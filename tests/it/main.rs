@@ -13,6 +13,7 @@ mod hardening;
 mod health_checks;
 mod http_catalog;
 mod http_kv;
+mod https;
 mod prometheus;
 mod py_consul;
 mod raft_cluster;

@@ -70,6 +70,7 @@ impl TestPki {
             ca_file: ca.cert,
             cert_file: paths.cert,
             key_file: paths.key,
+            verify_incoming: false,
         }
     }
 }
