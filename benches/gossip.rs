@@ -39,6 +39,7 @@ async fn run(n: usize, window: Duration) {
             wan: None,
             key: Some(consulate::config::GossipKey([9u8; 32])),
             options: GossipOptions::default(),
+            coordinates: Default::default(),
         };
         let g = Gossip::lan(config, m.gossip.clone(), shutdown.child_token())
             .await

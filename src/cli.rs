@@ -869,6 +869,63 @@ pub async fn acl_replication(c: &Client, format: Format) -> Result<String, CliEr
         .collect())
 }
 
+/// `consulate rtt [-wan] A [B]`: the round trip estimated from network coordinates between
+/// two nodes (B defaults to the agent's own node), as `consul rtt` prints it. LAN names
+/// are node names; WAN names are `node.dc`.
+pub async fn rtt(c: &Client, wan: bool, a: &str, b: Option<&str>) -> Result<String, CliError> {
+    let own = || async {
+        let me = c
+            .get("/v1/agent/self", "reading the agent")
+            .await?
+            .unwrap_or_default();
+        let node = text(&me["Config"]["NodeName"]);
+        Ok::<String, CliError>(if wan {
+            format!("{node}.{}", text(&me["Config"]["Datacenter"]))
+        } else {
+            node
+        })
+    };
+    let b = match b {
+        Some(b) => b.to_string(),
+        None => own().await?,
+    };
+    let list: Vec<Value> = if wan {
+        let dcs = c
+            .get("/v1/coordinate/datacenters", "reading WAN coordinates")
+            .await?
+            .unwrap_or_default();
+        dcs.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["Coordinates"].as_array().cloned().unwrap_or_default())
+            .collect()
+    } else {
+        c.get("/v1/coordinate/nodes", "reading LAN coordinates")
+            .await?
+            .unwrap_or_default()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let find = |name: &str| {
+        list.iter()
+            .find(|e| e["Node"] == name)
+            .and_then(|e| {
+                serde_json::from_value::<crate::coordinate::Coordinate>(e["Coord"].clone()).ok()
+            })
+            .ok_or_else(|| CliError::Input(format!("no coordinate for node {name:?}")))
+    };
+    let (ca, cb) = (find(a)?, find(&b)?);
+    if !ca.is_compatible_with(&cb) {
+        return Err(CliError::Input("the coordinates are not compatible".into()));
+    }
+    let ms = ca.distance_to(&cb).as_secs_f64() * 1000.0;
+    let pool = if wan { "WAN" } else { "LAN" };
+    Ok(format!(
+        "Estimated {a} <-> {b} rtt: {ms:.3} ms (using {pool} coordinates)\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod acl;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod coordinate;
 pub mod dispatch;
 pub mod dns;
 pub mod duration;

@@ -86,6 +86,18 @@ enum Command {
         #[arg(long)]
         wan: bool,
     },
+    /// Estimate the round trip between two nodes from their network coordinates.
+    Rtt {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// WAN coordinates (servers, named `node.dc`).
+        #[arg(long)]
+        wan: bool,
+        /// The first node.
+        node: String,
+        /// The second node (default: the agent's own).
+        other: Option<String>,
+    },
     /// Make the agent leave its pool gracefully and shut down.
     Leave {
         #[command(flatten)]
@@ -666,6 +678,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
         Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
+        Command::Rtt {
+            http,
+            wan,
+            node,
+            other,
+        } => operate(&http, |c, _| async move {
+            ops::rtt(&c, wan, &node, other.as_deref()).await
+        }),
         Command::Catalog { command } => match command {
             CatalogCommand::Datacenters { http } => {
                 operate(&http, |c, f| async move { ops::datacenters(&c, f).await })

@@ -484,6 +484,9 @@ pub struct GossipMetrics {
     pub members: IntGaugeVec,
     /// Members this agent saw become failed, by pool (Consul: `consul.serf.member.failed`).
     pub member_failures: IntCounterVec,
+    /// Round trips measured on the gossip path and fed to this agent's network coordinate,
+    /// by pool and outcome (`ok`, `rejected`: out of range or a bad peer coordinate).
+    pub coordinate_samples: IntCounterVec,
 }
 
 impl GossipMetrics {
@@ -511,6 +514,12 @@ impl GossipMetrics {
                 "Gossip messages dropped, by pool and reason (decrypt, malformed, oversized, \
                  queue_full, unreachable).",
                 "reason",
+            ),
+            coordinate_samples: vec(
+                "consulate_coordinate_samples_total",
+                "Round trips measured on the gossip path and fed to this agent's network \
+                 coordinate, by pool and outcome (ok, rejected).",
+                "outcome",
             ),
             member_failures: register(
                 r,
@@ -565,6 +574,14 @@ impl GossipMetrics {
     /// Counts a message dropped for `reason`.
     pub fn dropped(&self, reason: &'static str) {
         self.dropped.with_label_values(&[self.pool, reason]).inc();
+    }
+
+    /// Counts a round trip fed to the coordinate (`ok`) or refused.
+    pub fn coordinate_sample(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "rejected" };
+        self.coordinate_samples
+            .with_label_values(&[self.pool, outcome])
+            .inc();
     }
 
     /// Counts a member seen to fail.

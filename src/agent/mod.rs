@@ -6,6 +6,7 @@ pub mod acl_replication;
 pub mod anti_entropy;
 pub mod bootstrap;
 pub mod checks;
+pub mod coordinates;
 pub mod local;
 pub mod reconcile;
 pub mod server;
@@ -230,7 +231,8 @@ impl Agent {
         if let Some(s) = &server {
             dispatcher = dispatcher
                 .with_session_timers(s.session_timers.clone())
-                .with_acl_replication(s.acl_replication.clone());
+                .with_acl_replication(s.acl_replication.clone())
+                .with_wan_coordinates(s.wan_addr, s.wan_coordinates.clone());
         }
         let default_allow = config.acl.default_policy == crate::config::AclDefaultPolicy::Allow;
         let resolved_tokens = || {
@@ -280,6 +282,7 @@ impl Agent {
             RpcService::new(Arc::new(handler), max_frame, metrics.transport.clone()),
         );
         transport.serve(services, serving.clone());
+        let lan_coordinates = Arc::new(crate::coordinate::Estimator::default());
         let gossip = Gossip::lan(
             LanConfig {
                 node: config.node_name.clone(),
@@ -303,6 +306,7 @@ impl Agent {
                         .map_or(GossipOptions::default().reconnect_timeout, |d| d.0),
                     ..GossipOptions::default()
                 },
+                coordinates: lan_coordinates.clone(),
             },
             metrics.gossip.clone(),
             shutdown.child_token(),
@@ -340,6 +344,21 @@ impl Agent {
             ),
         );
         loops.spawn(
+            "coordinates",
+            coordinates::run(
+                config.node_name.clone(),
+                lan_coordinates.clone(),
+                dispatcher.clone(),
+                members.clone(),
+                config
+                    .sync_coordinate_interval_min
+                    .map_or(coordinates::DEFAULT_INTERVAL_MIN, |d| {
+                        d.0.max(Duration::from_millis(100))
+                    }),
+                shutdown.child_token(),
+            ),
+        );
+        loops.spawn(
             "anti_entropy",
             anti_entropy::run(
                 local.clone(),
@@ -371,7 +390,8 @@ impl Agent {
             members,
             metrics.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_coordinates(lan_coordinates.clone());
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }

@@ -41,6 +41,8 @@ pub struct ServerParts {
     pub acl_metrics: crate::metrics::AclMetrics,
     /// How its ACL replication stands (`/v1/acl/replication`).
     pub acl_replication: Arc<std::sync::Mutex<crate::acl::ReplicationStatus>>,
+    /// Its WAN coordinate and the other servers' (`/v1/coordinate/datacenters`).
+    pub wan_coordinates: Arc<crate::coordinate::Estimator>,
 }
 
 impl ServerParts {
@@ -80,10 +82,12 @@ impl ServerParts {
             addr: quic_addr.to_string(),
         };
         let wan_addr = config.wan_advertise(transport.local_addr().port());
+        let wan_coordinates = Arc::new(crate::coordinate::Estimator::default());
         let carrier = QuicGossip::new(
             transport.clone(),
             wan_addr,
             metrics.wan_gossip.clone(),
+            wan_coordinates.clone(),
             serving.clone(),
         );
         services = services.with(Alpn::WanGossip, carrier.service());
@@ -124,6 +128,7 @@ impl ServerParts {
             session_timers: Arc::new(SessionTimers::default()),
             acl_metrics: metrics.acl.clone(),
             acl_replication: Default::default(),
+            wan_coordinates,
         };
         Ok((parts, services))
     }

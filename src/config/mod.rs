@@ -338,6 +338,11 @@ pub struct AgentConfig {
     /// catalog (Go syntax, default `60s`); changes are synced at once regardless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval: Option<GoDuration>,
+    /// The shortest time between two reports of this agent's network coordinate to the
+    /// servers (Consul's `sync_coordinate_interval_min`, default `15s`; large DCs report
+    /// less often, 64 updates a second in all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_coordinate_interval_min: Option<GoDuration>,
     /// How often a check whose output changed but whose status did not is written to the
     /// catalog (Consul's `check_update_interval`, Go syntax, default `5m`); status changes
     /// are written at once.

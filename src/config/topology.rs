@@ -190,6 +190,7 @@ impl Topology {
                     },
                     encrypt: self.encrypt.clone(),
                     sync_interval: None,
+                    sync_coordinate_interval_min: None,
                     check_update_interval: None,
                     dns: Default::default(),
                     limits: self.limits,

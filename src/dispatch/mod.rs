@@ -128,6 +128,8 @@ pub struct Dispatcher {
     session_timers: Option<Arc<SessionTimers>>,
     /// ACLs, when enabled.
     acl: Option<Arc<AclSettings>>,
+    /// Servers: this server's WAN address and the WAN coordinates.
+    wan_coordinates: Option<(SocketAddr, Arc<crate::coordinate::Estimator>)>,
     /// Servers: how this server's ACL replication stands.
     acl_replication: Option<Arc<std::sync::Mutex<ReplicationStatus>>>,
 }
@@ -154,7 +156,53 @@ impl Dispatcher {
             session_timers: None,
             acl: None,
             acl_replication: None,
+            wan_coordinates: None,
         }
+    }
+
+    /// On servers: this server's WAN coordinate and those the other servers sent; `me` is
+    /// this server's WAN address.
+    pub fn with_wan_coordinates(
+        mut self,
+        me: SocketAddr,
+        wan: Arc<crate::coordinate::Estimator>,
+    ) -> Dispatcher {
+        self.wan_coordinates = Some((me, wan));
+        self
+    }
+
+    /// The WAN coordinates of every server in the WAN pool, by datacenter (sorted by
+    /// name); a server whose coordinate is not known yet is left out.
+    fn wan_coordinates(&self) -> Vec<crate::rpc::DatacenterCoordinates> {
+        use crate::state::coordinates::NodeCoordinate;
+        let (Some(router), Some((me, wan))) = (&self.router, &self.wan_coordinates) else {
+            return Vec::new();
+        };
+        let mut by_dc: std::collections::BTreeMap<String, Vec<NodeCoordinate>> = Default::default();
+        for m in router.members() {
+            let coord = if m.gossip_addr == *me {
+                Some(wan.coordinate())
+            } else {
+                wan.peer(m.gossip_addr)
+            };
+            let list = by_dc.entry(m.datacenter.clone()).or_default();
+            if let Some(coord) = coord {
+                list.push(NodeCoordinate {
+                    node: m.name.clone(),
+                    coord,
+                });
+            }
+        }
+        by_dc
+            .into_iter()
+            .map(|(datacenter, mut coordinates)| {
+                coordinates.sort_by(|a, b| a.node.cmp(&b.node));
+                crate::rpc::DatacenterCoordinates {
+                    datacenter,
+                    coordinates,
+                }
+            })
+            .collect()
     }
 
     /// On servers: where this server's ACL replication loop reports how it stands.
@@ -346,6 +394,9 @@ impl Dispatcher {
                 leader: raft.leader().map(|(_, node)| node),
                 voters: raft.voters(),
             })),
+            AgentRequest::WanCoordinates(_) => {
+                AgentResponse::WanCoordinates(Ok(self.wan_coordinates()))
+            }
             AgentRequest::ListDatacenters(_) => {
                 AgentResponse::ListDatacenters(Ok(match &self.router {
                     Some(router) => router.datacenters(),

@@ -145,6 +145,8 @@ pub struct LanConfig {
     pub key: Option<GossipKey>,
     /// Timings.
     pub options: GossipOptions,
+    /// This agent's LAN coordinate, updated from round trips on the gossip path.
+    pub coordinates: Arc<crate::coordinate::Estimator>,
 }
 
 /// Why gossip could not start.
@@ -201,7 +203,11 @@ impl Gossip {
         if let Some(wan) = config.wan {
             kvs.push((KEY_WAN.to_string(), wan.to_string()));
         }
-        let transport = sealed::SealedUdpTransport::new(config.key.as_ref(), metrics.clone());
+        let transport = sealed::SealedUdpTransport::new(
+            config.key.as_ref(),
+            metrics.clone(),
+            config.coordinates.clone(),
+        );
         Gossip::start(
             PoolConfig {
                 network: "LAN",

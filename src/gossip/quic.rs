@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::sealed::RoundTrips;
+use crate::coordinate::{self, Coordinate, Estimator};
 use crate::metrics::GossipMetrics;
 use crate::transport::identity::Alpn;
 use crate::transport::{ConnectionService, PeerConnection, Transport, frames_heard};
@@ -44,25 +46,33 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection recovers at once where the old one would wait out QUIC's backed-off timers.
 const SILENT_LIMIT: Duration = Duration::from_secs(3);
 
-/// Frames `msg` from `from`: the sender's address (length-prefixed text), then chitchat's
-/// own serialization.
-pub fn encode(from: SocketAddr, msg: &ChitchatMessage) -> Vec<u8> {
+/// Frames `msg` from `from` at `coord`: the sender's address (length-prefixed text),
+/// chitchat's own serialization, then the sender's network coordinate.
+pub fn encode(from: SocketAddr, msg: &ChitchatMessage, coord: &Coordinate) -> Vec<u8> {
     let addr = from.to_string();
-    let mut out = Vec::with_capacity(1 + addr.len() + msg.serialized_len());
+    let mut out = Vec::with_capacity(1 + addr.len() + msg.serialized_len() + 96);
     out.push(addr.len() as u8);
     out.extend_from_slice(addr.as_bytes());
     msg.serialize(&mut out);
+    coordinate::encode_trailer(coord, &mut out);
     out
 }
 
+/// One decoded frame: the sender, its message, its coordinate (if it sent one).
+pub type Frame = (SocketAddr, ChitchatMessage, Option<Coordinate>);
+
 /// Reverse of [`encode`]; `None` for anything malformed.
-pub fn decode(frame: &[u8]) -> Option<(SocketAddr, ChitchatMessage)> {
+pub fn decode(frame: &[u8]) -> Option<Frame> {
     let (&len, rest) = frame.split_first()?;
     let addr = rest.get(..len as usize)?;
     let from = std::str::from_utf8(addr).ok()?.parse().ok()?;
     let mut body = &rest[len as usize..];
     let msg = ChitchatMessage::deserialize(&mut body).ok()?;
-    body.is_empty().then_some((from, msg))
+    if body.is_empty() {
+        return Some((from, msg, None));
+    }
+    let coord = coordinate::decode_trailer(body)?;
+    Some((from, msg, Some(coord)))
 }
 
 /// The WAN pool's carrier: a chitchat [`ChitchatTransport`] for sending and the
@@ -70,19 +80,22 @@ pub fn decode(frame: &[u8]) -> Option<(SocketAddr, ChitchatMessage)> {
 pub struct QuicGossip {
     transport: Transport,
     advertise: SocketAddr,
-    inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
-    inbox_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, ChitchatMessage)>>>,
+    inbox: mpsc::Sender<Frame>,
+    inbox_rx: Mutex<Option<mpsc::Receiver<Frame>>>,
     metrics: GossipMetrics,
     shutdown: CancellationToken,
+    coordinates: Arc<Estimator>,
 }
 
 impl QuicGossip {
-    /// A carrier sending over `transport` as `advertise` (our WAN address); its tasks stop
-    /// when `shutdown` fires.
+    /// A carrier sending over `transport` as `advertise` (our WAN address), sampling
+    /// QUIC's round trips to the peers into `coordinates` (this server's WAN coordinate);
+    /// its tasks stop when `shutdown` fires.
     pub fn new(
         transport: Transport,
         advertise: SocketAddr,
         metrics: GossipMetrics,
+        coordinates: Arc<Estimator>,
         shutdown: CancellationToken,
     ) -> Arc<QuicGossip> {
         let (inbox, rx) = mpsc::channel(INBOX);
@@ -93,6 +106,7 @@ impl QuicGossip {
             inbox_rx: Mutex::new(Some(rx)),
             metrics,
             shutdown,
+            coordinates,
         })
     }
 
@@ -121,6 +135,8 @@ impl ChitchatTransport for QuicGossip {
             peers: HashMap::new(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            coordinates: self.coordinates.clone(),
+            round_trips: RoundTrips::default(),
         }))
     }
 }
@@ -128,16 +144,19 @@ impl ChitchatTransport for QuicGossip {
 struct QuicSocket {
     transport: Transport,
     advertise: SocketAddr,
-    rx: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
+    rx: mpsc::Receiver<Frame>,
     peers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     metrics: GossipMetrics,
     shutdown: CancellationToken,
+    coordinates: Arc<Estimator>,
+    round_trips: RoundTrips,
 }
 
 #[async_trait]
 impl Socket for QuicSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
-        let mut frame = encode(self.advertise, &msg);
+        let mut frame = encode(self.advertise, &msg, &self.coordinates.coordinate());
+        self.round_trips.sent(to, &msg, Instant::now());
         if frame.len() > MAX_MESSAGE {
             self.metrics.dropped("oversized");
             return Ok(());
@@ -172,7 +191,22 @@ impl Socket for QuicSocket {
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         match self.rx.recv().await {
-            Some(message) => Ok(message),
+            Some((from, msg, coord)) => {
+                // A SynAck answering our Syn is a sample; its value is QUIC's smoothed
+                // round trip to the peer (free of queueing and stream set-up), else the
+                // time the exchange took.
+                let now = Instant::now();
+                let rtt = self
+                    .round_trips
+                    .received(from, &msg, now)
+                    .map(|took| self.transport.rtt(from).unwrap_or(took));
+                if let Some(coord) = coord
+                    && let Some(used) = self.coordinates.observe(from, coord, rtt, now)
+                {
+                    self.metrics.coordinate_sample(used.is_ok());
+                }
+                Ok((from, msg))
+            }
             // The transport stopped accepting (the agent is shutting down): nothing more
             // arrives, and chitchat is stopped by `Gossip::leave`, not by an error here.
             None => std::future::pending().await,
@@ -242,7 +276,7 @@ async fn send_one(
 
 /// The `wan-gossip` service: reads each unidirectional stream as one message.
 struct Receiver {
-    inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
+    inbox: mpsc::Sender<Frame>,
     metrics: GossipMetrics,
 }
 
@@ -296,8 +330,9 @@ mod tests {
     fn frames_carry_the_sender_address_and_refuse_garbage() {
         let from: SocketAddr = "127.0.31.1:8300".parse().unwrap();
         let msg = ChitchatMessage::BadCluster;
-        let frame = encode(from, &msg);
-        assert_eq!(decode(&frame), Some((from, msg)));
+        let coord = Coordinate::new(&crate::coordinate::Config::default());
+        let frame = encode(from, &msg, &coord);
+        assert_eq!(decode(&frame), Some((from, msg, Some(coord))));
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&frame[..frame.len() - 1]), None, "truncated");
         let mut longer = frame.clone();

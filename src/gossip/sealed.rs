@@ -2,9 +2,14 @@
 //! AES-256-GCM under the DC's gossip key when one is configured (Consul's `encrypt`).
 //! A datagram that does not open or does not parse is dropped and counted, never
 //! answered: an agent with a wrong or missing key cannot join, and garbage on the port
-//! costs one failed decryption.
+//! costs one failed decryption. Every message carries the sender's network coordinate in a
+//! trailer after chitchat's bytes, and a SynAck answering our Syn closes a round trip:
+//! the sample that updates this agent's coordinate (Consul samples on memberlist's pings).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -14,6 +19,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use tracing::debug;
 
 use crate::config::GossipKey;
+use crate::coordinate::{self, Estimator};
 use crate::metrics::GossipMetrics;
 
 /// The largest UDP payload (IPv4).
@@ -77,14 +83,58 @@ impl Sealer {
 pub struct SealedUdpTransport {
     sealer: Sealer,
     metrics: GossipMetrics,
+    coordinates: Arc<Estimator>,
 }
 
 impl SealedUdpTransport {
-    /// A transport sealing with `key` (if any), counting into `metrics`.
-    pub fn new(key: Option<&GossipKey>, metrics: GossipMetrics) -> SealedUdpTransport {
+    /// A transport sealing with `key` (if any), counting into `metrics`, sampling round
+    /// trips into `coordinates`.
+    pub fn new(
+        key: Option<&GossipKey>,
+        metrics: GossipMetrics,
+        coordinates: Arc<Estimator>,
+    ) -> SealedUdpTransport {
         SealedUdpTransport {
             sealer: Sealer::new(key),
             metrics,
+            coordinates,
+        }
+    }
+}
+
+/// Most peers with a Syn awaiting its SynAck; past it the table starts over.
+const MAX_PENDING: usize = 4096;
+
+/// Round trips on the gossip path: when a Syn went to each peer, closed by its SynAck.
+#[derive(Default)]
+pub struct RoundTrips {
+    syn_sent: HashMap<SocketAddr, Instant>,
+}
+
+impl RoundTrips {
+    /// Notes `msg` going to `to` at `now`.
+    pub fn sent(&mut self, to: SocketAddr, msg: &ChitchatMessage, now: Instant) {
+        if matches!(msg, ChitchatMessage::Syn { .. }) {
+            if self.syn_sent.len() >= MAX_PENDING {
+                self.syn_sent.clear();
+            }
+            self.syn_sent.insert(to, now);
+        }
+    }
+
+    /// The round trip `msg` from `from` closes, if it answers our Syn.
+    pub fn received(
+        &mut self,
+        from: SocketAddr,
+        msg: &ChitchatMessage,
+        now: Instant,
+    ) -> Option<std::time::Duration> {
+        match msg {
+            ChitchatMessage::SynAck { .. } => self
+                .syn_sent
+                .remove(&from)
+                .map(|at| now.saturating_duration_since(at)),
+            _ => None,
         }
     }
 }
@@ -100,6 +150,8 @@ impl Transport for SealedUdpTransport {
             sealer: self.sealer.clone(),
             metrics: self.metrics.clone(),
             buf: vec![0u8; MAX_DATAGRAM],
+            coordinates: self.coordinates.clone(),
+            round_trips: RoundTrips::default(),
         }))
     }
 }
@@ -109,12 +161,22 @@ struct SealedSocket {
     sealer: Sealer,
     metrics: GossipMetrics,
     buf: Vec<u8>,
+    coordinates: Arc<Estimator>,
+    round_trips: RoundTrips,
 }
 
 #[async_trait]
 impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
-        let datagram = self.sealer.seal(msg.serialize_to_vec());
+        let mut plain = msg.serialize_to_vec();
+        let before = plain.len();
+        coordinate::encode_trailer(&self.coordinates.coordinate(), &mut plain);
+        // A message that only fits without the trailer goes without it.
+        if plain.len() + SEAL_OVERHEAD > MAX_DATAGRAM {
+            plain.truncate(before);
+        }
+        self.round_trips.sent(to, &msg, Instant::now());
+        let datagram = self.sealer.seal(plain);
         if datagram.len() > MAX_DATAGRAM {
             self.metrics.dropped("oversized");
             return Ok(());
@@ -142,7 +204,16 @@ impl Socket for SealedSocket {
                 continue;
             };
             match ChitchatMessage::deserialize(&mut plain) {
-                Ok(msg) => return Ok((from, msg)),
+                Ok(msg) => {
+                    let now = Instant::now();
+                    let rtt = self.round_trips.received(from, &msg, now);
+                    if let Some(coord) = coordinate::decode_trailer(plain)
+                        && let Some(used) = self.coordinates.observe(from, coord, rtt, now)
+                    {
+                        self.metrics.coordinate_sample(used.is_ok());
+                    }
+                    return Ok((from, msg));
+                }
                 Err(_) => self.metrics.dropped("malformed"),
             }
         }

@@ -122,6 +122,7 @@ pub async fn self_info(State(api): State<Api>, p: Params) -> Result<Response, Ht
     };
     Ok(Json(serde_json::json!({
         "Config": config,
+        "Coord": api.coordinates.coordinate(),
         "Member": self_member(&api),
         "Meta": {},
     }))

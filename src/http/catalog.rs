@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::HttpError;
 use super::json::{CatalogServiceJson, NodeJson, ServiceBody, ServiceJson, decode};
-use super::params::Params;
-use super::{Api, read, write_ok};
+use super::params::{ClientIp, Params};
+use super::{Api, near, read, write_ok};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest};
 
@@ -184,15 +184,15 @@ pub async fn datacenters(State(api): State<Api>) -> Result<Json<Vec<String>>, Ht
 }
 
 /// `GET /v1/catalog/nodes`.
-pub async fn nodes(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let (headers, out) = read(
-        &api,
-        &p,
-        Query::Nodes {
-            node_meta: p.node_meta()?,
-        },
-    )
-    .await?;
+pub async fn nodes(
+    State(api): State<Api>,
+    p: Params,
+    client: ClientIp,
+) -> Result<Response, HttpError> {
+    let query = Query::Nodes {
+        node_meta: p.node_meta()?,
+    };
+    let (headers, out) = read(&api, &p, near(&api, &p, client, query)).await?;
     let QueryResult::Nodes(nodes) = &out.result else {
         return Err(HttpError::shape());
     };
@@ -221,13 +221,14 @@ pub async fn service(
     State(api): State<Api>,
     Path(name): Path<String>,
     p: Params,
+    client: ClientIp,
 ) -> Result<Response, HttpError> {
     let query = Query::ServiceNodes {
         service: name,
         tags: p.all("tag"),
         node_meta: p.node_meta()?,
     };
-    let (headers, out) = read(&api, &p, query).await?;
+    let (headers, out) = read(&api, &p, near(&api, &p, client, query)).await?;
     let QueryResult::ServiceNodes(rows) = &out.result else {
         return Err(HttpError::shape());
     };

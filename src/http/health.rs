@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::catalog::parse_status;
 use super::error::HttpError;
 use super::json::{CheckJson, NodeJson, ServiceJson};
-use super::params::Params;
-use super::{Api, read};
+use super::params::{ClientIp, Params};
+use super::{Api, near, read};
 use crate::state::query::{Query, QueryResult};
 
 /// One entry of `health/service/:name`.
@@ -26,6 +26,7 @@ pub async fn service(
     State(api): State<Api>,
     Path(service): Path<String>,
     p: Params,
+    client: ClientIp,
 ) -> Result<Response, HttpError> {
     // `?passing=false`, as some clients always send it, does not filter.
     let passing = p.enabled("passing");
@@ -35,7 +36,7 @@ pub async fn service(
         passing,
         node_meta: p.node_meta()?,
     };
-    let (headers, out) = read(&api, &p, query).await?;
+    let (headers, out) = read(&api, &p, near(&api, &p, client, query)).await?;
     let QueryResult::Health(entries) = &out.result else {
         return Err(HttpError::shape());
     };

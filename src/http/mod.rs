@@ -6,6 +6,7 @@
 pub mod acl;
 pub mod agent;
 pub mod catalog;
+pub mod coordinate;
 pub mod error;
 pub mod health;
 pub mod json;
@@ -47,6 +48,8 @@ pub struct Api {
     shutdown: CancellationToken,
     /// With ACLs on: how the agent's own endpoints check tokens.
     acl: Option<Arc<AclEdge>>,
+    /// This agent's LAN coordinate (`/v1/agent/self`'s `Coord`).
+    coordinates: Arc<crate::coordinate::Estimator>,
 }
 
 /// How the agent's own endpoints (those answered from the agent, not the DC's state) check
@@ -83,7 +86,14 @@ impl Api {
             metrics,
             shutdown: leave,
             acl: None,
+            coordinates: Default::default(),
         }
+    }
+
+    /// With this agent's LAN coordinate.
+    pub fn with_coordinates(mut self, lan: Arc<crate::coordinate::Estimator>) -> Api {
+        self.coordinates = lan;
+        self
     }
 
     /// With ACLs on.
@@ -134,6 +144,25 @@ impl Api {
             Some(authz) => Ok(authz.check(&perm).map_err(RpcError::Acl)?),
             None => Ok(()),
         }
+    }
+}
+
+/// `query` sorted by estimated round trip from `?near=` when the request asks (`_agent`:
+/// this agent's node; `_ip`: the node at the request's source address; else a node name).
+fn near(api: &Api, p: &Params, client: params::ClientIp, query: Query) -> Query {
+    use crate::state::coordinates::Near;
+    let from = match p.get("near") {
+        None | Some("") => return query,
+        Some("_agent") => Near::Node(api.local.node.name.clone()),
+        Some("_ip") => match client.0 {
+            Some(ip) => Near::Address(ip.to_string()),
+            None => return query,
+        },
+        Some(node) => Near::Node(node.to_string()),
+    };
+    Query::Near {
+        near: from,
+        query: Box::new(query),
     }
 }
 
@@ -213,6 +242,10 @@ routes! {
     "/v1/health/checks/{name}" [Data] => get(health::service_checks);
     "/v1/health/node/{node}" [Data] => get(health::node);
     "/v1/health/state/{state}" [Data] => get(health::state);
+    "/v1/coordinate/datacenters" [Public] => get(coordinate::datacenters);
+    "/v1/coordinate/nodes" [Data] => get(coordinate::nodes);
+    "/v1/coordinate/node/{node}" [Data] => get(coordinate::node);
+    "/v1/coordinate/update" [Data] => put(coordinate::update);
     "/v1/agent/self" [Agent] => get(agent::self_info);
     "/v1/agent/members" [Agent] => get(agent::members);
     "/v1/agent/leave" [Agent] => put(agent::leave);
@@ -398,7 +431,11 @@ impl Accepting {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(self.app.clone());
+            let app = tower_layer::Layer::layer(
+                &axum::Extension(params::PeerAddr(peer)),
+                self.app.clone(),
+            );
+            let service = TowerToHyperService::new(app);
             let open = self.metrics.connections_open.clone();
             open.inc();
             match &tls {

@@ -32,6 +32,33 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     }
 }
 
+/// The address of the client connected to the API, set on every request by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The request's source IP, as Consul takes it for `?near=_ip`: the first address of
+/// `X-Forwarded-For`, else the connected client's.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, HttpError> {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        Ok(ClientIp(forwarded.or(peer)))
+    }
+}
+
 /// The request's ACL token, where Consul looks for it: `X-Consul-Token`, then
 /// `Authorization: Bearer`, then `?token=`. An empty one is no token.
 fn token_of(headers: &axum::http::HeaderMap, pairs: &[(String, String)]) -> Option<Secret> {

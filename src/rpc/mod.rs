@@ -162,7 +162,7 @@ impl ReadOptions {
 }
 
 /// A read's answer and what Consul's headers say about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadOutcome {
     /// The data.
     pub result: QueryResult,
@@ -268,6 +268,20 @@ pub struct GetRaftStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListDatacenters;
 
+/// The WAN coordinates of every server the answering server knows, by datacenter
+/// (`/v1/coordinate/datacenters`; asked by client agents).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WanCoordinates;
+
+/// One datacenter's servers' WAN coordinates (Consul's `DatacenterMap`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatacenterCoordinates {
+    /// The datacenter.
+    pub datacenter: String,
+    /// Its servers (`node.dc`) and their coordinates.
+    pub coordinates: Vec<crate::state::coordinates::NodeCoordinate>,
+}
+
 /// Renew a session at the DC's leader (which keeps the TTL timers); the reply is the
 /// session, `None` if there is no such session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,7 +328,7 @@ macro_rules! calls {
 
         /// The answer to an [`AgentRequest`], variant for variant: the call's reply, or
         /// why there is none.
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub enum AgentResponse {
             $(
                 #[doc = concat!("Answer to a [`", stringify!($call), "`].")]
@@ -403,6 +417,7 @@ calls! {
     Read => ReadOutcome, "read";
     GetRaftStatus => RaftStatus, "raft_status";
     ListDatacenters => Vec<String>, "datacenters";
+    WanCoordinates => Vec<DatacenterCoordinates>, "wan_coordinates";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }

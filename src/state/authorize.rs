@@ -65,6 +65,9 @@ impl State {
             | Command::AclReplicated => {
                 authz.check(&Permission::scalar(Scalar::Acl, Access::Write))
             }
+            Command::CoordinatesUpdate(updates) => updates
+                .iter()
+                .try_for_each(|u| need(Resource::Node, &u.node, Access::Write)),
             Command::Batch(cmds) => cmds
                 .iter()
                 .try_for_each(|c| self.authorize_command(authz, c)),
@@ -213,6 +216,10 @@ pub fn filter_result(
         r @ QueryResult::AclSet(_) => {
             authz.check(&Permission::scalar(Scalar::Acl, Access::Write))?;
             r
+        }
+        QueryResult::Coordinates(mut v) => {
+            v.retain(|c| keep(can(Resource::Node, &c.node)));
+            QueryResult::Coordinates(v)
         }
         r @ (QueryResult::AclPolicies(_) | QueryResult::AclRoles(_)) => {
             authz.check(&Permission::scalar(Scalar::Acl, Access::Read))?;

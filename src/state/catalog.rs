@@ -156,6 +156,7 @@ impl State {
         if self.data.nodes.remove(&req.node).is_some() {
             self.touch(Table::Nodes, index);
         }
+        self.coordinate_remove(index, &req.node);
         let gone: Vec<(NodeKey, String)> = self
             .data
             .services

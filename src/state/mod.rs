@@ -14,6 +14,7 @@
 mod acl;
 pub mod authorize;
 mod catalog;
+pub mod coordinates;
 mod kv;
 mod kv_watch;
 pub mod query;
@@ -46,16 +47,19 @@ pub enum Table {
     Sessions,
     /// ACL tokens, policies and roles.
     Acl,
+    /// Network coordinates of the nodes.
+    Coordinates,
 }
 
 impl Table {
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 7] = [
         Table::Nodes,
         Table::Services,
         Table::Checks,
         Table::Kv,
         Table::Sessions,
         Table::Acl,
+        Table::Coordinates,
     ];
 
     fn slot(self) -> usize {
@@ -162,6 +166,8 @@ pub enum Command {
     },
     /// This DC's ACL tables are replicated from the primary: bootstrap is closed here.
     AclReplicated,
+    /// Nodes' network coordinates, as their agents report them.
+    CoordinatesUpdate(Vec<coordinates::NodeCoordinate>),
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -276,6 +282,9 @@ pub struct Tables {
     /// The index at which the ACL system was bootstrapped.
     #[serde(default)]
     acl_bootstrap: Option<u64>,
+    /// Network coordinates by node name.
+    #[serde(default)]
+    coordinates: OrdMap<String, crate::coordinate::Coordinate>,
     /// Per table, the log index of its last change (snapshots of older versions hold
     /// fewer; the missing ones start at 0).
     indexes: Vec<u64>,
@@ -426,6 +435,7 @@ impl State {
             Command::AclTokenSet(token) => self.acl_token_set(index, *token),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor),
             Command::AclReplicated => self.acl_replicated(index),
+            Command::CoordinatesUpdate(updates) => self.coordinates_update(index, updates),
         }
     }
 }

@@ -122,6 +122,18 @@ pub enum Query {
     /// What other DCs replicate from the primary: every policy and role, and every token
     /// that is not `Local` (secrets included).
     AclReplication,
+    /// `coordinate/nodes` (`None`) or `coordinate/node/:node`.
+    Coordinates {
+        /// Only this node's.
+        node: Option<String>,
+    },
+    /// Another query's answer sorted by estimated round trip from a node (`?near=`).
+    Near {
+        /// Where distances are measured from.
+        near: super::coordinates::Near,
+        /// The query answered (catalog nodes or service instances).
+        query: Box<Query>,
+    },
 }
 
 /// The global part of a DC's ACL tables, as replicated.
@@ -156,7 +168,7 @@ pub struct ServiceHealth {
 }
 
 /// What a [`Query`] returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueryResult {
     /// KV entries (empty: not found).
     Kv(Vec<KvEntry>),
@@ -184,6 +196,8 @@ pub enum QueryResult {
     AclTokens(Vec<Token>),
     /// The ACL tables' global part.
     AclSet(Box<AclSet>),
+    /// Nodes' network coordinates.
+    Coordinates(Vec<super::coordinates::NodeCoordinate>),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -243,6 +257,8 @@ impl Query {
             | Query::AclToken { .. }
             | Query::AclTokenSelf { .. }
             | Query::AclReplication => &[Table::Acl],
+            Query::Coordinates { .. } => &[Table::Coordinates],
+            Query::Near { query, .. } => query.tables(),
         }
     }
 
@@ -400,6 +416,14 @@ impl Query {
                     .collect(),
             ),
             Query::Sessions => QueryResult::Sessions(state.sessions().cloned().collect()),
+            Query::Coordinates { node } => {
+                QueryResult::Coordinates(state.coordinates(node.as_deref()))
+            }
+            Query::Near { near, query } => {
+                let mut result = query.run(state);
+                state.sort_near(near, &mut result);
+                result
+            }
             Query::AclPolicies => QueryResult::AclPolicies(state.acl_policies()),
             Query::AclPolicy(which) => QueryResult::AclPolicies(
                 match which {

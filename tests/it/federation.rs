@@ -81,7 +81,7 @@ fn start_federation(pki: &TestPki) -> Fed {
         };
         for i in 1..=3u8 {
             let mut extra = format!(
-                "bootstrap_expect = 3\nadvertise_addr_wan = \"{}\"\n",
+                "bootstrap_expect = 3\nadvertise_addr_wan = \"{}\"\nsync_coordinate_interval_min = \"1s\"\n",
                 front(dc, i)
             );
             if i == 1 {
@@ -95,7 +95,12 @@ fn start_federation(pki: &TestPki) -> Fed {
             let path = write(&format!("s{i}"), Role::Server, i, extra);
             agents.insert(format!("s{i}.{dc}"), spawn_agent(&path));
         }
-        let path = write("c1", Role::Client, 21, "sync_interval = \"1s\"\n".into());
+        let path = write(
+            "c1",
+            Role::Client,
+            21,
+            "sync_interval = \"1s\"\nsync_coordinate_interval_min = \"1s\"\n".into(),
+        );
         agents.insert(format!("c1.{dc}"), spawn_agent(&path));
     }
     Fed { dir, agents }
@@ -238,6 +243,91 @@ async fn federation_over_an_emulated_wan() {
         |v| len(v) == 3 && v[0] == "dc1",
     )
     .await;
+
+    // WAN coordinates converge on the emulated round trips (dc1-dc2 45 ms, dc1-dc3 165 ms:
+    // twice the one-way latency plus the mean jitter), within 25%, whichever agent asks.
+    let estimates = |v: &Value| -> Option<(f64, f64)> {
+        let coords: HashMap<String, consulate::coordinate::Coordinate> = v
+            .as_array()?
+            .iter()
+            .flat_map(|d| d["Coordinates"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| {
+                Some((
+                    c["Node"].as_str()?.to_string(),
+                    serde_json::from_value(c["Coord"].clone()).ok()?,
+                ))
+            })
+            .collect();
+        let from = coords.get("s1.dc1")?;
+        let median_ms = |dc: &str| {
+            let mut d: Vec<f64> = (1..=3)
+                .filter_map(|i| coords.get(&format!("s{i}.{dc}")))
+                .map(|c| from.distance_to(c).as_secs_f64() * 1000.0)
+                .collect();
+            d.sort_by(f64::total_cmp);
+            (d.len() == 3).then(|| d[1])
+        };
+        Some((median_ms("dc2")?, median_ms("dc3")?))
+    };
+    let within = |est: f64, real: f64| (est - real).abs() <= real * 0.25;
+    let converged = Instant::now();
+    let (to_dc2, to_dc3) = eventually(
+        Duration::from_secs(90),
+        "WAN coordinates within 25% of the emulated round trips",
+        || {
+            let (http, estimates) = (&http, &estimates);
+            async move {
+                let url = format!("{}/v1/coordinate/datacenters", client("dc1"));
+                let (status, body, _) = http.get(&url).await;
+                let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+                let (dc2, dc3) = estimates(&v)?;
+                (within(dc2, 45.0) && within(dc3, 165.0)).then_some((dc2, dc3))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "WAN coordinates: s1.dc1 to dc2 {to_dc2:.1} ms, to dc3 {to_dc3:.1} ms, {:?} after the pool formed",
+        converged.elapsed()
+    );
+    let out = run_cli(
+        fed.dir.path(),
+        &[
+            "rtt",
+            "-wan",
+            "-http-addr",
+            &format!("{}:8500", ip(net_of("dc1"), 1)),
+            "s1.dc3",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("Estimated s1.dc3 <-> s1.dc1 rtt: "),
+        "rtt -wan: {out:?}"
+    );
+    // LAN coordinates: every node of dc1 reports its own, kept by the servers.
+    let lan = http
+        .until(
+            &format!("{}/v1/coordinate/nodes", client("dc1")),
+            "dc1's four nodes have LAN coordinates",
+            |v| len(v) == 4,
+        )
+        .await;
+    assert!(lan.to_string().contains("\"Vec\""), "{lan}");
+    let out = run_cli(
+        fed.dir.path(),
+        &[
+            "rtt",
+            "-http-addr",
+            &format!("{}:8500", ip(net_of("dc1"), 21)),
+            "s2",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("s2 <-> c1 rtt: ") && text.contains("LAN"),
+        "rtt: {out:?}"
+    );
     let out = run_cli(
         fed.dir.path(),
         &[
@@ -574,6 +664,7 @@ async fn a_client_certificate_cannot_join_the_wan_pool() {
                 transport.clone(),
                 addr,
                 metrics.wan_gossip.clone(),
+                Default::default(),
                 shutdown.child_token(),
             );
             transport.serve(

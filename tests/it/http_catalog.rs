@@ -592,3 +592,102 @@ async fn catalog_health_and_agent_api_through_a_client_agent() {
     let r = s.get("/v1/catalog/nodes?stale").await;
     assert_eq!(r.status(), StatusCode::OK, "stale reads need no leader");
 }
+
+/// `?near=` sorts catalog and health answers by the round trip estimated from network
+/// coordinates: from a node, from the agent's own node (`_agent`), from the node at the
+/// request's source address (`_ip`, `X-Forwarded-For` first); and `/v1/coordinate/*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_sorts_answers_by_estimated_round_trip() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let configs = write_small_dc(dir.path(), &pki, (75, 1), None, "");
+    let _agents: Vec<ChildGuard> = configs.iter().map(|c| spawn_agent(c)).collect();
+    let client = Api {
+        c: http_client(),
+        base: "http://127.75.1.21:8500".into(),
+    };
+    // Three external nodes with an instance each, 100, 10 and 50 ms along one axis from
+    // the agent's node (c1, at the origin).
+    let at = |node: &str, ms: f64| {
+        json!({"Node": node, "Coord": {"Vec": [ms / 1000.0, 0, 0, 0, 0, 0, 0, 0],
+               "Error": 0.1, "Adjustment": 0.0, "Height": 1e-5}})
+    };
+    for (i, node) in ["n-a", "n-b", "n-c"].iter().enumerate() {
+        let body = json!({"Node": node, "Address": format!("10.0.0.{}", i + 1),
+                          "Service": {"Service": "geo", "Port": 80}});
+        eventually(Duration::from_secs(30), "a registration", || async {
+            let r = client
+                .c
+                .put(format!("{}/v1/catalog/register", client.base))
+                .body(body.to_string())
+                .send()
+                .await
+                .ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    for (node, ms) in [("n-a", 100.0), ("n-b", 10.0), ("n-c", 50.0), ("c1", 0.0)] {
+        let r = client
+            .put("/v1/coordinate/update", at(node, ms).to_string())
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{node}");
+    }
+    client
+        .until("/v1/coordinate/nodes", "four coordinates", |v| {
+            v.as_array().is_some_and(|a| a.len() >= 4)
+        })
+        .await;
+    let order = |v: &Value, field: &str| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    let v = client.json("/v1/catalog/service/geo?near=_agent").await;
+    assert_eq!(order(&v, "Node"), ["n-b", "n-c", "n-a"]);
+    let v = client.json("/v1/health/service/geo?near=n-a").await;
+    let nodes: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Node"]["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["n-a", "n-c", "n-b"]);
+    let v = client.json("/v1/catalog/nodes?near=n-c").await;
+    assert_eq!(order(&v, "Node")[..2], ["n-c", "n-b"]);
+    let r = client
+        .c
+        .get(format!("{}/v1/catalog/service/geo?near=_ip", client.base))
+        .header("X-Forwarded-For", "10.0.0.1, 127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(order(&v, "Node"), ["n-a", "n-c", "n-b"]);
+    // Without a coordinate for the source, the answer is not sorted (Consul's order).
+    let v = client.json("/v1/catalog/service/geo?near=nobody").await;
+    assert_eq!(order(&v, "Node"), ["n-a", "n-b", "n-c"]);
+
+    let v = client.json("/v1/coordinate/node/n-b").await;
+    assert_eq!(v[0]["Coord"]["Vec"][0], 0.01, "{v}");
+    assert_eq!(v[0]["Segment"], "");
+    assert_eq!(
+        client.get("/v1/coordinate/node/nobody").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let bad = json!({"Node": "n-a", "Coord": {"Vec": [0.0], "Error": 0.1,
+                     "Adjustment": 0.0, "Height": 1e-5}});
+    let r = client.put("/v1/coordinate/update", bad.to_string()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Deregistered, a node's coordinate goes with it.
+    let r = client
+        .put("/v1/catalog/deregister", json!({"Node": "n-b"}).to_string())
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        client.get("/v1/coordinate/node/n-b").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}

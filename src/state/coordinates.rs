@@ -1,0 +1,103 @@
+//! Network coordinates of the DC's nodes, as their agents report them (Consul keeps them in
+//! its Raft state too): updates for nodes in the catalog only, removed with their node; and
+//! sorting answers by estimated round trip from a node (`?near=`).
+
+use std::time::Duration;
+
+use super::query::{QueryResult, ServiceHealth};
+use super::{CommandResult, State, Table};
+use crate::coordinate::Coordinate;
+
+/// Where `?near=` measures from: a node, or the node with an address (`_ip`: the
+/// request's source).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Near {
+    /// A node by name.
+    Node(String),
+    /// The node registered with this address.
+    Address(String),
+}
+
+/// One node's reported coordinate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeCoordinate {
+    /// The node.
+    pub node: String,
+    /// Where it is.
+    pub coord: Coordinate,
+}
+
+impl State {
+    /// Records the coordinates of nodes in the catalog (others are ignored, as Consul
+    /// does: a node deregistered while its update was in flight stays gone).
+    pub(super) fn coordinates_update(
+        &mut self,
+        index: u64,
+        updates: Vec<NodeCoordinate>,
+    ) -> CommandResult {
+        let mut changed = false;
+        for u in updates {
+            if self.data.nodes.contains_key(&u.node) && u.coord.is_valid() {
+                self.data.coordinates.insert(u.node, u.coord);
+                changed = true;
+            }
+        }
+        if changed {
+            self.touch(Table::Coordinates, index);
+        }
+        CommandResult::Ok
+    }
+
+    /// Forgets a deregistered node's coordinate.
+    pub(super) fn coordinate_remove(&mut self, index: u64, node: &str) {
+        if self.data.coordinates.remove(node).is_some() {
+            self.touch(Table::Coordinates, index);
+        }
+    }
+
+    /// The coordinates of every node (or of one), by node name.
+    pub fn coordinates(&self, node: Option<&str>) -> Vec<NodeCoordinate> {
+        self.data
+            .coordinates
+            .iter()
+            .filter(|(n, _)| node.is_none_or(|want| want == n.as_str()))
+            .map(|(n, c)| NodeCoordinate {
+                node: n.clone(),
+                coord: c.clone(),
+            })
+            .collect()
+    }
+
+    /// Sorts `result` by estimated round trip from `near` (nodes without a coordinate
+    /// last, in their order), when `near` has a coordinate; otherwise leaves it as it is
+    /// (as Consul does).
+    pub fn sort_near(&self, near: &Near, result: &mut QueryResult) {
+        let node = match near {
+            Near::Node(name) => Some(name.as_str()),
+            Near::Address(addr) => self
+                .data
+                .nodes
+                .values()
+                .find(|n| n.address == *addr)
+                .map(|n| n.node.as_str()),
+        };
+        let Some(from) = node.and_then(|n| self.data.coordinates.get(n)) else {
+            return;
+        };
+        let distance = |node: &str| -> Duration {
+            self.data
+                .coordinates
+                .get(node)
+                .filter(|c| c.is_compatible_with(from))
+                .map_or(Duration::MAX, |c| from.distance_to(c))
+        };
+        match result {
+            QueryResult::Nodes(nodes) => nodes.sort_by_cached_key(|n| distance(&n.node)),
+            QueryResult::ServiceNodes(list) => list.sort_by_cached_key(|(n, _)| distance(&n.node)),
+            QueryResult::Health(list) => {
+                list.sort_by_cached_key(|h: &ServiceHealth| distance(&h.node.node))
+            }
+            _ => {}
+        }
+    }
+}
