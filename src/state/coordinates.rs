@@ -1,10 +1,9 @@
 //! Network coordinates of the DC's nodes, as their agents report them (Consul keeps them in
 //! its Raft state too): updates for nodes in the catalog only, removed with their node; and
-//! sorting answers by estimated round trip from a node (`?near=`).
+//! the estimated round trips from a node that `?near=` sorts answers by.
 
 use std::time::Duration;
 
-use super::query::{QueryResult, ServiceHealth};
 use super::{CommandResult, State, Table};
 use crate::coordinate::Coordinate;
 
@@ -68,10 +67,10 @@ impl State {
             .collect()
     }
 
-    /// Sorts `result` by estimated round trip from `near` (nodes without a coordinate
-    /// last, in their order), when `near` has a coordinate; otherwise leaves it as it is
-    /// (as Consul does).
-    pub fn sort_near(&self, near: &Near, result: &mut QueryResult) {
+    /// The estimated round trip from `near` to each node (`Duration::MAX` for a node
+    /// without a coordinate); `None` when `near` has no coordinate, and answers are then
+    /// left unsorted (as Consul does).
+    pub fn distances_from(&self, near: &Near) -> Option<impl Fn(&str) -> Duration + '_> {
         let node = match near {
             Near::Node(name) => Some(name.as_str()),
             Near::Address(addr) => self
@@ -81,23 +80,13 @@ impl State {
                 .find(|n| n.address == *addr)
                 .map(|n| n.node.as_str()),
         };
-        let Some(from) = node.and_then(|n| self.data.coordinates.get(n)) else {
-            return;
-        };
-        let distance = |node: &str| -> Duration {
+        let from = node.and_then(|n| self.data.coordinates.get(n))?;
+        Some(move |node: &str| {
             self.data
                 .coordinates
                 .get(node)
                 .filter(|c| c.is_compatible_with(from))
                 .map_or(Duration::MAX, |c| from.distance_to(c))
-        };
-        match result {
-            QueryResult::Nodes(nodes) => nodes.sort_by_cached_key(|n| distance(&n.node)),
-            QueryResult::ServiceNodes(list) => list.sort_by_cached_key(|(n, _)| distance(&n.node)),
-            QueryResult::Health(list) => {
-                list.sort_by_cached_key(|h: &ServiceHealth| distance(&h.node.node))
-            }
-            _ => {}
-        }
+        })
     }
 }

@@ -421,7 +421,20 @@ impl Query {
             }
             Query::Near { near, query } => {
                 let mut result = query.run(state);
-                state.sort_near(near, &mut result);
+                if let Some(distance) = state.distances_from(near) {
+                    match &mut result {
+                        QueryResult::Nodes(nodes) => {
+                            nodes.sort_by_cached_key(|n| distance(&n.node))
+                        }
+                        QueryResult::ServiceNodes(list) => {
+                            list.sort_by_cached_key(|(n, _)| distance(&n.node))
+                        }
+                        QueryResult::Health(list) => {
+                            list.sort_by_cached_key(|h| distance(&h.node.node))
+                        }
+                        _ => {}
+                    }
+                }
                 result
             }
             Query::AclPolicies => QueryResult::AclPolicies(state.acl_policies()),
