@@ -926,6 +926,142 @@ pub async fn rtt(c: &Client, wan: bool, a: &str, b: Option<&str>) -> Result<Stri
     ))
 }
 
+/// What `consulate query create` defines (Consul's prepared-query fields).
+#[derive(Debug, Clone, Default)]
+pub struct QueryDefinition {
+    /// The query's name.
+    pub name: String,
+    /// The service it selects.
+    pub service: String,
+    /// Fail over to this many nearest DCs.
+    pub nearest_n: u32,
+    /// Then to these DCs.
+    pub datacenters: Vec<String>,
+    /// Tags every instance must carry (`!tag`: must not).
+    pub tags: Vec<String>,
+    /// Leave out instances with a warning.
+    pub only_passing: bool,
+    /// Sort by round trip from this node (`_agent`).
+    pub near: Option<String>,
+    /// The TTL of DNS answers.
+    pub dns_ttl: Option<String>,
+    /// Our extension: fail over while fewer instances than this are selected.
+    pub min_passing: u32,
+}
+
+/// `consulate query create -name N -service S [...]`: prints the new query's ID.
+pub async fn query_create(c: &Client, d: &QueryDefinition) -> Result<String, CliError> {
+    let mut failover = serde_json::json!({
+        "NearestN": d.nearest_n,
+        "Datacenters": d.datacenters,
+    });
+    if d.min_passing > 0 {
+        failover["MinPassing"] = d.min_passing.into();
+    }
+    let body = serde_json::json!({
+        "Name": d.name,
+        "Service": {
+            "Service": d.service,
+            "Failover": failover,
+            "Tags": d.tags,
+            "OnlyPassing": d.only_passing,
+            "Near": d.near.clone().unwrap_or_default(),
+        },
+        "DNS": {"TTL": d.dns_ttl.clone().unwrap_or_default()},
+    });
+    let resp = c
+        .send(
+            c.http
+                .post(format!("{}/v1/query", c.base))
+                .body(body.to_string()),
+            "creating the query",
+        )
+        .await?;
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| CliError::Input(format!("creating the query: bad answer: {e}")))?;
+    Ok(format!("{}\n", text(&v["ID"])))
+}
+
+/// `consulate query list`.
+pub async fn query_list(c: &Client, format: Format) -> Result<String, CliError> {
+    let header = ["ID", "Name", "Service", "Failover"];
+    list(c, "/v1/query", "listing queries", format, &header, |q| {
+        let f = &q["Service"]["Failover"];
+        let dcs: Vec<String> = f["Datacenters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        vec![
+            text(&q["ID"]),
+            text(&q["Name"]),
+            text(&q["Service"]["Service"]),
+            format!("nearest {} then [{}]", text(&f["NearestN"]), dcs.join(",")),
+        ]
+    })
+    .await
+}
+
+/// `consulate query execute NAME [-near N] [-limit N] [-datacenter DC]`: the instances,
+/// and which DC answered after how many failovers.
+pub async fn query_execute(
+    c: &Client,
+    name: &str,
+    near: Option<&str>,
+    limit: Option<u32>,
+    dc: Option<&str>,
+    format: Format,
+) -> Result<String, CliError> {
+    let mut params: Vec<(&str, String)> = Vec::new();
+    if let Some(n) = near {
+        params.push(("near", n.to_string()));
+    }
+    if let Some(l) = limit {
+        params.push(("limit", l.to_string()));
+    }
+    if let Some(d) = dc {
+        params.push(("dc", d.to_string()));
+    }
+    let query = serde_urlencoded::to_string(&params).unwrap_or_default();
+    let path = format!("/v1/query/{name}/execute?{query}");
+    let v = c
+        .get(&path, &format!("executing {name}"))
+        .await?
+        .ok_or_else(|| CliError::Input(format!("no query named {name:?}")))?;
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows: Vec<Vec<String>> = v["Nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                text(&e["Node"]["Node"]),
+                text(&e["Node"]["Address"]),
+                text(&e["Service"]["Port"]),
+                text(&e["Service"]["ID"]),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        "{}Datacenter: {} (failovers: {})\n",
+        table(&["Node", "Address", "Port", "Service ID"], &rows),
+        text(&v["Datacenter"]),
+        text(&v["Failovers"])
+    ))
+}
+
+/// `consulate query delete ID`.
+pub async fn query_delete(c: &Client, id: &str) -> Result<String, CliError> {
+    c.delete(&format!("/v1/query/{id}"), "deleting the query")
+        .await?;
+    Ok(format!("Query {id} deleted\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -355,6 +355,31 @@ pub fn median(mut distances: Vec<Duration>) -> Option<Duration> {
     distances.get(distances.len() / 2).copied()
 }
 
+/// The other datacenters, nearest first from `own`: each ranked by the median estimated
+/// round trip to its servers whose coordinates are known (Consul's
+/// `GetDatacentersByDistance`); a DC with none comes after every ranked one; ties and the
+/// unranked go by name.
+pub fn rank_datacenters<'a>(
+    local: &str,
+    own: &Coordinate,
+    servers: impl IntoIterator<Item = (&'a str, Option<&'a Coordinate>)>,
+) -> Vec<String> {
+    let mut by_dc: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    for (dc, coord) in servers {
+        let list = by_dc.entry(dc).or_default();
+        if let Some(c) = coord.filter(|c| c.is_compatible_with(own)) {
+            list.push(own.distance_to(c));
+        }
+    }
+    by_dc.remove(local);
+    let mut ranked: Vec<(Duration, &str)> = by_dc
+        .into_iter()
+        .map(|(dc, d)| (median(d).unwrap_or(Duration::MAX), dc))
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, dc)| dc.to_string()).collect()
+}
+
 /// Marks a gossip trailer holding a coordinate.
 const TRAILER_MAGIC: u8 = b'V';
 
@@ -506,6 +531,32 @@ mod tests {
         assert_eq!(median(vec![]), None);
         let d = |n| Duration::from_millis(n);
         assert_eq!(median(vec![d(9), d(1), d(5)]), Some(d(5)));
+    }
+
+    #[test]
+    fn datacenters_rank_by_the_median_to_their_servers() {
+        let at = |x: f64| Coordinate {
+            vec: vec![x, 0.0],
+            error: 0.1,
+            adjustment: 0.0,
+            height: 0.0,
+        };
+        let own = at(0.0);
+        let (a1, a2, a3, b1, far) = (at(0.010), at(0.500), at(0.012), at(0.040), at(0.9));
+        let servers = [
+            ("dc1", Some(&own)),
+            ("dcA", Some(&a1)),
+            ("dcA", Some(&a2)),
+            ("dcA", Some(&a3)),
+            ("dcB", Some(&b1)),
+            ("dcC", None),
+            ("dcD", Some(&far)),
+        ];
+        // dcA's median (12 ms) beats dcB (40 ms) despite one far server; dcC is unknown.
+        assert_eq!(
+            rank_datacenters("dc1", &own, servers),
+            ["dcA", "dcB", "dcD", "dcC"]
+        );
     }
 
     #[test]

@@ -86,6 +86,11 @@ enum Command {
         #[arg(long)]
         wan: bool,
     },
+    /// Prepared queries: create, list, execute, delete.
+    Query {
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
     /// Estimate the round trip between two nodes from their network coordinates.
     Rtt {
         #[command(flatten)]
@@ -326,6 +331,70 @@ impl HttpArgs {
         };
         Ok(ops::Client::connect(&self.http_addr, &tls)?.with_token(self.token.clone()))
     }
+}
+
+#[derive(Subcommand)]
+enum QueryCommand {
+    /// Define a query; prints its ID.
+    Create {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its name (what `execute` and DNS `<name>.query.consul` use).
+        #[arg(long)]
+        name: String,
+        /// The service it selects.
+        #[arg(long)]
+        service: String,
+        /// Fail over to this many nearest DCs (by network coordinates).
+        #[arg(long, default_value_t = 0)]
+        nearest_n: u32,
+        /// Then to these DCs, in order (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        datacenters: Vec<String>,
+        /// A tag every instance must carry (`!tag`: must not); repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Leave out instances with a warning check.
+        #[arg(long)]
+        only_passing: bool,
+        /// Sort by round trip from this node (`_agent`: the agent's).
+        #[arg(long)]
+        near: Option<String>,
+        /// The TTL of DNS answers (e.g. `10s`).
+        #[arg(long)]
+        dns_ttl: Option<String>,
+        /// Ours, not Consul's: fail over while fewer instances than this are selected.
+        #[arg(long, default_value_t = 0)]
+        min_passing: u32,
+    },
+    /// List the queries.
+    List {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Run a query by name or ID.
+    Execute {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its name or ID.
+        query: String,
+        /// Sort by round trip from this node (`_agent`, `_ip`, or a node).
+        #[arg(long)]
+        near: Option<String>,
+        /// At most this many instances.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The datacenter to run it in.
+        #[arg(long)]
+        datacenter: Option<String>,
+    },
+    /// Delete a query.
+    Delete {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its ID.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -678,6 +747,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
         Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
+        Command::Query { command } => match command {
+            QueryCommand::Create {
+                http,
+                name,
+                service,
+                nearest_n,
+                datacenters,
+                tags,
+                only_passing,
+                near,
+                dns_ttl,
+                min_passing,
+            } => {
+                let d = ops::QueryDefinition {
+                    name,
+                    service,
+                    nearest_n,
+                    datacenters,
+                    tags,
+                    only_passing,
+                    near,
+                    dns_ttl,
+                    min_passing,
+                };
+                operate(&http, |c, _| async move { ops::query_create(&c, &d).await })
+            }
+            QueryCommand::List { http } => {
+                operate(&http, |c, f| async move { ops::query_list(&c, f).await })
+            }
+            QueryCommand::Execute {
+                http,
+                query,
+                near,
+                limit,
+                datacenter,
+            } => operate(&http, |c, f| async move {
+                ops::query_execute(&c, &query, near.as_deref(), limit, datacenter.as_deref(), f)
+                    .await
+            }),
+            QueryCommand::Delete { http, id } => {
+                operate(
+                    &http,
+                    |c, _| async move { ops::query_delete(&c, &id).await },
+                )
+            }
+        },
         Command::Rtt {
             http,
             wan,

@@ -161,6 +161,9 @@ pub struct RpcMetrics {
     /// Writes answered "may have been applied": delivered to a server (or by a server to the
     /// leader) that was lost before it answered.
     pub indeterminate: IntCounter,
+    /// Prepared-query failovers to another DC, by outcome (`answered`, `too_few`: it had
+    /// fewer instances than asked, `error`: unreachable or failed).
+    pub query_failovers: IntCounterVec,
 }
 
 /// Metrics of the HTTP API (Consul's `consul.http.*`).
@@ -222,6 +225,18 @@ impl Metrics {
                     "consulate_rpc_writes_indeterminate_total",
                     "Writes answered 'may have been applied': delivered to a server that was \
                      lost before it answered.",
+                )
+                .expect("valid metric"),
+            ),
+            query_failovers: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_query_failovers_total",
+                        "Prepared-query failovers to another DC, by outcome (answered, \
+                         too_few, error).",
+                    ),
+                    &["outcome"],
                 )
                 .expect("valid metric"),
             ),

@@ -370,6 +370,7 @@ impl Agent {
             ),
         );
         let resolver = crate::dns::Resolver::new(
+            &config.node_name,
             &config.domain,
             &config.dns,
             dispatcher.clone(),

@@ -394,6 +394,14 @@ impl Dispatcher {
                 leader: raft.leader().map(|(_, node)| node),
                 voters: raft.voters(),
             })),
+            AgentRequest::ExecuteQuery(x) => {
+                let meta = match raft.read_barrier(x.mode).await {
+                    Ok(meta) => meta,
+                    Err(RaftNodeError::NotLeader { .. }) => return None,
+                    Err(e) => return Some(req.fail(e.into())),
+                };
+                AgentResponse::ExecuteQuery(self.execute_query(raft, x, meta, authz).await)
+            }
             AgentRequest::WanCoordinates(_) => {
                 AgentResponse::WanCoordinates(Ok(self.wan_coordinates()))
             }
@@ -445,6 +453,163 @@ impl Dispatcher {
                 RpcError::NotServed("a node-local probe is answered by the handler".into()),
             ),
         })
+    }
+
+    /// Runs a prepared query here: renders it, selects this DC's instances and, when too
+    /// few are selected and the query came from a client rather than from another DC's
+    /// server, fails over to the DCs its `Failover` names (the nearest `NearestN` by
+    /// network coordinates, then `Datacenters`), moving on past any DC that cannot be
+    /// reached or has none.
+    async fn execute_query(
+        &self,
+        raft: &RaftNode,
+        x: &crate::rpc::ExecuteQuery,
+        meta: ReadMeta,
+        authz: Option<Arc<Authorizer>>,
+    ) -> Result<crate::rpc::QueryExecution, RpcError> {
+        use crate::rpc::{QueryExecution, QueryRef};
+        let home = matches!(x.query, QueryRef::Named(_));
+        let (query, nodes, index) = {
+            let guard = raft.read();
+            let state = &guard.state;
+            let query = match &x.query {
+                QueryRef::Named(name) => state
+                    .prepared_query_for(name)
+                    .ok_or_else(|| RpcError::NotFound("Query not found".into()))?,
+                QueryRef::Definition(q) => (**q).clone(),
+            };
+            // A query with a token of its own runs with it (as Consul's).
+            let authz = match (&self.acl, query.token.is_empty()) {
+                (Some(acl), false) => Some(state.acl_authorizer(
+                    Some(&query.token),
+                    acl.default_allow,
+                    crate::acl::model::now_ms(),
+                )?),
+                _ => authz,
+            };
+            if x.explain {
+                if let Some(a) = &authz {
+                    a.check(&crate::acl::Permission::named(
+                        crate::acl::Resource::Query,
+                        query.name.as_str(),
+                        crate::acl::Access::Read,
+                    ))?;
+                }
+                let index = state.max_index(&[crate::state::Table::PreparedQueries]);
+                return Ok(QueryExecution {
+                    service: query.service.service.clone(),
+                    nodes: Vec::new(),
+                    dns_ttl: query.dns_ttl.clone(),
+                    datacenter: self.datacenter.clone(),
+                    failovers: 0,
+                    index,
+                    meta,
+                    query: Some(Box::new(query)),
+                });
+            }
+            let nodes = select_instances(state, &query.service, x, home, authz.as_deref());
+            let index = state.max_index(&[
+                crate::state::Table::Nodes,
+                crate::state::Table::Services,
+                crate::state::Table::Checks,
+            ]);
+            (query, nodes, index)
+        };
+        let enough = query.service.failover.min_passing.max(1) as usize;
+        let mut answer = QueryExecution {
+            service: query.service.service.clone(),
+            nodes,
+            dns_ttl: query.dns_ttl.clone(),
+            datacenter: self.datacenter.clone(),
+            failovers: 0,
+            index,
+            meta,
+            query: None,
+        };
+        if !home || answer.nodes.len() >= enough {
+            return Ok(answer);
+        }
+        let mut failovers = 0;
+        for dc in self.failover_order(&query.service.failover) {
+            failovers += 1;
+            let remote = AgentRequest::from(crate::rpc::ExecuteQuery {
+                dc: Some(dc.clone()),
+                query: QueryRef::Definition(Box::new(query.clone())),
+                near: None,
+                source: x.source.clone(),
+                limit: x.limit,
+                mode: x.mode,
+                explain: false,
+                token: x.token.clone(),
+            });
+            let reply = match self.cross_dc(&remote).await {
+                Ok(response) => crate::rpc::ExecuteQuery::reply(response),
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(found) if found.nodes.len() >= enough => {
+                    self.metrics
+                        .query_failovers
+                        .with_label_values(&["answered"])
+                        .inc();
+                    return Ok(QueryExecution { failovers, ..found });
+                }
+                Ok(found) => {
+                    self.metrics
+                        .query_failovers
+                        .with_label_values(&["too_few"])
+                        .inc();
+                    // Below `MinPassing` but more than this DC had: the best so far.
+                    if found.nodes.len() > answer.nodes.len() {
+                        answer = found;
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .query_failovers
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::debug!(datacenter = %dc, error = %e, "prepared query failover");
+                }
+            }
+        }
+        answer.failovers = failovers;
+        Ok(answer)
+    }
+
+    /// The DCs a query fails over to, in order: the `NearestN` nearest by network
+    /// coordinates, then `Datacenters` (never this DC, never twice).
+    fn failover_order(&self, f: &crate::state::prepared_query::Failover) -> Vec<String> {
+        let mut order: Vec<String> = Vec::new();
+        if f.nearest_n > 0
+            && let (Some(router), Some((me, wan))) = (&self.router, &self.wan_coordinates)
+        {
+            let own = wan.coordinate();
+            let servers: Vec<(String, Option<crate::coordinate::Coordinate>)> = router
+                .members()
+                .into_iter()
+                .map(|m| {
+                    let coord = if m.gossip_addr == *me {
+                        Some(own.clone())
+                    } else {
+                        wan.peer(m.gossip_addr)
+                    };
+                    (m.datacenter, coord)
+                })
+                .collect();
+            let ranked = crate::coordinate::rank_datacenters(
+                &self.datacenter,
+                &own,
+                servers.iter().map(|(dc, c)| (dc.as_str(), c.as_ref())),
+            );
+            order.extend(ranked.into_iter().take(f.nearest_n as usize));
+        }
+        for dc in &f.datacenters {
+            if *dc != self.datacenter && !order.contains(dc) {
+                order.push(dc.clone());
+            }
+        }
+        order
     }
 
     /// What the token `req` carries may do, when this server checks ACLs and `req` is one
@@ -692,4 +857,47 @@ impl Dispatcher {
 
 fn client_holds_no_raft() -> RpcError {
     RpcError::NotServed("client agents hold no Raft state".into())
+}
+
+/// The instances a prepared query selects in this DC, as the request asks: only those the
+/// token may read, sorted by estimated round trip from `?near=` (else the query's `Near`;
+/// `_agent` and `_ip` only where the request entered), else shuffled; at most `limit`.
+fn select_instances(
+    state: &crate::state::State,
+    q: &crate::state::prepared_query::ServiceQuery,
+    x: &crate::rpc::ExecuteQuery,
+    home: bool,
+    authz: Option<&Authorizer>,
+) -> Vec<crate::state::query::ServiceHealth> {
+    use crate::acl::{Access, Resource};
+    use crate::state::coordinates::Near;
+    let mut nodes = state.prepared_query_local(q);
+    if let Some(a) = authz {
+        nodes.retain(|h| {
+            a.allows_named(Resource::Service, &h.service.service, Access::Read)
+                && a.allows_named(Resource::Node, &h.node.node, Access::Read)
+        });
+    }
+    let near = x
+        .near
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(Some(q.near.as_str()).filter(|n| !n.is_empty()));
+    let near = match near {
+        Some("_agent") if home => Some(Near::Node(x.source.node.clone())),
+        Some("_ip") if home => x.source.ip.clone().map(Near::Address),
+        Some("_agent" | "_ip") | None => None,
+        Some(node) => Some(Near::Node(node.to_string())),
+    };
+    match near.as_ref().and_then(|n| state.distances_from(n)) {
+        Some(distance) => nodes.sort_by_cached_key(|h| distance(&h.node.node)),
+        None => {
+            use rand::seq::SliceRandom;
+            nodes.shuffle(&mut rand::rng());
+        }
+    }
+    if let Some(limit) = x.limit {
+        nodes.truncate(limit);
+    }
+    nodes
 }

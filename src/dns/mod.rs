@@ -70,6 +70,8 @@ pub struct Resolver {
 }
 
 struct Inner {
+    /// This agent's node: prepared queries' `_agent`.
+    node: String,
     dispatcher: Dispatcher,
     members: tokio::sync::watch::Receiver<Vec<Member>>,
     zone: Zone,
@@ -129,6 +131,29 @@ fn healthy_instances(list: Vec<ServiceHealth>, only_passing: bool) -> Vec<Instan
         .collect()
 }
 
+/// The instances a prepared query selected (its server already left out the unhealthy
+/// ones, its ignored checks aside), weighted by their worst remaining status.
+fn selected_instances(list: Vec<ServiceHealth>) -> Vec<Instance> {
+    list.into_iter()
+        .map(|h| {
+            let warning = h.checks.iter().any(|c| c.status == HealthStatus::Warning);
+            let weight = if warning {
+                h.service.weights.warning
+            } else {
+                h.service.weights.passing
+            };
+            Instance {
+                node: h.node.node,
+                node_address: h.node.address,
+                address: h.service.address,
+                port: h.service.port,
+                weight: u16::try_from(weight).unwrap_or(u16::MAX),
+            }
+        })
+        .filter(|i| i.weight > 0)
+        .collect()
+}
+
 fn type_label(t: RecordType) -> &'static str {
     match t {
         RecordType::A => "A",
@@ -178,6 +203,7 @@ impl Resolver {
     /// answers list the servers of the DC from LAN gossip's `members`. `bind` is the
     /// agent's address, used as the source of queries to loopback recursors.
     pub fn new(
+        node: &str,
         domain: &str,
         config: &DnsConfig,
         dispatcher: Dispatcher,
@@ -188,6 +214,7 @@ impl Resolver {
         let soa = config.soa;
         Resolver {
             inner: Arc::new(Inner {
+                node: node.to_string(),
                 dispatcher,
                 members,
                 zone: Zone {
@@ -346,6 +373,7 @@ impl Resolver {
                 (query, dc, ttl)
             }
             Lookup::Node { name, dc } => (Query::NodeServices { node: name }, dc, inner.node_ttl),
+            Lookup::Query { name, dc } => return self.prepared_query(name, dc).await,
         };
         let remote = dc.as_deref().filter(|d| *d != local).is_some();
         let dc_name = dc.clone().unwrap_or_else(|| local.to_string());
@@ -385,6 +413,41 @@ impl Resolver {
             inner.metrics.cross_dc.with_label_values(&[outcome]).inc();
         }
         found
+    }
+
+    /// Runs prepared query `name` (in `dc`): its instances, from whichever DC answered,
+    /// with the query's DNS TTL (else the service's).
+    async fn prepared_query(&self, name: String, dc: Option<String>) -> Found {
+        let inner = &self.inner;
+        let local = inner.dispatcher.datacenter().to_string();
+        let call = crate::rpc::ExecuteQuery {
+            dc,
+            query: crate::rpc::QueryRef::Named(name),
+            near: None,
+            source: crate::rpc::QuerySource {
+                node: inner.node.clone(),
+                datacenter: local,
+                ip: None,
+            },
+            limit: None,
+            mode: inner.read.mode,
+            explain: false,
+            // DNS carries no token: the agent's default token, or the anonymous one.
+            token: None,
+        };
+        match inner.dispatcher.call(call).await {
+            Ok(out) => {
+                let ttl = crate::duration::parse_go_duration(&out.dns_ttl)
+                    .map_or_else(|| service_ttl(&inner.service_ttl, &out.service), seconds);
+                Found::Service {
+                    instances: selected_instances(out.nodes),
+                    dc: out.datacenter,
+                    ttl,
+                }
+            }
+            Err(RpcError::NotFound(_) | RpcError::NoPathToDatacenter) => Found::NoSuchName,
+            Err(_) => Found::Failed,
+        }
     }
 
     /// The servers of this DC alive in LAN gossip, for NS answers.

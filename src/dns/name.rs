@@ -1,7 +1,8 @@
 //! What a DNS name asks for, as Consul reads names under its domain (pure).
 //!
 //! `[tag.]name.service[.dc]`, `_name._tag.service[.dc]` (RFC 2782; `_tcp` means no tag),
-//! `name.node[.dc]`, `hex.addr[.dc]`, and the domain itself. The rightmost keyword decides
+//! `name.node[.dc]`, `hex.addr[.dc]`, `query.query[.dc]` (a prepared query's name or ID),
+//! and the domain itself. The rightmost keyword decides
 //! the kind; at most one label after it names the datacenter.
 
 use std::net::IpAddr;
@@ -23,6 +24,13 @@ pub enum Lookup {
     /// A node's address.
     Node {
         /// Node name.
+        name: String,
+        /// Datacenter (`None`: the agent's own).
+        dc: Option<String>,
+    },
+    /// A prepared query's instances.
+    Query {
+        /// The query's name or ID.
         name: String,
         /// Datacenter (`None`: the agent's own).
         dc: Option<String>,
@@ -52,8 +60,8 @@ pub fn parse(labels: &[&str]) -> Lookup {
     let n = labels.len();
     // The kind is the last label, or the one before it when the last names a DC.
     let (kind_at, dc) = match labels[n - 1] {
-        "service" | "node" | "addr" => (n - 1, None),
-        dc if n >= 2 && matches!(labels[n - 2], "service" | "node" | "addr") => {
+        "service" | "node" | "addr" | "query" => (n - 1, None),
+        dc if n >= 2 && matches!(labels[n - 2], "service" | "node" | "addr" | "query") => {
             (n - 2, Some(dc.to_string()))
         }
         _ => return Lookup::Invalid,
@@ -82,6 +90,10 @@ pub fn parse(labels: &[&str]) -> Lookup {
             [] => Lookup::Invalid,
         },
         "node" => Lookup::Node {
+            name: parts.join("."),
+            dc,
+        },
+        "query" => Lookup::Query {
             name: parts.join("."),
             dc,
         },
@@ -133,6 +145,13 @@ mod tests {
     #[test]
     fn services_in_every_form() {
         assert_eq!(p("web.service.consul"), service("web", None, None));
+        assert_eq!(
+            p("geo-web.query.dc2.consul"),
+            Lookup::Query {
+                name: "geo-web".into(),
+                dc: Some("dc2".into())
+            }
+        );
         assert_eq!(
             p("web.service.dc2.consul"),
             service("web", None, Some("dc2"))

@@ -48,6 +48,7 @@ impl HttpError {
                 StatusCode::UNAUTHORIZED
             }
             HttpError::Rpc(RpcError::Acl(_)) => StatusCode::FORBIDDEN,
+            HttpError::Rpc(RpcError::NotFound(_)) => StatusCode::NOT_FOUND,
             HttpError::Internal(_) | HttpError::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -48,25 +48,31 @@ fn normalize_key(k: &str) -> String {
         .collect()
 }
 
-fn normalize(v: Value) -> Value {
+/// Keys of a prepared query's body for features consulate does not have (Connect,
+/// namespaces, peering), accepted and ignored.
+pub const QUERY_IGNORED: &[&str] = &["connect", "namespace", "partition", "peer", "samenessgroup"];
+
+fn normalize(v: Value, ignored: &[&str]) -> Value {
     match v {
         Value::Object(map) => {
             let mut out = Map::new();
             for (k, v) in map {
                 let key = normalize_key(&k);
-                if IGNORED.contains(&key.as_str()) {
+                if ignored.contains(&key.as_str()) {
                     continue;
                 }
                 let v = if USER_MAPS.contains(&key.as_str()) {
                     v
                 } else {
-                    normalize(v)
+                    normalize(v, ignored)
                 };
                 out.insert(key, v);
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| normalize(v, ignored)).collect())
+        }
         other => other,
     }
 }
@@ -74,6 +80,14 @@ fn normalize(v: Value) -> Value {
 /// Decodes a request body into `T`, whose serde names are the normalized keys. A body
 /// that is not JSON, has the wrong shape or an unknown key is a 400 saying why.
 pub fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
+    decode_ignoring(body, IGNORED)
+}
+
+/// [`decode`], accepting and dropping the keys in `ignored` instead of the catalog's.
+pub fn decode_ignoring<T: DeserializeOwned>(
+    body: &Bytes,
+    ignored: &[&str],
+) -> Result<T, HttpError> {
     let bad = |e: serde_json::Error| HttpError::BadRequest(format!("Request decode failed: {e}"));
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -85,7 +99,7 @@ pub fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
             "Request decode failed: the body must be a JSON object".into(),
         ));
     }
-    serde_json::from_value(normalize(value)).map_err(bad)
+    serde_json::from_value(normalize(value, ignored)).map_err(bad)
 }
 
 /// Consul's `Weights` in a request.

@@ -13,6 +13,7 @@ pub mod json;
 pub mod kv;
 pub mod limits;
 pub mod params;
+pub mod query;
 pub mod session;
 pub mod status;
 
@@ -242,6 +243,10 @@ routes! {
     "/v1/health/checks/{name}" [Data] => get(health::service_checks);
     "/v1/health/node/{node}" [Data] => get(health::node);
     "/v1/health/state/{state}" [Data] => get(health::state);
+    "/v1/query" [Data] => get(query::list).post(query::create);
+    "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);
+    "/v1/query/{id}/execute" [Data] => get(query::execute);
+    "/v1/query/{id}/explain" [Data] => get(query::explain);
     "/v1/coordinate/datacenters" [Public] => get(coordinate::datacenters);
     "/v1/coordinate/nodes" [Data] => get(coordinate::nodes);
     "/v1/coordinate/node/{node}" [Data] => get(coordinate::node);
@@ -556,6 +561,8 @@ mod tests {
                 "{path} changes state and takes GET"
             );
             let rest_object = path.starts_with("/v1/kv/")
+                || *path == "/v1/query"
+                || *path == "/v1/query/{id}"
                 || ["policy", "role", "token"]
                     .iter()
                     .any(|o| path.starts_with(&format!("/v1/acl/{o}/{{")));

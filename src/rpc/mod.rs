@@ -70,6 +70,9 @@ pub enum RpcError {
     /// programming mismatch).
     #[error("protocol mismatch: {0}")]
     Protocol(String),
+    /// What the request names does not exist (e.g. `Query not found`): a 404.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl RpcError {
@@ -80,6 +83,7 @@ impl RpcError {
             | RpcError::NotServed(_)
             | RpcError::NoPathToDatacenter
             | RpcError::NoReachableServer
+            | RpcError::NotFound(_)
             | RpcError::Acl(_) => true,
             RpcError::Forward { retry_safe, .. } => *retry_safe,
             RpcError::Indeterminate { .. } | RpcError::Raft(_) | RpcError::Protocol(_) => false,
@@ -282,6 +286,69 @@ pub struct DatacenterCoordinates {
     pub coordinates: Vec<crate::state::coordinates::NodeCoordinate>,
 }
 
+/// Runs a prepared query (`/v1/query/:id/execute`, its DNS name, or a server failing over
+/// to another DC: Consul's `Execute` and `ExecuteRemote`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteQuery {
+    /// The DC asked (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// Which query.
+    pub query: QueryRef,
+    /// `?near=` (`_agent`, `_ip` or a node; overrides the query's `Near`).
+    pub near: Option<String>,
+    /// Where the request came from, for `_agent` and `_ip`.
+    pub source: QuerySource,
+    /// At most this many instances (`?limit=`).
+    pub limit: Option<usize>,
+    /// The consistency mode.
+    pub mode: ReadMode,
+    /// Only render the query (`/explain`), do not run it.
+    pub explain: bool,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
+}
+
+/// A prepared query named by a request, or sent whole by a server failing over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueryRef {
+    /// Its ID or name (a template renders for the name).
+    Named(String),
+    /// The definition as rendered where the execution started (run as is, no failover).
+    Definition(Box<crate::state::prepared_query::PreparedQuery>),
+}
+
+/// Where an execution was asked: the agent's node and DC, and the client's address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QuerySource {
+    /// The agent the request reached.
+    pub node: String,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// The client's address (`X-Forwarded-For` or the connection's).
+    pub ip: Option<String>,
+}
+
+/// The answer to [`ExecuteQuery`] (Consul's `PreparedQueryExecuteResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryExecution {
+    /// The service queried.
+    pub service: String,
+    /// The instances selected, with their nodes and checks.
+    pub nodes: Vec<crate::state::query::ServiceHealth>,
+    /// The query's DNS TTL (Go duration; empty: the default).
+    pub dns_ttl: String,
+    /// The DC that answered.
+    pub datacenter: String,
+    /// How many other DCs were asked.
+    pub failovers: u32,
+    /// The answering DC's catalog index.
+    pub index: u64,
+    /// Leadership as the answering server saw it.
+    pub meta: crate::raft::ReadMeta,
+    /// With `explain`: the query as rendered.
+    pub query: Option<Box<crate::state::prepared_query::PreparedQuery>>,
+}
+
 /// Renew a session at the DC's leader (which keeps the TTL timers); the reply is the
 /// session, `None` if there is no such session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -418,6 +485,7 @@ calls! {
     GetRaftStatus => RaftStatus, "raft_status";
     ListDatacenters => Vec<String>, "datacenters";
     WanCoordinates => Vec<DatacenterCoordinates>, "wan_coordinates";
+    ExecuteQuery => QueryExecution, "query_execute";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }
@@ -431,7 +499,8 @@ impl AgentRequest {
             | AgentRequest::GetRaftStatus(GetRaftStatus { dc })
             | AgentRequest::RenewSession(RenewSession { dc, .. })
             | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc })
-            | AgentRequest::ResolveToken(ResolveToken { dc, .. }) => dc.as_deref(),
+            | AgentRequest::ResolveToken(ResolveToken { dc, .. })
+            | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -443,7 +512,8 @@ impl AgentRequest {
             AgentRequest::Write(Write { token, .. })
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
-            | AgentRequest::ResolveToken(ResolveToken { token, .. }) => Some(token.as_ref()),
+            | AgentRequest::ResolveToken(ResolveToken { token, .. })
+            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -454,7 +524,8 @@ impl AgentRequest {
             AgentRequest::Write(Write { token, .. })
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
-            | AgentRequest::ResolveToken(ResolveToken { token, .. }) => Some(token),
+            | AgentRequest::ResolveToken(ResolveToken { token, .. })
+            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. }) => Some(token),
             _ => None,
         }
     }
@@ -467,6 +538,7 @@ impl AgentRequest {
                 true
             }
             AgentRequest::Read(r) => r.opts.mode.needs_leader(),
+            AgentRequest::ExecuteQuery(x) => x.mode.needs_leader(),
             _ => false,
         }
     }

@@ -65,6 +65,19 @@ impl State {
             | Command::AclReplicated => {
                 authz.check(&Permission::scalar(Scalar::Acl, Access::Write))
             }
+            // Consul: `query:write` on the name (an unnamed query: on its prefix ""); a
+            // change also needs it on the name the query had.
+            Command::PreparedQueryCreate(q) | Command::PreparedQueryUpdate(q) => {
+                need(Resource::Query, &q.name, Access::Write)?;
+                match self.data.prepared_queries.get(&q.id) {
+                    Some(old) => need(Resource::Query, &old.name, Access::Write),
+                    None => Ok(()),
+                }
+            }
+            Command::PreparedQueryDelete { id } => match self.data.prepared_queries.get(id) {
+                Some(old) => need(Resource::Query, &old.name, Access::Write),
+                None => need(Resource::Query, "", Access::Write),
+            },
             Command::CoordinatesUpdate(updates) => updates
                 .iter()
                 .try_for_each(|u| need(Resource::Node, &u.node, Access::Write)),
@@ -216,6 +229,18 @@ pub fn filter_result(
         r @ QueryResult::AclSet(_) => {
             authz.check(&Permission::scalar(Scalar::Acl, Access::Write))?;
             r
+        }
+        // A definition's token is shown only to who may change the ACL system (as Consul).
+        QueryResult::PreparedQueries(mut v) => {
+            v.retain(|q| keep(can(Resource::Query, &q.name)));
+            if !authz.allows(&Permission::scalar(Scalar::Acl, Access::Write)) {
+                for q in &mut v {
+                    if !q.token.is_empty() {
+                        q.token = "<hidden>".into();
+                    }
+                }
+            }
+            QueryResult::PreparedQueries(v)
         }
         QueryResult::Coordinates(mut v) => {
             v.retain(|c| keep(can(Resource::Node, &c.node)));

@@ -17,6 +17,7 @@ mod catalog;
 pub mod coordinates;
 mod kv;
 mod kv_watch;
+pub mod prepared_query;
 pub mod query;
 pub mod session_ttl;
 mod sessions;
@@ -49,10 +50,12 @@ pub enum Table {
     Acl,
     /// Network coordinates of the nodes.
     Coordinates,
+    /// Prepared queries.
+    PreparedQueries,
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 8] = [
         Table::Nodes,
         Table::Services,
         Table::Checks,
@@ -60,6 +63,7 @@ impl Table {
         Table::Sessions,
         Table::Acl,
         Table::Coordinates,
+        Table::PreparedQueries,
     ];
 
     fn slot(self) -> usize {
@@ -168,6 +172,15 @@ pub enum Command {
     AclReplicated,
     /// Nodes' network coordinates, as their agents report them.
     CoordinatesUpdate(Vec<coordinates::NodeCoordinate>),
+    /// Creates a prepared query (its ID chosen by the proposer).
+    PreparedQueryCreate(Box<prepared_query::PreparedQuery>),
+    /// Replaces an existing prepared query's definition (by ID).
+    PreparedQueryUpdate(Box<prepared_query::PreparedQuery>),
+    /// Deletes a prepared query.
+    PreparedQueryDelete {
+        /// Its ID.
+        id: String,
+    },
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -285,6 +298,9 @@ pub struct Tables {
     /// Network coordinates by node name.
     #[serde(default)]
     coordinates: OrdMap<String, crate::coordinate::Coordinate>,
+    /// Prepared queries by ID.
+    #[serde(default)]
+    prepared_queries: OrdMap<String, prepared_query::PreparedQuery>,
     /// Per table, the log index of its last change (snapshots of older versions hold
     /// fewer; the missing ones start at 0).
     indexes: Vec<u64>,
@@ -436,6 +452,9 @@ impl State {
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor),
             Command::AclReplicated => self.acl_replicated(index),
             Command::CoordinatesUpdate(updates) => self.coordinates_update(index, updates),
+            Command::PreparedQueryCreate(q) => self.prepared_query_set(index, *q, true),
+            Command::PreparedQueryUpdate(q) => self.prepared_query_set(index, *q, false),
+            Command::PreparedQueryDelete { id } => self.prepared_query_delete(index, &id),
         }
     }
 }

@@ -122,6 +122,11 @@ pub enum Query {
     /// What other DCs replicate from the primary: every policy and role, and every token
     /// that is not `Local` (secrets included).
     AclReplication,
+    /// `GET /v1/query` (`None`) or `/v1/query/:id` (by ID only).
+    PreparedQueries {
+        /// Only this one.
+        id: Option<String>,
+    },
     /// `coordinate/nodes` (`None`) or `coordinate/node/:node`.
     Coordinates {
         /// Only this node's.
@@ -156,16 +161,7 @@ pub enum AclName {
     Name(String),
 }
 
-/// One service instance with its node and the checks that decide its health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceHealth {
-    /// The node.
-    pub node: Node,
-    /// The instance.
-    pub service: Service,
-    /// Node-level checks, then the instance's own.
-    pub checks: Vec<Check>,
-}
+pub use super::types::ServiceHealth;
 
 /// What a [`Query`] returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +194,8 @@ pub enum QueryResult {
     AclSet(Box<AclSet>),
     /// Nodes' network coordinates.
     Coordinates(Vec<super::coordinates::NodeCoordinate>),
+    /// Prepared query definitions.
+    PreparedQueries(Vec<super::prepared_query::PreparedQuery>),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -258,6 +256,7 @@ impl Query {
             | Query::AclTokenSelf { .. }
             | Query::AclReplication => &[Table::Acl],
             Query::Coordinates { .. } => &[Table::Coordinates],
+            Query::PreparedQueries { .. } => &[Table::PreparedQueries],
             Query::Near { query, .. } => query.tables(),
         }
     }
@@ -419,6 +418,13 @@ impl Query {
             Query::Coordinates { node } => {
                 QueryResult::Coordinates(state.coordinates(node.as_deref()))
             }
+            Query::PreparedQueries { id } => QueryResult::PreparedQueries(
+                state
+                    .prepared_queries()
+                    .filter(|q| id.as_ref().is_none_or(|id| *id == q.id))
+                    .cloned()
+                    .collect(),
+            ),
             Query::Near { near, query } => {
                 let mut result = query.run(state);
                 if let Some(distance) = state.distances_from(near) {

@@ -46,6 +46,7 @@ impl State {
             return;
         };
         self.touch(Table::Sessions, index);
+        self.prepared_queries_of_session_end(index, id);
         let held: Vec<String> = self
             .data
             .kv

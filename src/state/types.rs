@@ -437,3 +437,14 @@ mod bounds_tests {
         assert!(req.check_bounds().unwrap_err().contains("Node name"));
     }
 }
+
+/// One service instance with its node and the checks that decide its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    /// The node.
+    pub node: Node,
+    /// The instance.
+    pub service: Service,
+    /// Node-level checks, then the instance's own.
+    pub checks: Vec<Check>,
+}

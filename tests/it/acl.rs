@@ -378,6 +378,9 @@ async fn every_route_refuses_or_filters_a_request_without_a_token() {
             "/v1/acl/policy" | "/v1/acl/policy/{id}" => json!({"Name": "p", "Rules": ""}),
             "/v1/acl/role" | "/v1/acl/role/{id}" => json!({"Name": "r"}),
             "/v1/acl/token" | "/v1/acl/token/{accessor}" => json!({"Description": "t"}),
+            "/v1/query" | "/v1/query/{id}" => {
+                json!({"Name": "secretq", "Service": {"Service": "secretsvc"}})
+            }
             "/v1/coordinate/update" => json!({"Node": "secretnode", "Coord": {
                 "Vec": vec![0.0; 8], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5}}),
             _ => return None,

@@ -14,6 +14,7 @@ mod health_checks;
 mod http_catalog;
 mod http_kv;
 mod https;
+mod prepared_query;
 mod prometheus;
 mod py_consul;
 mod raft_cluster;
