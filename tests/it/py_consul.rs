@@ -1,7 +1,8 @@
 //! Compatibility with a real Consul client: the PyPI `py-consul` library (installed into
 //! `target/py-venv` by `.ci/run`) drives a client agent of a real 3-server DC through
 //! `tests/py/consul_compat.py`: agent service with a check, catalog, health `?passing`, KV
-//! put/get/CAS/recurse/delete, and a blocking `kv.get(index=...)` woken by another thread.
+//! put/get/CAS/recurse/delete, a blocking `kv.get(index=...)` woken by another thread;
+//! then its prepared-query and coordinate APIs (`tests/py/consul_query.py`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,7 +52,7 @@ async fn py_consul_drives_a_client_agent() {
     )
     .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_compat.py");
-    let out = tokio::process::Command::new(python)
+    let out = tokio::process::Command::new(&python)
         .arg(script)
         .args([&agent, &leader])
         .output()
@@ -60,6 +61,36 @@ async fn py_consul_drives_a_client_agent() {
     assert!(
         out.status.success(),
         "py-consul run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Prepared queries and coordinates through py-consul: `web` passing on one node,
+    // critical on another.
+    for (node, status) in [("web-1", "passing"), ("web-2", "critical")] {
+        let body = serde_json::json!({
+            "Node": node, "Address": "10.9.0.1",
+            "Service": {"ID": node, "Service": "web", "Port": 80},
+            "Check": {"CheckID": "up", "Name": "up", "ServiceID": node, "Status": status},
+        });
+        let r = http
+            .put(format!("http://{agent}/v1/catalog/register"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_query.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&agent)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-consul queries failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
