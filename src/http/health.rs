@@ -12,13 +12,23 @@ use super::params::{ClientIp, Params};
 use super::{Api, near, read};
 use crate::state::query::{Query, QueryResult};
 
-/// One entry of `health/service/:name`.
+/// One entry of `health/service/:name` (and of a prepared query's answer).
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct HealthJson<'a> {
+pub struct HealthJson<'a> {
     node: NodeJson<'a>,
     service: ServiceJson<'a>,
     checks: Vec<CheckJson<'a>>,
+}
+
+impl<'a> From<&'a crate::state::query::ServiceHealth> for HealthJson<'a> {
+    fn from(h: &'a crate::state::query::ServiceHealth) -> Self {
+        HealthJson {
+            node: NodeJson::from(&h.node),
+            service: ServiceJson::new(&h.service, &h.node.datacenter),
+            checks: h.checks.iter().map(CheckJson::from).collect(),
+        }
+    }
 }
 
 /// `GET /v1/health/service/:name` with `?passing`, `?tag=` and `?node-meta=`.
@@ -40,14 +50,7 @@ pub async fn service(
     let QueryResult::Health(entries) = &out.result else {
         return Err(HttpError::shape());
     };
-    let json: Vec<HealthJson> = entries
-        .iter()
-        .map(|h| HealthJson {
-            node: NodeJson::from(&h.node),
-            service: ServiceJson::new(&h.service, &h.node.datacenter),
-            checks: h.checks.iter().map(CheckJson::from).collect(),
-        })
-        .collect();
+    let json: Vec<HealthJson> = entries.iter().map(HealthJson::from).collect();
     Ok((headers, Json(json)).into_response())
 }
 

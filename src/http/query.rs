@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::error::HttpError;
-use super::json::{CheckJson, NodeJson, QUERY_IGNORED, ServiceJson, decode_ignoring};
+use super::health::HealthJson;
+use super::json::{QUERY_IGNORED, decode_ignoring};
 use super::params::{ClientIp, Params};
 use super::{Api, read, read_headers};
 use crate::rpc::{ExecuteQuery, QueryExecution, QueryRef, QuerySource};
@@ -344,25 +345,26 @@ pub async fn execute(
     client: ClientIp,
 ) -> Result<Response, HttpError> {
     let (headers, out) = run(&api, id, &p, client, false).await?;
-    let nodes: Vec<serde_json::Value> = out
-        .nodes
-        .iter()
-        .map(|h| {
-            serde_json::json!({
-                "Node": NodeJson::from(&h.node),
-                "Service": ServiceJson::new(&h.service, &h.node.datacenter),
-                "Checks": h.checks.iter().map(CheckJson::from).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let json = serde_json::json!({
-        "Service": out.service,
-        "Nodes": nodes,
-        "DNS": {"TTL": out.dns_ttl},
-        "Datacenter": out.datacenter,
-        "Failovers": out.failovers,
-    });
+    let json = ExecuteJson {
+        service: &out.service,
+        nodes: out.nodes.iter().map(HealthJson::from).collect(),
+        dns: DnsJson { ttl: &out.dns_ttl },
+        datacenter: &out.datacenter,
+        failovers: out.failovers,
+    };
     Ok((headers, Json(json)).into_response())
+}
+
+/// An execution's answer as Consul shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ExecuteJson<'a> {
+    service: &'a str,
+    nodes: Vec<HealthJson<'a>>,
+    #[serde(rename = "DNS")]
+    dns: DnsJson<'a>,
+    datacenter: &'a str,
+    failovers: u32,
 }
 
 /// `GET /v1/query/:id/explain`: the query as it runs for that name (templates rendered).

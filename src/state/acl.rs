@@ -99,7 +99,7 @@ impl State {
         now_ms: u64,
     ) -> Result<Arc<Authorizer>, AclError> {
         let key = (secret.map(model::secret_digest), default_allow);
-        if let Some((expires, authz)) = self.acl_resolved.lock().expect("acl cache").get(&key)
+        if let Some((expires, authz)) = self.acl_resolved.read().expect("acl cache").get(&key)
             && expires.is_none_or(|t| t > now_ms)
         {
             return Ok(authz.clone());
@@ -114,7 +114,7 @@ impl State {
             None => Authorizer::management(token.accessor_id),
             Some(rules) => Authorizer::of_rules(token.accessor_id, rules, default_allow),
         });
-        let mut cache = self.acl_resolved.lock().expect("acl cache");
+        let mut cache = self.acl_resolved.write().expect("acl cache");
         if cache.len() >= RESOLVED_MAX {
             cache.clear();
         }
@@ -529,7 +529,7 @@ const RESOLVED_MAX: usize = 4096;
 
 /// Resolved tokens by (SHA-256 of the secret, `None` for the anonymous token; the default
 /// policy): when the token expires, and what it may do.
-pub(super) type ResolvedTokens = std::sync::Mutex<
+pub(super) type ResolvedTokens = std::sync::RwLock<
     std::collections::HashMap<(Option<[u8; 32]>, bool), (Option<u64>, Arc<Authorizer>)>,
 >;
 

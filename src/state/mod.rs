@@ -341,7 +341,7 @@ impl State {
         self.by_name = name_index(&data);
         self.acl_secrets = secret_index(&data);
         self.acl_compiled = acl::compile_policies(&data.acl_policies);
-        self.acl_resolved.lock().expect("acl cache").clear();
+        self.acl_resolved.write().expect("acl cache").clear();
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -392,7 +392,7 @@ impl State {
 
     fn touch(&mut self, table: Table, index: u64) {
         if table == Table::Acl {
-            self.acl_resolved.lock().expect("acl cache").clear();
+            self.acl_resolved.write().expect("acl cache").clear();
         }
         self.data.indexes[table.slot()] = index;
         self.watches[table.slot()].send_replace(index);

@@ -1044,3 +1044,74 @@ mod acl {
         );
     }
 }
+
+fn prepared(id: &str, name: &str, session: &str) -> Box<prepared_query::PreparedQuery> {
+    Box::new(prepared_query::PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        session: session.into(),
+        token: String::new(),
+        service: prepared_query::ServiceQuery {
+            service: "web".into(),
+            ..Default::default()
+        },
+        dns_ttl: String::new(),
+        template: None,
+        create_index: 0,
+        modify_index: 0,
+    })
+}
+
+#[test]
+fn prepared_queries_have_unique_names_and_die_with_their_session() {
+    let mut s = State::default();
+    let create = |q| Command::PreparedQueryCreate(q);
+    assert_eq!(
+        s.apply(2, create(prepared("q1", "web", "")), now()),
+        CommandResult::Ok
+    );
+    assert_eq!(
+        s.apply(3, create(prepared("q2", "web", "")), now()),
+        CommandResult::Rejected("Name 'web' aliases an existing query name".into())
+    );
+    assert_eq!(
+        s.apply(3, create(prepared("q1", "other", "")), now()),
+        CommandResult::Rejected("Query ID must be new".into())
+    );
+    assert!(matches!(
+        s.apply(
+            4,
+            Command::PreparedQueryUpdate(prepared("nope", "x", "")),
+            now()
+        ),
+        CommandResult::Rejected(_)
+    ));
+    // Updated in place: CreateIndex kept.
+    assert_eq!(
+        s.apply(
+            5,
+            Command::PreparedQueryUpdate(prepared("q1", "web2", "")),
+            now()
+        ),
+        CommandResult::Ok
+    );
+    let q = s.prepared_query_for("web2").unwrap();
+    assert_eq!((q.create_index, q.modify_index), (2, 5));
+    assert!(s.prepared_query_for("web").is_none());
+    assert_eq!(s.prepared_query_for("q1").unwrap().name, "web2");
+    // Bound to a session: gone when the session ends.
+    s.apply(6, serf("n1", HealthStatus::Passing), now());
+    s.apply(7, session("s1", "n1", SessionBehavior::Release, 0), now());
+    assert_eq!(
+        s.apply(
+            8,
+            Command::PreparedQueryCreate(prepared("q3", "", "s1")),
+            now()
+        ),
+        CommandResult::Ok
+    );
+    assert_eq!(s.prepared_queries().count(), 2);
+    s.apply(9, Command::SessionDestroy { id: "s1".into() }, now());
+    assert_eq!(s.prepared_queries().count(), 1);
+    assert_eq!(s.max_index(&[Table::PreparedQueries]), 9);
+}

@@ -363,11 +363,13 @@ pub fn spawn_up(dir: &Path, args: &[&str]) -> (ChildGuard, std::path::PathBuf) {
     (ChildGuard(Some(child), Some(out_path.clone())), out_path)
 }
 
-/// Waits until `up` reports the federation ready; its output so far.
+/// Waits until `up` reports the federation ready, its whole report printed (the last
+/// line of which says how to stop it); its output so far.
 pub async fn up_ready(out_path: &Path) -> String {
     eventually(Duration::from_secs(60), "`up` reporting ready", || async {
         let text = std::fs::read_to_string(out_path).ok()?;
-        text.contains("Federation ready").then_some(text)
+        (text.contains("Federation ready") && text.contains("Ctrl-C stops every agent"))
+            .then_some(text)
     })
     .await
 }
