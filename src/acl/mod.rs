@@ -200,7 +200,17 @@ impl Authorizer {
     /// delete): write on the prefix itself, and no rule for a longer name under it that
     /// grants less (Consul's `KeyWritePrefix`).
     pub fn allows_write_under(&self, kind: Resource, prefix: &str) -> bool {
-        if !self.allows(&Permission::named(kind, prefix, Access::Write)) {
+        self.allows_under(kind, prefix, Access::Write)
+    }
+
+    /// Whether the token may read every `kind` resource whose name starts with `prefix`
+    /// (a transaction's `get-tree`).
+    pub fn allows_read_under(&self, kind: Resource, prefix: &str) -> bool {
+        self.allows_under(kind, prefix, Access::Read)
+    }
+
+    fn allows_under(&self, kind: Resource, prefix: &str, access: Access) -> bool {
+        if !self.allows(&Permission::named(kind, prefix, access)) {
             return false;
         }
         let Kind::Rules { rules, .. } = &self.kind else {
@@ -214,7 +224,7 @@ impl Authorizer {
             .iter()
             .chain(&segments.prefix)
             .filter(|(name, _)| name.starts_with(prefix))
-            .all(|(_, a)| a.allows(Access::Write))
+            .all(|(_, a)| a.allows(access))
     }
 
     /// `Ok` when the token may do `p`, else the 403 saying what it lacks.

@@ -116,7 +116,7 @@ async fn apply(api: &Api, p: &Params, cmd: Command, forbidden: bool) -> Result<(
         CommandResult::Ok | CommandResult::Bool(_) => Ok(()),
         CommandResult::Rejected(why) if forbidden => Err(HttpError::Forbidden(why)),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
-        CommandResult::Batch(_) => Err(HttpError::shape()),
+        CommandResult::Batch(_) | CommandResult::Txn(_) => Err(HttpError::shape()),
     }
 }
 

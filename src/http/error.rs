@@ -23,6 +23,9 @@ pub enum HttpError {
     /// The request body exceeds the endpoint's limit.
     #[error("Request body too large, max size: {0} bytes")]
     TooLarge(usize),
+    /// A transaction with more operations than allowed (Consul's words).
+    #[error("Transaction contains too many operations ({0} > {1})")]
+    TooManyOps(usize, usize),
     /// A bug: an answer of the wrong shape. Never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,7 +45,7 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound | HttpError::NotFoundBecause(_) => StatusCode::NOT_FOUND,
-            HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::TooLarge(_) | HttpError::TooManyOps(..) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::Rpc(RpcError::Acl(crate::acl::AclError::Disabled)) => {
                 StatusCode::UNAUTHORIZED

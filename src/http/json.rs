@@ -83,6 +83,21 @@ pub fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
     decode_ignoring(body, IGNORED)
 }
 
+/// A body that is a JSON array of objects (`/v1/txn`), each decoded as [`decode`] does.
+pub fn decode_list<T: DeserializeOwned>(body: &Bytes) -> Result<Vec<T>, HttpError> {
+    let bad = |e: serde_json::Error| HttpError::BadRequest(format!("Request decode failed: {e}"));
+    let value: Value = serde_json::from_slice(body).map_err(bad)?;
+    let Value::Array(items) = value else {
+        return Err(HttpError::BadRequest(
+            "Request decode failed: the body must be a JSON array".into(),
+        ));
+    };
+    items
+        .into_iter()
+        .map(|v| serde_json::from_value(normalize(v, IGNORED)).map_err(bad))
+        .collect()
+}
+
 /// [`decode`], accepting and dropping the keys in `ignored` instead of the catalog's.
 pub fn decode_ignoring<T: DeserializeOwned>(
     body: &Bytes,

@@ -16,7 +16,7 @@ use crate::state::{Command, CommandResult, KvEntry};
 /// A KV entry in Consul's JSON shape.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct KvJson<'a> {
+pub struct KvJson<'a> {
     lock_index: u64,
     key: &'a str,
     flags: u64,
@@ -85,7 +85,7 @@ fn bool_answer(r: CommandResult) -> Result<Response, HttpError> {
         CommandResult::Bool(b) => Ok(Json(b).into_response()),
         CommandResult::Ok => Ok(Json(true).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
-        CommandResult::Batch(_) => Err(HttpError::shape()),
+        CommandResult::Batch(_) | CommandResult::Txn(_) => Err(HttpError::shape()),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod params;
 pub mod query;
 pub mod session;
 pub mod status;
+pub mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -187,7 +188,7 @@ async fn write_ok(
         CommandResult::Ok | CommandResult::Bool(true) => Ok(Json(true).into_response()),
         CommandResult::Bool(false) => Ok(Json(false).into_response()),
         CommandResult::Rejected(why) => Err(HttpError::BadRequest(why)),
-        CommandResult::Batch(_) => Err(HttpError::shape()),
+        CommandResult::Batch(_) | CommandResult::Txn(_) => Err(HttpError::shape()),
     }
 }
 
@@ -243,6 +244,7 @@ routes! {
     "/v1/health/checks/{name}" [Data] => get(health::service_checks);
     "/v1/health/node/{node}" [Data] => get(health::node);
     "/v1/health/state/{state}" [Data] => get(health::state);
+    "/v1/txn" [Data] => put(txn::txn);
     "/v1/query" [Data] => get(query::list).post(query::create);
     "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);
     "/v1/query/{id}/execute" [Data] => get(query::execute);

@@ -9,6 +9,7 @@
 use crate::acl::{Access, AclError, Authorizer, Permission, Resource, Scalar};
 
 use super::query::{Query, QueryResult};
+use super::txn::KvOp;
 use super::{Command, RegisterRequest, State};
 
 impl State {
@@ -47,6 +48,9 @@ impl State {
                     })
                 }
             }
+            Command::Txn(ops) => ops
+                .iter()
+                .try_for_each(|op| self.authorize_txn_op(authz, op)),
             Command::SessionCreate(s) => need(Resource::Session, &s.node, Access::Write),
             // An unknown session has no node to check: only a token that may end any
             // session's (`session_prefix ""`) learns that it is unknown.
@@ -84,6 +88,25 @@ impl State {
             Command::Batch(cmds) => cmds
                 .iter()
                 .try_for_each(|c| self.authorize_command(authz, c)),
+        }
+    }
+
+    /// What one transaction operation needs: `key:read` to read or check a key, `key:write`
+    /// to change it, and on every key under the prefix for the tree verbs (as Consul).
+    pub fn authorize_txn_op(&self, authz: &Authorizer, op: &KvOp) -> Result<(), AclError> {
+        use super::txn::KvVerb;
+        let key = op.key.as_str();
+        match op.verb {
+            KvVerb::DeleteTree => self.authorize_command(
+                authz,
+                &Command::KvDeleteTree {
+                    prefix: key.to_string(),
+                },
+            ),
+            verb if verb.writes() => {
+                authz.check(&Permission::named(Resource::Key, key, Access::Write))
+            }
+            _ => check_txn_read(authz, op),
         }
     }
 
@@ -143,6 +166,10 @@ pub fn filter_result(
     result: QueryResult,
 ) -> Result<(QueryResult, bool), AclError> {
     let can = |kind, name: &str| authz.allows_named(kind, name, Access::Read);
+    // A read-only transaction needs what each of its operations does, or is refused whole.
+    if let Query::Txn(ops) = query {
+        ops.iter().try_for_each(|op| check_txn_read(authz, op))?;
+    }
     if let Query::KvGet { key } = query
         && !can(Resource::Key, key)
     {
@@ -242,6 +269,7 @@ pub fn filter_result(
             }
             QueryResult::PreparedQueries(v)
         }
+        r @ QueryResult::Txn(_) => r,
         QueryResult::Coordinates(mut v) => {
             v.retain(|c| keep(can(Resource::Node, &c.node)));
             QueryResult::Coordinates(v)
@@ -252,4 +280,18 @@ pub fn filter_result(
         }
     };
     Ok((out, removed))
+}
+
+/// What a read or check of a transaction needs (`key:read`; on every key under the
+/// prefix for `get-tree`).
+fn check_txn_read(authz: &Authorizer, op: &KvOp) -> Result<(), AclError> {
+    let key = op.key.as_str();
+    if op.verb == super::txn::KvVerb::GetTree && !authz.allows_read_under(Resource::Key, key) {
+        authz.check(&Permission::named(Resource::Key, key, Access::Read))?;
+        return Err(AclError::PermissionDenied {
+            accessor: authz.accessor().to_string(),
+            permission: format!("permission 'key:read' on every key under {key:?}"),
+        });
+    }
+    authz.check(&Permission::named(Resource::Key, key, Access::Read))
 }

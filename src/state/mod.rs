@@ -21,6 +21,7 @@ pub mod prepared_query;
 pub mod query;
 pub mod session_ttl;
 mod sessions;
+pub mod txn;
 pub mod types;
 
 use imbl::OrdMap;
@@ -181,6 +182,8 @@ pub enum Command {
         /// Its ID.
         id: String,
     },
+    /// A transaction: KV operations applied in order, all or none.
+    Txn(Vec<txn::KvOp>),
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -227,6 +230,8 @@ pub enum CommandResult {
     Rejected(String),
     /// The results of a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
+    /// What a [`Command::Txn`] did.
+    Txn(txn::TxnOutcome),
 }
 
 /// The catalog and KV store of one datacenter.
@@ -455,6 +460,7 @@ impl State {
             Command::PreparedQueryCreate(q) => self.prepared_query_set(index, *q, true),
             Command::PreparedQueryUpdate(q) => self.prepared_query_set(index, *q, false),
             Command::PreparedQueryDelete { id } => self.prepared_query_delete(index, &id),
+            Command::Txn(ops) => self.txn(index, &ops),
         }
     }
 }

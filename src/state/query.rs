@@ -127,6 +127,8 @@ pub enum Query {
         /// Only this one.
         id: Option<String>,
     },
+    /// A transaction of reads and checks only (`/v1/txn` without writes).
+    Txn(Vec<super::txn::KvOp>),
     /// `coordinate/nodes` (`None`) or `coordinate/node/:node`.
     Coordinates {
         /// Only this node's.
@@ -196,6 +198,8 @@ pub enum QueryResult {
     Coordinates(Vec<super::coordinates::NodeCoordinate>),
     /// Prepared query definitions.
     PreparedQueries(Vec<super::prepared_query::PreparedQuery>),
+    /// What a read-only transaction answered.
+    Txn(super::txn::TxnOutcome),
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -257,6 +261,7 @@ impl Query {
             | Query::AclReplication => &[Table::Acl],
             Query::Coordinates { .. } => &[Table::Coordinates],
             Query::PreparedQueries { .. } => &[Table::PreparedQueries],
+            Query::Txn(_) => &[Table::Kv],
             Query::Near { query, .. } => query.tables(),
         }
     }
@@ -418,6 +423,7 @@ impl Query {
             Query::Coordinates { node } => {
                 QueryResult::Coordinates(state.coordinates(node.as_deref()))
             }
+            Query::Txn(ops) => QueryResult::Txn(state.txn_read(ops)),
             Query::PreparedQueries { id } => QueryResult::PreparedQueries(
                 state
                     .prepared_queries()

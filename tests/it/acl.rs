@@ -378,6 +378,7 @@ async fn every_route_refuses_or_filters_a_request_without_a_token() {
             "/v1/acl/policy" | "/v1/acl/policy/{id}" => json!({"Name": "p", "Rules": ""}),
             "/v1/acl/role" | "/v1/acl/role/{id}" => json!({"Name": "r"}),
             "/v1/acl/token" | "/v1/acl/token/{accessor}" => json!({"Description": "t"}),
+            "/v1/txn" => json!([{"KV": {"Verb": "set", "Key": "secret/k", "Value": "dg=="}}]),
             "/v1/query" | "/v1/query/{id}" => {
                 json!({"Name": "secretq", "Service": {"Service": "secretsvc"}})
             }

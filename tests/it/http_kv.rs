@@ -277,3 +277,149 @@ async fn kv_api_against_a_real_dc() {
         "exactly 512 KiB is accepted"
     );
 }
+
+/// `PUT /v1/txn` through a client agent: all or nothing, 409 naming the failed operation
+/// with nothing applied, read-only transactions without Raft, locks, and bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_apply_all_or_nothing() {
+    use serde_json::{Value, json};
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let configs = write_small_dc(dir.path(), &pki, (73, 1), None, "");
+    let _agents: Vec<ChildGuard> = configs.iter().map(|c| spawn_agent(c)).collect();
+    let http = http_client_bounded();
+    let base = "http://127.73.1.21:8500";
+    let txn = |ops: Value, query: &str| {
+        let req = http
+            .put(format!("{base}/v1/txn{query}"))
+            .body(ops.to_string());
+        async move {
+            let r = req.send().await.ok()?;
+            let status = r.status().as_u16();
+            let consistency = r
+                .headers()
+                .get("X-Consul-Effective-Consistency")
+                .map(|v| v.to_str().unwrap().to_string());
+            Some((status, r.json::<Value>().await.ok()?, consistency))
+        }
+    };
+    let kv = |verb: &str, key: &str, value: Option<&str>| {
+        let mut op = json!({"Verb": verb, "Key": key});
+        if let Some(v) = value {
+            op["Value"] = json!(base64_of(v));
+        }
+        json!({"KV": op})
+    };
+    let (status, v, _) = eventually(Duration::from_secs(30), "a transaction", || async {
+        txn(
+            json!([kv("set", "t/a", Some("1")), kv("set", "t/b", Some("2"))]),
+            "",
+        )
+        .await
+        .filter(|(s, ..)| *s == 200)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["Errors"], Value::Null);
+    assert_eq!(v["Results"][1]["KV"]["Key"], "t/b");
+    let b_index = v["Results"][1]["KV"]["ModifyIndex"].as_u64().unwrap();
+
+    // The second operation fails: the first is not applied either.
+    let mut cas = kv("cas", "t/b", Some("x"));
+    cas["KV"]["Index"] = json!(b_index + 100);
+    let (status, v, _) = txn(json!([kv("set", "t/c", Some("3")), cas]), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["Results"], Value::Null);
+    assert_eq!(v["Errors"][0]["OpIndex"], 1);
+    assert!(
+        v["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("index is stale"),
+        "{v}"
+    );
+    let r = http.get(format!("{base}/v1/kv/t/c")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "nothing of a failed transaction is applied"
+    );
+
+    // Reads and checks only: no Raft, in the mode asked.
+    let mut check = kv("check-index", "t/b", None);
+    check["KV"]["Index"] = json!(b_index);
+    let read = json!([
+        kv("get", "t/a", None),
+        check,
+        kv("check-not-exists", "t/c", None),
+        kv("get-tree", "t/", None)
+    ]);
+    let (status, v, consistency) = txn(read, "?stale").await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(consistency.as_deref(), Some("stale"));
+    assert_eq!(v["Results"][0]["KV"]["Value"], base64_of("1"));
+    assert_eq!(
+        v["Results"].as_array().unwrap().len(),
+        4,
+        "get, check-index, get-tree of two: {v}"
+    );
+
+    // Locks with a session, as Vault's HA lock takes them.
+    // (The agent's node needs its serfHealth check first: the leader adds it.)
+    let session = eventually(Duration::from_secs(30), "a session", || async {
+        let r = http
+            .put(format!("{base}/v1/session/create"))
+            .body(r#"{"Name": "vault-lock"}"#)
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        Some(v["ID"].as_str()?.to_string())
+    })
+    .await;
+    let with_session = |verb: &str| {
+        let mut op = kv(verb, "t/lock", Some("me"));
+        op["KV"]["Session"] = json!(session);
+        op
+    };
+    let (status, v, _) = txn(
+        json!([with_session("lock"), with_session("check-session")]),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["Results"][0]["KV"]["Session"], session.as_str());
+    let (status, v, _) = txn(json!([with_session("unlock")]), "").await.unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    // Bad input: an unknown verb, too many operations, not a list.
+    let bad = |body: String| {
+        let req = http.put(format!("{base}/v1/txn")).body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) = bad(json!([kv("frobnicate", "t/a", None)]).to_string()).await;
+    assert_eq!(
+        (status, text.contains("unknown KV verb")),
+        (400, true),
+        "{text}"
+    );
+    let many: Vec<Value> = (0..129)
+        .map(|i| kv("set", &format!("t/{i}"), Some("x")))
+        .collect();
+    let (status, text) = bad(Value::Array(many).to_string()).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("too many operations (129 > 128)"), "{text}");
+    let (status, _) = bad(r#"{"KV": {}}"#.into()).await;
+    assert_eq!(status, 400);
+}
+
+fn base64_of(v: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
