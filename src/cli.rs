@@ -1062,6 +1062,57 @@ pub async fn query_delete(c: &Client, id: &str) -> Result<String, CliError> {
     Ok(format!("Query {id} deleted\n"))
 }
 
+/// `consulate operator raft list-peers`: the Raft configuration, as `consul operator raft
+/// list-peers` prints it.
+pub async fn raft_list_peers(c: &Client, format: Format) -> Result<String, CliError> {
+    let v = c
+        .get(
+            "/v1/operator/raft/configuration",
+            "reading the Raft configuration",
+        )
+        .await?
+        .unwrap_or_default();
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows: Vec<Vec<String>> = v["Servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                text(&s["Node"]),
+                text(&s["ID"]),
+                text(&s["Address"]),
+                if s["Leader"] == true {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .to_string(),
+                text(&s["Voter"]),
+                text(&s["ProtocolVersion"]),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["Node", "ID", "Address", "State", "Voter", "RaftProtocol"],
+        &rows,
+    ))
+}
+
+/// `consulate operator raft remove-peer -address IP:PORT` (or `-id`).
+pub async fn raft_remove_peer(c: &Client, peer: &str) -> Result<String, CliError> {
+    let key = if peer.contains(':') { "address" } else { "id" };
+    let query = serde_urlencoded::to_string([(key, peer)]).unwrap_or_default();
+    c.delete(
+        &format!("/v1/operator/raft/peer?{query}"),
+        "removing the peer",
+    )
+    .await?;
+    Ok(format!("Removed peer with {key} \"{peer}\"\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

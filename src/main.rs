@@ -86,6 +86,11 @@ enum Command {
         #[arg(long)]
         wan: bool,
     },
+    /// Operator commands: the Raft configuration.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Prepared queries: create, list, execute, delete.
     Query {
         #[command(subcommand)]
@@ -331,6 +336,35 @@ impl HttpArgs {
         };
         Ok(ops::Client::connect(&self.http_addr, &tls)?.with_token(self.token.clone()))
     }
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Raft: list the servers, remove one.
+    Raft {
+        #[command(subcommand)]
+        command: RaftCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RaftCommand {
+    /// The servers of the DC's Raft configuration.
+    ListPeers {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Remove a server (dead, not coming back) from the Raft configuration.
+    RemovePeer {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Its QUIC address (`ip:port`).
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        address: Option<String>,
+        /// Its node ID.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -747,6 +781,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
         Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
+        Command::Operator {
+            command: OperatorCommand::Raft { command },
+        } => match command {
+            RaftCommand::ListPeers { http } => {
+                operate(
+                    &http,
+                    |c, f| async move { ops::raft_list_peers(&c, f).await },
+                )
+            }
+            RaftCommand::RemovePeer { http, address, id } => {
+                let peer = address.or(id).unwrap_or_default();
+                operate(&http, |c, _| async move {
+                    ops::raft_remove_peer(&c, &peer).await
+                })
+            }
+        },
         Command::Query { command } => match command {
             QueryCommand::Create {
                 http,

@@ -75,3 +75,11 @@ pub fn random_uuid() -> String {
         .hyphenated()
         .to_string()
 }
+
+/// The node's catalog UUID, derived from its persistent node id.
+pub fn node_uuid(id: u64) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, &id.to_be_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d.as_ref()[..16]);
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
+}

@@ -81,14 +81,6 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 /// Default full anti-entropy interval (Consul's for small clusters).
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The node's catalog UUID, derived from its persistent node id.
-fn node_uuid(id: u64) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, &id.to_be_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&d.as_ref()[..16]);
-    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
-}
-
 /// A running agent.
 pub struct Agent {
     gossip: Gossip,
@@ -263,7 +255,7 @@ impl Agent {
         }
         let local = Arc::new(local::LocalAgent::persistent(
             local::NodeInfo {
-                id: node_uuid(id),
+                id: crate::vocab::node_uuid(id),
                 name: config.node_name.clone(),
                 address: config.advertise().to_string(),
                 datacenter: config.datacenter.clone(),
@@ -286,7 +278,7 @@ impl Agent {
         let gossip = Gossip::lan(
             LanConfig {
                 node: config.node_name.clone(),
-                node_id: node_uuid(id),
+                node_id: crate::vocab::node_uuid(id),
                 role: config.role,
                 datacenter: config.datacenter.clone(),
                 bind: SocketAddr::new(config.bind_addr, config.ports.lan),

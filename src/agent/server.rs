@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::Loops;
-use super::{AgentError, bootstrap, node_uuid, reconcile, sessions};
+use super::{AgentError, bootstrap, reconcile, sessions};
 use crate::config::AgentConfig;
 use crate::dispatch::Dispatcher;
 use crate::federation::{Router, RouterOptions};
@@ -22,6 +22,7 @@ use crate::state::session_ttl::SessionTimers;
 use crate::transport::identity::Alpn;
 use crate::transport::rpc::RpcService;
 use crate::transport::{Services, Transport};
+use crate::vocab::node_uuid;
 
 /// A server's own parts, started before the parts every agent has.
 pub struct ServerParts {

@@ -393,7 +393,26 @@ impl Dispatcher {
             AgentRequest::GetRaftStatus(_) => AgentResponse::GetRaftStatus(Ok(RaftStatus {
                 leader: raft.leader().map(|(_, node)| node),
                 voters: raft.voters(),
+                servers: raft
+                    .configuration()
+                    .into_iter()
+                    .map(|(id, node, voter)| crate::rpc::RaftServer { id, node, voter })
+                    .collect(),
             })),
+            AgentRequest::RemoveRaftPeer(r) => {
+                if let Some(authz) = &authz
+                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
+                        crate::acl::Scalar::Operator,
+                        crate::acl::Access::Write,
+                    ))
+                {
+                    return Some(req.fail(e.into()));
+                }
+                match raft.remove_server(&r.peer).await {
+                    Err(RaftNodeError::NotLeader { .. }) => return None,
+                    result => AgentResponse::RemoveRaftPeer(result.map_err(RpcError::from)),
+                }
+            }
             AgentRequest::ExecuteQuery(x) => {
                 let meta = match raft.read_barrier(x.mode).await {
                     Ok(meta) => meta,

@@ -12,6 +12,7 @@ pub mod health;
 pub mod json;
 pub mod kv;
 pub mod limits;
+pub mod operator;
 pub mod params;
 pub mod query;
 pub mod session;
@@ -245,6 +246,8 @@ routes! {
     "/v1/health/node/{node}" [Data] => get(health::node);
     "/v1/health/state/{state}" [Data] => get(health::state);
     "/v1/txn" [Data] => put(txn::txn);
+    "/v1/operator/raft/configuration" [Agent] => get(operator::configuration);
+    "/v1/operator/raft/peer" [Data] => delete(operator::remove_peer);
     "/v1/query" [Data] => get(query::list).post(query::create);
     "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);
     "/v1/query/{id}/execute" [Data] => get(query::execute);

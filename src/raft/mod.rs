@@ -88,6 +88,9 @@ pub enum RaftNodeError {
     /// Initialization refused (already initialized, ...).
     #[error("raft initialize: {0}")]
     Initialize(String),
+    /// An operator request that cannot be done as asked (e.g. removing an unknown peer).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl RaftNodeError {
@@ -108,7 +111,7 @@ impl RaftNodeError {
     pub fn is_retry_safe(&self) -> bool {
         matches!(
             self,
-            RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader
+            RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader | RaftNodeError::Refused(_)
         )
     }
 }
@@ -533,6 +536,55 @@ impl RaftNode {
             .change_membership(voters, false)
             .await
             .map_err(|e| fatal(&e))?;
+        Ok(())
+    }
+
+    /// Every server in the Raft configuration: its id, identity, and whether it votes.
+    pub fn configuration(&self) -> Vec<(u64, ServerNode, bool)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Removes the server with this QUIC address (`ip:port`), node ID or name from the
+    /// Raft configuration (leader only; Consul's `raft remove-peer`). Refused for the
+    /// leader itself, and for a server the configuration does not hold.
+    pub async fn remove_server(&self, name_or_addr: &str) -> Result<(), RaftNodeError> {
+        if !self.is_leader() {
+            return Err(match self.leader() {
+                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
+                None => RaftNodeError::NoLeader,
+            });
+        }
+        let config = self.configuration();
+        let Some((id, _, _)) = config.iter().find(|(id, n, _)| {
+            n.addr == name_or_addr
+                || n.name == name_or_addr
+                || crate::vocab::node_uuid(*id) == name_or_addr
+        }) else {
+            return Err(RaftNodeError::Refused(format!(
+                "address {name_or_addr:?} was not found in the Raft configuration"
+            )));
+        };
+        if *id == self.id {
+            return Err(RaftNodeError::Refused(
+                "the leader cannot remove itself: transfer leadership first".into(),
+            ));
+        }
+        let voters: std::collections::BTreeSet<u64> = config
+            .iter()
+            .filter(|(other, _, voter)| *voter && other != id)
+            .map(|(other, _, _)| *other)
+            .collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
         Ok(())
     }
 

@@ -96,6 +96,7 @@ impl From<crate::raft::RaftNodeError> for RpcError {
         use crate::raft::RaftNodeError;
         match e {
             RaftNodeError::NotLeader { .. } | RaftNodeError::NoLeader => RpcError::NoLeader,
+            RaftNodeError::Refused(why) => RpcError::NotServed(why),
             other => RpcError::Raft(other.to_string()),
         }
     }
@@ -188,6 +189,32 @@ pub struct RaftStatus {
     pub leader: Option<ServerNode>,
     /// The voting servers.
     pub voters: Vec<ServerNode>,
+    /// Every server of the Raft configuration (`/v1/operator/raft/configuration`).
+    #[serde(default)]
+    pub servers: Vec<RaftServer>,
+}
+
+/// One server of the Raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftServer {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and address.
+    pub node: ServerNode,
+    /// Whether it votes (else it is a learner catching up).
+    pub voter: bool,
+}
+
+/// Removes a server from its DC's Raft configuration (`DELETE /v1/operator/raft/peer`),
+/// at the leader; needs `operator:write`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRaftPeer {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The server's QUIC address (`ip:port`) or name.
+    pub peer: String,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
 }
 
 /// A server's Raft identity.
@@ -486,6 +513,7 @@ calls! {
     ListDatacenters => Vec<String>, "datacenters";
     WanCoordinates => Vec<DatacenterCoordinates>, "wan_coordinates";
     ExecuteQuery => QueryExecution, "query_execute";
+    RemoveRaftPeer => (), "raft_remove_peer";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }
@@ -500,7 +528,8 @@ impl AgentRequest {
             | AgentRequest::RenewSession(RenewSession { dc, .. })
             | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc })
             | AgentRequest::ResolveToken(ResolveToken { dc, .. })
-            | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. }) => dc.as_deref(),
+            | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. })
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -513,7 +542,8 @@ impl AgentRequest {
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
-            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. }) => Some(token.as_ref()),
+            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -525,7 +555,8 @@ impl AgentRequest {
             | AgentRequest::Read(Read { token, .. })
             | AgentRequest::RenewSession(RenewSession { token, .. })
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
-            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. }) => Some(token),
+            | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. }) => Some(token),
             _ => None,
         }
     }
@@ -534,9 +565,10 @@ impl AgentRequest {
     /// default or consistent mode).
     pub fn needs_leader(&self) -> bool {
         match self {
-            AgentRequest::Write(_) | AgentRequest::RenewSession(_) | AgentRequest::JoinRaft(_) => {
-                true
-            }
+            AgentRequest::Write(_)
+            | AgentRequest::RenewSession(_)
+            | AgentRequest::JoinRaft(_)
+            | AgentRequest::RemoveRaftPeer(_) => true,
             AgentRequest::Read(r) => r.opts.mode.needs_leader(),
             AgentRequest::ExecuteQuery(x) => x.mode.needs_leader(),
             _ => false,
@@ -546,7 +578,10 @@ impl AgentRequest {
     /// Whether answering it changes nothing, so that it may be sent to another server
     /// whatever happened to it on the first.
     pub fn is_read(&self) -> bool {
-        !matches!(self, AgentRequest::Write(_) | AgentRequest::JoinRaft(_))
+        !matches!(
+            self,
+            AgentRequest::Write(_) | AgentRequest::JoinRaft(_) | AgentRequest::RemoveRaftPeer(_)
+        )
     }
 
     /// Whether, after its exchange with another agent failed with `e`, this request may be

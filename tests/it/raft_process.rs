@@ -613,3 +613,112 @@ async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
         p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
 }
+
+/// `consulate operator raft list-peers|remove-peer` and their API: the three servers with
+/// one leader; a server killed for good removed from the configuration by its address,
+/// after which the DC runs on two (writes commit); removing an unknown server or the
+/// leader is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_removes_a_dead_server_from_raft() {
+    let pki = TestPki::new();
+    let dc = write_dc(17, &pki);
+    let mut servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let (_me, probe) = prober(&pki);
+    let li = agreed_leader(&probe, &dc.addrs[..3]).await;
+    let http_of = |i: usize| format!("{}:8500", dc.addrs[i].ip());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(consulate_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let leader_http = http_of(li);
+    let (ok, text) = cli(&["operator", "raft", "list-peers", "-http-addr", &leader_http]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "a header and three servers: {text}"
+    );
+    assert_eq!(text.matches("leader").count(), 1, "{text}");
+    assert_eq!(text.matches("true").count(), 3, "three voters: {text}");
+
+    let victim = (li + 1) % 3;
+    servers[victim].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    let victim_addr = dc.addrs[victim].to_string();
+    // Through a follower: the removal is done by the leader.
+    let follower_http = http_of((li + 2) % 3);
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        "-http-addr",
+        &follower_http,
+        "-address",
+        &victim_addr,
+    ]);
+    assert!(ok && text.contains("Removed peer"), "{text}");
+    let http = http_client_bounded();
+    let v: serde_json::Value = http
+        .get(format!(
+            "http://{leader_http}/v1/operator/raft/configuration"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let servers_left: Vec<&str> = v["Servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Address"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers_left.len(), 2, "{v}");
+    assert!(!servers_left.contains(&victim_addr.as_str()), "{v}");
+    let r = http
+        .put(format!("http://{leader_http}/v1/kv/after-removal"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "true",
+        "two servers are a quorum of two"
+    );
+
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        "-http-addr",
+        &leader_http,
+        "-address",
+        "127.0.0.9:1",
+    ]);
+    assert!(
+        !ok && text.contains("was not found in the Raft configuration"),
+        "{text}"
+    );
+    let leader_addr = dc.addrs[li].to_string();
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        "-http-addr",
+        &leader_http,
+        "-address",
+        &leader_addr,
+    ]);
+    assert!(!ok && text.contains("cannot remove itself"), "{text}");
+}
