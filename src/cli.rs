@@ -1113,6 +1113,56 @@ pub async fn raft_remove_peer(c: &Client, peer: &str) -> Result<String, CliError
     Ok(format!("Removed peer with {key} \"{peer}\"\n"))
 }
 
+/// `consulate operator autopilot state`: each server's health as the leader sees it, and
+/// how many may fail (an unhealthy DC is a 429 whose body says the same).
+pub async fn autopilot_state(c: &Client, format: Format) -> Result<String, CliError> {
+    let v = match c
+        .get("/v1/operator/autopilot/health", "reading autopilot health")
+        .await
+    {
+        Ok(v) => v.unwrap_or_default(),
+        Err(CliError::Refused {
+            status: 429, body, ..
+        }) => serde_json::from_str(&body)
+            .map_err(|e| CliError::Input(format!("reading autopilot health: {e}")))?,
+        Err(e) => return Err(e),
+    };
+    if format == Format::Json {
+        return Ok(json_out(&v));
+    }
+    let rows: Vec<Vec<String>> = v["Servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                text(&s["Name"]),
+                text(&s["Address"]),
+                text(&s["Leader"]),
+                text(&s["Voter"]),
+                text(&s["LastContact"]),
+                text(&s["Healthy"]),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        "Healthy: {}\nFailure Tolerance: {}\n{}",
+        text(&v["Healthy"]),
+        text(&v["FailureTolerance"]),
+        table(
+            &[
+                "Node",
+                "Address",
+                "Leader",
+                "Voter",
+                "LastContact",
+                "Healthy"
+            ],
+            &rows
+        )
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -345,6 +345,20 @@ enum OperatorCommand {
         #[command(subcommand)]
         command: RaftCommand,
     },
+    /// Autopilot: the servers' health.
+    Autopilot {
+        #[command(subcommand)]
+        command: AutopilotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AutopilotCommand {
+    /// Each server's health as the leader sees it, and how many may fail.
+    State {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -781,6 +795,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
         Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
+        Command::Operator {
+            command:
+                OperatorCommand::Autopilot {
+                    command: AutopilotCommand::State { http },
+                },
+        } => operate(
+            &http,
+            |c, f| async move { ops::autopilot_state(&c, f).await },
+        ),
         Command::Operator {
             command: OperatorCommand::Raft { command },
         } => match command {

@@ -399,6 +399,10 @@ impl Dispatcher {
                     .map(|(id, node, voter)| crate::rpc::RaftServer { id, node, voter })
                     .collect(),
             })),
+            AgentRequest::AutopilotHealth(_) => match raft.server_health() {
+                Err(RaftNodeError::NotLeader { .. }) => return None,
+                health => AgentResponse::AutopilotHealth(health.map_err(RpcError::from)),
+            },
             AgentRequest::RemoveRaftPeer(r) => {
                 if let Some(authz) = &authz
                     && let Err(e) = authz.check(&crate::acl::Permission::scalar(

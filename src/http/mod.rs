@@ -248,6 +248,7 @@ routes! {
     "/v1/txn" [Data] => put(txn::txn);
     "/v1/operator/raft/configuration" [Agent] => get(operator::configuration);
     "/v1/operator/raft/peer" [Data] => delete(operator::remove_peer);
+    "/v1/operator/autopilot/health" [Agent] => get(operator::autopilot_health);
     "/v1/query" [Data] => get(query::list).post(query::create);
     "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);
     "/v1/query/{id}/execute" [Data] => get(query::execute);

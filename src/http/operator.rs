@@ -1,5 +1,6 @@
-//! Consul's `/v1/operator/raft/*`: the DC's Raft configuration, and removing a server
-//! from it (a dead one that will not come back).
+//! Consul's `/v1/operator/raft/*` and `/v1/operator/autopilot/health`: the DC's Raft
+//! configuration, removing a server from it (a dead one that will not come back), and
+//! each server's health as the leader sees it.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +11,11 @@ use super::Api;
 use super::error::HttpError;
 use super::params::Params;
 use crate::acl::{Access, Permission, Scalar};
-use crate::rpc::RemoveRaftPeer;
+use crate::rpc::{AutopilotHealth, RemoveRaftPeer};
+
+/// Consul's default `LastContactThreshold`: a server that has not acknowledged the leader
+/// for longer is unhealthy.
+const LAST_CONTACT_THRESHOLD_MS: u64 = 200;
 
 /// One server as `raft/configuration` shows it.
 #[derive(Serialize)]
@@ -65,4 +70,60 @@ pub async fn remove_peer(State(api): State<Api>, p: Params) -> Result<Response, 
     };
     api.dispatcher.call(call).await?;
     Ok(().into_response())
+}
+
+/// One server as `autopilot/health` shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthJson<'a> {
+    #[serde(rename = "ID")]
+    id: String,
+    name: &'a str,
+    address: &'a str,
+    leader: bool,
+    voter: bool,
+    /// Go's duration syntax; empty when it never acknowledged this leader.
+    last_contact: String,
+    healthy: bool,
+}
+
+/// `GET /v1/operator/autopilot/health` (`?dc=`): each server's last contact with the
+/// leader, whether it is healthy (within 200 ms), and how many voters may fail with the DC
+/// keeping a quorum (`operator:read`). 429 when a server is unhealthy, as Consul.
+pub async fn autopilot_health(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, Permission::scalar(Scalar::Operator, Access::Read))
+        .await?;
+    let servers = api
+        .dispatcher
+        .call(AutopilotHealth {
+            dc: p.dc().map(str::to_string),
+        })
+        .await?;
+    let threshold = LAST_CONTACT_THRESHOLD_MS;
+    let json: Vec<HealthJson> = servers
+        .iter()
+        .map(|s| HealthJson {
+            id: crate::vocab::node_uuid(s.id),
+            name: &s.node.name,
+            address: &s.node.addr,
+            leader: s.leader,
+            voter: s.voter,
+            last_contact: s
+                .last_contact_ms
+                .map_or(String::new(), |ms| format!("{ms}ms")),
+            healthy: s.healthy(threshold),
+        })
+        .collect();
+    let healthy = json.iter().all(|s| s.healthy);
+    let body = serde_json::json!({
+        "Healthy": healthy,
+        "FailureTolerance": crate::raft::failure_tolerance(&servers, threshold),
+        "Servers": json,
+    });
+    let status = if healthy {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::TOO_MANY_REQUESTS
+    };
+    Ok((status, Json(body)).into_response())
 }

@@ -28,6 +28,15 @@ impl QuorumAcks {
         }
     }
 
+    /// How long before `now` follower `target` last acknowledged a request of the leader
+    /// holding `vote` (`None`: never, in this term).
+    pub fn last_contact(&self, vote: &Vote<u64>, target: u64, now: Instant) -> Option<Duration> {
+        let acks = self.0.lock().expect("quorum acks poisoned");
+        acks.get(&target)
+            .filter(|(v, _)| v == vote)
+            .map(|(_, sent)| now.saturating_duration_since(*sent))
+    }
+
     /// Whether the leader holding `vote`, with `followers` voters besides itself, is within
     /// `lease` at `now`: a quorum (itself included) acknowledged requests of this term sent
     /// less than `lease` ago.

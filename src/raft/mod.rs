@@ -178,6 +178,40 @@ pub struct RaftNode {
     ),
 }
 
+/// One server's health as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHealth {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and address.
+    pub node: ServerNode,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Milliseconds since it last acknowledged the leader (`None`: not in this term).
+    pub last_contact_ms: Option<u64>,
+}
+
+impl ServerHealth {
+    /// Consul's autopilot rule: healthy while its last contact is within `threshold_ms`
+    /// (`LastContactThreshold`, 200 ms by default).
+    pub fn healthy(&self, threshold_ms: u64) -> bool {
+        self.last_contact_ms.is_some_and(|ms| ms <= threshold_ms)
+    }
+}
+
+/// How many voters may fail with the DC keeping a quorum, given the healthy ones (Consul's
+/// `FailureTolerance`: healthy voters minus a quorum of all voters, never below zero).
+pub fn failure_tolerance(servers: &[ServerHealth], threshold_ms: u64) -> usize {
+    let voters = servers.iter().filter(|s| s.voter).count();
+    let healthy = servers
+        .iter()
+        .filter(|s| s.voter && s.healthy(threshold_ms))
+        .count();
+    healthy.saturating_sub(voters / 2 + 1)
+}
+
 /// When this server last heard from a leader, and whether its state has caught up since it
 /// started: a restarted server re-applies its log before its state is what it was, and a
 /// new one holds nothing until a leader sends it the log, so neither may answer stale reads
@@ -588,6 +622,36 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Every server's health as this leader sees it (Consul's autopilot): how long since
+    /// each last acknowledged it (zero for itself; `None`: not in this term).
+    pub fn server_health(&self) -> Result<Vec<ServerHealth>, RaftNodeError> {
+        if !self.is_leader() {
+            return Err(match self.leader() {
+                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
+                None => RaftNodeError::NoLeader,
+            });
+        }
+        let vote = self.raft.metrics().borrow().vote;
+        let now = Instant::now();
+        Ok(self
+            .configuration()
+            .into_iter()
+            .map(|(id, node, voter)| ServerHealth {
+                id,
+                node,
+                voter,
+                leader: id == self.id,
+                last_contact_ms: if id == self.id {
+                    Some(0)
+                } else {
+                    self.acks
+                        .last_contact(&vote, id, now)
+                        .map(|d| d.as_millis() as u64)
+                },
+            })
+            .collect())
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         self.stopped
@@ -623,6 +687,38 @@ mod tests {
         contact.touch(Some(80));
         assert!(contact.caught_up(50));
         assert!(contact.caught_up(0), "once caught up, stays so");
+    }
+
+    #[test]
+    fn failure_tolerance_counts_healthy_voters_beyond_a_quorum() {
+        use super::{ServerHealth, ServerNode, failure_tolerance};
+        let server = |id, voter, ms: Option<u64>| ServerHealth {
+            id,
+            node: ServerNode {
+                name: format!("s{id}"),
+                addr: String::new(),
+            },
+            voter,
+            leader: id == 1,
+            last_contact_ms: ms,
+        };
+        let three = [
+            server(1, true, Some(0)),
+            server(2, true, Some(40)),
+            server(3, true, Some(90)),
+        ];
+        assert_eq!(failure_tolerance(&three, 200), 1);
+        let one_down = [
+            server(1, true, Some(0)),
+            server(2, true, Some(40)),
+            server(3, true, Some(5000)),
+        ];
+        assert_eq!(failure_tolerance(&one_down, 200), 0);
+        assert!(!one_down[2].healthy(200));
+        let learner = [server(1, true, Some(0)), server(2, false, None)];
+        assert_eq!(failure_tolerance(&learner, 200), 0);
+        let five = [1, 2, 3, 4, 5].map(|i| server(i, true, Some(10)));
+        assert_eq!(failure_tolerance(&five, 200), 2);
     }
 
     #[test]

@@ -205,6 +205,13 @@ pub struct RaftServer {
     pub voter: bool,
 }
 
+/// Every server's health as the DC's leader sees it (`/v1/operator/autopilot/health`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutopilotHealth {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+}
+
 /// Removes a server from its DC's Raft configuration (`DELETE /v1/operator/raft/peer`),
 /// at the leader; needs `operator:write`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -514,6 +521,7 @@ calls! {
     WanCoordinates => Vec<DatacenterCoordinates>, "wan_coordinates";
     ExecuteQuery => QueryExecution, "query_execute";
     RemoveRaftPeer => (), "raft_remove_peer";
+    AutopilotHealth => Vec<crate::raft::ServerHealth>, "autopilot_health";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }
@@ -529,7 +537,8 @@ impl AgentRequest {
             | AgentRequest::AclReplicationStatus(AclReplicationStatus { dc })
             | AgentRequest::ResolveToken(ResolveToken { dc, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. })
-            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. }) => dc.as_deref(),
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. })
+            | AgentRequest::AutopilotHealth(AutopilotHealth { dc }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -568,7 +577,8 @@ impl AgentRequest {
             AgentRequest::Write(_)
             | AgentRequest::RenewSession(_)
             | AgentRequest::JoinRaft(_)
-            | AgentRequest::RemoveRaftPeer(_) => true,
+            | AgentRequest::RemoveRaftPeer(_)
+            | AgentRequest::AutopilotHealth(_) => true,
             AgentRequest::Read(r) => r.opts.mode.needs_leader(),
             AgentRequest::ExecuteQuery(x) => x.mode.needs_leader(),
             _ => false,

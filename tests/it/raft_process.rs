@@ -651,8 +651,34 @@ async fn an_operator_removes_a_dead_server_from_raft() {
     assert_eq!(text.matches("leader").count(), 1, "{text}");
     assert_eq!(text.matches("true").count(), 3, "three voters: {text}");
 
+    // Autopilot: all healthy, one may fail.
+    eventually(
+        Duration::from_secs(30),
+        "autopilot: all healthy",
+        || async {
+            let (ok, text) = cli(&["operator", "autopilot", "state", "-http-addr", &leader_http]);
+            (ok && text.contains("Healthy: true") && text.contains("Failure Tolerance: 1"))
+                .then_some(())
+        },
+    )
+    .await;
+
     let victim = (li + 1) % 3;
     servers[victim].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    // The dead server turns unhealthy: none may fail now (429, as Consul).
+    let http = http_client_bounded();
+    let health = format!("http://{leader_http}/v1/operator/autopilot/health");
+    eventually(
+        Duration::from_secs(30),
+        "the dead server unhealthy",
+        || async {
+            let r = http.get(&health).send().await.ok()?;
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.ok()?;
+            (status == 429 && v["Healthy"] == false && v["FailureTolerance"] == 0).then_some(())
+        },
+    )
+    .await;
     let victim_addr = dc.addrs[victim].to_string();
     // Through a follower: the removal is done by the leader.
     let follower_http = http_of((li + 2) % 3);
@@ -666,7 +692,6 @@ async fn an_operator_removes_a_dead_server_from_raft() {
         &victim_addr,
     ]);
     assert!(ok && text.contains("Removed peer"), "{text}");
-    let http = http_client_bounded();
     let v: serde_json::Value = http
         .get(format!(
             "http://{leader_http}/v1/operator/raft/configuration"
