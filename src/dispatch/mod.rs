@@ -180,11 +180,7 @@ impl Dispatcher {
         };
         let mut by_dc: std::collections::BTreeMap<String, Vec<NodeCoordinate>> = Default::default();
         for m in router.members() {
-            let coord = if m.gossip_addr == *me {
-                Some(wan.coordinate())
-            } else {
-                wan.peer(m.gossip_addr)
-            };
+            let coord = wan_coordinate_of(*me, wan, m.gossip_addr);
             let list = by_dc.entry(m.datacenter.clone()).or_default();
             if let Some(coord) = coord {
                 list.push(NodeCoordinate {
@@ -611,14 +607,7 @@ impl Dispatcher {
             let servers: Vec<(String, Option<crate::coordinate::Coordinate>)> = router
                 .members()
                 .into_iter()
-                .map(|m| {
-                    let coord = if m.gossip_addr == *me {
-                        Some(own.clone())
-                    } else {
-                        wan.peer(m.gossip_addr)
-                    };
-                    (m.datacenter, coord)
-                })
+                .map(|m| (m.datacenter, wan_coordinate_of(*me, wan, m.gossip_addr)))
                 .collect();
             let ranked = crate::coordinate::rank_datacenters(
                 &self.datacenter,
@@ -678,14 +667,7 @@ impl Dispatcher {
             Ok(answer) => crate::rpc::ResolveToken::reply(answer),
             Err(e) => Err(e),
         };
-        match answer {
-            Ok(authz) => Some(Ok(authz)),
-            Err(RpcError::Acl(e)) => Some(Err(e)),
-            Err(e) => {
-                tracing::debug!(datacenter = dc, error = %e, "the primary DC resolved no token");
-                None
-            }
-        }
+        crate::rpc::ResolveToken::resolution(answer)
     }
 
     /// A write of this DC applied here (this server leads, or fails with `No cluster
@@ -923,4 +905,18 @@ fn select_instances(
         nodes.truncate(limit);
     }
     nodes
+}
+
+/// The WAN coordinate of the server at `addr`: this server's own (`me`), else the last one
+/// it sent.
+fn wan_coordinate_of(
+    me: SocketAddr,
+    wan: &crate::coordinate::Estimator,
+    addr: SocketAddr,
+) -> Option<crate::coordinate::Coordinate> {
+    if addr == me {
+        Some(wan.coordinate())
+    } else {
+        wan.peer(addr)
+    }
 }

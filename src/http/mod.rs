@@ -124,14 +124,7 @@ impl Api {
                 token: token.clone(),
                 dc: None,
             };
-            match self.dispatcher.call(call).await {
-                Ok(authz) => Some(Ok(authz)),
-                Err(RpcError::Acl(e)) => Some(Err(e)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no server resolved a token");
-                    None
-                }
-            }
+            ResolveToken::resolution(self.dispatcher.call(call).await)
         };
         let authz = edge
             .tokens

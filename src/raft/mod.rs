@@ -535,12 +535,7 @@ impl RaftNode {
     /// promoted to voter. A voter with the same name or address but another id (the same
     /// machine after losing its disk) is removed, as Consul does.
     pub async fn add_server(&self, id: u64, node: ServerNode) -> Result<(), RaftNodeError> {
-        if !self.is_leader() {
-            return Err(match self.leader() {
-                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
-                None => RaftNodeError::NoLeader,
-            });
-        }
+        self.must_lead()?;
         let fatal = |e: &dyn fmt::Display| RaftNodeError::Fatal(e.to_string());
         let membership = self
             .raft
@@ -573,6 +568,17 @@ impl RaftNode {
         Ok(())
     }
 
+    /// `Ok` on the leader; otherwise who leads, if anyone (for the leader-only operations).
+    fn must_lead(&self) -> Result<(), RaftNodeError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        Err(match self.leader() {
+            Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
+            None => RaftNodeError::NoLeader,
+        })
+    }
+
     /// Every server in the Raft configuration: its id, identity, and whether it votes.
     pub fn configuration(&self) -> Vec<(u64, ServerNode, bool)> {
         let metrics = self.raft.metrics();
@@ -589,12 +595,7 @@ impl RaftNode {
     /// Raft configuration (leader only; Consul's `raft remove-peer`). Refused for the
     /// leader itself, and for a server the configuration does not hold.
     pub async fn remove_server(&self, name_or_addr: &str) -> Result<(), RaftNodeError> {
-        if !self.is_leader() {
-            return Err(match self.leader() {
-                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
-                None => RaftNodeError::NoLeader,
-            });
-        }
+        self.must_lead()?;
         let config = self.configuration();
         let Some((id, _, _)) = config.iter().find(|(id, n, _)| {
             n.addr == name_or_addr
@@ -625,12 +626,7 @@ impl RaftNode {
     /// Every server's health as this leader sees it (Consul's autopilot): how long since
     /// each last acknowledged it (zero for itself; `None`: not in this term).
     pub fn server_health(&self) -> Result<Vec<ServerHealth>, RaftNodeError> {
-        if !self.is_leader() {
-            return Err(match self.leader() {
-                Some(l) => RaftNodeError::NotLeader { leader: Some(l) },
-                None => RaftNodeError::NoLeader,
-            });
-        }
+        self.must_lead()?;
         let vote = self.raft.metrics().borrow().vote;
         let now = Instant::now();
         Ok(self

@@ -502,6 +502,23 @@ pub struct ResolveToken {
     pub dc: Option<String>,
 }
 
+impl ResolveToken {
+    /// A resolver's answer as a token cache takes it: the authorizer or the ACL refusal;
+    /// `None` when the resolver could not be reached (its down policy then decides).
+    pub fn resolution(
+        answer: Result<crate::acl::Authorizer, RpcError>,
+    ) -> Option<Result<crate::acl::Authorizer, AclError>> {
+        match answer {
+            Ok(authz) => Some(Ok(authz)),
+            Err(RpcError::Acl(e)) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no token resolver reached");
+                None
+            }
+        }
+    }
+}
+
 /// How ACL replication stands on the server that answers (of `dc`, default this one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AclReplicationStatus {

@@ -202,14 +202,7 @@ async fn queries_fail_over_to_the_nearest_healthy_datacenter_and_come_home() {
     let failover = median_ms(1).await;
     // The same link's round trip as QUIC measures it, and a plain `?dc=dc2` read over it.
     let rtt_ms = {
-        let text = http
-            .get(format!("{}/metrics", base(1)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(&http, &base(1)).await.unwrap();
         sum_samples(
             &text,
             "consulate_transport_peer_rtt_seconds{datacenter=\"dc2\"",
@@ -255,14 +248,7 @@ async fn queries_fail_over_to_the_nearest_healthy_datacenter_and_come_home() {
     let answer = dig("web-geo.query.consul");
     assert!(answer.contains("10.0.3."), "{answer}");
     // The attempt on dc2 failed and was counted before dc3 answered.
-    let text = http
-        .get(format!("{}/metrics", base(1)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&http, &base(1)).await.unwrap();
     assert!(
         sum_samples(&text, "consulate_query_failovers_total{outcome=\"error\"}") >= 1.0,
         "{text}"
