@@ -96,6 +96,11 @@ enum Command {
         #[command(subcommand)]
         command: QueryCommand,
     },
+    /// Snapshots of the DC's state: save, restore, inspect.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Estimate the round trip between two nodes from their network coordinates.
     Rtt {
         #[command(flatten)]
@@ -349,6 +354,35 @@ enum OperatorCommand {
     Autopilot {
         #[command(subcommand)]
         command: AutopilotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save the DC's whole state (catalog, KV, sessions, ACLs, prepared queries) to FILE.
+    Save {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Any server may answer (its state may lag the leader's).
+        #[arg(long)]
+        stale: bool,
+        /// Where to write the archive.
+        file: PathBuf,
+    },
+    /// Replace the DC's state with the archive in FILE (every server, through Raft).
+    Restore {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The archive.
+        file: PathBuf,
+    },
+    /// Show an archive's metadata and entries per table (verifying it).
+    Inspect {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        format: ops::Format,
+        /// The archive.
+        file: PathBuf,
     },
 }
 
@@ -864,6 +898,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &http,
                     |c, _| async move { ops::query_delete(&c, &id).await },
                 )
+            }
+        },
+        Command::Snapshot { command } => match command {
+            SnapshotCommand::Save { http, stale, file } => operate(&http, |c, _| async move {
+                ops::snapshot_save(&c, &file, stale).await
+            }),
+            SnapshotCommand::Restore { http, file } => operate(&http, |c, _| async move {
+                ops::snapshot_restore(&c, &file).await
+            }),
+            SnapshotCommand::Inspect { format, file } => {
+                print!("{}", ops::snapshot_inspect(&file, format)?);
+                Ok(())
             }
         },
         Command::Rtt {

@@ -26,17 +26,19 @@ pub async fn run(dispatcher: Dispatcher, timers: Arc<SessionTimers>, shutdown: C
     };
     let mut changes = raft.read().state.watch(Table::Sessions);
     let mut leading = false;
+    let mut restored = raft.read().state.restored_at();
     loop {
         let now = Instant::now();
         let is_leader = raft.is_leader();
         let expired = {
             let mut t = timers.lock();
             if is_leader {
-                if !leading {
-                    // A new leader: every timer afresh.
-                    t.clear();
-                }
                 let r = raft.read();
+                if !leading || r.state.restored_at() != restored {
+                    // A new leader, or a restored snapshot: every timer afresh.
+                    t.clear();
+                    restored = r.state.restored_at();
+                }
                 t.sync(
                     r.state
                         .sessions()

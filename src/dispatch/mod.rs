@@ -421,6 +421,22 @@ impl Dispatcher {
                 };
                 AgentResponse::ExecuteQuery(self.execute_query(raft, x, meta, authz).await)
             }
+            AgentRequest::SaveSnapshot(s) => {
+                if let Some(authz) = &authz
+                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
+                        crate::acl::Scalar::Acl,
+                        crate::acl::Access::Write,
+                    ))
+                {
+                    return Some(req.fail(e.into()));
+                }
+                match raft.read_barrier(s.mode).await {
+                    Ok(_) => {}
+                    Err(RaftNodeError::NotLeader { .. }) => return None,
+                    Err(e) => return Some(req.fail(e.into())),
+                }
+                AgentResponse::SaveSnapshot(self.save_snapshot(raft).await)
+            }
             AgentRequest::WanCoordinates(_) => {
                 AgentResponse::WanCoordinates(Ok(self.wan_coordinates()))
             }
@@ -690,6 +706,43 @@ impl Dispatcher {
     /// A read answered from this server's state, at once or, for a blocking query, once
     /// the index of its tables passes `opts.min_index` or the wait runs out. It waits on
     /// the watch channels of the query's tables, not on a timer per change.
+    /// The archive of this server's state now: the tables are copied under the state lock
+    /// (constant time), encoded and compressed on a blocking thread.
+    async fn save_snapshot(
+        &self,
+        raft: &RaftNode,
+    ) -> Result<crate::rpc::SnapshotArchive, RpcError> {
+        let (meta, tables) = {
+            let r = raft.read();
+            let last = r.last_applied;
+            let index = r.state.index_of_log(last.map_or(0, |l| l.index));
+            let term = last.map_or(0, |l| l.leader_id.term);
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let meta = crate::state::archive::ArchiveMeta {
+                id: format!("{term}-{index}-{ms}"),
+                size: 0,
+                index,
+                term,
+                version: 0,
+                format: String::new(),
+                datacenter: self.datacenter.clone(),
+            };
+            (meta, r.state.tables().clone())
+        };
+        let index = meta.index;
+        let archive =
+            tokio::task::spawn_blocking(move || crate::state::archive::write(meta, &tables))
+                .await
+                .map_err(|e| RpcError::NotServed(format!("saving the snapshot failed: {e}")))?
+                .map_err(|e| RpcError::NotServed(format!("saving the snapshot failed: {e}")))?;
+        Ok(crate::rpc::SnapshotArchive {
+            index,
+            archive: archive.into(),
+        })
+    }
+
     async fn read_here(
         &self,
         raft: &RaftNode,

@@ -14,7 +14,6 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::MAX_KV_VALUE;
 use super::error::HttpError;
 
 /// Open connections by client IP, each capped.
@@ -70,17 +69,17 @@ impl Drop for ConnPermit {
 pub const TOO_MANY_CONNECTIONS: &[u8] =
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Reads a request's body in full within `timeout` (at most [`MAX_KV_VALUE`] bytes) before
-/// the handler runs: a body trickled slower is answered 408, a larger one 413. A request
+/// Reads a request's body in full within `timeout` (at most `limit` bytes) before the
+/// handler runs: a body trickled slower is answered 408, a larger one 413. A request
 /// without a body passes as it is.
-pub async fn read_body(req: Request, timeout: Duration) -> Result<Request, Response> {
+pub async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Request, Response> {
     if req.body().is_end_stream() {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_KV_VALUE)).await {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
-        Ok(Err(_)) => Err(HttpError::TooLarge(MAX_KV_VALUE).into_response()),
+        Ok(Err(_)) => Err(HttpError::TooLarge(limit).into_response()),
         Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
             format!("Request body not received within {timeout:?}"),

@@ -16,6 +16,7 @@ pub mod operator;
 pub mod params;
 pub mod query;
 pub mod session;
+pub mod snapshot;
 pub mod status;
 pub mod txn;
 
@@ -242,6 +243,7 @@ routes! {
     "/v1/operator/raft/configuration" [Agent] => get(operator::configuration);
     "/v1/operator/raft/peer" [Data] => delete(operator::remove_peer);
     "/v1/operator/autopilot/health" [Agent] => get(operator::autopilot_health);
+    "/v1/snapshot" [Data] => get(snapshot::save).put(snapshot::restore);
     "/v1/query" [Data] => get(query::list).post(query::create);
     "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);
     "/v1/query/{id}/execute" [Data] => get(query::execute);
@@ -324,7 +326,14 @@ async fn count_request(
         _ => "OTHER",
     };
     let started = std::time::Instant::now();
-    let resp = match limits::read_body(req, body_timeout).await {
+    // Only a snapshot restore carries more than a KV value (the archive is read whole,
+    // verified, then written as one Raft entry).
+    let limit = if route == "/v1/snapshot" {
+        snapshot::MAX_ARCHIVE
+    } else {
+        MAX_KV_VALUE
+    };
+    let resp = match limits::read_body(req, limit, body_timeout).await {
         Ok(req) => next.run(req).await,
         Err(refused) => refused,
     };

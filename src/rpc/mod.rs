@@ -224,6 +224,27 @@ pub struct RemoveRaftPeer {
     pub token: Option<Secret>,
 }
 
+/// Saves a snapshot archive of the DC's whole state (`GET /v1/snapshot`): by the leader,
+/// or by any server in stale mode; needs a management token (`acl:write`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveSnapshot {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The consistency mode (default: the leader's state).
+    pub mode: ReadMode,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
+}
+
+/// A saved snapshot archive and the state index it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotArchive {
+    /// The state's index when saved (`X-Consul-Index`).
+    pub index: u64,
+    /// The archive ([`crate::state::archive`]).
+    pub archive: bytes::Bytes,
+}
+
 /// A server's Raft identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -538,6 +559,7 @@ calls! {
     WanCoordinates => Vec<DatacenterCoordinates>, "wan_coordinates";
     ExecuteQuery => QueryExecution, "query_execute";
     RemoveRaftPeer => (), "raft_remove_peer";
+    SaveSnapshot => SnapshotArchive, "snapshot_save";
     AutopilotHealth => Vec<crate::raft::ServerHealth>, "autopilot_health";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
@@ -555,6 +577,7 @@ impl AgentRequest {
             | AgentRequest::ResolveToken(ResolveToken { dc, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. })
+            | AgentRequest::SaveSnapshot(SaveSnapshot { dc, .. })
             | AgentRequest::AutopilotHealth(AutopilotHealth { dc }) => dc.as_deref(),
             _ => None,
         }
@@ -569,7 +592,8 @@ impl AgentRequest {
             | AgentRequest::RenewSession(RenewSession { token, .. })
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
-            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. }) => Some(token.as_ref()),
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
+            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -582,7 +606,8 @@ impl AgentRequest {
             | AgentRequest::RenewSession(RenewSession { token, .. })
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
-            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. }) => Some(token),
+            | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
+            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. }) => Some(token),
             _ => None,
         }
     }
@@ -598,6 +623,7 @@ impl AgentRequest {
             | AgentRequest::AutopilotHealth(_) => true,
             AgentRequest::Read(r) => r.opts.mode.needs_leader(),
             AgentRequest::ExecuteQuery(x) => x.mode.needs_leader(),
+            AgentRequest::SaveSnapshot(s) => s.mode.needs_leader(),
             _ => false,
         }
     }

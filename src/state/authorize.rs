@@ -66,7 +66,9 @@ impl State {
             | Command::AclRoleDelete { .. }
             | Command::AclTokenSet(_)
             | Command::AclTokenDelete { .. }
-            | Command::AclReplicated => {
+            | Command::AclReplicated
+            // Consul: a snapshot restore takes a management token (it replaces the ACLs too).
+            | Command::Restore { .. } => {
                 authz.check(&Permission::scalar(Scalar::Acl, Access::Write))
             }
             // Consul: `query:write` on the name (an unnamed query: on its prefix ""); a

@@ -12,6 +12,7 @@
 //! query waits on one channel instead of a timer or task each.
 
 mod acl;
+pub mod archive;
 pub mod authorize;
 mod catalog;
 pub mod coordinates;
@@ -184,6 +185,12 @@ pub enum Command {
     },
     /// A transaction: KV operations applied in order, all or none.
     Txn(Vec<txn::KvOp>),
+    /// Replaces the whole state with a snapshot archive's ([`archive`]; `PUT /v1/snapshot`):
+    /// one entry, so every server switches at once and no reader sees half of it.
+    Restore {
+        /// The archive as the operator sent it (verified again by every server).
+        archive: bytes::Bytes,
+    },
     /// Several commands written as one log entry (group commit), applied in order at the
     /// same index; each gets its own result.
     Batch(Vec<Command>),
@@ -214,6 +221,7 @@ impl Command {
             | Command::KvAcquire { key, value, .. }
             | Command::KvRelease { key, value, .. } => key.len() + value.len(),
             Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            Command::Restore { archive } => archive.len(),
             _ => 256,
         }
     }
@@ -309,6 +317,31 @@ pub struct Tables {
     /// Per table, the log index of its last change (snapshots of older versions hold
     /// fewer; the missing ones start at 0).
     indexes: Vec<u64>,
+    /// What is added to a Raft log index to give the state's index: 0 until an archive
+    /// with a higher index than the log's was restored, so that indexes never go back.
+    #[serde(default)]
+    index_offset: u64,
+    /// The state index at which an archive was last restored.
+    #[serde(default)]
+    restored_at: Option<u64>,
+}
+
+impl Tables {
+    /// Entries per table, as `consulate snapshot inspect` lists them.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("Nodes", self.nodes.len()),
+            ("Services", self.services.len()),
+            ("Checks", self.checks.len()),
+            ("KV", self.kv.len()),
+            ("Sessions", self.sessions.len()),
+            ("ACL policies", self.acl_policies.len()),
+            ("ACL roles", self.acl_roles.len()),
+            ("ACL tokens", self.acl_tokens.len()),
+            ("Prepared queries", self.prepared_queries.len()),
+            ("Coordinates", self.coordinates.len()),
+        ]
+    }
 }
 
 impl Default for State {
@@ -353,6 +386,32 @@ impl State {
             self.watches[t.slot()].send_replace(i);
         }
         self.kv_watches.all_changed(self.index(Table::Kv));
+    }
+
+    /// Replaces the whole content with an archive's (`PUT /v1/snapshot`), as one change at
+    /// an index above both the archive's and the current one: every table's index moves
+    /// there, so every blocking query wakes, and later writes continue from it.
+    fn restore_archive(&mut self, log_index: u64, archive: &[u8]) -> CommandResult {
+        let (meta, mut tables) = match archive::read(archive) {
+            Ok(read) => read,
+            Err(e) => return CommandResult::Rejected(e.to_string()),
+        };
+        let at = self.index_of_log(log_index).max(meta.index + 1);
+        tables.index_offset = at - log_index;
+        tables.restored_at = Some(at);
+        tables.indexes = vec![at; Table::ALL.len()];
+        self.restore(tables);
+        CommandResult::Ok
+    }
+
+    /// The state index a write carried by Raft log entry `log_index` gets.
+    pub fn index_of_log(&self, log_index: u64) -> u64 {
+        log_index + self.data.index_offset
+    }
+
+    /// The state index at which an archive was last restored (session timers restart).
+    pub fn restored_at(&self) -> Option<u64> {
+        self.data.restored_at
     }
 
     /// The content, for a snapshot.
@@ -406,13 +465,15 @@ impl State {
     /// Applies `cmd` written at log `index`, on this server's clock at `now` (which only
     /// the soft state, lock-delays, depends on). Each table family applies its own
     /// commands (`catalog`, `kv`, `sessions`).
-    pub fn apply(&mut self, index: u64, cmd: Command, now: Instant) -> CommandResult {
+    pub fn apply(&mut self, log_index: u64, cmd: Command, now: Instant) -> CommandResult {
+        let index = self.index_of_log(log_index);
         match cmd {
             Command::Batch(cmds) => CommandResult::Batch(
                 cmds.into_iter()
-                    .map(|c| self.apply(index, c, now))
+                    .map(|c| self.apply(log_index, c, now))
                     .collect(),
             ),
+            Command::Restore { archive } => self.restore_archive(log_index, &archive),
             Command::Register(req) => self.register(index, *req, now),
             Command::Deregister(req) => self.deregister(index, req, now),
             Command::KvSet { key, value, flags } => {

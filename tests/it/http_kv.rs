@@ -418,8 +418,3 @@ async fn transactions_apply_all_or_nothing() {
     let (status, _) = bad(r#"{"KV": {}}"#.into()).await;
     assert_eq!(status, 400);
 }
-
-fn base64_of(v: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(v)
-}

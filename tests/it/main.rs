@@ -22,5 +22,6 @@ mod raft_process;
 mod raft_storage;
 mod server_loss;
 mod sessions;
+mod snapshot;
 mod transport;
 mod up;

@@ -53,10 +53,14 @@ async fn killing_any_one_server_fails_no_read_and_no_undelivered_write_through_a
     // starts once every server holds the key it reads, so any miss later is a kill's doing.
     for addr in &dc.addrs[..3] {
         let url = format!("http://{}:8500/v1/kv/fixed?stale", addr.ip());
-        eventually(Duration::from_secs(30), "every server holds the key", || async {
-            let r = http.get(&url).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "every server holds the key",
+            || async {
+                let r = http.get(&url).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
         .await;
     }
 

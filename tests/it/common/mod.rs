@@ -468,3 +468,9 @@ pub async fn catalog_register(
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 }
+
+/// `v` in base64, as Consul's JSON carries values.
+pub fn base64_of(v: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
