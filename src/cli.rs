@@ -1163,28 +1163,6 @@ pub async fn autopilot_state(c: &Client, format: Format) -> Result<String, CliEr
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_like_consul() {
-        let t = table(
-            &["Node", "Address", "Status"],
-            &[
-                vec!["s1".into(), "127.0.0.1:8300".into(), "alive".into()],
-                vec!["client-22".into(), "10.0.0.2:8300".into(), "failed".into()],
-            ],
-        );
-        assert_eq!(
-            t,
-            "Node       Address         Status\n\
-             s1         127.0.0.1:8300  alive\n\
-             client-22  10.0.0.2:8300   failed\n"
-        );
-    }
-}
-
 /// `consulate snapshot save FILE` (`-stale`): saves the DC's state, verifies the archive,
 /// and only then puts it at `file` (written beside it and renamed: a failed save leaves no
 /// partial file).
@@ -1258,4 +1236,26 @@ pub fn snapshot_inspect(file: &Path, format: Format) -> Result<String, CliError>
         out.push_str(&format!(" {t:<18} {n:>8}\n"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_like_consul() {
+        let t = table(
+            &["Node", "Address", "Status"],
+            &[
+                vec!["s1".into(), "127.0.0.1:8300".into(), "alive".into()],
+                vec!["client-22".into(), "10.0.0.2:8300".into(), "failed".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "Node       Address         Status\n\
+             s1         127.0.0.1:8300  alive\n\
+             client-22  10.0.0.2:8300   failed\n"
+        );
+    }
 }

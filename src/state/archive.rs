@@ -150,8 +150,11 @@ fn verified(archive: &[u8]) -> Result<(ArchiveMeta, Vec<u8>), ArchiveError> {
     Ok((meta, state))
 }
 
+/// Entries per table, by the table's name.
+pub type TableCounts = Vec<(&'static str, usize)>;
+
 /// What `consulate snapshot inspect` shows: the metadata and, per table, its entries.
-pub fn inspect(archive: &[u8]) -> Result<(ArchiveMeta, Vec<(&'static str, usize)>), ArchiveError> {
+pub fn inspect(archive: &[u8]) -> Result<(ArchiveMeta, TableCounts), ArchiveError> {
     let (meta, tables) = read(archive)?;
     Ok((meta, tables.counts()))
 }

@@ -328,7 +328,7 @@ pub struct Tables {
 
 impl Tables {
     /// Entries per table, as `consulate snapshot inspect` lists them.
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+    pub fn counts(&self) -> archive::TableCounts {
         vec![
             ("Nodes", self.nodes.len()),
             ("Services", self.services.len()),
