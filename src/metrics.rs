@@ -69,6 +69,8 @@ pub struct RaftMetrics {
     /// `install_snapshot`) and reason: `timeout` (openraft gave up waiting: it sends the
     /// same entries again at once), `unreachable`, `network`.
     pub rpc_failures: IntCounterVec,
+    /// Dead servers autopilot removed from the Raft configuration (on the leader).
+    pub autopilot_removed: IntCounter,
 }
 
 impl RaftMetrics {
@@ -115,6 +117,11 @@ impl RaftMetrics {
                 &["rpc", "reason"],
             )
             .expect("valid metric"),
+            autopilot_removed: IntCounter::new(
+                "consulate_autopilot_dead_servers_removed_total",
+                "Dead servers autopilot removed from the Raft configuration (on the leader).",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -126,6 +133,7 @@ impl RaftMetrics {
         register(r, m.leader_changes.clone());
         register(r, m.rpc_failures.clone());
         register(r, m.log_commit_seconds.clone());
+        register(r, m.autopilot_removed.clone());
         m
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod acl_replication;
 pub mod anti_entropy;
+pub mod autopilot;
 pub mod bootstrap;
 pub mod checks;
 pub mod coordinates;

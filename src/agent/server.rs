@@ -40,6 +40,8 @@ pub struct ServerParts {
     pub session_timers: Arc<SessionTimers>,
     /// Its ACL replication figures (non-primary DCs).
     pub acl_metrics: crate::metrics::AclMetrics,
+    /// Dead servers autopilot removed (a metric).
+    pub autopilot_removed: prometheus::IntCounter,
     /// How its ACL replication stands (`/v1/acl/replication`).
     pub acl_replication: Arc<std::sync::Mutex<crate::acl::ReplicationStatus>>,
     /// Its WAN coordinate and the other servers' (`/v1/coordinate/datacenters`).
@@ -128,6 +130,7 @@ impl ServerParts {
             router,
             session_timers: Arc::new(SessionTimers::default()),
             acl_metrics: metrics.acl.clone(),
+            autopilot_removed: metrics.raft.autopilot_removed.clone(),
             acl_replication: Default::default(),
             wan_coordinates,
         };
@@ -135,7 +138,8 @@ impl ServerParts {
     }
 
     /// Spawns a server's loops: bootstrap (until Raft has state), WAN flood-join and
-    /// leadership publishing, session TTLs and catalog reconciliation on the leader.
+    /// leadership publishing, session TTLs, autopilot's dead-server cleanup and catalog
+    /// reconciliation on the leader.
     pub fn spawn_loops(
         &self,
         loops: &mut Loops,
@@ -178,6 +182,23 @@ impl ServerParts {
                 shutdown.child_token(),
             ),
         );
+        if config.autopilot.cleanup_dead_servers {
+            let min_quorum = config
+                .autopilot
+                .min_quorum
+                .or(config.bootstrap_expect.map(|n| n as usize))
+                .unwrap_or(0);
+            loops.spawn(
+                "autopilot",
+                super::autopilot::run(
+                    self.raft.clone(),
+                    members.clone(),
+                    (min_quorum, config.autopilot.dead_server_after.0),
+                    self.autopilot_removed.clone(),
+                    shutdown.child_token(),
+                ),
+            );
+        }
         loops.spawn(
             "reconcile",
             reconcile::run(dispatcher.clone(), members, shutdown.child_token()),

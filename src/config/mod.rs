@@ -365,6 +365,40 @@ pub struct AgentConfig {
     /// Access control (Consul's `acl` block; off by default).
     #[serde(default, skip_serializing_if = "AclConfig::is_default")]
     pub acl: AclConfig,
+    /// Servers: the leader's automatic management of the Raft configuration (Consul's
+    /// `autopilot` block).
+    #[serde(default, skip_serializing_if = "AutopilotConfig::is_default")]
+    pub autopilot: AutopilotConfig,
+}
+
+/// Consul's `autopilot` block (the dead-server cleanup), same names where Consul has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutopilotConfig {
+    /// Whether the leader removes dead servers from the Raft configuration (default true).
+    pub cleanup_dead_servers: bool,
+    /// Voters the cleanup never goes below (default: `bootstrap_expect`, else none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_quorum: Option<usize>,
+    /// How long a server must have been failed or left in LAN gossip before it is
+    /// removed (a consulate setting; default `30s`).
+    pub dead_server_after: GoDuration,
+}
+
+impl Default for AutopilotConfig {
+    fn default() -> Self {
+        AutopilotConfig {
+            cleanup_dead_servers: true,
+            min_quorum: None,
+            dead_server_after: GoDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+impl AutopilotConfig {
+    fn is_default(&self) -> bool {
+        *self == AutopilotConfig::default()
+    }
 }
 
 /// Limits on the HTTP API's clients (Consul's `limits` block, same names and defaults

@@ -197,6 +197,7 @@ impl Topology {
                     reconnect_timeout: None,
                     primary_datacenter: None,
                     acl: Default::default(),
+                    autopilot: Default::default(),
                 }
             })
             .collect()

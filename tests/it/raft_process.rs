@@ -747,3 +747,93 @@ async fn an_operator_removes_a_dead_server_from_raft() {
     ]);
     assert!(!ok && text.contains("cannot remove itself"), "{text}");
 }
+
+/// Autopilot's dead-server cleanup: a server killed for good stays in the configuration
+/// while removing it would leave fewer voters than `bootstrap_expect`; once a replacement
+/// has joined, the leader removes it by itself (counted), and the DC can again lose one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_removes_a_dead_server_once_a_replacement_joined() {
+    let pki = TestPki::new();
+    let dc = write_dc_with(8, &pki, "autopilot = { dead_server_after = \"1s\" }\n");
+    let mut servers: Vec<ChildGuard> = dc.configs[..3].iter().map(|c| spawn_agent(c)).collect();
+    let (_me, probe) = prober(&pki);
+    let li = agreed_leader(&probe, &dc.addrs[..3]).await;
+    let http = http_client_bounded();
+    let leader = format!("http://{}:8500", dc.addrs[li].ip());
+    let voters = || async {
+        let v: serde_json::Value =
+            get_json(&http, &format!("{leader}/v1/operator/raft/configuration")).await?;
+        let mut names: Vec<String> = v["Servers"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["Voter"] == true)
+            .map(|s| s["Node"].as_str().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        Some(names)
+    };
+    let victim = (li + 1) % 3;
+    let victim_name = format!("s{}", victim + 1);
+    servers[victim].signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    eventually(
+        Duration::from_secs(30),
+        "gossip sees the dead server failed",
+        || async {
+            let m = get_json(&http, &format!("{leader}/v1/agent/members")).await?;
+            m.as_array()?
+                .iter()
+                .any(|m| m["Name"] == victim_name.as_str() && m["Status"] != 1)
+                .then_some(())
+        },
+    )
+    .await;
+    // Dead for longer than `dead_server_after`, but no replacement: it stays (removing it
+    // would leave two voters of an expected three).
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let v = voters().await.expect("the configuration");
+        assert_eq!(v.len(), 3, "removed below bootstrap_expect: {v:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(
+            &http,
+            &leader,
+            "consulate_autopilot_dead_servers_removed_total"
+        )
+        .await,
+        Some(0.0)
+    );
+
+    // The replacement joins (as a learner, then a voter); the dead one goes.
+    let _replacement = spawn_agent(&dc.configs[3]);
+    let mut expected: Vec<String> = (0..4)
+        .filter(|i| *i != victim)
+        .map(|i| format!("s{}", i + 1))
+        .collect();
+    expected.sort();
+    eventually(
+        Duration::from_secs(60),
+        "autopilot replaced the dead server",
+        || async { (voters().await? == expected).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &http,
+            &leader,
+            "consulate_autopilot_dead_servers_removed_total"
+        )
+        .await,
+        Some(1.0)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "one server may fail again",
+        || async {
+            let v = get_json(&http, &format!("{leader}/v1/operator/autopilot/health")).await?;
+            (v["Healthy"] == true && v["FailureTolerance"] == 1).then_some(())
+        },
+    )
+    .await;
+}
