@@ -1,5 +1,5 @@
-//! Consul's `/v1/txn` (KV operations): up to 128 operations, all or nothing in one Raft
-//! entry; a transaction of reads and checks only is served without Raft, in the requested
+//! Consul's `/v1/txn` (KV, and catalog node, service and check operations): up to 128
+//! operations, all or nothing in one Raft entry; a transaction of reads and checks only is served without Raft, in the requested
 //! consistency mode. 200 with each operation's result, 409 with which one failed and why.
 
 use axum::Json;
@@ -10,13 +10,17 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::catalog::parse_status;
 use super::error::HttpError;
-use super::json::decode_list;
+use super::json::{CheckJson, NodeJson, ServiceBody, ServiceJson, decode_list, decode_value};
 use super::kv::KvJson;
 use super::params::Params;
 use super::{Api, read};
 use crate::state::query::{Query, QueryResult};
-use crate::state::txn::{KvOp, KvVerb, MAX_OPS, TxnOutcome};
+use crate::state::txn::{
+    CatalogOp, CatalogTarget, CatalogVerb, KvOp, KvVerb, MAX_OPS, TxnOp, TxnOutcome, TxnResult,
+};
+use crate::state::{CheckDefinition, RegisterRequest};
 use crate::state::{Command, CommandResult};
 
 /// One operation as a request carries it (keys normalized by the decoder).
@@ -44,13 +48,182 @@ struct KvBody {
     session: String,
 }
 
+/// A catalog operation as Consul nests it: `{"Verb", "Node": {..}}`, `{"Verb", "Node":
+/// name, "Service": {..}}`, `{"Verb", "Check": {..}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogBody {
+    verb: String,
+    #[serde(default)]
+    node: Option<serde_json::Value>,
+    #[serde(default)]
+    service: Option<serde_json::Value>,
+    #[serde(default)]
+    check: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeBody {
+    #[serde(default)]
+    id: String,
+    node: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    datacenter: String,
+    #[serde(rename = "taggedaddresses", default)]
+    tagged_addresses: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    meta: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(rename = "modifyindex", default)]
+    modify_index: u64,
+    #[serde(rename = "createindex", default)]
+    _create_index: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    node: String,
+    #[serde(rename = "checkid", default)]
+    check_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    output: String,
+    #[serde(rename = "serviceid", default)]
+    service_id: String,
+    #[serde(rename = "servicename", default)]
+    _service_name: String,
+    #[serde(rename = "servicetags", default)]
+    _service_tags: Vec<String>,
+    #[serde(rename = "modifyindex", default)]
+    modify_index: u64,
+    #[serde(rename = "createindex", default)]
+    _create_index: u64,
+}
+
+/// Takes the indexes out of an object before it is decoded by a shape that has none.
+fn take_index(v: &mut serde_json::Value) -> u64 {
+    let Some(map) = v.as_object_mut() else {
+        return 0;
+    };
+    map.remove("createindex");
+    map.remove("modifyindex")
+        .and_then(|i| i.as_u64())
+        .unwrap_or(0)
+}
+
+impl CatalogBody {
+    fn into_op(
+        self,
+        target: CatalogTarget,
+        bad: impl Fn(String) -> HttpError,
+    ) -> Result<CatalogOp, HttpError> {
+        let verb = CatalogVerb::parse(&self.verb)
+            .ok_or_else(|| bad(format!("unknown verb {:?}", self.verb)))?;
+        let missing = |what: &str| bad(format!("missing {what}"));
+        let (req, index) = match target {
+            CatalogTarget::Node => {
+                let n: NodeBody = decode_value(self.node.ok_or_else(|| missing("Node"))?)?;
+                let req = RegisterRequest {
+                    id: n.id,
+                    node: n.node,
+                    address: n.address,
+                    datacenter: n.datacenter,
+                    tagged_addresses: n.tagged_addresses.unwrap_or_default(),
+                    node_meta: n.meta.unwrap_or_default(),
+                    ..Default::default()
+                };
+                (req, n.modify_index)
+            }
+            CatalogTarget::Service => {
+                let node = self
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.as_str())
+                    .ok_or_else(|| missing("Node"))?
+                    .to_string();
+                let mut v = self.service.ok_or_else(|| missing("Service"))?;
+                let index = take_index(&mut v);
+                let (mut def, _) = decode_value::<ServiceBody>(v)?.into_definition()?;
+                if def.id.is_empty() {
+                    def.id = def.service.clone();
+                }
+                let req = RegisterRequest {
+                    node,
+                    service: Some(def),
+                    ..Default::default()
+                };
+                (req, index)
+            }
+            CatalogTarget::Check => {
+                let c: CheckBody = decode_value(self.check.ok_or_else(|| missing("Check"))?)?;
+                let check = CheckDefinition {
+                    check_id: if c.check_id.is_empty() {
+                        c.name.clone()
+                    } else {
+                        c.check_id
+                    },
+                    name: c.name,
+                    status: match c.status.as_deref() {
+                        None | Some("") => Default::default(),
+                        Some(s) => parse_status(s)?,
+                    },
+                    notes: c.notes,
+                    output: c.output,
+                    service_id: Some(c.service_id).filter(|s| !s.is_empty()),
+                    ..Default::default()
+                };
+                let req = RegisterRequest {
+                    node: c.node,
+                    checks: vec![check],
+                    ..Default::default()
+                };
+                (req, c.modify_index)
+            }
+        };
+        if req.node.is_empty() {
+            return Err(missing("node name"));
+        }
+        let op = CatalogOp {
+            target,
+            verb,
+            req,
+            index,
+        };
+        if target != CatalogTarget::Node && op.id().is_empty() {
+            return Err(missing("ID"));
+        }
+        Ok(op)
+    }
+}
+
 impl OpBody {
-    fn into_op(self, i: usize) -> Result<KvOp, HttpError> {
+    fn into_op(self, i: usize) -> Result<TxnOp, HttpError> {
         let bad = |what: String| HttpError::BadRequest(format!("Operation {i}: {what}"));
-        if self.node.is_some() || self.service.is_some() || self.check.is_some() {
-            return Err(bad(
-                "catalog operations in transactions are not supported yet".into(),
-            ));
+        let given = [&self.node, &self.service, &self.check]
+            .iter()
+            .filter(|o| o.is_some())
+            .count()
+            + usize::from(self.kv.is_some());
+        if given != 1 {
+            return Err(bad("must be exactly one of KV, Node, Service, Check".into()));
+        }
+        for (body, target) in [
+            (self.node, CatalogTarget::Node),
+            (self.service, CatalogTarget::Service),
+            (self.check, CatalogTarget::Check),
+        ] {
+            if let Some(body) = body {
+                let body: CatalogBody = decode_value(body)?;
+                return Ok(TxnOp::Catalog(Box::new(body.into_op(target, bad)?)));
+            }
         }
         let kv = self.kv.ok_or_else(|| bad("no KV operation".into()))?;
         let verb =
@@ -69,23 +242,37 @@ impl OpBody {
         {
             return Err(bad(format!("{} needs a Session", kv.verb)));
         }
-        Ok(KvOp {
+        Ok(TxnOp::Kv(KvOp {
             verb,
             key: kv.key,
             value: value.into(),
             flags: kv.flags,
             index: kv.index,
             session: kv.session,
-        })
+        }))
     }
 }
 
-/// One result as Consul shows it.
+/// One result as Consul shows it: `{"KV": ..}`, `{"Node": ..}`, `{"Service": ..}` or
+/// `{"Check": ..}`.
 #[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct ResultJson<'a> {
+enum ResultJson<'a> {
     #[serde(rename = "KV")]
-    kv: KvJson<'a>,
+    Kv(KvJson<'a>),
+    Node(NodeJson<'a>),
+    Service(ServiceJson<'a>),
+    Check(CheckJson<'a>),
+}
+
+impl<'a> ResultJson<'a> {
+    fn new(r: &'a TxnResult, datacenter: &'a str) -> Self {
+        match r {
+            TxnResult::Kv(e) => ResultJson::Kv(KvJson::from(e)),
+            TxnResult::Node(n) => ResultJson::Node(NodeJson::from(n)),
+            TxnResult::Service(s) => ResultJson::Service(ServiceJson::new(s, datacenter)),
+            TxnResult::Check(c) => ResultJson::Check(CheckJson::from(c)),
+        }
+    }
 }
 
 /// One failure as Consul shows it.
@@ -102,12 +289,12 @@ pub async fn txn(State(api): State<Api>, p: Params, body: Bytes) -> Result<Respo
     if ops.len() > MAX_OPS {
         return Err(HttpError::TooManyOps(ops.len(), MAX_OPS));
     }
-    let ops: Vec<KvOp> = ops
+    let ops: Vec<TxnOp> = ops
         .into_iter()
         .enumerate()
         .map(|(i, op)| op.into_op(i))
         .collect::<Result<_, _>>()?;
-    let (headers, outcome) = if ops.iter().all(|op| op.verb.is_read()) {
+    let (headers, outcome) = if ops.iter().all(TxnOp::is_read) {
         let (headers, out) = read(&api, &p, Query::Txn(ops)).await?;
         let QueryResult::Txn(outcome) = out.result else {
             return Err(HttpError::shape());
@@ -126,12 +313,8 @@ pub async fn txn(State(api): State<Api>, p: Params, body: Bytes) -> Result<Respo
     };
     Ok(match &outcome {
         TxnOutcome::Applied(entries) => {
-            let results: Vec<ResultJson> = entries
-                .iter()
-                .map(|e| ResultJson {
-                    kv: KvJson::from(e),
-                })
-                .collect();
+            let dc = p.dc().unwrap_or(&api.local.node.datacenter);
+            let results: Vec<ResultJson> = entries.iter().map(|e| ResultJson::new(e, dc)).collect();
             let json = serde_json::json!({ "Results": results, "Errors": null });
             (headers, Json(json)).into_response()
         }

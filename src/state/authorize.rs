@@ -9,7 +9,7 @@
 use crate::acl::{Access, AclError, Authorizer, Permission, Resource, Scalar};
 
 use super::query::{Query, QueryResult};
-use super::txn::KvOp;
+use super::txn::{CatalogTarget, CatalogVerb, KvOp, TxnOp, TxnOutcome, TxnResult};
 use super::{Command, RegisterRequest, State};
 
 impl State {
@@ -95,7 +95,45 @@ impl State {
 
     /// What one transaction operation needs: `key:read` to read or check a key, `key:write`
     /// to change it, and on every key under the prefix for the tree verbs (as Consul).
-    pub fn authorize_txn_op(&self, authz: &Authorizer, op: &KvOp) -> Result<(), AclError> {
+    /// A catalog operation needs what the same registration or deregistration does, or
+    /// `node:read` (and `service:read` on the service's name) to read.
+    pub fn authorize_txn_op(&self, authz: &Authorizer, op: &TxnOp) -> Result<(), AclError> {
+        let op = match op {
+            TxnOp::Kv(op) => op,
+            TxnOp::Catalog(c) => {
+                return match c.verb {
+                    CatalogVerb::Get => {
+                        check_txn_read(authz, op)?;
+                        match self
+                            .data
+                            .services
+                            .get(&(c.req.node.clone(), c.id().to_string()))
+                        {
+                            Some(s) if c.target == CatalogTarget::Service => authz.check(
+                                &Permission::named(Resource::Service, &s.service, Access::Read),
+                            ),
+                            _ => Ok(()),
+                        }
+                    }
+                    CatalogVerb::Set | CatalogVerb::Cas => {
+                        self.authorize_command(authz, &Command::Register(Box::new(c.req.clone())))
+                    }
+                    CatalogVerb::Delete | CatalogVerb::DeleteCas => {
+                        let id = (!c.id().is_empty()).then(|| c.id().to_string());
+                        self.authorize_command(
+                            authz,
+                            &Command::Deregister(super::DeregisterRequest {
+                                node: c.req.node.clone(),
+                                service_id: id
+                                    .clone()
+                                    .filter(|_| c.target == CatalogTarget::Service),
+                                check_id: id.filter(|_| c.target == CatalogTarget::Check),
+                            }),
+                        )
+                    }
+                };
+            }
+        };
         use super::txn::KvVerb;
         let key = op.key.as_str();
         match op.verb {
@@ -108,7 +146,7 @@ impl State {
             verb if verb.writes() => {
                 authz.check(&Permission::named(Resource::Key, key, Access::Write))
             }
-            _ => check_txn_read(authz, op),
+            _ => authz.check(&Permission::named(Resource::Key, key, Access::Read)),
         }
     }
 
@@ -271,7 +309,25 @@ pub fn filter_result(
             }
             QueryResult::PreparedQueries(v)
         }
-        r @ QueryResult::Txn(_) => r,
+        QueryResult::Txn(outcome) => {
+            // A service or check read by ID: its service's name is known only now.
+            if let TxnOutcome::Applied(results) = &outcome {
+                for r in results {
+                    match r {
+                        TxnResult::Service(s) => authz.check(&Permission::named(
+                            Resource::Service,
+                            &s.service,
+                            Access::Read,
+                        ))?,
+                        TxnResult::Check(c) if !c.service_name.is_empty() => authz.check(
+                            &Permission::named(Resource::Service, &c.service_name, Access::Read),
+                        )?,
+                        _ => {}
+                    }
+                }
+            }
+            QueryResult::Txn(outcome)
+        }
         QueryResult::Coordinates(mut v) => {
             v.retain(|c| keep(can(Resource::Node, &c.node)));
             QueryResult::Coordinates(v)
@@ -286,7 +342,17 @@ pub fn filter_result(
 
 /// What a read or check of a transaction needs (`key:read`; on every key under the
 /// prefix for `get-tree`).
-fn check_txn_read(authz: &Authorizer, op: &KvOp) -> Result<(), AclError> {
+fn check_txn_read(authz: &Authorizer, op: &TxnOp) -> Result<(), AclError> {
+    let op: &KvOp = match op {
+        TxnOp::Kv(op) => op,
+        TxnOp::Catalog(c) => {
+            return authz.check(&Permission::named(
+                Resource::Node,
+                &c.req.node,
+                Access::Read,
+            ));
+        }
+    };
     let key = op.key.as_str();
     if op.verb == super::txn::KvVerb::GetTree && !authz.allows_read_under(Resource::Key, key) {
         authz.check(&Permission::named(Resource::Key, key, Access::Read))?;

@@ -184,7 +184,7 @@ pub enum Command {
         id: String,
     },
     /// A transaction: KV operations applied in order, all or none.
-    Txn(Vec<txn::KvOp>),
+    Txn(Vec<txn::TxnOp>),
     /// Replaces the whole state with a snapshot archive's ([`archive`]; `PUT /v1/snapshot`):
     /// one entry, so every server switches at once and no reader sees half of it.
     Restore {
@@ -521,7 +521,7 @@ impl State {
             Command::PreparedQueryCreate(q) => self.prepared_query_set(index, *q, true),
             Command::PreparedQueryUpdate(q) => self.prepared_query_set(index, *q, false),
             Command::PreparedQueryDelete { id } => self.prepared_query_delete(index, &id),
-            Command::Txn(ops) => self.txn(index, &ops),
+            Command::Txn(ops) => self.txn(index, &ops, now),
         }
     }
 }

@@ -128,7 +128,7 @@ pub enum Query {
         id: Option<String>,
     },
     /// A transaction of reads and checks only (`/v1/txn` without writes).
-    Txn(Vec<super::txn::KvOp>),
+    Txn(Vec<super::txn::TxnOp>),
     /// `coordinate/nodes` (`None`) or `coordinate/node/:node`.
     Coordinates {
         /// Only this node's.
@@ -261,7 +261,7 @@ impl Query {
             | Query::AclReplication => &[Table::Acl],
             Query::Coordinates { .. } => &[Table::Coordinates],
             Query::PreparedQueries { .. } => &[Table::PreparedQueries],
-            Query::Txn(_) => &[Table::Kv],
+            Query::Txn(_) => &[Table::Kv, Table::Nodes, Table::Services, Table::Checks],
             Query::Near { query, .. } => query.tables(),
         }
     }

@@ -1,12 +1,15 @@
-//! Transactions (Consul's `/v1/txn`, KV operations): up to [`MAX_OPS`] operations applied
-//! in order in one log entry, all or nothing. A failing operation undoes the ones before it
+//! Transactions (Consul's `/v1/txn`: KV operations and catalog node, service and check
+//! operations): up to [`MAX_OPS`] operations applied in order in one log entry, all or
+//! nothing. A failing operation undoes the ones before it
 //! (the tables are persistent maps: keeping the state before the transaction costs a
 //! pointer copy) and the transaction answers which operation failed and why. A
 //! transaction of reads and checks only runs on any server's state without Raft.
 
 use serde::{Deserialize, Serialize};
 
-use super::{CommandResult, KvEntry, State};
+use super::{
+    Check, CommandResult, DeregisterRequest, KvEntry, Node, RegisterRequest, Service, State,
+};
 
 /// The most operations one transaction holds (Consul's limit).
 pub const MAX_OPS: usize = 128;
@@ -95,12 +98,108 @@ pub struct KvOp {
     pub session: String,
 }
 
+/// One operation of a transaction: on the KV store or the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// A KV operation.
+    Kv(KvOp),
+    /// A catalog node, service or check operation.
+    Catalog(Box<CatalogOp>),
+}
+
+impl TxnOp {
+    /// Whether it changes nothing (a transaction of such operations needs no Raft).
+    pub fn is_read(&self) -> bool {
+        match self {
+            TxnOp::Kv(op) => op.verb.is_read(),
+            TxnOp::Catalog(op) => op.verb == CatalogVerb::Get,
+        }
+    }
+}
+
+/// What a catalog operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogTarget {
+    /// A node (`req`'s node fields).
+    Node,
+    /// A service of `req.node` (`req.service`).
+    Service,
+    /// A check of `req.node` (`req.checks[0]`).
+    Check,
+}
+
+/// A catalog operation's verb (Consul's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogVerb {
+    /// Registers (or updates) it.
+    Set,
+    /// Sets it if its ModifyIndex is `index` (0: if absent).
+    Cas,
+    /// Reads it (fails if absent).
+    Get,
+    /// Deregisters it.
+    Delete,
+    /// Deregisters it if its ModifyIndex is `index`.
+    DeleteCas,
+}
+
+impl CatalogVerb {
+    /// The verb as Consul spells it.
+    pub fn parse(text: &str) -> Option<CatalogVerb> {
+        Some(match text {
+            "set" => CatalogVerb::Set,
+            "cas" => CatalogVerb::Cas,
+            "get" => CatalogVerb::Get,
+            "delete" => CatalogVerb::Delete,
+            "delete-cas" => CatalogVerb::DeleteCas,
+            _ => return None,
+        })
+    }
+}
+
+/// A catalog operation: what it is about, described as the registration that would make it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogOp {
+    /// Node, service or check.
+    pub target: CatalogTarget,
+    /// What to do.
+    pub verb: CatalogVerb,
+    /// The node and, for a service or check, the one definition.
+    pub req: RegisterRequest,
+    /// The ModifyIndex compared.
+    pub index: u64,
+}
+
+impl CatalogOp {
+    /// The service's or check's ID (empty for a node).
+    pub fn id(&self) -> &str {
+        match self.target {
+            CatalogTarget::Node => "",
+            CatalogTarget::Service => self.req.service.as_ref().map_or("", |s| s.id.as_str()),
+            CatalogTarget::Check => self.req.checks.first().map_or("", |c| c.check_id.as_str()),
+        }
+    }
+}
+
+/// What one operation returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnResult {
+    /// A KV entry (without its value for writes, as Consul).
+    Kv(KvEntry),
+    /// A node.
+    Node(Node),
+    /// A service instance.
+    Service(Service),
+    /// A check.
+    Check(Check),
+}
+
 /// What a transaction answered: the result of each operation (entries read or written;
 /// nothing for deletes), or the operations that failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOutcome {
     /// Every operation applied; their results in order.
-    Applied(Vec<KvEntry>),
+    Applied(Vec<TxnResult>),
     /// Nothing applied: which operation failed and why.
     Failed(Vec<TxnError>),
 }
@@ -117,14 +216,26 @@ pub struct TxnError {
 impl State {
     /// Applies `ops` at log `index`: all of them, or none (the state is put back as it was
     /// when one fails).
-    pub(super) fn txn(&mut self, index: u64, ops: &[KvOp]) -> CommandResult {
+    pub(super) fn txn(
+        &mut self,
+        index: u64,
+        ops: &[TxnOp],
+        now: std::time::Instant,
+    ) -> CommandResult {
         let before = self.data.clone();
         let mut results = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            match self.txn_op(index, op) {
+            let done = match op {
+                TxnOp::Kv(op) => self
+                    .txn_op(index, op)
+                    .map(|found| found.into_iter().map(TxnResult::Kv).collect()),
+                TxnOp::Catalog(op) => self.catalog_op(index, op, now),
+            };
+            match done {
                 Ok(found) => results.extend(found),
                 Err(what) => {
                     self.data = before;
+                    self.by_name = super::name_index(&self.data);
                     return CommandResult::Txn(TxnOutcome::Failed(vec![TxnError {
                         op_index: i,
                         what,
@@ -136,15 +247,121 @@ impl State {
     }
 
     /// Runs a transaction of reads and checks only, changing nothing.
-    pub fn txn_read(&self, ops: &[KvOp]) -> TxnOutcome {
+    pub fn txn_read(&self, ops: &[TxnOp]) -> TxnOutcome {
         let mut results = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            match self.txn_check(op) {
+            let found = match op {
+                TxnOp::Kv(op) => self
+                    .txn_check(op)
+                    .map(|found| found.into_iter().map(TxnResult::Kv).collect()),
+                TxnOp::Catalog(op) => self.catalog_get(op).map(|r| vec![r]),
+            };
+            match found {
                 Ok(found) => results.extend(found),
                 Err(what) => return TxnOutcome::Failed(vec![TxnError { op_index: i, what }]),
             }
         }
         TxnOutcome::Applied(results)
+    }
+
+    /// What a catalog operation is about, as it stands (`None`: absent).
+    fn catalog_current(&self, op: &CatalogOp) -> Option<TxnResult> {
+        let node = op.req.node.clone();
+        match op.target {
+            CatalogTarget::Node => self.data.nodes.get(&node).cloned().map(TxnResult::Node),
+            CatalogTarget::Service => self
+                .data
+                .services
+                .get(&(node, op.id().to_string()))
+                .cloned()
+                .map(TxnResult::Service),
+            CatalogTarget::Check => self
+                .data
+                .checks
+                .get(&(node, op.id().to_string()))
+                .cloned()
+                .map(TxnResult::Check),
+        }
+    }
+
+    fn catalog_get(&self, op: &CatalogOp) -> Result<TxnResult, String> {
+        self.catalog_current(op).ok_or_else(|| match op.target {
+            CatalogTarget::Node => format!("node {:?} doesn't exist", op.req.node),
+            CatalogTarget::Service => format!(
+                "service {:?} on node {:?} doesn't exist",
+                op.id(),
+                op.req.node
+            ),
+            CatalogTarget::Check => format!(
+                "check {:?} on node {:?} doesn't exist",
+                op.id(),
+                op.req.node
+            ),
+        })
+    }
+
+    /// One catalog operation at log `index`: what it returns, or why it fails.
+    fn catalog_op(
+        &mut self,
+        index: u64,
+        op: &CatalogOp,
+        now: std::time::Instant,
+    ) -> Result<Vec<TxnResult>, String> {
+        let modify_index = |r: &TxnResult| match r {
+            TxnResult::Node(n) => n.modify_index,
+            TxnResult::Service(s) => s.modify_index,
+            TxnResult::Check(c) => c.modify_index,
+            TxnResult::Kv(e) => e.modify_index,
+        };
+        let current = self.catalog_current(op);
+        if matches!(op.verb, CatalogVerb::Cas | CatalogVerb::DeleteCas)
+            && current.as_ref().map_or(0, modify_index) != op.index
+        {
+            return Err(format!(
+                "failed to {} {:?}, index is stale",
+                if op.verb == CatalogVerb::Cas {
+                    "set"
+                } else {
+                    "delete"
+                },
+                if op.target == CatalogTarget::Node {
+                    op.req.node.as_str()
+                } else {
+                    op.id()
+                }
+            ));
+        }
+        match op.verb {
+            CatalogVerb::Get => self.catalog_get(op).map(|r| vec![r]),
+            CatalogVerb::Set | CatalogVerb::Cas => {
+                let mut req = op.req.clone();
+                if op.target != CatalogTarget::Node {
+                    let Some(node) = self.data.nodes.get(&req.node) else {
+                        return Err(format!("node {:?} doesn't exist", req.node));
+                    };
+                    req.address = node.address.clone();
+                    req.id = node.id.clone();
+                    req.tagged_addresses = node.tagged_addresses.clone();
+                    req.node_meta = node.meta.clone();
+                }
+                match self.register(index, req, now) {
+                    CommandResult::Rejected(why) => Err(why),
+                    _ => Ok(self.catalog_current(op).into_iter().collect()),
+                }
+            }
+            CatalogVerb::Delete | CatalogVerb::DeleteCas => {
+                let id = (!op.id().is_empty()).then(|| op.id().to_string());
+                let req = DeregisterRequest {
+                    node: op.req.node.clone(),
+                    service_id: id.clone().filter(|_| op.target == CatalogTarget::Service),
+                    check_id: id.filter(|_| op.target == CatalogTarget::Check),
+                };
+                match self.deregister(index, req, now) {
+                    CommandResult::Rejected(why) => Err(why),
+                    _ => Ok(Vec::new()),
+                }
+            }
+        }
     }
 
     /// A read or check: the entries it returns, or why it fails.
@@ -251,14 +468,21 @@ mod tests {
     use super::*;
     use crate::state::{Command, Table};
 
-    fn op(verb: KvVerb, key: &str, value: &str, index: u64) -> KvOp {
-        KvOp {
+    fn op(verb: KvVerb, key: &str, value: &str, index: u64) -> TxnOp {
+        TxnOp::Kv(KvOp {
             verb,
             key: key.into(),
             value: bytes::Bytes::copy_from_slice(value.as_bytes()),
             flags: 0,
             index,
             session: String::new(),
+        })
+    }
+
+    fn value(r: &TxnResult) -> &[u8] {
+        match r {
+            TxnResult::Kv(e) => &e.value,
+            other => panic!("not a KV result: {other:?}"),
         }
     }
 
@@ -281,7 +505,7 @@ mod tests {
             panic!("{ok:?}");
         };
         assert_eq!(results.len(), 2);
-        assert!(results[0].value.is_empty(), "writes return no value");
+        assert!(value(&results[0]).is_empty(), "writes return no value");
         // The third op fails: the first two are undone, the index untouched.
         let failed = s.apply(
             4,
@@ -325,7 +549,7 @@ mod tests {
             panic!("{read:?}");
         };
         assert_eq!(entries.len(), 4);
-        assert_eq!(&entries[0].value[..], b"1");
+        assert_eq!(value(&entries[0]), b"1");
         let failed = s.txn_read(&[
             op(KvVerb::Get, "app/a", "", 0),
             op(KvVerb::CheckIndex, "app/a", "", 4),
@@ -343,5 +567,121 @@ mod tests {
         ));
         assert_eq!(KvVerb::parse("get-tree"), Some(KvVerb::GetTree));
         assert_eq!(KvVerb::parse("nope"), None);
+    }
+
+    fn catalog(
+        target: CatalogTarget,
+        verb: CatalogVerb,
+        req: RegisterRequest,
+        index: u64,
+    ) -> TxnOp {
+        TxnOp::Catalog(Box::new(CatalogOp {
+            target,
+            verb,
+            req,
+            index,
+        }))
+    }
+
+    #[test]
+    fn catalog_operations_apply_with_kv_all_or_nothing() {
+        use crate::state::{CheckDefinition, ServiceDefinition};
+        let mut s = State::default();
+        let node = RegisterRequest {
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        let service = RegisterRequest {
+            node: "n1".into(),
+            service: Some(ServiceDefinition {
+                id: "web1".into(),
+                service: "web".into(),
+                port: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = RegisterRequest {
+            node: "n1".into(),
+            checks: vec![CheckDefinition {
+                check_id: "web-up".into(),
+                name: "up".into(),
+                service_id: Some("web1".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let r = s.apply(
+            7,
+            Command::Txn(vec![
+                catalog(CatalogTarget::Node, CatalogVerb::Set, node.clone(), 0),
+                catalog(CatalogTarget::Service, CatalogVerb::Set, service.clone(), 0),
+                catalog(CatalogTarget::Check, CatalogVerb::Cas, check.clone(), 0),
+                op(KvVerb::Set, "k", "v", 0),
+            ]),
+            now(),
+        );
+        let CommandResult::Txn(TxnOutcome::Applied(results)) = r else {
+            panic!("{r:?}");
+        };
+        assert!(matches!(&results[0], TxnResult::Node(n) if n.address == "10.0.0.1"));
+        assert!(
+            matches!(&results[1], TxnResult::Service(sv) if sv.port == 80 && sv.modify_index == 7)
+        );
+        assert!(matches!(&results[2], TxnResult::Check(c) if c.service_name == "web"));
+        // A stale CAS in the middle undoes the node's deletion before it.
+        let r = s.apply(
+            8,
+            Command::Txn(vec![
+                catalog(CatalogTarget::Node, CatalogVerb::Delete, node.clone(), 0),
+                catalog(CatalogTarget::Service, CatalogVerb::Cas, service.clone(), 3),
+            ]),
+            now(),
+        );
+        assert!(
+            matches!(r, CommandResult::Txn(TxnOutcome::Failed(ref e)) if e[0].op_index == 1),
+            "{r:?}"
+        );
+        assert!(matches!(
+            s.txn_read(&[catalog(CatalogTarget::Service, CatalogVerb::Get, service.clone(), 0)]),
+            TxnOutcome::Applied(ref v) if v.len() == 1
+        ));
+        // A service for a node that does not exist is refused.
+        let mut orphan = service.clone();
+        orphan.node = "n2".into();
+        let r = s.apply(
+            9,
+            Command::Txn(vec![catalog(
+                CatalogTarget::Service,
+                CatalogVerb::Set,
+                orphan,
+                0,
+            )]),
+            now(),
+        );
+        assert!(
+            matches!(r, CommandResult::Txn(TxnOutcome::Failed(ref e)) if e[0].what.contains("doesn't exist")),
+            "{r:?}"
+        );
+        // Deleting the service takes its check with it.
+        let r = s.apply(
+            10,
+            Command::Txn(vec![catalog(
+                CatalogTarget::Service,
+                CatalogVerb::DeleteCas,
+                service,
+                7,
+            )]),
+            now(),
+        );
+        assert!(
+            matches!(r, CommandResult::Txn(TxnOutcome::Applied(_))),
+            "{r:?}"
+        );
+        assert!(matches!(
+            s.txn_read(&[catalog(CatalogTarget::Check, CatalogVerb::Get, check, 0)]),
+            TxnOutcome::Failed(_)
+        ));
     }
 }

@@ -417,4 +417,65 @@ async fn transactions_apply_all_or_nothing() {
     assert!(text.contains("too many operations (129 > 128)"), "{text}");
     let (status, _) = bad(r#"{"KV": {}}"#.into()).await;
     assert_eq!(status, 400);
+    let (status, text) =
+        bad(json!([{"Node": {"Verb": "set", "Node": {"Address": "x"}}}]).to_string()).await;
+    assert_eq!(status, 400, "a node without a name: {text}");
+
+    // Catalog operations in Consul's shapes, with KV, all or nothing.
+    let node = json!({"Node": {"Verb": "set", "Node": {"Node": "tx-n1", "Address": "10.9.0.1", "Meta": {"rack": "r1"}}}});
+    let service = |verb: &str, index: u64| {
+        json!({"Service": {"Verb": verb, "Node": "tx-n1",
+                           "Service": {"ID": "web1", "Service": "web", "Port": 8080, "ModifyIndex": index}}})
+    };
+    let check = json!({"Check": {"Verb": "set", "Check": {"Node": "tx-n1", "CheckID": "web-up",
+                       "Name": "up", "Status": "passing", "ServiceID": "web1"}}});
+    let (status, v, _) = txn(
+        json!([
+            node,
+            service("set", 0),
+            check,
+            kv("set", "t/catalog", Some("1"))
+        ]),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["Results"][0]["Node"]["Meta"]["rack"], "r1", "{v}");
+    assert_eq!(v["Results"][1]["Service"]["Port"], 8080, "{v}");
+    assert_eq!(v["Results"][2]["Check"]["ServiceName"], "web", "{v}");
+    let modify = v["Results"][1]["Service"]["ModifyIndex"].as_u64().unwrap();
+    let health = get_json(&http, &format!("{base}/v1/health/service/web?passing"))
+        .await
+        .unwrap();
+    assert_eq!(health.as_array().unwrap().len(), 1, "{health}");
+    // A stale CAS after a deletion: nothing applied, the node still there.
+    let (status, v, _) = txn(
+        json!([{"Node": {"Verb": "delete", "Node": {"Node": "tx-n1"}}}, service("cas", modify + 1)]),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, v["Errors"][0]["OpIndex"].as_u64()),
+        (409, Some(1)),
+        "{v}"
+    );
+    let (status, v, consistency) = txn(
+        json!([{"Node": {"Verb": "get", "Node": {"Node": "tx-n1"}}}, service("get", 0)]),
+        "?stale",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(consistency.as_deref(), Some("stale"), "read-only: no Raft");
+    assert_eq!(v["Results"][1]["Service"]["ID"], "web1", "{v}");
+    let (status, v, _) = txn(json!([service("delete-cas", modify)]), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let health = get_json(&http, &format!("{base}/v1/health/service/web"))
+        .await
+        .unwrap();
+    assert_eq!(health.as_array().unwrap().len(), 0, "{health}");
 }
