@@ -1113,6 +1113,24 @@ pub async fn raft_remove_peer(c: &Client, peer: &str) -> Result<String, CliError
     Ok(format!("Removed peer with {key} \"{peer}\"\n"))
 }
 
+/// `consulate operator raft transfer-leader [-id ID]`: hands leadership to that server
+/// (node ID, name or address), or to the one the leader picks.
+pub async fn raft_transfer_leader(c: &Client, id: Option<&str>) -> Result<String, CliError> {
+    let path = match id {
+        Some(id) => format!(
+            "/v1/operator/raft/transfer-leader?{}",
+            serde_urlencoded::to_string([("id", id)]).unwrap_or_default()
+        ),
+        None => "/v1/operator/raft/transfer-leader".into(),
+    };
+    c.send(
+        c.http.post(format!("{}{path}", c.base)),
+        "transferring leadership",
+    )
+    .await?;
+    Ok("Success\n".into())
+}
+
 /// `consulate operator autopilot state`: each server's health as the leader sees it, and
 /// how many may fail (an unhealthy DC is a 429 whose body says the same).
 pub async fn autopilot_state(c: &Client, format: Format) -> Result<String, CliError> {

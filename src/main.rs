@@ -402,6 +402,14 @@ enum RaftCommand {
         #[command(flatten)]
         http: HttpArgs,
     },
+    /// Hand the DC's leadership to another server.
+    TransferLeader {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The server's node ID, name or address (default: the leader picks).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Remove a server (dead, not coming back) from the Raft configuration.
     RemovePeer {
         #[command(flatten)]
@@ -847,6 +855,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     |c, f| async move { ops::raft_list_peers(&c, f).await },
                 )
             }
+            RaftCommand::TransferLeader { http, id } => operate(&http, |c, _| async move {
+                ops::raft_transfer_leader(&c, id.as_deref()).await
+            }),
             RaftCommand::RemovePeer { http, address, id } => {
                 let peer = address.or(id).unwrap_or_default();
                 operate(&http, |c, _| async move {

@@ -421,6 +421,20 @@ impl Dispatcher {
                 };
                 AgentResponse::ExecuteQuery(self.execute_query(raft, x, meta, authz).await)
             }
+            AgentRequest::TransferLeader(t) => {
+                if let Some(authz) = &authz
+                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
+                        crate::acl::Scalar::Operator,
+                        crate::acl::Access::Write,
+                    ))
+                {
+                    return Some(req.fail(e.into()));
+                }
+                match raft.transfer_leadership(t.to.as_deref()).await {
+                    Err(RaftNodeError::NotLeader { .. }) => return None,
+                    result => AgentResponse::TransferLeader(result.map_err(RpcError::from)),
+                }
+            }
             AgentRequest::SaveSnapshot(s) => {
                 if let Some(authz) = &authz
                     && let Err(e) = authz.check(&crate::acl::Permission::scalar(

@@ -242,6 +242,7 @@ routes! {
     "/v1/txn" [Data] => put(txn::txn);
     "/v1/operator/raft/configuration" [Agent] => get(operator::configuration);
     "/v1/operator/raft/peer" [Data] => delete(operator::remove_peer);
+    "/v1/operator/raft/transfer-leader" [Data] => post(operator::transfer_leader);
     "/v1/operator/autopilot/health" [Agent] => get(operator::autopilot_health);
     "/v1/snapshot" [Data] => get(snapshot::save).put(snapshot::restore);
     "/v1/query" [Data] => get(query::list).post(query::create);
@@ -571,12 +572,14 @@ mod tests {
             let rest_object = path.starts_with("/v1/kv/")
                 || *path == "/v1/query"
                 || *path == "/v1/query/{id}"
+                || *path == "/v1/snapshot"
                 || ["policy", "role", "token"]
                     .iter()
                     .any(|o| path.starts_with(&format!("/v1/acl/{o}/{{")));
             assert!(
                 !writes || !methods.contains(&"get") || rest_object,
-                "{path}: only KV entries and ACL objects are read and written on one path"
+                "{path}: only KV entries, prepared queries, ACL objects and snapshots are read and \
+                 written on one path"
             );
         }
         assert!(ROUTES.len() >= 36, "every route is in the table");

@@ -1,5 +1,6 @@
 //! Consul's `/v1/operator/raft/*` and `/v1/operator/autopilot/health`: the DC's Raft
-//! configuration, removing a server from it (a dead one that will not come back), and
+//! configuration, removing a server from it (a dead one that will not come back), handing
+//! leadership to another server, and
 //! each server's health as the leader sees it.
 
 use axum::Json;
@@ -11,7 +12,7 @@ use super::Api;
 use super::error::HttpError;
 use super::params::Params;
 use crate::acl::{Access, Permission, Scalar};
-use crate::rpc::{AutopilotHealth, RemoveRaftPeer};
+use crate::rpc::{AutopilotHealth, RemoveRaftPeer, TransferLeader};
 
 /// Consul's default `LastContactThreshold`: a server that has not acknowledged the leader
 /// for longer is unhealthy.
@@ -70,6 +71,21 @@ pub async fn remove_peer(State(api): State<Api>, p: Params) -> Result<Response, 
     };
     api.dispatcher.call(call).await?;
     Ok(().into_response())
+}
+
+/// `POST /v1/operator/raft/transfer-leader[?id=]` (the node ID, name or address of the
+/// server to hand leadership to; without it the leader picks the most up-to-date follower):
+/// done by the leader; `{"Success": true}` once the new leader leads (`operator:write`).
+pub async fn transfer_leader(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, Permission::scalar(Scalar::Operator, Access::Write))
+        .await?;
+    let call = TransferLeader {
+        dc: p.dc().map(str::to_string),
+        to: p.get("id").filter(|v| !v.is_empty()).map(str::to_string),
+        token: p.token(),
+    };
+    api.dispatcher.call(call).await?;
+    Ok(Json(serde_json::json!({ "Success": true })).into_response())
 }
 
 /// One server as `autopilot/health` shows it.

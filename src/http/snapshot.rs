@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::HttpError;
 use super::params::Params;
 use super::{Api, write_ok};
+use crate::acl::{Access, Permission, Scalar};
 use crate::rpc::SaveSnapshot;
 use crate::state::{Command, archive};
 
@@ -50,6 +51,10 @@ pub async fn restore(
     p: Params,
     req: axum::extract::Request,
 ) -> Result<Response, HttpError> {
+    // Who may restore is checked before the archive is looked at (as Consul: 403 first);
+    // the leader checks again when it applies it.
+    api.authorize(&p, Permission::scalar(Scalar::Acl, Access::Write))
+        .await?;
     let body: Bytes = axum::body::to_bytes(req.into_body(), MAX_ARCHIVE)
         .await
         .map_err(|_| HttpError::TooLarge(MAX_ARCHIVE))?;

@@ -157,6 +157,9 @@ pub struct ReadMeta {
     pub last_contact_ms: u64,
 }
 
+/// How long a leadership transfer may take before it is reported failed.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(3);
+
 /// One server's Raft: the handle the agent writes and reads through.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -169,6 +172,11 @@ pub struct RaftNode {
     commit_seconds: prometheus::Histogram,
     /// Followers' answers to AppendEntries, by send time: the leader's lease.
     acks: Arc<lease::QuorumAcks>,
+    /// How the leader asks another server to take over.
+    peers: crate::transport::rpc::RpcClient<network::RaftRequest, network::RaftResponse>,
+    /// Set while this leader hands leadership over: followers may vote for the new leader
+    /// within the lease, so the lease is not trusted meanwhile.
+    transferring: Arc<std::sync::atomic::AtomicBool>,
     /// Set once [`RaftNode::shutdown`] began: writes are refused (and logged) from then on.
     stopped: Arc<std::sync::atomic::AtomicBool>,
     /// Stops the snapshot timer, awaited on shutdown.
@@ -331,16 +339,22 @@ impl RaftNode {
         .validate()
         .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
         let acks = Arc::new(lease::QuorumAcks::default());
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            RaftNetworkClient::new(transport, acks.clone(), metrics.rpc_failures.clone()),
-            log,
-            sm,
-        )
-        .await
-        .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
-        let handler = Arc::new(RaftHandler::new(raft.clone(), last_contact.clone()));
+        let transfer = network::TransferTerm::default();
+        let network = RaftNetworkClient::new(
+            transport,
+            acks.clone(),
+            metrics.rpc_failures.clone(),
+            transfer.clone(),
+        );
+        let peers = network.rpc();
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
+        let handler = Arc::new(RaftHandler::new(
+            raft.clone(),
+            last_contact.clone(),
+            transfer,
+        ));
         tokio::spawn(count_leader_changes(
             raft.metrics(),
             metrics.leader_changes.clone(),
@@ -362,6 +376,8 @@ impl RaftNode {
                 shared,
                 last_contact,
                 acks,
+                peers,
+                transferring: Default::default(),
                 stopped: Default::default(),
                 snapshot_timer: (stop_timer, Arc::new(tokio::sync::Mutex::new(Some(timer)))),
             },
@@ -433,6 +449,9 @@ impl RaftNode {
     /// timeout). Measured from send times against the clock now ([`lease`]), never from
     /// openraft's metrics snapshot, whose age is unknown after a process pause.
     fn within_lease(&self) -> bool {
+        if self.transferring.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();
@@ -621,6 +640,77 @@ impl RaftNode {
             .await
             .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
         Ok(())
+    }
+
+    /// Hands leadership to the voter `to` names (node ID, name or address; `None`: the
+    /// follower that acknowledged this leader last), as Raft's leadership transfer: the
+    /// target is told to campaign at once and the others grant it their vote although this
+    /// leader's lease has not expired (this leader stops trusting its lease first).
+    /// Returns the new leader.
+    pub async fn transfer_leadership(&self, to: Option<&str>) -> Result<ServerNode, RaftNodeError> {
+        use std::sync::atomic::Ordering;
+        let health = self.server_health()?;
+        let target = health
+            .iter()
+            .filter(|s| s.voter && s.id != self.id)
+            .filter(|s| {
+                to.is_none_or(|to| {
+                    s.node.addr == to || s.node.name == to || crate::vocab::node_uuid(s.id) == to
+                })
+            })
+            .min_by_key(|s| s.last_contact_ms.unwrap_or(u64::MAX))
+            .ok_or_else(|| {
+                RaftNodeError::Refused(match to {
+                    Some(to) => format!("no other voter {to:?} in the Raft configuration"),
+                    None => "no other voter to transfer leadership to".into(),
+                })
+            })?;
+        let addr: std::net::SocketAddr =
+            target.node.addr.parse().map_err(|_| {
+                RaftNodeError::Refused(format!("bad address {:?}", target.node.addr))
+            })?;
+        self.transferring.store(true, Ordering::SeqCst);
+        let asked = self
+            .peers
+            .call(
+                addr,
+                None,
+                &network::RaftRequest::TimeoutNow,
+                TRANSFER_WITHIN,
+            )
+            .await;
+        let outcome = match asked {
+            Ok(network::RaftResponse::TimeoutNow(Ok(()))) => {
+                // It leads; this server learns so from its first AppendEntries.
+                let mut metrics = self.raft.metrics();
+                let seen = tokio::time::timeout(
+                    TRANSFER_WITHIN,
+                    metrics.wait_for(|m| m.current_leader == Some(target.id)),
+                )
+                .await;
+                match seen {
+                    Ok(Ok(_)) => Ok(target.node.clone()),
+                    _ => Err(format!(
+                        "{} won, but this server has not heard from it",
+                        target.node.name
+                    )),
+                }
+            }
+            Ok(network::RaftResponse::TimeoutNow(Err(e))) => Err(e),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if outcome.is_err() && self.is_leader() {
+            // A vote may still be on its way: the lease is trusted again only after it ran out.
+            tokio::time::sleep(self.lease).await;
+        }
+        self.transferring.store(false, Ordering::SeqCst);
+        outcome.map_err(|e| {
+            RaftNodeError::Refused(format!(
+                "leadership transfer to {} failed: {e}",
+                target.node.name
+            ))
+        })
     }
 
     /// Every server's health as this leader sees it (Consul's autopilot): how long since

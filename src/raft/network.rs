@@ -28,6 +28,11 @@ pub enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Leader election.
     Vote(VoteRequest<u64>),
+    /// A vote asked by a candidate that the leader asked to take over (leadership
+    /// transfer): granted although the leader's lease has not expired.
+    VoteTransfer(VoteRequest<u64>),
+    /// From the leader: campaign now, to take over (Raft's `TimeoutNow`).
+    TimeoutNow,
     /// One chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
@@ -37,7 +42,8 @@ impl RaftRequest {
     fn kind(&self) -> &'static str {
         match self {
             RaftRequest::AppendEntries(_) => "append_entries",
-            RaftRequest::Vote(_) => "vote",
+            RaftRequest::Vote(_) | RaftRequest::VoteTransfer(_) => "vote",
+            RaftRequest::TimeoutNow => "timeout_now",
             RaftRequest::InstallSnapshot(_) => "install_snapshot",
         }
     }
@@ -52,6 +58,8 @@ pub enum RaftResponse {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     /// To InstallSnapshot.
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// To TimeoutNow: whether this server won the election it started.
+    TimeoutNow(Result<(), String>),
 }
 
 /// Feeds incoming Raft messages to the local Raft instance, and notes when a leader was
@@ -59,12 +67,61 @@ pub enum RaftResponse {
 pub struct RaftHandler {
     raft: openraft::Raft<TypeConfig>,
     contact: Arc<LeaderContact>,
+    transfer: TransferTerm,
 }
 
+/// The term of an election this server started because the leader asked it to take over:
+/// its vote requests for that term go out as [`RaftRequest::VoteTransfer`].
+pub type TransferTerm = Arc<std::sync::atomic::AtomicU64>;
+
+/// How long a server the leader asked to take over campaigns before it reports failure.
+const TAKE_OVER_WITHIN: Duration = Duration::from_secs(2);
+
 impl RaftHandler {
-    /// Serves `raft`, recording leader contact in `contact`.
-    pub fn new(raft: openraft::Raft<TypeConfig>, contact: Arc<LeaderContact>) -> RaftHandler {
-        RaftHandler { raft, contact }
+    /// Serves `raft`, recording leader contact in `contact`; an election asked by the
+    /// leader is marked in `transfer`, which this server's [`RaftNetworkClient`] reads.
+    pub fn new(
+        raft: openraft::Raft<TypeConfig>,
+        contact: Arc<LeaderContact>,
+        transfer: TransferTerm,
+    ) -> RaftHandler {
+        RaftHandler {
+            raft,
+            contact,
+            transfer,
+        }
+    }
+
+    /// Campaigns at once in the next term, its votes marked as a transfer's; waits until it
+    /// leads (or a later term began, or [`TAKE_OVER_WITHIN`] passed).
+    async fn take_over(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let mut metrics = self.raft.metrics();
+        let term = metrics.borrow().current_term + 1;
+        self.transfer.store(term, Ordering::SeqCst);
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let leading =
+            |m: &openraft::RaftMetrics<u64, ServerNode>| m.state == openraft::ServerState::Leader;
+        let won = matches!(
+            tokio::time::timeout(
+                TAKE_OVER_WITHIN,
+                metrics.wait_for(|m| m.current_term > term || leading(m)),
+            )
+            .await,
+            Ok(Ok(ref m)) if leading(m)
+        );
+        if won {
+            return Ok(());
+        }
+        let m = metrics.borrow();
+        Err(format!(
+            "the election of term {term} was not won (now term {}, {:?})",
+            m.current_term, m.state
+        ))
     }
 }
 
@@ -83,6 +140,10 @@ impl Handler for RaftHandler {
                 RaftResponse::AppendEntries(resp)
             }
             RaftRequest::Vote(r) => RaftResponse::Vote(self.raft.vote(r).await),
+            RaftRequest::VoteTransfer(r) => {
+                RaftResponse::Vote(self.raft.vote_ignoring_lease(r).await)
+            }
+            RaftRequest::TimeoutNow => RaftResponse::TimeoutNow(self.take_over().await),
             RaftRequest::InstallSnapshot(r) => {
                 RaftResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
@@ -96,6 +157,7 @@ pub struct RaftNetworkClient {
     client: RpcClient<RaftRequest, RaftResponse>,
     acks: Arc<QuorumAcks>,
     failures: prometheus::IntCounterVec,
+    transfer: TransferTerm,
 }
 
 impl RaftNetworkClient {
@@ -106,12 +168,19 @@ impl RaftNetworkClient {
         transport: Transport,
         acks: Arc<QuorumAcks>,
         failures: prometheus::IntCounterVec,
+        transfer: TransferTerm,
     ) -> RaftNetworkClient {
         RaftNetworkClient {
             client: RpcClient::new(transport, Alpn::Raft),
             acks,
             failures,
+            transfer,
         }
+    }
+
+    /// The client the leader asks another server to take over with.
+    pub fn rpc(&self) -> RpcClient<RaftRequest, RaftResponse> {
+        self.client.clone()
     }
 }
 
@@ -125,6 +194,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkClient {
             addr: node.addr.parse().ok(),
             acks: self.acks.clone(),
             failures: self.failures.clone(),
+            transfer: self.transfer.clone(),
         }
     }
 }
@@ -136,6 +206,7 @@ pub struct RaftPeer {
     addr: Option<std::net::SocketAddr>,
     acks: Arc<QuorumAcks>,
     failures: prometheus::IntCounterVec,
+    transfer: TransferTerm,
 }
 
 /// One Raft RPC on its way: if it is dropped before it ends (openraft stopped waiting, at
@@ -280,7 +351,15 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        match self.send(RaftRequest::Vote(rpc), &option).await? {
+        // Our own election of the term the leader asked us to take over in.
+        let transfer =
+            rpc.vote.leader_id.term == self.transfer.load(std::sync::atomic::Ordering::SeqCst);
+        let req = if transfer {
+            RaftRequest::VoteTransfer(rpc)
+        } else {
+            RaftRequest::Vote(rpc)
+        };
+        match self.send(req, &option).await? {
             RaftResponse::Vote(r) => r.map_err(|e| self.remote(e)),
             other => Err(unexpected(&other)),
         }

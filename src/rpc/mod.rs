@@ -245,6 +245,18 @@ pub struct SnapshotArchive {
     pub archive: bytes::Bytes,
 }
 
+/// Hands the DC's leadership to another server (`POST /v1/operator/raft/transfer-leader`),
+/// at the leader; needs `operator:write`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferLeader {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The server to hand it to (node ID, name or address; `None`: the leader picks).
+    pub to: Option<String>,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
+}
+
 /// A server's Raft identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -560,6 +572,7 @@ calls! {
     ExecuteQuery => QueryExecution, "query_execute";
     RemoveRaftPeer => (), "raft_remove_peer";
     SaveSnapshot => SnapshotArchive, "snapshot_save";
+    TransferLeader => crate::raft::ServerNode, "raft_transfer_leader";
     AutopilotHealth => Vec<crate::raft::ServerHealth>, "autopilot_health";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
@@ -578,6 +591,7 @@ impl AgentRequest {
             | AgentRequest::ExecuteQuery(ExecuteQuery { dc, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { dc, .. })
+            | AgentRequest::TransferLeader(TransferLeader { dc, .. })
             | AgentRequest::AutopilotHealth(AutopilotHealth { dc }) => dc.as_deref(),
             _ => None,
         }
@@ -593,7 +607,8 @@ impl AgentRequest {
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
-            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. }) => Some(token.as_ref()),
+            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
+            | AgentRequest::TransferLeader(TransferLeader { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -607,7 +622,8 @@ impl AgentRequest {
             | AgentRequest::ResolveToken(ResolveToken { token, .. })
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
-            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. }) => Some(token),
+            | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
+            | AgentRequest::TransferLeader(TransferLeader { token, .. }) => Some(token),
             _ => None,
         }
     }
@@ -620,6 +636,7 @@ impl AgentRequest {
             | AgentRequest::RenewSession(_)
             | AgentRequest::JoinRaft(_)
             | AgentRequest::RemoveRaftPeer(_)
+            | AgentRequest::TransferLeader(_)
             | AgentRequest::AutopilotHealth(_) => true,
             AgentRequest::Read(r) => r.opts.mode.needs_leader(),
             AgentRequest::ExecuteQuery(x) => x.mode.needs_leader(),
@@ -633,7 +650,10 @@ impl AgentRequest {
     pub fn is_read(&self) -> bool {
         !matches!(
             self,
-            AgentRequest::Write(_) | AgentRequest::JoinRaft(_) | AgentRequest::RemoveRaftPeer(_)
+            AgentRequest::Write(_)
+                | AgentRequest::JoinRaft(_)
+                | AgentRequest::RemoveRaftPeer(_)
+                | AgentRequest::TransferLeader(_)
         )
     }
 

@@ -126,6 +126,9 @@ fn verified(archive: &[u8]) -> Result<(ArchiveMeta, Vec<u8>), ArchiveError> {
         }
         *slot = Some(data);
     }
+    // The tar ends before the gzip stream does: read that to its end, so that its checksum
+    // and length (the last 8 bytes) are verified too.
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).map_err(unreadable)?;
     let meta_json = meta.ok_or(ArchiveError::Missing(META))?;
     let state = state.ok_or(ArchiveError::Missing(STATE))?;
     let sums = String::from_utf8(sums.ok_or(ArchiveError::Missing(SUMS))?)

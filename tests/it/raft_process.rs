@@ -614,8 +614,8 @@ async fn sustained_writes_across_snapshots_cause_no_replication_timeouts() {
     }
 }
 
-/// `consulate operator raft list-peers|remove-peer` and their API: the three servers with
-/// one leader; a server killed for good removed from the configuration by its address,
+/// `consulate operator raft list-peers|transfer-leader|remove-peer` and their API: the three
+/// servers with one leader; leadership handed over (to a named server, to any); a server killed for good removed from the configuration by its address,
 /// after which the DC runs on two (writes commit); removing an unknown server or the
 /// leader is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,6 +659,52 @@ async fn an_operator_removes_a_dead_server_from_raft() {
             let (ok, text) = cli(&["operator", "autopilot", "state", "-http-addr", &leader_http]);
             (ok && text.contains("Healthy: true") && text.contains("Failure Tolerance: 1"))
                 .then_some(())
+        },
+    )
+    .await;
+
+    // Leadership handed to a named follower (asked through the third server), then to
+    // whichever the leader picks; an unknown server is refused.
+    let target = (li + 1) % 3;
+    let name = format!("s{}", target + 1);
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "transfer-leader",
+        "-http-addr",
+        &http_of((li + 2) % 3),
+        "-id",
+        &name,
+    ]);
+    assert!(ok && text.contains("Success"), "{text}");
+    assert_eq!(agreed_leader(&probe, &dc.addrs[..3]).await, target);
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "transfer-leader",
+        "-http-addr",
+        &http_of(target),
+    ]);
+    assert!(ok, "{text}");
+    let li = agreed_leader(&probe, &dc.addrs[..3]).await;
+    assert_ne!(li, target, "the leader moved again");
+    let (ok, text) = cli(&[
+        "operator",
+        "raft",
+        "transfer-leader",
+        "-http-addr",
+        &http_of(li),
+        "-id",
+        "nope",
+    ]);
+    assert!(!ok && text.contains("no other voter"), "{text}");
+    let leader_http = http_of(li);
+    eventually(
+        Duration::from_secs(30),
+        "autopilot: healthy again",
+        || async {
+            let (ok, text) = cli(&["operator", "autopilot", "state", "-http-addr", &leader_http]);
+            (ok && text.contains("Failure Tolerance: 1")).then_some(())
         },
     )
     .await;
@@ -831,7 +877,16 @@ async fn autopilot_removes_a_dead_server_once_a_replacement_joined() {
         Duration::from_secs(30),
         "one server may fail again",
         || async {
-            let v = get_json(&http, &format!("{leader}/v1/operator/autopilot/health")).await?;
+            let live: Vec<SocketAddr> = (0..4)
+                .filter(|i| *i != victim)
+                .map(|i| dc.addrs[i])
+                .collect();
+            let at = live[agreed_leader(&probe, &live).await].ip();
+            let v = get_json(
+                &http,
+                &format!("http://{at}:8500/v1/operator/autopilot/health"),
+            )
+            .await?;
             (v["Healthy"] == true && v["FailureTolerance"] == 1).then_some(())
         },
     )

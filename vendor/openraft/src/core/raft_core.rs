@@ -1154,10 +1154,10 @@ where
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub(super) fn handle_vote_request(&mut self, req: VoteRequest<C::NodeId>, tx: VoteTx<C>) {
+    pub(super) fn handle_vote_request(&mut self, req: VoteRequest<C::NodeId>, tx: VoteTx<C>, ignore_lease: bool) {
         tracing::info!(req = display(req.summary()), func = func_name!());
 
-        let resp = self.engine.handle_vote_req(req);
+        let resp = self.engine.handle_vote_req_with(req, ignore_lease);
         self.engine.output.push_command(Command::Respond {
             when: None,
             resp: Respond::new(Ok(resp), tx),
@@ -1184,7 +1184,7 @@ where
             RaftMsg::AppendEntries { rpc, tx } => {
                 self.handle_append_entries_request(rpc, tx);
             }
-            RaftMsg::RequestVote { rpc, tx } => {
+            RaftMsg::RequestVote { rpc, tx, ignore_lease } => {
                 let now = C::now();
                 tracing::info!(
                     now = display(now.display()),
@@ -1193,7 +1193,7 @@ where
                     func_name!()
                 );
 
-                self.handle_vote_request(rpc, tx);
+                self.handle_vote_request(rpc, tx, ignore_lease);
             }
             RaftMsg::BeginReceivingSnapshot { tx } => {
                 self.engine.handle_begin_receiving_snapshot(tx);

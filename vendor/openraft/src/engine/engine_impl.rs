@@ -279,7 +279,18 @@ where C: RaftTypeConfig
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    #[allow(dead_code)] // consulate patch: kept for openraft's own tests
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
+        self.handle_vote_req_with(req, false)
+    }
+
+    /// consulate patch: `ignore_lease` for a candidate the leader asked to take over.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub(crate) fn handle_vote_req_with(
+        &mut self,
+        req: VoteRequest<C::NodeId>,
+        ignore_lease: bool,
+    ) -> VoteResponse<C::NodeId> {
         let now = C::now();
         let lease = self.config.timer_config.leader_lease;
         let vote = self.state.vote_ref();
@@ -302,7 +313,7 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        if vote.is_committed() && !ignore_lease {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

@@ -417,7 +417,22 @@ where C: RaftTypeConfig
         tracing::info!(rpc = display(rpc.summary()), "Raft::vote()");
 
         let (tx, rx) = C::AsyncRuntime::oneshot();
-        self.inner.call_core(RaftMsg::RequestVote { rpc, tx }, rx).await
+        self.inner.call_core(RaftMsg::RequestVote { rpc, tx, ignore_lease: false }, rx).await
+    }
+
+    /// consulate patch: [`Raft::vote`] for a candidate the current leader asked to take over
+    /// (leadership transfer, as Raft's `TimeoutNow`): the vote is not refused because the
+    /// leader's lease has not expired. The application must send it only for such a candidate
+    /// and stop relying on the old leader's lease itself.
+    #[tracing::instrument(level = "debug", skip(self, rpc))]
+    pub async fn vote_ignoring_lease(
+        &self,
+        rpc: VoteRequest<C::NodeId>,
+    ) -> Result<VoteResponse<C::NodeId>, RaftError<C::NodeId>> {
+        tracing::info!(rpc = display(rpc.summary()), "Raft::vote_ignoring_lease()");
+
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        self.inner.call_core(RaftMsg::RequestVote { rpc, tx, ignore_lease: true }, rx).await
     }
 
     /// Get the latest snapshot from the state machine.

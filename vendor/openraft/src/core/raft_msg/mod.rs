@@ -51,6 +51,9 @@ where C: RaftTypeConfig
     RequestVote {
         rpc: VoteRequest<C::NodeId>,
         tx: VoteTx<C>,
+        /// consulate patch: the leader asked this candidate to take over (leadership
+        /// transfer), so the leader lease does not stand in its way.
+        ignore_lease: bool,
     },
 
     InstallFullSnapshot {
