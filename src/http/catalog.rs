@@ -15,12 +15,12 @@ use super::{Api, near, read, write_ok};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest};
 
-/// A check inside `catalog/register`.
+/// A check inside `catalog/register` (and a transaction's check operation).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckBody {
+pub struct CheckBody {
     #[serde(default)]
-    node: String,
+    pub node: String,
     #[serde(rename = "checkid", default)]
     check_id: String,
     #[serde(default)]
@@ -33,6 +33,30 @@ struct CheckBody {
     output: String,
     #[serde(rename = "serviceid", default)]
     service_id: Option<String>,
+}
+
+impl CheckBody {
+    /// The definition (ID defaulting to the name, status to critical, as Consul).
+    pub fn into_definition(self) -> Result<CheckDefinition, HttpError> {
+        Ok(CheckDefinition {
+            check_id: if self.check_id.is_empty() {
+                self.name.clone()
+            } else {
+                self.check_id
+            },
+            name: self.name,
+            status: self
+                .status
+                .as_deref()
+                .map(parse_status)
+                .transpose()?
+                .unwrap_or(HealthStatus::Critical),
+            notes: self.notes,
+            output: self.output,
+            service_id: self.service_id.filter(|s| !s.is_empty()),
+            kind: String::new(),
+        })
+    }
 }
 
 /// Parses Consul's status strings.
@@ -100,24 +124,7 @@ pub async fn register(
                     "Check node must match the registered node".into(),
                 ));
             }
-            Ok(CheckDefinition {
-                check_id: if c.check_id.is_empty() {
-                    c.name.clone()
-                } else {
-                    c.check_id
-                },
-                name: c.name,
-                status: c
-                    .status
-                    .as_deref()
-                    .map(parse_status)
-                    .transpose()?
-                    .unwrap_or(HealthStatus::Critical),
-                notes: c.notes,
-                output: c.output,
-                service_id: c.service_id.filter(|s| !s.is_empty()),
-                kind: String::new(),
-            })
+            c.into_definition()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let service = match b.service.map(ServiceBody::into_definition).transpose()? {

@@ -10,17 +10,17 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::parse_status;
+use super::catalog::CheckBody;
 use super::error::HttpError;
 use super::json::{CheckJson, NodeJson, ServiceBody, ServiceJson, decode_list, decode_value};
 use super::kv::KvJson;
 use super::params::Params;
 use super::{Api, read};
+use crate::state::RegisterRequest;
 use crate::state::query::{Query, QueryResult};
 use crate::state::txn::{
     CatalogOp, CatalogTarget, CatalogVerb, KvOp, KvVerb, MAX_OPS, TxnOp, TxnOutcome, TxnResult,
 };
-use crate::state::{CheckDefinition, RegisterRequest};
 use crate::state::{Command, CommandResult};
 
 /// One operation as a request carries it (keys normalized by the decoder).
@@ -82,38 +82,15 @@ struct NodeBody {
     _create_index: u64,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckBody {
-    node: String,
-    #[serde(rename = "checkid", default)]
-    check_id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    notes: String,
-    #[serde(default)]
-    output: String,
-    #[serde(rename = "serviceid", default)]
-    service_id: String,
-    #[serde(rename = "servicename", default)]
-    _service_name: String,
-    #[serde(rename = "servicetags", default)]
-    _service_tags: Vec<String>,
-    #[serde(rename = "modifyindex", default)]
-    modify_index: u64,
-    #[serde(rename = "createindex", default)]
-    _create_index: u64,
-}
-
-/// Takes the indexes out of an object before it is decoded by a shape that has none.
+/// Takes the indexes (and what a read answer shows beside the definition) out of an object
+/// before it is decoded by a registration's shape; returns its ModifyIndex.
 fn take_index(v: &mut serde_json::Value) -> u64 {
     let Some(map) = v.as_object_mut() else {
         return 0;
     };
-    map.remove("createindex");
+    for derived in ["createindex", "servicename", "servicetags"] {
+        map.remove(derived);
+    }
     map.remove("modifyindex")
         .and_then(|i| i.as_u64())
         .unwrap_or(0)
@@ -163,29 +140,15 @@ impl CatalogBody {
                 (req, index)
             }
             CatalogTarget::Check => {
-                let c: CheckBody = decode_value(self.check.ok_or_else(|| missing("Check"))?)?;
-                let check = CheckDefinition {
-                    check_id: if c.check_id.is_empty() {
-                        c.name.clone()
-                    } else {
-                        c.check_id
-                    },
-                    name: c.name,
-                    status: match c.status.as_deref() {
-                        None | Some("") => Default::default(),
-                        Some(s) => parse_status(s)?,
-                    },
-                    notes: c.notes,
-                    output: c.output,
-                    service_id: Some(c.service_id).filter(|s| !s.is_empty()),
-                    ..Default::default()
-                };
+                let mut v = self.check.ok_or_else(|| missing("Check"))?;
+                let index = take_index(&mut v);
+                let c: CheckBody = decode_value(v)?;
                 let req = RegisterRequest {
-                    node: c.node,
-                    checks: vec![check],
+                    node: c.node.clone(),
+                    checks: vec![c.into_definition()?],
                     ..Default::default()
                 };
-                (req, c.modify_index)
+                (req, index)
             }
         };
         if req.node.is_empty() {
