@@ -385,7 +385,8 @@ impl Agent {
             metrics.clone(),
             shutdown.clone(),
         )
-        .with_coordinates(lan_coordinates.clone());
+        .with_coordinates(lan_coordinates.clone())
+        .with_pools(gossip.clone(), server.as_ref().map(|s| s.wan.clone()));
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }

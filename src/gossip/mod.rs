@@ -38,6 +38,21 @@ const KEY_ID: &str = "id";
 const KEY_STATUS: &str = "status";
 const KEY_LEADER: &str = "leader";
 const STATUS_LEFT: &str = "left";
+/// `forced:<name>` = `<generation>[:prune]`: a member forced out of the pool by this one
+/// (Consul's force-leave): that incarnation of it, and any older one, is shown as left (or
+/// not at all, pruned) by every member; a restarted one (a newer generation) is not.
+const KEY_FORCED: &str = "forced:";
+
+/// Why a member could not be forced out of the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum ForceLeaveError {
+    /// The pool has no member of that name.
+    #[error("No node found with name {0:?}")]
+    Unknown(String),
+    /// It is alive: forcing it out would not last (it gossips on).
+    #[error("node {0:?} is alive: only a failed node can be forced to leave")]
+    Alive(String),
+}
 
 /// A member's state, with Consul's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -289,6 +304,33 @@ impl Gossip {
             .await;
     }
 
+    /// Forces the failed member `name` out of the pool (Consul's force-leave): shown as
+    /// left, or with `prune` removed from the member list, by every member once this
+    /// spreads. A later incarnation of it (restarted) is a member again.
+    pub async fn force_leave(&self, name: &str, prune: bool) -> Result<(), ForceLeaveError> {
+        self.handle
+            .with_chitchat(|c| {
+                let newest = c
+                    .node_states()
+                    .keys()
+                    .filter(|id| &*id.node_id == name)
+                    .max_by_key(|id| id.generation_id)
+                    .cloned()
+                    .ok_or_else(|| ForceLeaveError::Unknown(name.to_string()))?;
+                if c.live_nodes().any(|id| *id == newest) {
+                    return Err(ForceLeaveError::Alive(name.to_string()));
+                }
+                let value = match prune {
+                    true => format!("{}:prune", newest.generation_id),
+                    false => newest.generation_id.to_string(),
+                };
+                c.self_node_state()
+                    .set(format!("{KEY_FORCED}{name}"), value);
+                Ok(())
+            })
+            .await
+    }
+
     /// Gossips with `addr` at once: how a member that knows the pool pulls in one that
     /// does not (flood-join), or rejoins a seed.
     fn join(&self, addr: SocketAddr) {
@@ -353,10 +395,39 @@ async fn watch_members(
     }
 }
 
+/// Every member forced out, as the pool's members published it: its newest forced
+/// generation, and whether it is pruned.
+fn forced_out<'a>(
+    states: impl Iterator<Item = &'a chitchat::NodeState>,
+) -> std::collections::HashMap<&'a str, (u64, bool)> {
+    let mut forced: std::collections::HashMap<&str, (u64, bool)> = Default::default();
+    for state in states {
+        for (key, value) in state.iter_prefix(KEY_FORCED) {
+            let (generation, prune) = match value.value.split_once(':') {
+                Some((g, "prune")) => (g, true),
+                _ => (value.value.as_str(), false),
+            };
+            let (Ok(generation), Some(name)) =
+                (generation.parse::<u64>(), key.strip_prefix(KEY_FORCED))
+            else {
+                continue;
+            };
+            let entry = forced.entry(name).or_insert((generation, prune));
+            if generation > entry.0 {
+                *entry = (generation, prune);
+            } else if generation == entry.0 {
+                entry.1 |= prune;
+            }
+        }
+    }
+    forced
+}
+
 /// The members chitchat knows, one per node name (the newest generation wins: a restarted
 /// agent replaces its previous incarnation), sorted by name.
 fn members_of(c: &Chitchat) -> Vec<Member> {
     let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
+    let forced = forced_out(c.node_states().values());
     let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
     for (id, state) in c.node_states() {
         let get = |k: &str| state.get(k).unwrap_or_default().to_string();
@@ -367,13 +438,22 @@ fn members_of(c: &Chitchat) -> Vec<Member> {
         }) else {
             continue; // not yet gossiped its keys
         };
-        let status = if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
+        let mut status = if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
             MemberStatus::Left
         } else if live.contains(id) {
             MemberStatus::Alive
         } else {
             MemberStatus::Failed
         };
+        if let Some((generation, prune)) = forced.get(&*id.node_id)
+            && id.generation_id <= *generation
+            && status != MemberStatus::Alive
+        {
+            if *prune {
+                continue;
+            }
+            status = MemberStatus::Left;
+        }
         let member = Member {
             name: id.node_id.to_string(),
             id: get(KEY_ID),

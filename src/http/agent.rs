@@ -16,7 +16,7 @@ use super::catalog::parse_status;
 use super::error::HttpError;
 use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
 use super::params::Params;
-use crate::acl::{Access, Authorizer, Permission, Resource};
+use crate::acl::{Access, Authorizer, Permission, Resource, Scalar};
 use crate::agent::local::{CheckKind, LocalCheck, LocalError};
 use crate::duration::parse_go_duration;
 use crate::gossip::{Member, MemberStatus};
@@ -178,6 +178,43 @@ pub async fn members(State(api): State<Api>, p: Params) -> Result<Response, Http
 pub async fn leave(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
     api.authorize(&p, agent_perm(&api, Access::Write)).await?;
     api.shutdown.cancel();
+    Ok(().into_response())
+}
+
+/// `PUT /v1/agent/force-leave/:node[?prune][?wan]` (`operator:write`): forces a failed
+/// member out of this agent's pool: LAN, or WAN for a server's `node.dc` member (or with
+/// `?wan`). It is shown as left, or with `?prune` dropped from the member list, so a
+/// decommissioned DC disappears from `catalog/datacenters` and from routing.
+pub async fn force_leave(
+    State(api): State<Api>,
+    Path(node): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    api.authorize(&p, Permission::scalar(Scalar::Operator, Access::Write))
+        .await?;
+    let Some((lan, wan)) = &api.pools else {
+        return Err(HttpError::Internal(
+            "this agent is in no gossip pool".into(),
+        ));
+    };
+    let in_wan = |w: &&crate::gossip::Gossip| {
+        p.enabled("wan") || w.members().borrow().iter().any(|m| m.name == node)
+    };
+    let pool = match wan.as_ref().filter(in_wan) {
+        Some(wan) => wan,
+        None if p.enabled("wan") => {
+            return Err(HttpError::BadRequest(
+                "WAN members are only known to servers".into(),
+            ));
+        }
+        None => lan,
+    };
+    pool.force_leave(&node, p.enabled("prune"))
+        .await
+        .map_err(|e| match e {
+            crate::gossip::ForceLeaveError::Unknown(_) => HttpError::NotFoundBecause(e.to_string()),
+            crate::gossip::ForceLeaveError::Alive(_) => HttpError::BadRequest(e.to_string()),
+        })?;
     Ok(().into_response())
 }
 

@@ -54,6 +54,8 @@ pub struct Api {
     acl: Option<Arc<AclEdge>>,
     /// This agent's LAN coordinate (`/v1/agent/self`'s `Coord`).
     coordinates: Arc<crate::coordinate::Estimator>,
+    /// The gossip pools this agent is in (LAN; WAN on servers), for force-leave.
+    pools: Option<(crate::gossip::Gossip, Option<crate::gossip::Gossip>)>,
 }
 
 /// How the agent's own endpoints (those answered from the agent, not the DC's state) check
@@ -91,7 +93,18 @@ impl Api {
             shutdown: leave,
             acl: None,
             coordinates: Default::default(),
+            pools: None,
         }
+    }
+
+    /// With the gossip pools this agent is in (`wan`: servers').
+    pub fn with_pools(
+        mut self,
+        lan: crate::gossip::Gossip,
+        wan: Option<crate::gossip::Gossip>,
+    ) -> Api {
+        self.pools = Some((lan, wan));
+        self
     }
 
     /// With this agent's LAN coordinate.
@@ -256,6 +269,7 @@ routes! {
     "/v1/agent/self" [Agent] => get(agent::self_info);
     "/v1/agent/members" [Agent] => get(agent::members);
     "/v1/agent/leave" [Agent] => put(agent::leave);
+    "/v1/agent/force-leave/{node}" [Agent] => put(agent::force_leave);
     "/v1/agent/services" [Agent] => get(agent::services);
     "/v1/agent/checks" [Agent] => get(agent::checks);
     "/v1/agent/service/register" [Agent] => put(agent::register_service);

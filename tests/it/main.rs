@@ -8,6 +8,7 @@ mod acl;
 mod cli;
 mod dns;
 mod federation;
+mod force_leave;
 mod gossip_lan;
 mod hardening;
 mod health_checks;
