@@ -389,6 +389,32 @@ pub async fn leave(c: &Client) -> Result<String, CliError> {
     Ok("Graceful leave complete\n".to_string())
 }
 
+/// `consulate force-leave [-prune] [-wan] NODE`: forces a failed member out of the
+/// agent's pool (`node.dc` for a WAN member, asked of a server).
+pub async fn force_leave(
+    c: &Client,
+    node: &str,
+    prune: bool,
+    wan: bool,
+) -> Result<String, CliError> {
+    let mut query = Vec::new();
+    if prune {
+        query.push("prune");
+    }
+    if wan {
+        query.push("wan");
+    }
+    let path = format!(
+        "/v1/agent/force-leave/{}{}{}",
+        node.replace('/', "%2F"),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    c.put(&path, Vec::new(), "forcing the member to leave")
+        .await?;
+    Ok(String::new())
+}
+
 /// `consulate catalog datacenters`.
 pub async fn datacenters(c: &Client, format: Format) -> Result<String, CliError> {
     let v = c

@@ -118,6 +118,20 @@ enum Command {
         #[command(flatten)]
         http: HttpArgs,
     },
+    /// Force a failed member out of the agent's gossip pool (shown as left; with -prune,
+    /// no longer listed).
+    ForceLeave {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// Remove it from the member list at once.
+        #[arg(long)]
+        prune: bool,
+        /// A member of the WAN pool (`node.dc`, asked of a server).
+        #[arg(long)]
+        wan: bool,
+        /// The member's name.
+        node: String,
+    },
     /// Read the catalog.
     Catalog {
         #[command(subcommand)]
@@ -837,6 +851,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             operate(&http, |c, f| async move { ops::members(&c, wan, f).await })
         }
         Command::Leave { http } => operate(&http, |c, _| async move { ops::leave(&c).await }),
+        Command::ForceLeave {
+            http,
+            prune,
+            wan,
+            node,
+        } => operate(&http, |c, _| async move {
+            ops::force_leave(&c, &node, prune, wan).await
+        }),
         Command::Operator {
             command:
                 OperatorCommand::Autopilot {

@@ -1,5 +1,6 @@
 //! Real processes: `PUT /v1/agent/force-leave` of a dead client (LAN: shown as left, its
-//! node leaves the catalog) and, with `?prune`, of a decommissioned DC's server (WAN: the
+//! node leaves the catalog) and, with `consulate force-leave -prune -wan`, of a
+//! decommissioned DC's server (WAN: the
 //! DC disappears from `catalog/datacenters` and a `?dc=` request for it fails at once with
 //! no server to try); a live member and an unknown one are refused.
 
@@ -89,10 +90,18 @@ async fn force_leave_removes_a_dead_client_and_prunes_a_decommissioned_dc() {
         || async { (status(&http, &wan, "s1.dc2").await? == Some(4)).then_some(()) },
     )
     .await;
-    let (code, text) = put("/v1/agent/force-leave/s1.dc2?prune".into())
-        .await
+    // Through the CLI, as an operator would.
+    let out = std::process::Command::new(consulate_bin())
+        .args(["force-leave", "-prune", "-wan", "-http-addr"])
+        .arg(format!("127.{NET}.1.1:8500"))
+        .arg("s1.dc2")
+        .output()
         .unwrap();
-    assert_eq!(code, 200, "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually(Duration::from_secs(30), "dc2 gone", || async {
         let dcs = get_json(&http, &format!("{s1}/v1/catalog/datacenters")).await?;
         (dcs == serde_json::json!(["dc1"]) && status(&http, &wan, "s1.dc2").await?.is_none())
