@@ -1226,7 +1226,7 @@ pub async fn snapshot_save(c: &Client, file: &Path, stale: bool) -> Result<Strin
         .bytes()
         .await
         .map_err(|e| CliError::Input(format!("saving the snapshot: {e}")))?;
-    let (meta, _) = crate::state::archive::inspect(&archive)
+    let meta = crate::state::archive::verify(&archive)
         .map_err(|e| CliError::Input(format!("the saved snapshot does not verify: {e}")))?;
     let partial = file.with_extension("partial");
     std::fs::write(&partial, &archive)

@@ -749,7 +749,8 @@ impl Dispatcher {
         let archive =
             tokio::task::spawn_blocking(move || crate::state::archive::write(meta, &tables))
                 .await
-                .map_err(|e| RpcError::NotServed(format!("saving the snapshot failed: {e}")))?
+                .map_err(std::io::Error::other)
+                .and_then(|written| written)
                 .map_err(|e| RpcError::NotServed(format!("saving the snapshot failed: {e}")))?;
         Ok(crate::rpc::SnapshotArchive {
             index,

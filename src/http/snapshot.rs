@@ -59,7 +59,7 @@ pub async fn restore(
         .await
         .map_err(|_| HttpError::TooLarge(MAX_ARCHIVE))?;
     let checked = body.clone();
-    tokio::task::spawn_blocking(move || archive::read(&checked).map(|_| ()))
+    tokio::task::spawn_blocking(move || archive::verify(&checked))
         .await
         .map_err(|e| HttpError::BadRequest(format!("cannot verify the archive: {e}")))?
         .map_err(|e| HttpError::BadRequest(e.to_string()))?;

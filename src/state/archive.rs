@@ -96,6 +96,13 @@ pub fn read(archive: &[u8]) -> Result<(ArchiveMeta, Tables), ArchiveError> {
     Ok((meta, tables))
 }
 
+/// Verifies an archive (every checksum, the gzip trailer, the format and version) without
+/// decoding its state: what an agent checks before a restore goes to Raft, where every
+/// server decodes it.
+pub fn verify(archive: &[u8]) -> Result<ArchiveMeta, ArchiveError> {
+    verified(archive).map(|(meta, _)| meta)
+}
+
 /// The metadata of a verified archive, and the bytes of its state.
 fn verified(archive: &[u8]) -> Result<(ArchiveMeta, Vec<u8>), ArchiveError> {
     let unreadable = |e: std::io::Error| ArchiveError::Unreadable(e.to_string());
