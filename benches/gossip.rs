@@ -37,7 +37,7 @@ async fn run(n: usize, window: Duration) {
             quic: SocketAddr::from(([127, 0, 96, 1], 8300)),
             http: SocketAddr::from(([127, 0, 96, 1], 8500)),
             wan: None,
-            key: Some(consulate::config::GossipKey([9u8; 32])),
+            keyring: None,
             options: GossipOptions::default(),
             coordinates: Default::default(),
         };

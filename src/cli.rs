@@ -415,6 +415,79 @@ pub async fn force_leave(
     Ok(String::new())
 }
 
+/// What `consulate keyring` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyringAction {
+    /// `-list`.
+    List,
+    /// `-install KEY`.
+    Install(String),
+    /// `-use KEY`.
+    Use(String),
+    /// `-remove KEY`.
+    Remove(String),
+}
+
+/// `consulate keyring -list|-install KEY|-use KEY|-remove KEY [-local-only]`: the LAN
+/// gossip keys of every DC, as `consul keyring` prints and changes them. A change returns
+/// once every live agent applied it.
+pub async fn keyring(
+    c: &Client,
+    action: &KeyringAction,
+    local_only: bool,
+    format: Format,
+) -> Result<String, CliError> {
+    let path = match local_only {
+        true => "/v1/operator/keyring?local-only",
+        false => "/v1/operator/keyring",
+    };
+    let url = format!("{}{path}", c.base);
+    let body = |key: &str| serde_json::json!({ "Key": key }).to_string();
+    let (req, what, done) = match action {
+        KeyringAction::List => {
+            let pools = c
+                .get(path, "listing gossip keys")
+                .await?
+                .unwrap_or_default();
+            if format == Format::Json {
+                return Ok(format!("{pools:#}\n"));
+            }
+            let mut out = String::from("==> Gathering installed encryption keys...\n");
+            for pool in pools.as_array().into_iter().flatten() {
+                let nodes = pool["NumNodes"].as_u64().unwrap_or(0);
+                out += &format!("\n{} (LAN):\n", pool["Datacenter"].as_str().unwrap_or("?"));
+                for (title, field) in [("Keys", "Keys"), ("Primary Keys", "PrimaryKeys")] {
+                    out += &format!("  {title}:\n");
+                    for (key, n) in pool[field].as_object().into_iter().flatten() {
+                        out += &format!("    {key} [{}/{nodes}]\n", n.as_u64().unwrap_or(0));
+                    }
+                }
+                for (node, why) in pool["Messages"].as_object().into_iter().flatten() {
+                    out += &format!("  {node}: {}\n", why.as_str().unwrap_or_default());
+                }
+            }
+            return Ok(out);
+        }
+        KeyringAction::Install(k) => (
+            c.http.post(&url).body(body(k)),
+            "installing the gossip key",
+            "==> Installing new gossip encryption key...\n",
+        ),
+        KeyringAction::Use(k) => (
+            c.http.put(&url).body(body(k)),
+            "changing the primary gossip key",
+            "==> Changing primary gossip encryption key...\n",
+        ),
+        KeyringAction::Remove(k) => (
+            c.http.delete(&url).body(body(k)),
+            "removing the gossip key",
+            "==> Removing gossip encryption key...\n",
+        ),
+    };
+    c.send(req, what).await?;
+    Ok(done.to_string())
+}
+
 /// `consulate catalog datacenters`.
 pub async fn datacenters(c: &Client, format: Format) -> Result<String, CliError> {
     let v = c

@@ -96,6 +96,27 @@ enum Command {
         #[command(subcommand)]
         command: QueryCommand,
     },
+    /// The LAN gossip encryption keys of every DC: list, install, use (make primary),
+    /// remove; a change returns once every live agent applied it.
+    Keyring {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// List the keys each DC's agents hold and seal with.
+        #[arg(long)]
+        list: bool,
+        /// Install a key (base64) on every agent.
+        #[arg(long, value_name = "KEY")]
+        install: Option<String>,
+        /// Make an installed key the one every agent seals with.
+        #[arg(long = "use", value_name = "KEY")]
+        use_key: Option<String>,
+        /// Remove a key (not the primary one) from every agent.
+        #[arg(long, value_name = "KEY")]
+        remove: Option<String>,
+        /// Only the agent's own DC.
+        #[arg(long)]
+        local_only: bool,
+    },
     /// Snapshots of the DC's state: save, restore, inspect.
     Snapshot {
         #[command(subcommand)]
@@ -933,6 +954,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             }
         },
+        Command::Keyring {
+            http,
+            list,
+            install,
+            use_key,
+            remove,
+            local_only,
+        } => {
+            let mut actions: Vec<ops::KeyringAction> = [
+                install.map(ops::KeyringAction::Install),
+                use_key.map(ops::KeyringAction::Use),
+                remove.map(ops::KeyringAction::Remove),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if list {
+                actions.push(ops::KeyringAction::List);
+            }
+            let [action] = <[ops::KeyringAction; 1]>::try_from(actions).map_err(|_| {
+                anyhow::anyhow!("exactly one of -list, -install, -use or -remove must be given")
+            })?;
+            operate(&http, |c, f| async move {
+                ops::keyring(&c, &action, local_only, f).await
+            })
+        }
         Command::Snapshot { command } => match command {
             SnapshotCommand::Save { http, stale, file } => operate(&http, |c, _| async move {
                 ops::snapshot_save(&c, &file, stale).await

@@ -510,6 +510,10 @@ pub struct GossipMetrics {
     /// Round trips measured on the gossip path and fed to this agent's network coordinate,
     /// by pool and outcome (`ok`, `rejected`: out of range or a bad peer coordinate).
     pub coordinate_samples: IntCounterVec,
+    /// Keyring operations this agent was asked for, by operation and result.
+    pub keyring_operations: IntCounterVec,
+    /// Keys in this agent's LAN keyring.
+    pub keyring_keys: IntGauge,
 }
 
 impl GossipMetrics {
@@ -543,6 +547,27 @@ impl GossipMetrics {
                 "Round trips measured on the gossip path and fed to this agent's network \
                  coordinate, by pool and outcome (ok, rejected).",
                 "outcome",
+            ),
+            keyring_operations: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_keyring_operations_total",
+                        "Gossip keyring operations this agent was asked for, by operation \
+                         (install, use, remove) and result (ok: every live member applied \
+                         it; error).",
+                    ),
+                    &["op", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            keyring_keys: register(
+                r,
+                IntGauge::new(
+                    "consulate_keyring_keys",
+                    "Keys in this agent's LAN gossip keyring (0: gossip not encrypted).",
+                )
+                .expect("valid metric"),
             ),
             member_failures: register(
                 r,
@@ -605,6 +630,19 @@ impl GossipMetrics {
         self.coordinate_samples
             .with_label_values(&[self.pool, outcome])
             .inc();
+    }
+
+    /// Counts a keyring operation `op` that every live member applied (`ok`) or not.
+    pub fn keyring_operation(&self, op: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.keyring_operations
+            .with_label_values(&[op, result])
+            .inc();
+    }
+
+    /// Sets the number of keys in the LAN keyring.
+    pub fn set_keyring_keys(&self, n: usize) {
+        self.keyring_keys.set(n as i64);
     }
 
     /// Counts a member seen to fail.

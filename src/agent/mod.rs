@@ -66,6 +66,9 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// The gossip keyring in the data dir cannot be read or written.
+    #[error(transparent)]
+    Keyring(#[from] crate::gossip::keyring::KeyringError),
     /// The data dir is unusable.
     #[error("data dir {path}: {reason}")]
     DataDir {
@@ -292,7 +295,10 @@ impl Agent {
                 quic: quic_addr,
                 http: SocketAddr::new(config.advertise(), config.ports.http),
                 wan: server.as_ref().map(|s| s.wan_addr),
-                key: config.encrypt.clone(),
+                keyring: crate::gossip::keyring::Stored::open(
+                    &config.data_dir,
+                    config.encrypt.as_ref(),
+                )?,
                 options: GossipOptions {
                     reconnect_timeout: config
                         .reconnect_timeout
@@ -305,6 +311,7 @@ impl Agent {
             shutdown.child_token(),
         )
         .await?;
+        dispatcher.set_lan(gossip.clone());
         let members = gossip.members();
         let mut loops = Loops::default();
         match &server {

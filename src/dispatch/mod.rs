@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::acl::{AclError, Authorizer, ReplicationStatus, Secret};
 use crate::federation::Router;
-use crate::gossip::Member;
+use crate::gossip::{Gossip, Member};
 use crate::metrics::{InFlight, RpcMetrics};
 use crate::raft::{RaftNode, RaftNodeError, ReadMeta};
 use crate::rpc::client::AgentClient;
@@ -132,6 +132,8 @@ pub struct Dispatcher {
     wan_coordinates: Option<(SocketAddr, Arc<crate::coordinate::Estimator>)>,
     /// Servers: how this server's ACL replication stands.
     acl_replication: Option<Arc<std::sync::Mutex<ReplicationStatus>>>,
+    /// The agent's LAN pool, once it joined (keyring operations).
+    lan: Arc<std::sync::OnceLock<Gossip>>,
 }
 
 impl Dispatcher {
@@ -157,7 +159,14 @@ impl Dispatcher {
             acl: None,
             acl_replication: None,
             wan_coordinates: None,
+            lan: Arc::default(),
         }
+    }
+
+    /// Hands every clone of this dispatcher the agent's LAN pool, once it joined (the
+    /// RPC handler is serving before).
+    pub fn set_lan(&self, lan: Gossip) {
+        let _ = self.lan.set(lan);
     }
 
     /// On servers: this server's WAN coordinate and those the other servers sent; `me` is
@@ -400,13 +409,12 @@ impl Dispatcher {
                 health => AgentResponse::AutopilotHealth(health.map_err(RpcError::from)),
             },
             AgentRequest::RemoveRaftPeer(r) => {
-                if let Some(authz) = &authz
-                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
-                        crate::acl::Scalar::Operator,
-                        crate::acl::Access::Write,
-                    ))
-                {
-                    return Some(req.fail(e.into()));
+                if let Err(e) = require(
+                    &authz,
+                    crate::acl::Scalar::Operator,
+                    crate::acl::Access::Write,
+                ) {
+                    return Some(req.fail(e));
                 }
                 match raft.remove_server(&r.peer).await {
                     Err(RaftNodeError::NotLeader { .. }) => return None,
@@ -421,14 +429,32 @@ impl Dispatcher {
                 };
                 AgentResponse::ExecuteQuery(self.execute_query(raft, x, meta, authz).await)
             }
+            AgentRequest::KeyringOperation(k) => {
+                let access = match k.op {
+                    Some(_) => crate::acl::Access::Write,
+                    None => crate::acl::Access::Read,
+                };
+                if let Err(e) = require(&authz, crate::acl::Scalar::Keyring, access) {
+                    return Some(req.fail(e));
+                }
+                let Some(lan) = self.lan.get() else {
+                    return Some(req.fail(RpcError::NotServed(
+                        "this server has not joined its LAN pool yet".into(),
+                    )));
+                };
+                let report = match &k.op {
+                    None => lan.keyring_list().await,
+                    Some((verb, key)) => lan.keyring_operation(*verb, key).await,
+                };
+                AgentResponse::KeyringOperation(report.map_err(RpcError::from))
+            }
             AgentRequest::TransferLeader(t) => {
-                if let Some(authz) = &authz
-                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
-                        crate::acl::Scalar::Operator,
-                        crate::acl::Access::Write,
-                    ))
-                {
-                    return Some(req.fail(e.into()));
+                if let Err(e) = require(
+                    &authz,
+                    crate::acl::Scalar::Operator,
+                    crate::acl::Access::Write,
+                ) {
+                    return Some(req.fail(e));
                 }
                 match raft.transfer_leadership(t.to.as_deref()).await {
                     Err(RaftNodeError::NotLeader { .. }) => return None,
@@ -436,13 +462,9 @@ impl Dispatcher {
                 }
             }
             AgentRequest::SaveSnapshot(s) => {
-                if let Some(authz) = &authz
-                    && let Err(e) = authz.check(&crate::acl::Permission::scalar(
-                        crate::acl::Scalar::Acl,
-                        crate::acl::Access::Write,
-                    ))
+                if let Err(e) = require(&authz, crate::acl::Scalar::Acl, crate::acl::Access::Write)
                 {
-                    return Some(req.fail(e.into()));
+                    return Some(req.fail(e));
                 }
                 match raft.read_barrier(s.mode).await {
                     Ok(_) => {}
@@ -986,5 +1008,20 @@ fn wan_coordinate_of(
         Some(wan.coordinate())
     } else {
         wan.peer(addr)
+    }
+}
+
+/// Whether `authz` (`None`: ACLs do not apply) grants `access` to `scalar` (operator,
+/// keyring, acl).
+fn require(
+    authz: &Option<Arc<Authorizer>>,
+    scalar: crate::acl::Scalar,
+    access: crate::acl::Access,
+) -> Result<(), RpcError> {
+    match authz {
+        Some(authz) => authz
+            .check(&crate::acl::Permission::scalar(scalar, access))
+            .map_err(RpcError::from),
+        None => Ok(()),
     }
 }

@@ -9,6 +9,7 @@
 //! discovery, `/v1/agent/members`, the federation router) and the leader's catalog
 //! reconciliation.
 
+pub mod keyring;
 pub mod quic;
 pub mod sealed;
 pub mod wan;
@@ -24,7 +25,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::GossipKey;
 use crate::metrics::GossipMetrics;
 use crate::vocab::Role;
 
@@ -156,8 +156,8 @@ pub struct LanConfig {
     pub http: SocketAddr,
     /// Servers: the QUIC address other DCs reach us at, for flood-join.
     pub wan: Option<SocketAddr>,
-    /// The gossip key, if the DC encrypts gossip.
-    pub key: Option<GossipKey>,
+    /// The gossip keyring, if the DC encrypts gossip.
+    pub keyring: Option<keyring::Stored>,
     /// Timings.
     pub options: GossipOptions,
     /// This agent's LAN coordinate, updated from round trips on the gossip path.
@@ -194,7 +194,22 @@ pub struct Gossip {
     handle: Arc<ChitchatHandle>,
     members: watch::Receiver<Vec<Member>>,
     interval: Duration,
+    /// LAN, encrypted: the keyring.
+    keyring: Option<Arc<KeyringState>>,
 }
+
+/// A LAN member's keyring: its keys (held across an operation), its file, the sealer of
+/// its socket.
+struct KeyringState {
+    stored: tokio::sync::Mutex<keyring::Stored>,
+    sealer: sealed::Sealer,
+    datacenter: String,
+    metrics: GossipMetrics,
+}
+
+/// How long the agent asked for a keyring operation waits for every live member to apply
+/// it (Consul's serf query waits a few seconds in a small pool).
+pub const KEYRING_CONFIRM: Duration = Duration::from_secs(5);
 
 impl Gossip {
     /// Joins the DC's LAN pool; the member list is kept current until `shutdown` fires.
@@ -218,12 +233,28 @@ impl Gossip {
         if let Some(wan) = config.wan {
             kvs.push((KEY_WAN.to_string(), wan.to_string()));
         }
+        let keys = config
+            .keyring
+            .as_ref()
+            .map_or(Vec::new(), |k| k.ring.keys().to_vec());
+        let sealer = sealed::Sealer::new(&keys);
         let transport = sealed::SealedUdpTransport::new(
-            config.key.as_ref(),
+            sealer.clone(),
             metrics.clone(),
             config.coordinates.clone(),
         );
-        Gossip::start(
+        let datacenter = config.datacenter.clone();
+        let keyring = config.keyring.map(|stored| {
+            metrics.set_keyring_keys(stored.ring.keys().len());
+            kvs.push((keyring::KEY_HELD.to_string(), stored.ring.held()));
+            Arc::new(KeyringState {
+                stored: tokio::sync::Mutex::new(stored),
+                sealer,
+                datacenter,
+                metrics: metrics.clone(),
+            })
+        });
+        let mut gossip = Gossip::start(
             PoolConfig {
                 network: "LAN",
                 name: config.node,
@@ -236,9 +267,19 @@ impl Gossip {
             },
             &transport,
             metrics,
-            shutdown,
+            shutdown.clone(),
         )
-        .await
+        .await?;
+        if let Some(k) = &keyring {
+            tokio::spawn(follow_keyring(
+                gossip.handle.chitchat(),
+                k.clone(),
+                gossip.interval,
+                shutdown,
+            ));
+        }
+        gossip.keyring = keyring;
+        Ok(gossip)
     }
 
     async fn start(
@@ -289,6 +330,7 @@ impl Gossip {
             handle: Arc::new(handle),
             members,
             interval: o.interval,
+            keyring: None,
         })
     }
 
@@ -331,6 +373,92 @@ impl Gossip {
             .await
     }
 
+    /// The keys every live member holds (`consul keyring -list`).
+    pub async fn keyring_list(&self) -> Result<keyring::KeyringReport, keyring::KeyringError> {
+        let k = self
+            .keyring
+            .as_ref()
+            .ok_or(keyring::KeyringError::NotEnabled)?;
+        let members = self.handle.with_chitchat(|c| live_keyrings(c)).await;
+        let stored = k.stored.lock().await;
+        Ok(keyring::KeyringReport::of(
+            &k.datacenter,
+            &stored.ring,
+            &members,
+            None,
+        ))
+    }
+
+    /// Applies a keyring operation here, publishes it to the pool and waits (bounded) until
+    /// every live member applied it; the report names those that did not. An operation
+    /// this agent refuses (using a key it does not hold, removing its primary key) is
+    /// refused at once and published to no one.
+    pub async fn keyring_operation(
+        &self,
+        verb: keyring::KeyVerb,
+        key: &crate::config::GossipKey,
+    ) -> Result<keyring::KeyringReport, keyring::KeyringError> {
+        let k = self
+            .keyring
+            .as_ref()
+            .ok_or(keyring::KeyringError::NotEnabled)?;
+        let outcome = self.issue_keyring_operation(k, verb, key).await;
+        k.metrics
+            .keyring_operation(verb.as_str(), matches!(&outcome, Ok(r) if r.confirmed()));
+        outcome
+    }
+
+    async fn issue_keyring_operation(
+        &self,
+        k: &KeyringState,
+        verb: keyring::KeyVerb,
+        key: &crate::config::GossipKey,
+    ) -> Result<keyring::KeyringReport, keyring::KeyringError> {
+        let op = {
+            let mut stored = k.stored.lock().await;
+            let mut ring = stored.ring.clone();
+            let op = keyring::KeyOp {
+                id: ring.next_id(now_micros()),
+                verb,
+                key: key.clone(),
+            };
+            let changed = ring.apply_op(&op)?;
+            // Sealed under the primary key before this operation changes it: every member
+            // holds that one.
+            let published = keyring::encode_op(&op, &k.sealer);
+            let before = std::mem::replace(&mut stored.ring, ring);
+            if let Err(e) = stored.save() {
+                stored.ring = before;
+                return Err(e);
+            }
+            if changed {
+                k.sealer.set_keys(stored.ring.keys());
+                k.metrics.set_keyring_keys(stored.ring.keys().len());
+            }
+            let held = stored.ring.held();
+            self.handle
+                .with_chitchat(|c| {
+                    let me = c.self_node_state();
+                    me.set(keyring::KEY_HELD, held.clone());
+                    me.set(keyring::KEY_OP, published.clone());
+                })
+                .await;
+            op
+        };
+        let deadline = tokio::time::Instant::now() + KEYRING_CONFIRM;
+        loop {
+            let members = self.handle.with_chitchat(|c| live_keyrings(c)).await;
+            let report = {
+                let stored = k.stored.lock().await;
+                keyring::KeyringReport::of(&k.datacenter, &stored.ring, &members, Some(op.id))
+            };
+            if report.confirmed() || tokio::time::Instant::now() >= deadline {
+                return Ok(report);
+            }
+            tokio::time::sleep(self.interval.min(Duration::from_millis(50))).await;
+        }
+    }
+
     /// Gossips with `addr` at once: how a member that knows the pool pulls in one that
     /// does not (flood-join), or rejoins a seed.
     fn join(&self, addr: SocketAddr) {
@@ -345,6 +473,101 @@ impl Gossip {
         let _ = self.handle.initiate_shutdown();
         if let Err(e) = self.handle.termination_watcher().await {
             warn!(error = %e, "gossip stopped with an error");
+        }
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Every live member's keyring as it published it (a member that left is not counted).
+fn live_keyrings(c: &Chitchat) -> Vec<keyring::MemberKeys> {
+    c.live_nodes()
+        .filter_map(|id| {
+            let state = c.node_state(id)?;
+            if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
+                return None;
+            }
+            Some(keyring::MemberKeys {
+                name: id.node_id.to_string(),
+                held: state.get(keyring::KEY_HELD).map(str::to_string),
+                failed: state.get(keyring::KEY_FAILED).map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Applies, every gossip interval, the keyring operations other members published that
+/// this one has not applied yet, oldest first; saves the keyring, hands the keys to the
+/// socket and publishes what it holds (or why an operation could not be applied).
+async fn follow_keyring(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    k: Arc<KeyringState>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let published: Vec<String> = {
+            let c = chitchat.lock().await;
+            c.node_states()
+                .values()
+                .filter_map(|s| s.get(keyring::KEY_OP).map(str::to_string))
+                .collect()
+        };
+        let mut stored = k.stored.lock().await;
+        let applied = stored.ring.applied();
+        let mut ops: Vec<Result<keyring::KeyOp, u64>> = published
+            .iter()
+            .filter_map(|v| keyring::decode_op(v, &k.sealer))
+            .filter(|op| op.as_ref().map_or_else(|id| *id, |op| op.id) > applied)
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        ops.sort_by_key(|op| op.as_ref().map_or_else(|id| *id, |op| op.id));
+        let before = stored.ring.clone();
+        let mut failed = None;
+        for op in &ops {
+            match op {
+                Ok(op) => {
+                    if let Err(e) = stored.ring.apply_op(op) {
+                        failed = Some((op.id, e.to_string()));
+                    }
+                }
+                Err(id) => {
+                    stored.ring.skip(*id);
+                    failed = Some((
+                        *id,
+                        "the operation is not sealed under a key held here".to_string(),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = stored.save() {
+            warn!(error = %e, "keyring operation not applied: the keyring cannot be saved");
+            failed = Some((stored.ring.applied(), e.to_string()));
+            stored.ring = before.clone();
+        }
+        if stored.ring.keys() != before.keys() {
+            k.sealer.set_keys(stored.ring.keys());
+            k.metrics.set_keyring_keys(stored.ring.keys().len());
+            info!(keys = stored.ring.keys().len(), "gossip keyring changed");
+        }
+        let held = stored.ring.held();
+        drop(stored);
+        let mut c = chitchat.lock().await;
+        let me = c.self_node_state();
+        me.set(keyring::KEY_HELD, held);
+        if let Some((id, why)) = failed {
+            warn!(op = id, reason = %why, "keyring operation not applied");
+            me.set(keyring::KEY_FAILED, format!("{id} {why}"));
         }
     }
 }

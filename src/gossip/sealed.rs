@@ -1,5 +1,6 @@
 //! chitchat's UDP transport, wrapped: every datagram is a chitchat message, sealed with
-//! AES-256-GCM under the DC's gossip key when one is configured (Consul's `encrypt`).
+//! AES-256-GCM under the agent's primary gossip key when it has a keyring (Consul's
+//! `encrypt`), and opened under any key of it.
 //! A datagram that does not open or does not parse is dropped and counted, never
 //! answered: an agent with a wrong or missing key cannot join, and garbage on the port
 //! costs one failed decryption. Every message carries the sender's network coordinate in a
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -30,32 +31,45 @@ const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
 /// same key cannot be replayed as gossip.
 const AAD: &[u8] = b"consulate-lan-gossip-v1";
 
-/// Seals and opens datagrams (pure: no I/O).
+/// Seals and opens datagrams (pure: no I/O) under the agent's keyring: sealed with the
+/// primary key, opened with any installed one. Clones share the keys, so a keyring
+/// operation reaches the socket at once.
 #[derive(Clone)]
 pub struct Sealer {
-    key: Option<std::sync::Arc<LessSafeKey>>,
+    keys: Arc<RwLock<Arc<[LessSafeKey]>>>,
 }
 
 impl Sealer {
-    /// A sealer for `key`; without one, datagrams are plaintext.
-    pub fn new(key: Option<&GossipKey>) -> Sealer {
+    /// A sealer for `keys` (primary first); without any, datagrams are plaintext.
+    pub fn new(keys: &[GossipKey]) -> Sealer {
         Sealer {
-            key: key.map(|k| {
-                let unbound =
-                    UnboundKey::new(&AES_256_GCM, &k.0).expect("32 bytes is an AES-256 key");
-                std::sync::Arc::new(LessSafeKey::new(unbound))
-            }),
+            keys: Arc::new(RwLock::new(aead_keys(keys))),
         }
     }
 
+    /// Replaces the keys (primary first).
+    pub fn set_keys(&self, keys: &[GossipKey]) {
+        *self.keys.write().expect("sealer lock") = aead_keys(keys);
+    }
+
+    fn current(&self) -> Arc<[LessSafeKey]> {
+        self.keys.read().expect("sealer lock").clone()
+    }
+
     /// Seals `plain` into a datagram.
-    pub fn seal(&self, mut plain: Vec<u8>) -> Vec<u8> {
-        let Some(key) = &self.key else {
+    pub fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
+        self.seal_with(AAD, plain)
+    }
+
+    /// Seals `plain` under the primary key, bound to `aad`; plaintext without a key.
+    pub fn seal_with(&self, aad: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
+        let keys = self.current();
+        let Some(key) = keys.first() else {
             return plain;
         };
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = Nonce::assume_unique_for_key(nonce_bytes);
-        key.seal_in_place_append_tag(nonce, Aad::from(AAD), &mut plain)
+        key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut plain)
             .expect("AES-GCM sealing of a datagram-sized buffer cannot fail");
         let mut out = Vec::with_capacity(NONCE_LEN + plain.len());
         out.extend_from_slice(&nonce_bytes);
@@ -63,20 +77,50 @@ impl Sealer {
         out
     }
 
-    /// Opens a datagram; `None` if it was not sealed with our key.
+    /// Opens a datagram; `None` if it was not sealed under a key held here.
     pub fn open<'a>(&self, datagram: &'a mut [u8]) -> Option<&'a [u8]> {
-        let Some(key) = &self.key else {
-            return Some(datagram);
+        self.open_with(AAD, datagram)
+    }
+
+    /// Opens what [`Sealer::seal_with`] sealed with the same `aad`, trying the primary key
+    /// first. A failed attempt leaves the buffer unspecified, so every key but the last
+    /// works on a copy.
+    pub fn open_with<'a>(&self, aad: &[u8], sealed: &'a mut [u8]) -> Option<&'a [u8]> {
+        let keys = self.current();
+        let Some((last, others)) = keys.split_last() else {
+            return Some(sealed);
         };
-        if datagram.len() < SEAL_OVERHEAD {
+        if sealed.len() < SEAL_OVERHEAD {
             return None;
         }
-        let (nonce, body) = datagram.split_at_mut(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        key.open_in_place(nonce, Aad::from(AAD), body)
+        let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().ok()?;
+        for key in others {
+            let mut copy = body.to_vec();
+            if let Ok(plain) = key.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut copy,
+            ) {
+                let n = plain.len();
+                body[..n].copy_from_slice(&copy[..n]);
+                return Some(&body[..n]);
+            }
+        }
+        last.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
             .ok()
             .map(|plain| &*plain)
     }
+}
+
+fn aead_keys(keys: &[GossipKey]) -> Arc<[LessSafeKey]> {
+    keys.iter()
+        .map(|k| {
+            LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &k.0).expect("32 bytes is an AES-256 key"),
+            )
+        })
+        .collect()
 }
 
 /// The chitchat [`Transport`] of LAN gossip.
@@ -87,15 +131,15 @@ pub struct SealedUdpTransport {
 }
 
 impl SealedUdpTransport {
-    /// A transport sealing with `key` (if any), counting into `metrics`, sampling round
-    /// trips into `coordinates`.
+    /// A transport sealing with `sealer`, counting into `metrics`, sampling round trips
+    /// into `coordinates`.
     pub fn new(
-        key: Option<&GossipKey>,
+        sealer: Sealer,
         metrics: GossipMetrics,
         coordinates: Arc<Estimator>,
     ) -> SealedUdpTransport {
         SealedUdpTransport {
-            sealer: Sealer::new(key),
+            sealer,
             metrics,
             coordinates,
         }
@@ -228,26 +272,48 @@ mod tests {
     fn sealed_datagrams_open_only_with_the_same_key() {
         let k1 = GossipKey([7u8; 32]);
         let k2 = GossipKey([8u8; 32]);
-        let a = Sealer::new(Some(&k1));
+        let a = Sealer::new(std::slice::from_ref(&k1));
         let mut sealed = a.seal(b"hello gossip".to_vec());
         assert_eq!(sealed.len(), 12 + SEAL_OVERHEAD);
         assert_ne!(&sealed[NONCE_LEN..NONCE_LEN + 12], b"hello gossip");
         let mut copy = sealed.clone();
         assert_eq!(a.open(&mut sealed), Some(&b"hello gossip"[..]));
         assert_eq!(
-            Sealer::new(Some(&k2)).open(&mut copy.clone()),
+            Sealer::new(std::slice::from_ref(&k2)).open(&mut copy.clone()),
             None,
             "wrong key"
         );
         copy[NONCE_LEN] ^= 1;
         assert_eq!(a.open(&mut copy), None, "tampered");
         assert_eq!(a.open(&mut [0u8; 5]), None, "too short");
-        let plain = Sealer::new(None);
+        let plain = Sealer::new(&[]);
         assert_eq!(plain.open(&mut b"x".to_vec()), Some(&b"x"[..]));
         assert_eq!(
-            Sealer::new(Some(&k1)).open(&mut plain.seal(b"plaintext gossip".to_vec())),
+            a.open(&mut plain.seal(b"plaintext gossip".to_vec())),
             None,
             "an agent without the key is refused"
         );
+    }
+
+    #[test]
+    fn a_keyring_opens_under_any_key_and_seals_with_the_primary() {
+        let (k1, k2, k3) = (GossipKey([1; 32]), GossipKey([2; 32]), GossipKey([3; 32]));
+        let old = Sealer::new(std::slice::from_ref(&k1));
+        let both = Sealer::new(&[k1.clone(), k2.clone()]);
+        let new = Sealer::new(std::slice::from_ref(&k2));
+        for (from, label) in [(&old, "primary"), (&new, "secondary")] {
+            let mut d = from.seal(b"rotating".to_vec());
+            assert_eq!(both.open(&mut d), Some(&b"rotating"[..]), "{label}");
+        }
+        let mut d = both.seal(b"x".to_vec());
+        assert_eq!(old.clone().open(&mut d.clone()), Some(&b"x"[..]));
+        assert_eq!(new.open(&mut d), None, "sealed with the primary key");
+        // A clone follows a change of keys (the socket holds one).
+        let socket_side = old.clone();
+        old.set_keys(&[k2.clone(), k1.clone()]);
+        let mut d = socket_side.seal(b"y".to_vec());
+        assert_eq!(new.open(&mut d), Some(&b"y"[..]));
+        let mut d = Sealer::new(&[k3]).seal(b"z".to_vec());
+        assert_eq!(both.open(&mut d), None);
     }
 }

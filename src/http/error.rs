@@ -52,6 +52,7 @@ impl HttpError {
             }
             HttpError::Rpc(RpcError::Acl(_)) => StatusCode::FORBIDDEN,
             HttpError::Rpc(RpcError::NotFound(_)) => StatusCode::NOT_FOUND,
+            HttpError::Rpc(RpcError::Refused(_)) => StatusCode::BAD_REQUEST,
             HttpError::Internal(_) | HttpError::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -257,6 +257,7 @@ routes! {
     "/v1/operator/raft/peer" [Data] => delete(operator::remove_peer);
     "/v1/operator/raft/transfer-leader" [Data] => post(operator::transfer_leader);
     "/v1/operator/autopilot/health" [Agent] => get(operator::autopilot_health);
+    "/v1/operator/keyring" [Data] => get(operator::keyring_list).post(operator::keyring_install).put(operator::keyring_use).delete(operator::keyring_remove);
     "/v1/snapshot" [Data] => get(snapshot::save).put(snapshot::restore);
     "/v1/query" [Data] => get(query::list).post(query::create);
     "/v1/query/{id}" [Data] => get(query::get).put(query::update).delete(query::delete);

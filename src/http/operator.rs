@@ -1,18 +1,22 @@
-//! Consul's `/v1/operator/raft/*` and `/v1/operator/autopilot/health`: the DC's Raft
-//! configuration, removing a server from it (a dead one that will not come back), handing
-//! leadership to another server, and
-//! each server's health as the leader sees it.
+//! Consul's `/v1/operator/raft/*`, `/v1/operator/autopilot/health` and
+//! `/v1/operator/keyring`: the DC's Raft configuration, removing a server from it (a dead
+//! one that will not come back), handing leadership to another server, each server's
+//! health as the leader sees it, and the LAN gossip keys of every DC.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::Api;
 use super::error::HttpError;
+use super::json::decode;
 use super::params::Params;
 use crate::acl::{Access, Permission, Scalar};
-use crate::rpc::{AutopilotHealth, RemoveRaftPeer, TransferLeader};
+use crate::config::GossipKey;
+use crate::gossip::keyring::{KeyVerb, KeyringReport};
+use crate::rpc::{AutopilotHealth, KeyringOperation, RemoveRaftPeer, TransferLeader};
 
 /// Consul's default `LastContactThreshold`: a server that has not acknowledged the leader
 /// for longer is unhealthy.
@@ -142,4 +146,153 @@ pub async fn autopilot_health(State(api): State<Api>, p: Params) -> Result<Respo
         axum::http::StatusCode::TOO_MANY_REQUESTS
     };
     Ok((status, Json(body)).into_response())
+}
+
+/// The body of a keyring change: `{"Key": "<base64 of 32 bytes>"}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    key: GossipKey,
+}
+
+/// One DC's LAN pool as `/v1/operator/keyring` lists it (Consul's `KeyringResponse`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolJson {
+    #[serde(rename = "WAN")]
+    wan: bool,
+    datacenter: String,
+    segment: &'static str,
+    partition: &'static str,
+    keys: std::collections::BTreeMap<String, usize>,
+    primary_keys: std::collections::BTreeMap<String, usize>,
+    num_nodes: usize,
+    messages: std::collections::BTreeMap<String, String>,
+}
+
+impl From<KeyringReport> for PoolJson {
+    fn from(r: KeyringReport) -> PoolJson {
+        PoolJson {
+            wan: false,
+            datacenter: r.datacenter,
+            segment: "",
+            partition: "",
+            keys: r.keys,
+            primary_keys: r.primary_keys,
+            num_nodes: r.num_nodes,
+            messages: r.messages,
+        }
+    }
+}
+
+/// Runs a keyring operation (`None`: list) in the agent's own DC and then, unless
+/// `?local-only`, in every other DC the agent knows (as Consul does: one keyring across
+/// the federation). A refusal in the agent's own DC (a key it does not hold, its primary
+/// key) stops there; a DC that cannot be reached or refuses is reported in its entry.
+async fn keyring_everywhere(
+    api: &Api,
+    p: &Params,
+    op: Option<(KeyVerb, GossipKey)>,
+) -> Result<Vec<PoolJson>, HttpError> {
+    let call = |dc: Option<String>| KeyringOperation {
+        dc,
+        op: op.clone(),
+        token: p.token(),
+    };
+    let local = api.dispatcher.call(call(None)).await?;
+    let here = local.datacenter.clone();
+    let mut pools = vec![PoolJson::from(local)];
+    if p.enabled("local-only") {
+        return Ok(pools);
+    }
+    let others: Vec<String> = api
+        .dispatcher
+        .datacenters()
+        .await?
+        .into_iter()
+        .filter(|dc| *dc != here)
+        .collect();
+    let answers = futures::future::join_all(
+        others
+            .iter()
+            .map(|dc| api.dispatcher.call(call(Some(dc.clone())))),
+    )
+    .await;
+    for (dc, answer) in others.into_iter().zip(answers) {
+        pools.push(match answer {
+            Ok(report) => report.into(),
+            Err(e) => PoolJson::from(KeyringReport {
+                datacenter: dc.clone(),
+                messages: [(dc, e.to_string())].into(),
+                ..KeyringReport::default()
+            }),
+        });
+    }
+    Ok(pools)
+}
+
+/// `GET /v1/operator/keyring[?local-only]`: every DC's LAN pool, the keys its live members
+/// hold and seal with, and how many hold each (`keyring:read`). The WAN pool is not
+/// listed: it runs over QUIC with mutual TLS, keyed by certificates.
+pub async fn keyring_list(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    api.authorize(&p, Permission::scalar(Scalar::Keyring, Access::Read))
+        .await?;
+    Ok(Json(keyring_everywhere(&api, &p, None).await?).into_response())
+}
+
+/// `POST /v1/operator/keyring`: installs a key on every agent of every DC.
+pub async fn keyring_install(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    keyring_change(api, p, KeyVerb::Install, body).await
+}
+
+/// `PUT /v1/operator/keyring`: makes an installed key the one every agent seals with.
+pub async fn keyring_use(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    keyring_change(api, p, KeyVerb::Use, body).await
+}
+
+/// `DELETE /v1/operator/keyring`: removes a key (never the primary one) from every agent.
+pub async fn keyring_remove(
+    State(api): State<Api>,
+    p: Params,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    keyring_change(api, p, KeyVerb::Remove, body).await
+}
+
+/// A keyring change (`keyring:write`): 200 once every live member of every DC applied it;
+/// 500 naming the members (or DCs) that did not, as Consul reports failed nodes.
+async fn keyring_change(
+    api: Api,
+    p: Params,
+    verb: KeyVerb,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    api.authorize(&p, Permission::scalar(Scalar::Keyring, Access::Write))
+        .await?;
+    let KeyBody { key } = decode(&body)?;
+    let pools = keyring_everywhere(&api, &p, Some((verb, key))).await?;
+    let failures: Vec<String> = pools
+        .iter()
+        .flat_map(|pool| {
+            pool.messages
+                .iter()
+                .map(move |(node, why)| format!("{} (LAN): {node}: {why}", pool.datacenter))
+        })
+        .collect();
+    if failures.is_empty() {
+        return Ok(().into_response());
+    }
+    Err(HttpError::Internal(format!(
+        "{} nodes reported failures: {}",
+        failures.len(),
+        failures.join("; ")
+    )))
 }

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{AclError, Secret};
+use crate::config::GossipKey;
+use crate::gossip::keyring::{KeyVerb, KeyringError, KeyringReport};
 use crate::raft::{ReadMeta, ServerNode};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{Command, CommandResult, Session};
@@ -73,6 +75,21 @@ pub enum RpcError {
     /// What the request names does not exist (e.g. `Query not found`): a 404.
     #[error("{0}")]
     NotFound(String),
+    /// The request cannot be done as it stands (e.g. removing the primary gossip key): a
+    /// 400 saying why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<KeyringError> for RpcError {
+    fn from(e: KeyringError) -> RpcError {
+        match e {
+            KeyringError::File { .. } => RpcError::NotServed(e.to_string()),
+            KeyringError::NotEnabled | KeyringError::NotInstalled | KeyringError::RemovePrimary => {
+                RpcError::Refused(e.to_string())
+            }
+        }
+    }
 }
 
 impl RpcError {
@@ -84,6 +101,7 @@ impl RpcError {
             | RpcError::NoPathToDatacenter
             | RpcError::NoReachableServer
             | RpcError::NotFound(_)
+            | RpcError::Refused(_)
             | RpcError::Acl(_) => true,
             RpcError::Forward { retry_safe, .. } => *retry_safe,
             RpcError::Indeterminate { .. } | RpcError::Raft(_) | RpcError::Protocol(_) => false,
@@ -253,6 +271,19 @@ pub struct TransferLeader {
     pub dc: Option<String>,
     /// The server to hand it to (node ID, name or address; `None`: the leader picks).
     pub to: Option<String>,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
+}
+
+/// A gossip keyring operation on a DC's LAN pool (`/v1/operator/keyring`), done by one of
+/// its servers: `op: None` lists the keys every live member holds (`keyring:read`);
+/// otherwise the key is installed, used or removed on every member (`keyring:write`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyringOperation {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// What to do.
+    pub op: Option<(KeyVerb, GossipKey)>,
     /// The request's ACL token.
     pub token: Option<Secret>,
 }
@@ -574,6 +605,7 @@ calls! {
     SaveSnapshot => SnapshotArchive, "snapshot_save";
     TransferLeader => crate::raft::ServerNode, "raft_transfer_leader";
     AutopilotHealth => Vec<crate::raft::ServerHealth>, "autopilot_health";
+    KeyringOperation => KeyringReport, "keyring";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }
@@ -592,7 +624,8 @@ impl AgentRequest {
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { dc, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { dc, .. })
             | AgentRequest::TransferLeader(TransferLeader { dc, .. })
-            | AgentRequest::AutopilotHealth(AutopilotHealth { dc }) => dc.as_deref(),
+            | AgentRequest::AutopilotHealth(AutopilotHealth { dc })
+            | AgentRequest::KeyringOperation(KeyringOperation { dc, .. }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -608,7 +641,10 @@ impl AgentRequest {
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
-            | AgentRequest::TransferLeader(TransferLeader { token, .. }) => Some(token.as_ref()),
+            | AgentRequest::TransferLeader(TransferLeader { token, .. })
+            | AgentRequest::KeyringOperation(KeyringOperation { token, .. }) => {
+                Some(token.as_ref())
+            }
             _ => None,
         }
     }
@@ -623,7 +659,8 @@ impl AgentRequest {
             | AgentRequest::ExecuteQuery(ExecuteQuery { token, .. })
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
-            | AgentRequest::TransferLeader(TransferLeader { token, .. }) => Some(token),
+            | AgentRequest::TransferLeader(TransferLeader { token, .. })
+            | AgentRequest::KeyringOperation(KeyringOperation { token, .. }) => Some(token),
             _ => None,
         }
     }
@@ -654,6 +691,7 @@ impl AgentRequest {
                 | AgentRequest::JoinRaft(_)
                 | AgentRequest::RemoveRaftPeer(_)
                 | AgentRequest::TransferLeader(_)
+                | AgentRequest::KeyringOperation(KeyringOperation { op: Some(_), .. })
         )
     }
 
@@ -677,10 +715,11 @@ impl AgentRequest {
     }
 
     /// How long one exchange with the server that answers it may take: a blocking read's
-    /// wait on top of [`FORWARD_TIMEOUT`].
+    /// wait, or a keyring operation's wait for every member, on top of [`FORWARD_TIMEOUT`].
     pub fn timeout(&self) -> Duration {
         match self {
             AgentRequest::Read(r) => r.opts.wait + FORWARD_TIMEOUT,
+            AgentRequest::KeyringOperation(_) => crate::gossip::KEYRING_CONFIRM + FORWARD_TIMEOUT,
             _ => FORWARD_TIMEOUT,
         }
     }

@@ -15,6 +15,7 @@ mod health_checks;
 mod http_catalog;
 mod http_kv;
 mod https;
+mod keyring;
 mod prepared_query;
 mod prometheus;
 mod py_consul;
