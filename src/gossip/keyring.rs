@@ -296,7 +296,7 @@ impl KeyringReport {
                 .filter(|(id, _)| id.parse() == Ok(op));
             if let Some((_, why)) = failed {
                 report.messages.insert(m.name.clone(), why.to_string());
-            } else if !held.is_some_and(|(applied, _)| applied >= op) {
+            } else if held.is_none_or(|(applied, _)| applied < op) {
                 report
                     .messages
                     .insert(m.name.clone(), "has not applied it".to_string());

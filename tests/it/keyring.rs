@@ -4,7 +4,8 @@
 //! failed, no datagram refused). Refusals (the primary key, a key not installed, a bad
 //! key); restarted agents come back speaking the new key from their data dir although
 //! their config still names the old one; an agent holding only the old key cannot join;
-//! no key appears in any log.
+//! no key appears in any log. Across two DCs, one operation changes both DCs' pools
+//! (`?local-only`: the agent's own).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -226,10 +227,10 @@ async fn the_gossip_key_rotates_on_a_live_dc_without_a_failed_member() {
     let n = samples.load(Ordering::Relaxed);
     assert!(bad.is_empty(), "during the rotation ({n} samples): {bad:?}");
     assert!(n >= 8 * 3, "only {n} samples");
-    for i in 0..8 {
+    for (i, before) in drops_before.iter().enumerate() {
         assert_eq!(
             decrypt_drops(&http, i).await,
-            drops_before[i],
+            *before,
             "agent {i} refused datagrams during the rotation"
         );
     }
@@ -297,4 +298,66 @@ async fn the_gossip_key_rotates_on_a_live_dc_without_a_failed_member() {
         "{m}"
     );
     assert_no_key_logged(&logs, &[&old, &new]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keyring_operation_reaches_every_datacenter() {
+    const NET2: u8 = 71;
+    let old = GossipKey::generate();
+    let new = GossipKey::generate();
+    let key_line = format!("encrypt = \"{}\"\n", old.to_base64());
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for (dc, wan_join) in [(1, None), (2, Some(1))] {
+        for config in
+            write_small_dc_with(dir.path(), &pki, (NET2, dc), wan_join, &key_line, &key_line)
+        {
+            agents.push(spawn_agent(&config));
+        }
+    }
+    let http = http_client_bounded();
+    let c1 = format!("http://127.{NET2}.1.21:8500");
+    eventually(
+        Duration::from_secs(30),
+        "both DCs listed, 2 agents each",
+        || async {
+            let v = get_json(&http, &format!("{c1}/v1/operator/keyring")).await?;
+            let pools = v.as_array()?;
+            (pools.len() == 2 && pools.iter().all(|p| p["NumNodes"] == 2)).then_some(())
+        },
+    )
+    .await;
+
+    let out = run_cli(
+        dir.path(),
+        &["keyring", "-install", &new.to_base64(), "-http-addr", &c1],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut both = vec![(old.to_base64(), 2), (new.to_base64(), 2)];
+    both.sort();
+    eventually(
+        Duration::from_secs(10),
+        "the new key in both DCs",
+        || async {
+            let v = get_json(&http, &format!("{c1}/v1/operator/keyring")).await?;
+            let dcs: Vec<&str> = v
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["Datacenter"].as_str())
+                .collect();
+            (dcs == ["dc1", "dc2"] && v.as_array()?.iter().all(|p| counts(p, "Keys") == both))
+                .then_some(())
+        },
+    )
+    .await;
+    let v = get_json(&http, &format!("{c1}/v1/operator/keyring?local-only"))
+        .await
+        .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["Datacenter"], "dc1");
 }

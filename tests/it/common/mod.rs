@@ -406,6 +406,18 @@ pub fn write_small_dc(
     wan_join: Option<u8>,
     client_extra: &str,
 ) -> Vec<std::path::PathBuf> {
+    write_small_dc_with(dir, pki, (net, dc), wan_join, "", client_extra)
+}
+
+/// [`write_small_dc`] with `server_extra` config lines for the server too.
+pub fn write_small_dc_with(
+    dir: &Path,
+    pki: &TestPki,
+    (net, dc): (u8, u8),
+    wan_join: Option<u8>,
+    server_extra: &str,
+    client_extra: &str,
+) -> Vec<std::path::PathBuf> {
     let ip = |dc: u8, host: u8| format!("127.{net}.{dc}.{host}");
     let wan = wan_join.map_or(String::new(), |other| {
         format!("wan_join = [\"{}\"]\n", ip(other, 1))
@@ -415,7 +427,7 @@ pub fn write_small_dc(
         .into_iter()
         .map(|(node, role, host)| {
             let extra = match role {
-                Role::Server => format!("bootstrap_expect = 1\n{wan}"),
+                Role::Server => format!("bootstrap_expect = 1\n{wan}{server_extra}"),
                 Role::Client => client_extra.to_string(),
             };
             write_agent_config(
