@@ -787,8 +787,9 @@ impl Dispatcher {
         opts: crate::rpc::ReadOptions,
         meta: ReadMeta,
         authz: Option<&Authorizer>,
-    ) -> Result<ReadOutcome, AclError> {
+    ) -> Result<ReadOutcome, RpcError> {
         let deadline = tokio::time::Instant::now() + opts.wait;
+        let (run, filter) = query.for_filter();
         loop {
             // The index is checked and the watches subscribed under one read of the state,
             // which writes cannot change meanwhile, so no change between the two is missed;
@@ -802,8 +803,15 @@ impl Dispatcher {
                     || tokio::time::Instant::now() >= deadline
                 {
                     let (result, filtered) = match authz {
-                        Some(authz) => filter_result(authz, query, query.run(&r.state))?,
-                        None => (query.run(&r.state), false),
+                        Some(authz) => filter_result(authz, &run, run.run(&r.state))?,
+                        None => (run.run(&r.state), false),
+                    };
+                    drop(r);
+                    // Filtered outside the state lock: a filter never holds writers back.
+                    let result = match filter {
+                        Some(f) => crate::state::filter::apply(query.inner(), result, f)
+                            .map_err(|e| RpcError::Refused(e.to_string()))?,
+                        None => result,
                     };
                     return Ok(ReadOutcome {
                         result,

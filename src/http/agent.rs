@@ -220,6 +220,7 @@ pub async fn force_leave(
 
 /// `GET /v1/agent/services`: this agent's services by ID.
 pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let filter = super::local_filter::<crate::state::Service>(&p)?;
     let authz = api.authorizer(&p).await?;
     let local = api.local.snapshot();
     let services: Vec<_> = local
@@ -227,6 +228,7 @@ pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, Htt
         .values()
         .filter(|d| may_read(authz.as_ref(), Resource::Service, &d.service))
         .map(|d| d.clone().into_service(api.local.node.name.clone()))
+        .filter(|s| filter.as_ref().is_none_or(|f| f.matches(s)))
         .collect();
     let json: BTreeMap<&str, ServiceJson> = services
         .iter()
@@ -242,11 +244,13 @@ pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, Htt
 
 /// `GET /v1/agent/checks`: this agent's checks by ID.
 pub async fn checks(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let filter = super::local_filter::<crate::state::Check>(&p)?;
     let authz = api.authorizer(&p).await?;
     let local = api.local.snapshot();
     let checks = local.catalog_checks(&api.local.node.name);
     let json: BTreeMap<&str, CheckJson> = checks
         .iter()
+        .filter(|(_, c)| filter.as_ref().is_none_or(|f| f.matches(c)))
         .filter(|(_, c)| {
             if c.service_name.is_empty() {
                 may_read(authz.as_ref(), Resource::Node, &c.node)

@@ -176,10 +176,42 @@ fn near(api: &Api, p: &Params, client: params::ClientIp, query: Query) -> Query 
     }
 }
 
+/// `query` narrowed by the request's `?filter=` expression, checked here against the
+/// endpoint's selectors (a bad one is a 400 saying why) and applied by the server that
+/// answers, in whichever DC. Endpoints Consul does not filter ignore the parameter, as
+/// Consul does.
+fn filtered(p: &Params, query: Query) -> Result<Query, HttpError> {
+    use crate::state::filter::{FilterError, validate};
+    let Some(filter) = p.get("filter").filter(|f| !f.trim().is_empty()) else {
+        return Ok(query);
+    };
+    match validate(&query, filter) {
+        Ok(()) => Ok(Query::Filtered {
+            query: Box::new(query),
+            filter: filter.to_string(),
+        }),
+        Err(FilterError::NotFilterable) => Ok(query),
+        Err(e) => Err(HttpError::BadRequest(e.to_string())),
+    }
+}
+
+/// The request's `?filter=` for an answer this agent builds itself (`agent/services`,
+/// `agent/checks`), checked against `T`'s selectors.
+fn local_filter<T: crate::state::filter::Filterable>(
+    p: &Params,
+) -> Result<Option<crate::state::filter::Filter<T>>, HttpError> {
+    p.get("filter")
+        .filter(|f| !f.trim().is_empty())
+        .map(crate::state::filter::Filter::<T>::parse)
+        .transpose()
+        .map_err(|e| HttpError::BadRequest(e.to_string()))
+}
+
 /// Runs a read for an endpoint that takes `?dc=` and the consistency and blocking
 /// parameters; returns Consul's headers with the answer.
 async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOutcome), HttpError> {
     let opts = p.read_options()?;
+    let query = filtered(p, query)?;
     let out = api.dispatcher.read(p.token(), p.dc(), query, opts).await?;
     Ok((read_headers(&out), out))
 }

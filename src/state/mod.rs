@@ -16,6 +16,7 @@ pub mod archive;
 pub mod authorize;
 mod catalog;
 pub mod coordinates;
+pub mod filter;
 mod kv;
 mod kv_watch;
 pub mod prepared_query;

@@ -134,6 +134,14 @@ pub enum Query {
         /// Only this node's.
         node: Option<String>,
     },
+    /// Another query's answer narrowed by a `?filter=` expression ([`super::filter`]),
+    /// applied where the data is, after the state lock is released.
+    Filtered {
+        /// The query answered (one [`super::filter::validate`] accepts).
+        query: Box<Query>,
+        /// The expression.
+        filter: String,
+    },
     /// Another query's answer sorted by estimated round trip from a node (`?near=`).
     Near {
         /// Where distances are measured from.
@@ -215,6 +223,23 @@ fn tags_match(service: &Service, tags: &[String]) -> bool {
         .all(|t| service.tags.iter().any(|have| have.eq_ignore_ascii_case(t)))
 }
 
+/// Service names with the union of their instances' tags (`catalog/services`).
+pub fn group_tags<'a>(
+    instances: impl Iterator<Item = &'a Service>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in instances {
+        out.entry(s.service.clone())
+            .or_default()
+            .extend(s.tags.iter().cloned());
+    }
+    for tags in out.values_mut() {
+        tags.sort();
+        tags.dedup();
+    }
+    out
+}
+
 /// The instances of `name` carrying `tags`, on nodes matching `node_meta`.
 fn instances<'a>(
     state: &'a State,
@@ -262,7 +287,35 @@ impl Query {
             Query::Coordinates { .. } => &[Table::Coordinates],
             Query::PreparedQueries { .. } => &[Table::PreparedQueries],
             Query::Txn(_) => &[Table::Kv, Table::Nodes, Table::Services, Table::Checks],
-            Query::Near { query, .. } => query.tables(),
+            Query::Near { query, .. } | Query::Filtered { query, .. } => query.tables(),
+        }
+    }
+
+    /// The query a `?filter=` narrows (itself when it has none).
+    pub fn inner(&self) -> &Query {
+        match self {
+            Query::Filtered { query, .. } => query,
+            other => other,
+        }
+    }
+
+    /// The query to run under the state lock, and the filter to apply to its answer once
+    /// the lock is released: `catalog/services` with a filter lists every instance (the
+    /// filter is on instances), to be grouped by name after filtering.
+    pub fn for_filter(&self) -> (std::borrow::Cow<'_, Query>, Option<&str>) {
+        match self {
+            Query::Filtered { query, filter } => match &**query {
+                Query::Services { node_meta } => (
+                    std::borrow::Cow::Owned(Query::ServiceNodes {
+                        service: String::new(),
+                        tags: Vec::new(),
+                        node_meta: node_meta.clone(),
+                    }),
+                    Some(filter),
+                ),
+                inner => (std::borrow::Cow::Borrowed(inner), Some(filter)),
+            },
+            other => (std::borrow::Cow::Borrowed(other), None),
         }
     }
 
@@ -322,30 +375,32 @@ impl Query {
                     .cloned()
                     .collect(),
             ),
-            Query::Services { node_meta } => {
-                let mut out = BTreeMap::new();
-                for (name, list) in state.service_names() {
-                    let mut tags: Vec<String> = Vec::new();
-                    let mut any = false;
-                    for s in list {
-                        if !node_meta.is_empty()
-                            && !state
+            Query::Services { node_meta } => QueryResult::ServiceTags(group_tags(
+                state
+                    .service_names()
+                    .flat_map(|(_, list)| list)
+                    .filter(|s| {
+                        node_meta.is_empty()
+                            || state
                                 .node(&s.node)
                                 .is_some_and(|n| meta_matches(n, node_meta))
-                        {
-                            continue;
-                        }
-                        any = true;
-                        tags.extend(s.tags.iter().cloned());
-                    }
-                    if any {
-                        tags.sort();
-                        tags.dedup();
-                        out.insert(name.to_string(), tags);
-                    }
-                }
-                QueryResult::ServiceTags(out)
-            }
+                    }),
+            )),
+            // An empty name lists every instance (a filtered `catalog/services`).
+            Query::ServiceNodes {
+                service,
+                tags,
+                node_meta,
+            } if service.is_empty() => QueryResult::ServiceNodes(
+                state
+                    .service_names()
+                    .flat_map(|(_, list)| list)
+                    .filter(|s| tags_match(s, tags))
+                    .filter_map(|s| state.node(&s.node).map(|n| (n, s)))
+                    .filter(|(n, _)| meta_matches(n, node_meta))
+                    .map(|(n, s)| (n.clone(), s.clone()))
+                    .collect(),
+            ),
             Query::ServiceNodes {
                 service,
                 tags,
@@ -431,6 +486,7 @@ impl Query {
                     .cloned()
                     .collect(),
             ),
+            Query::Filtered { query, .. } => query.run(state),
             Query::Near { near, query } => {
                 let mut result = query.run(state);
                 if let Some(distance) = state.distances_from(near) {
