@@ -8,6 +8,7 @@ mod acl;
 mod cli;
 mod dns;
 mod federation;
+mod filter;
 mod force_leave;
 mod gossip_lan;
 mod hardening;

@@ -163,6 +163,42 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
         .unwrap();
     assert!(woke_at > index && services.get("api").is_some());
 
+    // Prometheus 2.42 with `filter` in its consul_sd_config sends it with both discovery
+    // calls (Go sorts the parameters); dc2's server applies it.
+    let replay = |path: &str, filter: &str| {
+        reqwest::Url::parse_with_params(
+            &format!("{c1}{path}"),
+            &[
+                ("dc", "dc2"),
+                ("filter", filter),
+                ("stale", ""),
+                ("wait", "120000ms"),
+            ],
+        )
+        .unwrap()
+        .to_string()
+    };
+    let (_, services) = get(
+        &http,
+        &replay("/v1/catalog/services", "ServicePort != 9103"),
+    )
+    .await
+    .expect("filtered catalog/services");
+    assert_eq!(services, json!({"web": ["metrics"]}));
+    let (_, instances) = get(
+        &http,
+        &replay("/v1/health/service/web", "Service.Port == 9101"),
+    )
+    .await
+    .expect("filtered health/service");
+    let ports: Vec<&Value> = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["Service"]["Port"])
+        .collect();
+    assert_eq!(ports, [&json!(9101)]);
+
     // A real Prometheus scraping every agent.
     let targets: Vec<String> = [(1, 1), (1, 21), (2, 1), (2, 21)]
         .iter()
