@@ -21,6 +21,9 @@ use crate::state::{
 /// Node checks that other parts of the system own (gossip reconciliation on the leader):
 /// anti-entropy never removes them.
 const FOREIGN_CHECKS: &[&str] = &["serfHealth"];
+/// Services other parts of the system own (the leader registers every server as service
+/// `consul`): anti-entropy never removes them.
+const FOREIGN_SERVICES: &[&str] = &[super::reconcile::CONSUL_SERVICE];
 
 /// Who this agent is, as the catalog shows its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +317,7 @@ pub fn sync_plan(
         plan.push(Command::Register(Box::new(node.register())));
     }
     for s in catalog_services {
-        if !local.services.contains_key(&s.id) {
+        if !local.services.contains_key(&s.id) && !FOREIGN_SERVICES.contains(&s.id.as_str()) {
             plan.push(Command::Deregister(DeregisterRequest {
                 node: node.name.clone(),
                 service_id: Some(s.id.clone()),

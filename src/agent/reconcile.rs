@@ -1,7 +1,8 @@
 //! Catalog reconciliation on the leader (Consul's `serfHealth`): every LAN member is a
 //! catalog node with a `serfHealth` check, passing while the member is alive and critical
-//! once it is failed; a member that left is deregistered with its services, and so is a
-//! node whose member was forgotten. [`reconcile_plan`] is the pure diff; [`run`] applies it
+//! once it is failed; every server also carries service `consul` (its RPC port), which
+//! operators and tools find the DC's servers by (`consul.service.consul`); a member that
+//! left is deregistered with its services, and so is a node whose member was forgotten. [`reconcile_plan`] is the pure diff; [`run`] applies it
 //! whenever membership or leadership changes, and every few seconds regardless, so that a
 //! new leader repeats it and nothing is missed across failovers.
 
@@ -18,6 +19,7 @@ use crate::rpc::{Read, ReadOptions, RpcError, Write};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{
     Check, CheckDefinition, Command, DeregisterRequest, HealthStatus, Node, RegisterRequest,
+    Service, ServiceDefinition,
 };
 use crate::vocab::ReadMode;
 
@@ -26,6 +28,9 @@ pub const SERF_CHECK_ID: &str = "serfHealth";
 const SERF_CHECK_NAME: &str = "Serf Health Status";
 const OUTPUT_ALIVE: &str = "Agent alive and reachable";
 const OUTPUT_FAILED: &str = "Agent not live or unreachable";
+
+/// The service every server is registered as (Consul's `consul`, ID `consul`).
+pub const CONSUL_SERVICE: &str = "consul";
 
 /// How often the leader reconciles even when nothing was signalled.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
@@ -41,13 +46,31 @@ fn member_node(m: &Member, datacenter: &str) -> NodeInfo {
     }
 }
 
-/// What to write so that the catalog's nodes and `serfHealth` checks match `members` (of
-/// this DC). `nodes` are the catalog's nodes, `serf_checks` its `serfHealth` checks.
+/// Service `consul` as a server registers it: its RPC (QUIC) port, and Consul's metadata
+/// where it means something here.
+fn consul_service(m: &Member) -> ServiceDefinition {
+    ServiceDefinition {
+        id: CONSUL_SERVICE.to_string(),
+        service: CONSUL_SERVICE.to_string(),
+        port: m.quic.map_or(8300, |q| q.port()),
+        meta: [
+            ("raft_version".to_string(), "3".to_string()),
+            ("version".to_string(), m.build.clone()),
+        ]
+        .into(),
+        ..ServiceDefinition::default()
+    }
+}
+
+/// What to write so that the catalog's nodes, `serfHealth` checks and `consul` services
+/// match `members` (of this DC). `nodes` are the catalog's nodes, `serf_checks` its
+/// `serfHealth` checks, `consul` its instances of service `consul`.
 pub fn reconcile_plan(
     datacenter: &str,
     members: &[Member],
     nodes: &[Node],
     serf_checks: &[Check],
+    consul: &[Service],
 ) -> Vec<Command> {
     let mut plan = Vec::new();
     let deregister = |node: &str| {
@@ -89,6 +112,15 @@ pub fn reconcile_plan(
                 kind: String::new(),
             }];
             plan.push(Command::Register(Box::new(req)));
+        }
+        if m.role == crate::vocab::Role::Server {
+            let want = consul_service(m);
+            let have = consul.iter().find(|s| s.node == m.name);
+            if !have.is_some_and(|s| s.port == want.port && s.meta == want.meta) {
+                let mut req: RegisterRequest = info.register();
+                req.service = Some(want);
+                plan.push(Command::Register(Box::new(req)));
+            }
         }
     }
     // A node that gossip registered (it has serfHealth) but no member names any more was
@@ -148,11 +180,20 @@ async fn reconcile_once(dispatcher: &Dispatcher, members: &[Member]) -> Result<(
             check_id: SERF_CHECK_ID.to_string(),
         }))
         .await?;
-    let (QueryResult::Nodes(nodes), QueryResult::Checks(checks)) = (nodes.result, checks.result)
+    let consul = dispatcher
+        .on_leader(read(Query::ServiceNodes {
+            service: CONSUL_SERVICE.to_string(),
+            tags: Vec::new(),
+            node_meta: Vec::new(),
+        }))
+        .await?;
+    let (QueryResult::Nodes(nodes), QueryResult::Checks(checks), QueryResult::ServiceNodes(consul)) =
+        (nodes.result, checks.result, consul.result)
     else {
         return Err(RpcError::Protocol("unexpected query result shape".into()));
     };
-    let plan = reconcile_plan(dispatcher.datacenter(), members, &nodes, &checks);
+    let consul: Vec<Service> = consul.into_iter().map(|(_, s)| s).collect();
+    let plan = reconcile_plan(dispatcher.datacenter(), members, &nodes, &checks, &consul);
     if !plan.is_empty() {
         debug!(
             writes = plan.len(),
@@ -198,7 +239,8 @@ mod tests {
                 .filter(|c| c.check_id == SERF_CHECK_ID)
                 .cloned()
                 .collect();
-            reconcile_plan("dc1", members, &nodes, &checks)
+            let consul: Vec<Service> = s.service_instances(CONSUL_SERVICE).cloned().collect();
+            reconcile_plan("dc1", members, &nodes, &checks, &consul)
         };
         let plan = plan_of(s);
         let n = plan.len();
@@ -244,5 +286,26 @@ mod tests {
         ms.remove(1);
         assert_eq!(sync(&mut s, &ms, &mut at), 1);
         assert!(s.node("b").is_none(), "a forgotten member is deregistered");
+    }
+
+    #[test]
+    fn servers_carry_service_consul_until_they_leave() {
+        let mut s = State::default();
+        let mut at = 0;
+        let mut ms = vec![
+            member("s1", MemberStatus::Alive),
+            member("c1", MemberStatus::Alive),
+        ];
+        ms[0].role = Role::Server;
+        assert_eq!(sync(&mut s, &ms, &mut at), 3, "two nodes and one service");
+        let consul: Vec<&Service> = s.service_instances(CONSUL_SERVICE).collect();
+        assert_eq!(consul.len(), 1);
+        assert_eq!((consul[0].node.as_str(), consul[0].port), ("s1", 8300));
+        ms[0].status = MemberStatus::Failed;
+        assert_eq!(sync(&mut s, &ms, &mut at), 1, "serfHealth only");
+        assert_eq!(s.service_instances(CONSUL_SERVICE).count(), 1);
+        ms[0].status = MemberStatus::Left;
+        assert_eq!(sync(&mut s, &ms, &mut at), 1);
+        assert_eq!(s.service_instances(CONSUL_SERVICE).count(), 0);
     }
 }

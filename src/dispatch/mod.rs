@@ -392,7 +392,7 @@ impl Dispatcher {
                     .await
                 {
                     Ok(out) => AgentResponse::Read(Ok(out)),
-                    Err(e) => req.fail(e.into()),
+                    Err(e) => req.fail(e),
                 }
             }
             AgentRequest::GetRaftStatus(_) => AgentResponse::GetRaftStatus(Ok(RaftStatus {

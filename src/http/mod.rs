@@ -620,13 +620,14 @@ mod tests {
                 || *path == "/v1/query"
                 || *path == "/v1/query/{id}"
                 || *path == "/v1/snapshot"
+                || *path == "/v1/operator/keyring"
                 || ["policy", "role", "token"]
                     .iter()
                     .any(|o| path.starts_with(&format!("/v1/acl/{o}/{{")));
             assert!(
                 !writes || !methods.contains(&"get") || rest_object,
-                "{path}: only KV entries, prepared queries, ACL objects and snapshots are read and \
-                 written on one path"
+                "{path}: only KV entries, prepared queries, ACL objects, snapshots and the \
+                 keyring are read and written on one path"
             );
         }
         assert!(ROUTES.len() >= 36, "every route is in the table");

@@ -23,28 +23,35 @@ use crate::state::txn::{
 };
 use crate::state::{Command, CommandResult};
 
-/// One operation as a request carries it (keys normalized by the decoder).
+/// One operation as a request carries it: keys normalized by the decoder, or in Consul's
+/// own spelling (the aliases), which is read straight from the body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpBody {
+    #[serde(alias = "KV")]
     kv: Option<KvBody>,
+    #[serde(alias = "Node")]
     node: Option<serde_json::Value>,
+    #[serde(alias = "Service")]
     service: Option<serde_json::Value>,
+    #[serde(alias = "Check")]
     check: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KvBody {
+    #[serde(alias = "Verb")]
     verb: String,
+    #[serde(alias = "Key")]
     key: String,
-    #[serde(default)]
+    #[serde(alias = "Value", default)]
     value: Option<String>,
-    #[serde(default)]
+    #[serde(alias = "Flags", default)]
     flags: u64,
-    #[serde(default)]
+    #[serde(alias = "Index", default)]
     index: u64,
-    #[serde(default)]
+    #[serde(alias = "Session", default)]
     session: String,
 }
 
@@ -168,6 +175,10 @@ impl CatalogBody {
 }
 
 impl OpBody {
+    fn is_kv(&self) -> bool {
+        self.node.is_none() && self.service.is_none() && self.check.is_none()
+    }
+
     fn into_op(self, i: usize) -> Result<TxnOp, HttpError> {
         let bad = |what: String| HttpError::BadRequest(format!("Operation {i}: {what}"));
         let given = [&self.node, &self.service, &self.check]
@@ -246,9 +257,23 @@ struct ErrorJson<'a> {
     what: &'a str,
 }
 
-/// `PUT /v1/txn`.
+/// A transaction's answer (typed, serialized without an intermediate JSON tree).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnJson<'a> {
+    results: Option<Vec<ResultJson<'a>>>,
+    errors: Option<Vec<ErrorJson<'a>>>,
+}
+
+/// `PUT /v1/txn`. A body of KV operations in Consul's spelling is decoded directly; any
+/// other (catalog operations, whose nested shapes are decoded from normalized keys; keys in
+/// another case, snake_case) goes through the normalizing decoder, which also words the
+/// errors.
 pub async fn txn(State(api): State<Api>, p: Params, body: Bytes) -> Result<Response, HttpError> {
-    let ops: Vec<OpBody> = decode_list(&body)?;
+    let ops: Vec<OpBody> = match serde_json::from_slice::<Vec<OpBody>>(&body) {
+        Ok(ops) if ops.iter().all(OpBody::is_kv) => ops,
+        _ => decode_list(&body)?,
+    };
     if ops.len() > MAX_OPS {
         return Err(HttpError::TooManyOps(ops.len(), MAX_OPS));
     }
@@ -277,8 +302,10 @@ pub async fn txn(State(api): State<Api>, p: Params, body: Bytes) -> Result<Respo
     Ok(match &outcome {
         TxnOutcome::Applied(entries) => {
             let dc = p.dc().unwrap_or(&api.local.node.datacenter);
-            let results: Vec<ResultJson> = entries.iter().map(|e| ResultJson::new(e, dc)).collect();
-            let json = serde_json::json!({ "Results": results, "Errors": null });
+            let json = TxnJson {
+                results: Some(entries.iter().map(|e| ResultJson::new(e, dc)).collect()),
+                errors: None,
+            };
             (headers, Json(json)).into_response()
         }
         TxnOutcome::Failed(errors) => {
@@ -289,7 +316,10 @@ pub async fn txn(State(api): State<Api>, p: Params, body: Bytes) -> Result<Respo
                     what: &e.what,
                 })
                 .collect();
-            let json = serde_json::json!({ "Results": null, "Errors": errors });
+            let json = TxnJson {
+                results: None,
+                errors: Some(errors),
+            };
             (StatusCode::CONFLICT, headers, Json(json)).into_response()
         }
     })

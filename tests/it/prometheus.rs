@@ -180,7 +180,10 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
     };
     let (_, services) = get(
         &http,
-        &replay("/v1/catalog/services", "ServicePort != 9103"),
+        &replay(
+            "/v1/catalog/services",
+            "\"metrics\" in ServiceTags and ServicePort != 9103",
+        ),
     )
     .await
     .expect("filtered catalog/services");
