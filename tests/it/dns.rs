@@ -163,6 +163,25 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
     )
     .await;
 
+    // Every server is service `consul` (port 8300), in its own DC and another.
+    for (dns, name, server) in [
+        (&dns1, "consul.service.consul", ip(1, 1)),
+        (&dns1, "consul.service.dc2.consul", ip(2, 1)),
+        (&dns2, "consul.service.consul", ip(2, 1)),
+    ] {
+        let found = eventually(Duration::from_secs(30), "service consul", || async {
+            let a = short(dns, name, "A");
+            (!a.is_empty()).then_some(a)
+        })
+        .await;
+        assert_eq!(found, [server.clone()], "{name} from {dns}");
+        let srv = short(dns, name, "SRV");
+        assert!(
+            srv.len() == 1 && srv[0].contains(" 8300 "),
+            "{name} SRV from {dns}: {srv:?}"
+        );
+    }
+
     // Local lookups: SRV targets are node names, glued; A records; the configured TTL.
     let srv = dig(
         &dns1,
