@@ -13,6 +13,7 @@ pub mod federation;
 pub mod gossip;
 pub mod http;
 pub mod lock;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod raft;

@@ -680,15 +680,6 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     std::path::absolute(&p).with_context(|| format!("{}", p.display()))
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn shutdown_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -701,7 +692,7 @@ async fn shutdown_signal(token: CancellationToken) {
 
 fn run_agent(config: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config)?;
-    init_tracing();
+    consulate::logging::init(config.log_level.as_deref());
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The service every server is registered as (Consul's `consul`), by the leader's
+/// reconciliation; the agents' anti-entropy leaves it alone.
+pub const CONSUL_SERVICE: &str = "consul";
+
 /// Whether an agent runs Raft for its DC (server) or only forwards to servers (client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

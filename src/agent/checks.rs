@@ -93,7 +93,9 @@ pub async fn run(local: Arc<LocalAgent>, output_every: Duration, shutdown: Cance
             keep
         });
         for (id, check) in checks {
-            if running.contains_key(&id) || matches!(check.kind, CheckKind::Script(_)) {
+            if running.contains_key(&id)
+                || matches!(check.kind, CheckKind::Script(_) | CheckKind::Maintenance)
+            {
                 continue;
             }
             let token = shutdown.child_token();
@@ -177,7 +179,7 @@ async fn run_one(
                     .max(MIN_CHECK_INTERVAL);
                 Some(tcp_check(addr, timeout).await)
             }
-            CheckKind::Script(_) => return,
+            CheckKind::Script(_) | CheckKind::Maintenance => return,
         };
         if let Some((status, _)) = &verdict {
             if *status == HealthStatus::Critical {

@@ -23,7 +23,7 @@ use crate::state::{
 const FOREIGN_CHECKS: &[&str] = &["serfHealth"];
 /// Services other parts of the system own (the leader registers every server as service
 /// `consul`): anti-entropy never removes them.
-const FOREIGN_SERVICES: &[&str] = &[super::reconcile::CONSUL_SERVICE];
+const FOREIGN_SERVICES: &[&str] = &[crate::vocab::CONSUL_SERVICE];
 
 /// Who this agent is, as the catalog shows its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,17 @@ pub enum CheckKind {
     Tcp(String),
     /// A command run with these arguments.
     Script(Vec<String>),
+    /// Maintenance mode of the node or a service (Consul's `_node_maintenance`,
+    /// `_service_maintenance:<id>`): critical while it exists, never run.
+    Maintenance,
+}
+
+/// The check that puts the whole node in maintenance (Consul's ID).
+pub const NODE_MAINTENANCE: &str = "_node_maintenance";
+
+/// The check that puts service `id` in maintenance (Consul's ID).
+pub fn service_maintenance_id(id: &str) -> String {
+    format!("_service_maintenance:{id}")
 }
 
 impl CheckKind {
@@ -102,6 +113,7 @@ impl CheckKind {
             CheckKind::Http { .. } => "http",
             CheckKind::Tcp(_) => "tcp",
             CheckKind::Script(_) => "script",
+            CheckKind::Maintenance => "maintenance",
         }
     }
 }
@@ -172,9 +184,57 @@ pub struct LocalState {
     pub services: BTreeMap<String, ServiceDefinition>,
     /// Checks by ID.
     pub checks: BTreeMap<String, LocalCheck>,
+    /// The IDs of the services and checks that came from the config file: the next load
+    /// of it (a start, `agent/reload`) replaces them, while those registered through the
+    /// API are kept (as Consul's agent).
+    #[serde(default)]
+    pub from_config: FromConfig,
 }
 
+/// The services and checks the config file defines, by ID.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FromConfig {
+    /// Service IDs.
+    pub services: std::collections::BTreeSet<String>,
+    /// Check IDs (of checks defined alone; a service's checks go with it).
+    pub checks: std::collections::BTreeSet<String>,
+}
+
+/// A service definition with the checks defined inside it.
+pub type ServiceWithChecks = (ServiceDefinition, Vec<LocalCheck>);
+
 impl LocalState {
+    /// Replaces what the config file defined before by `services` and `checks`, all or
+    /// nothing: a definition that does not register leaves the state as it was.
+    pub fn apply_config(
+        &mut self,
+        services: Vec<ServiceWithChecks>,
+        checks: Vec<LocalCheck>,
+    ) -> Result<(), LocalError> {
+        let mut next = self.clone();
+        for id in std::mem::take(&mut next.from_config.services) {
+            let _ = next.remove_service(&id);
+        }
+        for id in std::mem::take(&mut next.from_config.checks) {
+            next.checks.remove(&id);
+        }
+        for (def, service_checks) in services {
+            let id = def.effective_id().to_string();
+            next.add_service(def, service_checks, true)?;
+            next.from_config.services.insert(id);
+        }
+        for mut check in checks {
+            if check.def.check_id.is_empty() {
+                check.def.check_id = check.def.name.clone();
+            }
+            let id = check.def.check_id.clone();
+            next.add_check(check)?;
+            next.from_config.checks.insert(id);
+        }
+        *self = next;
+        Ok(())
+    }
+
     /// Registers (or replaces) a service and the checks given with it. Checks without an
     /// ID get Consul's `service:<id>` (`service:<id>:N` when there are several). With
     /// `replace_checks`, the service's checks not given now are removed.
@@ -204,8 +264,9 @@ impl LocalState {
             c.def.service_id = Some(id.clone());
         }
         if replace_checks {
-            self.checks
-                .retain(|_, c| c.def.service_id.as_deref() != Some(id.as_str()));
+            self.checks.retain(|_, c| {
+                c.def.service_id.as_deref() != Some(id.as_str()) || c.kind == CheckKind::Maintenance
+            });
         }
         self.services.insert(id, def);
         for c in checks {
@@ -264,6 +325,62 @@ impl LocalState {
             .ok_or_else(|| LocalError::Unknown(format!("Unknown check ID {id:?}")))?;
         c.def.status = status;
         c.def.output = output;
+        Ok(())
+    }
+
+    /// Puts the node (`service: None`) or one of its services in maintenance with
+    /// `reason`, or takes it out (Consul's maintenance mode: a critical check, which takes
+    /// the instances out of passing answers and DNS, kept across restarts).
+    pub fn set_maintenance(
+        &mut self,
+        service: Option<&str>,
+        enable: bool,
+        reason: &str,
+    ) -> Result<(), LocalError> {
+        let (id, name, what) = match service {
+            Some(sid) => {
+                if !self.services.contains_key(sid) {
+                    return Err(LocalError::Unknown(format!("Unknown service ID {sid:?}")));
+                }
+                (
+                    service_maintenance_id(sid),
+                    "Service Maintenance Mode",
+                    "service",
+                )
+            }
+            None => (
+                NODE_MAINTENANCE.to_string(),
+                "Node Maintenance Mode",
+                "node",
+            ),
+        };
+        if !enable {
+            self.checks.remove(&id);
+            return Ok(());
+        }
+        let notes = match reason {
+            "" => format!(
+                "Maintenance mode is enabled for this {what}, but no reason was provided. This is a default message."
+            ),
+            r => r.to_string(),
+        };
+        let check = LocalCheck {
+            def: CheckDefinition {
+                check_id: id.clone(),
+                name: name.to_string(),
+                status: HealthStatus::Critical,
+                notes,
+                output: String::new(),
+                service_id: service.map(str::to_string),
+                kind: String::new(),
+            },
+            kind: CheckKind::Maintenance,
+            interval: None,
+            timeout: None,
+            deregister_critical_after: None,
+            warning: None,
+        };
+        self.checks.insert(id, check);
         Ok(())
     }
 

@@ -66,6 +66,9 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// A service or check the config file defines does not register.
+    #[error("config: {0}")]
+    Config(String),
     /// The gossip keyring in the data dir cannot be read or written.
     #[error(transparent)]
     Keyring(#[from] crate::gossip::keyring::KeyringError),
@@ -268,6 +271,11 @@ impl Agent {
             },
             config.data_dir.join("agent-local"),
         ));
+        let (defined, defined_checks) = crate::http::agent::config_definitions(&config)
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        local
+            .update(|l| l.apply_config(defined, defined_checks))
+            .map_err(|e| AgentError::Config(e.to_string()))?;
         let handler = AgentRpc::new(&config.node_name, &config.datacenter).with_dispatcher(
             dispatcher.clone(),
             server.as_ref().map(|s| s.me.clone()),
@@ -393,7 +401,8 @@ impl Agent {
             shutdown.clone(),
         )
         .with_coordinates(lan_coordinates.clone())
-        .with_pools(gossip.clone(), server.as_ref().map(|s| s.wan.clone()));
+        .with_pools(gossip.clone(), server.as_ref().map(|s| s.wan.clone()))
+        .with_config_file(config.source.clone());
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }

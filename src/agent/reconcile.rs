@@ -29,8 +29,7 @@ const SERF_CHECK_NAME: &str = "Serf Health Status";
 const OUTPUT_ALIVE: &str = "Agent alive and reachable";
 const OUTPUT_FAILED: &str = "Agent not live or unreachable";
 
-/// The service every server is registered as (Consul's `consul`, ID `consul`).
-pub const CONSUL_SERVICE: &str = "consul";
+use crate::vocab::CONSUL_SERVICE;
 
 /// How often the leader reconciles even when nothing was signalled.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);

@@ -369,6 +369,24 @@ pub struct AgentConfig {
     /// `autopilot` block).
     #[serde(default, skip_serializing_if = "AutopilotConfig::is_default")]
     pub autopilot: AutopilotConfig,
+    /// The least severe log lines written (`trace`, `debug`, `info`, `warn`, `error`, or
+    /// a `tracing` filter directive; default `info`; the `RUST_LOG` variable wins).
+    /// Re-read by `agent/reload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Services this agent registers, in Consul's service-definition shape (`[[services]]`
+    /// tables with `name`, `id`, `port`, `tags`, `meta`, `checks`, ...; keys in either
+    /// spelling). Re-read by `agent/reload`, which replaces them and keeps the services
+    /// registered through the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<serde_json::Value>,
+    /// Checks this agent runs that belong to no service defined above (`[[checks]]`, in
+    /// Consul's check-definition shape). Re-read by `agent/reload`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<serde_json::Value>,
+    /// The file this config was read from, which `agent/reload` reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Consul's `autopilot` block (the dead-server cleanup), same names where Consul has them.
@@ -570,11 +588,15 @@ impl AgentConfig {
             key: Some(key.to_string()),
             message,
         })?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
     /// Cross-field checks serde cannot express. Returns the offending key and the problem.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(level) = &self.log_level {
+            crate::logging::filter(level).map_err(|e| ("log_level", e))?;
+        }
         if !valid_name(&self.node_name) {
             return Err((
                 "node_name",

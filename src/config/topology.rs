@@ -198,6 +198,10 @@ impl Topology {
                     primary_datacenter: None,
                     acl: Default::default(),
                     autopilot: Default::default(),
+                    log_level: None,
+                    services: Vec::new(),
+                    checks: Vec::new(),
+                    source: None,
                 }
             })
             .collect()

@@ -448,6 +448,22 @@ impl Dispatcher {
                 };
                 AgentResponse::KeyringOperation(report.map_err(RpcError::from))
             }
+            AgentRequest::FireEvent(f) => {
+                let perm = crate::acl::Permission::named(
+                    crate::acl::Resource::Event,
+                    f.event.name.clone(),
+                    crate::acl::Access::Write,
+                );
+                if let Some(Err(e)) = authz.as_ref().map(|a| a.check(&perm)) {
+                    return Some(req.fail(RpcError::from(e)));
+                }
+                let Some(lan) = self.lan.get() else {
+                    return Some(req.fail(RpcError::NotServed(
+                        "this server has not joined its LAN pool yet".into(),
+                    )));
+                };
+                AgentResponse::FireEvent(Ok(lan.fire_event(f.event.clone()).await))
+            }
             AgentRequest::TransferLeader(t) => {
                 if let Err(e) = require(
                     &authz,

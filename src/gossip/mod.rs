@@ -9,6 +9,7 @@
 //! discovery, `/v1/agent/members`, the federation router) and the leader's catalog
 //! reconciliation.
 
+pub mod events;
 pub mod keyring;
 pub mod quic;
 pub mod sealed;
@@ -164,6 +165,17 @@ pub struct LanConfig {
     pub coordinates: Arc<crate::coordinate::Estimator>,
 }
 
+/// How long `agent/join` waits for the address to show up as a live member.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a join failed (retrying later may work: the member may be starting).
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// Nothing answered at the address as a member of this pool.
+    #[error("Failed to join {0}: {1}")]
+    Unreachable(SocketAddr, String),
+}
+
 /// Why gossip could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{network} gossip on {addr}: {reason}")]
@@ -196,6 +208,26 @@ pub struct Gossip {
     interval: Duration,
     /// LAN, encrypted: the keyring.
     keyring: Option<Arc<KeyringState>>,
+    /// The user events this member received.
+    events: Arc<EventState>,
+}
+
+/// A member's user events: the log, and a signal bumped on every new one (for blocking
+/// `event/list`).
+struct EventState {
+    log: std::sync::Mutex<events::EventLog>,
+    changed: watch::Sender<u64>,
+}
+
+impl EventState {
+    fn deliver(&self, e: events::UserEvent) {
+        let mut log = self.log.lock().expect("event log lock");
+        if log.receive(e) {
+            let index = log.index();
+            drop(log);
+            self.changed.send_replace(index);
+        }
+    }
 }
 
 /// A LAN member's keyring: its keys (held across an operation), its file, the sealer of
@@ -254,6 +286,7 @@ impl Gossip {
                 metrics: metrics.clone(),
             })
         });
+        let shutdown_events = shutdown.clone();
         let mut gossip = Gossip::start(
             PoolConfig {
                 network: "LAN",
@@ -279,6 +312,12 @@ impl Gossip {
             ));
         }
         gossip.keyring = keyring;
+        tokio::spawn(follow_events(
+            gossip.handle.chitchat(),
+            gossip.events.clone(),
+            gossip.interval,
+            shutdown_events,
+        ));
         Ok(gossip)
     }
 
@@ -331,7 +370,16 @@ impl Gossip {
             members,
             interval: o.interval,
             keyring: None,
+            events: Arc::new(EventState {
+                log: Default::default(),
+                changed: watch::channel(0).0,
+            }),
         })
+    }
+
+    /// The address this member gossips at (the default port of a join address).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.handle.chitchat_id().gossip_advertise_addr
     }
 
     /// The member list, updated as gossip learns.
@@ -344,6 +392,58 @@ impl Gossip {
         self.handle
             .with_chitchat(|c| c.self_node_state().set(key, value))
             .await;
+    }
+
+    /// Joins the pool of the member at `addr` (`agent/join`): gossips with it until a
+    /// live member at that address is in the member list, for at most [`JOIN_TIMEOUT`].
+    /// Returns how many members are known then.
+    pub async fn join(&self, addr: SocketAddr) -> Result<usize, JoinError> {
+        let mut members = self.members.clone();
+        let joined = |ms: &[Member]| {
+            ms.iter()
+                .any(|m| m.gossip_addr == addr && m.status == MemberStatus::Alive)
+        };
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        loop {
+            if joined(&members.borrow_and_update()) {
+                return Ok(members.borrow().len());
+            }
+            self.gossip_with(addr);
+            let next = (tokio::time::Instant::now() + self.interval).min(deadline);
+            if tokio::time::timeout_at(next, members.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                return Err(JoinError::Unreachable(addr, "the pool stopped".into()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JoinError::Unreachable(
+                    addr,
+                    format!("no member of this pool answered within {JOIN_TIMEOUT:?}"),
+                ));
+            }
+        }
+    }
+
+    /// Spreads `event` through this pool (a server, for `event/fire`): stamped with the
+    /// next Lamport time, published under its slot, delivered here at once. Returns it
+    /// as stamped.
+    pub async fn fire_event(&self, event: events::UserEvent) -> events::UserEvent {
+        let e = self.events.log.lock().expect("event log lock").stamp(event);
+        self.publish(&e.key(), &e.encode()).await;
+        self.events.deliver(e.clone());
+        e
+    }
+
+    /// The user events this member received, oldest first, and the list's index.
+    pub fn events(&self) -> (Vec<events::UserEvent>, u64) {
+        let log = self.events.log.lock().expect("event log lock");
+        (log.events().cloned().collect(), log.index())
+    }
+
+    /// Changes whenever a new user event arrives (its value: the list's index).
+    pub fn event_changes(&self) -> watch::Receiver<u64> {
+        self.events.changed.subscribe()
     }
 
     /// Forces the failed member `name` out of the pool (Consul's force-leave): shown as
@@ -461,7 +561,7 @@ impl Gossip {
 
     /// Gossips with `addr` at once: how a member that knows the pool pulls in one that
     /// does not (flood-join), or rejoins a seed.
-    fn join(&self, addr: SocketAddr) {
+    fn gossip_with(&self, addr: SocketAddr) {
         let _ = self.handle.gossip(addr);
     }
 
@@ -568,6 +668,43 @@ async fn follow_keyring(
         if let Some((id, why)) = failed {
             warn!(op = id, reason = %why, "keyring operation not applied");
             me.set(keyring::KEY_FAILED, format!("{id} {why}"));
+        }
+    }
+}
+
+/// Delivers the user events every member publishes, read each gossip round from the
+/// nodes whose state changed since the last, until `shutdown` fires.
+async fn follow_events(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    state: Arc<EventState>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut seen: std::collections::HashMap<ChitchatId, u64> = Default::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let mut found = Vec::new();
+        {
+            let c = chitchat.lock().await;
+            let mut now = std::collections::HashMap::with_capacity(seen.len());
+            for (id, s) in c.node_states() {
+                let version = s.max_version();
+                if seen.get(id) != Some(&version) {
+                    found.extend(
+                        s.iter_prefix(events::KEY_PREFIX)
+                            .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
+                    );
+                }
+                now.insert(id.clone(), version);
+            }
+            seen = now;
+        }
+        found.sort_by_key(|e| e.ltime);
+        for e in found {
+            state.deliver(e);
         }
     }
 }

@@ -130,7 +130,7 @@ pub async fn flood_join(
         let missing =
             missing_from_wan(&datacenter, me, &lan.borrow_and_update(), &members.borrow());
         for addr in missing {
-            wan.join(addr);
+            wan.gossip_with(addr);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -17,7 +17,7 @@ use super::error::HttpError;
 use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
 use super::params::Params;
 use crate::acl::{Access, Authorizer, Permission, Resource, Scalar};
-use crate::agent::local::{CheckKind, LocalCheck, LocalError};
+use crate::agent::local::{CheckKind, LocalCheck, LocalError, ServiceWithChecks};
 use crate::duration::parse_go_duration;
 use crate::gossip::{Member, MemberStatus};
 use crate::state::{CheckDefinition, HealthStatus};
@@ -532,4 +532,32 @@ pub async fn metrics(State(api): State<Api>, p: Params) -> Result<Response, Http
             .into_response());
     }
     Ok(Json(super::json::metrics_summary(&api.metrics.registry.gather())).into_response())
+}
+
+/// The services and checks a config file defines (`services`, `checks`), decoded as the
+/// API's registrations are (the same shapes and checks, keys in either spelling), for the
+/// agent's start and `agent/reload`.
+pub fn config_definitions(
+    config: &crate::config::AgentConfig,
+) -> Result<(Vec<ServiceWithChecks>, Vec<LocalCheck>), HttpError> {
+    let bytes = |v: &serde_json::Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+    let services = config
+        .services
+        .iter()
+        .map(|v| {
+            let (def, checks) = decode::<ServiceBody>(&bytes(v))?.into_definition()?;
+            def.check_bounds().map_err(HttpError::BadRequest)?;
+            let checks = checks
+                .into_iter()
+                .map(|c| decode_value::<CheckBody>(c)?.into_local())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((def, checks))
+        })
+        .collect::<Result<Vec<_>, HttpError>>()?;
+    let checks = config
+        .checks
+        .iter()
+        .map(|v| decode::<CheckBody>(&bytes(v))?.into_local())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((services, checks))
 }

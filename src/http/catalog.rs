@@ -273,3 +273,32 @@ pub async fn node(
     });
     Ok((headers, Json(json)).into_response())
 }
+
+/// `catalog/node-services/:node`'s shape: the services as a list.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeServiceListJson<'a> {
+    node: NodeJson<'a>,
+    services: Vec<ServiceJson<'a>>,
+}
+
+/// `GET /v1/catalog/node-services/:node` (filterable by service): the node and its
+/// services as a list (`null` for an unknown node).
+pub async fn node_services(
+    State(api): State<Api>,
+    Path(node): Path<String>,
+    p: Params,
+) -> Result<Response, HttpError> {
+    let (headers, out) = read(&api, &p, Query::NodeServices { node }).await?;
+    let QueryResult::NodeServices(found) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json = found.as_ref().map(|(n, services)| NodeServiceListJson {
+        node: NodeJson::from(n),
+        services: services
+            .iter()
+            .map(|s| ServiceJson::new(s, &n.datacenter))
+            .collect(),
+    });
+    Ok((headers, Json(json)).into_response())
+}

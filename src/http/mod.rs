@@ -5,9 +5,12 @@
 
 pub mod acl;
 pub mod agent;
+pub mod agent_health;
+pub mod agent_ops;
 pub mod catalog;
 pub mod coordinate;
 pub mod error;
+pub mod event;
 pub mod health;
 pub mod json;
 pub mod kv;
@@ -56,6 +59,8 @@ pub struct Api {
     coordinates: Arc<crate::coordinate::Estimator>,
     /// The gossip pools this agent is in (LAN; WAN on servers), for force-leave.
     pools: Option<(crate::gossip::Gossip, Option<crate::gossip::Gossip>)>,
+    /// The config file `agent/reload` reads again (`None`: built in code, no file).
+    config_file: Option<Arc<std::path::PathBuf>>,
 }
 
 /// How the agent's own endpoints (those answered from the agent, not the DC's state) check
@@ -94,7 +99,14 @@ impl Api {
             acl: None,
             coordinates: Default::default(),
             pools: None,
+            config_file: None,
         }
+    }
+
+    /// With the config file the agent was started from, for `agent/reload`.
+    pub fn with_config_file(mut self, file: Option<std::path::PathBuf>) -> Api {
+        self.config_file = file.map(Arc::new);
+        self
     }
 
     /// With the gossip pools this agent is in (`wan`: servers').
@@ -280,6 +292,7 @@ routes! {
     "/v1/catalog/services" [Data] => get(catalog::services);
     "/v1/catalog/service/{name}" [Data] => get(catalog::service);
     "/v1/catalog/node/{node}" [Data] => get(catalog::node);
+    "/v1/catalog/node-services/{node}" [Data] => get(catalog::node_services);
     "/v1/health/service/{name}" [Data] => get(health::service);
     "/v1/health/checks/{name}" [Data] => get(health::service_checks);
     "/v1/health/node/{node}" [Data] => get(health::node);
@@ -314,6 +327,16 @@ routes! {
     "/v1/agent/check/fail/{id}" [Agent] => put(agent::fail);
     "/v1/agent/check/update/{id}" [Agent] => put(agent::update);
     "/v1/agent/metrics" [Agent] => get(agent::metrics);
+    "/v1/agent/service/{id}" [Agent] => get(agent_health::service);
+    "/v1/agent/health/service/id/{id}" [Agent] => get(agent_health::by_id);
+    "/v1/agent/health/service/name/{name}" [Agent] => get(agent_health::by_name);
+    "/v1/agent/service/maintenance/{id}" [Agent] => put(agent_health::service_maintenance);
+    "/v1/agent/maintenance" [Agent] => put(agent_health::node_maintenance);
+    "/v1/agent/version" [Public] => get(agent_ops::version);
+    "/v1/agent/host" [Agent] => get(agent_ops::host);
+    "/v1/agent/join/{address}" [Agent] => put(agent_ops::join);
+    "/v1/agent/reload" [Agent] => put(agent_ops::reload);
+    "/v1/agent/monitor" [Agent] => get(agent_ops::monitor);
     "/v1/session/create" [Data] => put(session::create);
     "/v1/session/destroy/{id}" [Data] => put(session::destroy);
     "/v1/session/renew/{id}" [Data] => put(session::renew);
@@ -334,6 +357,8 @@ routes! {
     "/v1/acl/token/{accessor}" [Data] => get(acl::get_token).put(acl::update_token).delete(acl::delete_token);
     "/v1/acl/tokens" [Data] => get(acl::tokens);
     "/v1/acl/replication" [Public] => get(acl::replication);
+    "/v1/event/fire/{name}" [Data] => put(event::fire);
+    "/v1/event/list" [Agent] => get(event::list);
     "/v1/kv/" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
     "/v1/kv/{*key}" [Data] => get(kv::get).put(kv::put).delete(kv::delete);
 }

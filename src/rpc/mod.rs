@@ -288,6 +288,18 @@ pub struct KeyringOperation {
     pub token: Option<Secret>,
 }
 
+/// A user event to spread through a DC's LAN pool (`/v1/event/fire`), by any of its
+/// servers (`event:write` on its name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FireEvent {
+    /// The DC (`None`: the receiver's).
+    pub dc: Option<String>,
+    /// The event, with its ID.
+    pub event: crate::gossip::events::UserEvent,
+    /// The request's ACL token.
+    pub token: Option<Secret>,
+}
+
 /// A server's Raft identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -606,6 +618,7 @@ calls! {
     TransferLeader => crate::raft::ServerNode, "raft_transfer_leader";
     AutopilotHealth => Vec<crate::raft::ServerHealth>, "autopilot_health";
     KeyringOperation => KeyringReport, "keyring";
+    FireEvent => crate::gossip::events::UserEvent, "event_fire";
     RenewSession => Option<Session>, "session_renew";
     JoinRaft => (), "join";
 }
@@ -625,7 +638,8 @@ impl AgentRequest {
             | AgentRequest::SaveSnapshot(SaveSnapshot { dc, .. })
             | AgentRequest::TransferLeader(TransferLeader { dc, .. })
             | AgentRequest::AutopilotHealth(AutopilotHealth { dc })
-            | AgentRequest::KeyringOperation(KeyringOperation { dc, .. }) => dc.as_deref(),
+            | AgentRequest::KeyringOperation(KeyringOperation { dc, .. })
+            | AgentRequest::FireEvent(FireEvent { dc, .. }) => dc.as_deref(),
             _ => None,
         }
     }
@@ -642,9 +656,8 @@ impl AgentRequest {
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
             | AgentRequest::TransferLeader(TransferLeader { token, .. })
-            | AgentRequest::KeyringOperation(KeyringOperation { token, .. }) => {
-                Some(token.as_ref())
-            }
+            | AgentRequest::KeyringOperation(KeyringOperation { token, .. })
+            | AgentRequest::FireEvent(FireEvent { token, .. }) => Some(token.as_ref()),
             _ => None,
         }
     }
@@ -660,7 +673,8 @@ impl AgentRequest {
             | AgentRequest::RemoveRaftPeer(RemoveRaftPeer { token, .. })
             | AgentRequest::SaveSnapshot(SaveSnapshot { token, .. })
             | AgentRequest::TransferLeader(TransferLeader { token, .. })
-            | AgentRequest::KeyringOperation(KeyringOperation { token, .. }) => Some(token),
+            | AgentRequest::KeyringOperation(KeyringOperation { token, .. })
+            | AgentRequest::FireEvent(FireEvent { token, .. }) => Some(token),
             _ => None,
         }
     }

@@ -134,10 +134,10 @@ pub enum Query {
         /// Only this node's.
         node: Option<String>,
     },
-    /// Another query's answer narrowed by a `?filter=` expression ([`super::filter`]),
-    /// applied where the data is, after the state lock is released.
+    /// Another query's answer narrowed by a `?filter=` expression (the filter module's
+    /// language), applied where the data is, after the state lock is released.
     Filtered {
-        /// The query answered (one [`super::filter::validate`] accepts).
+        /// The query answered (one the filter module accepts).
         query: Box<Query>,
         /// The expression.
         filter: String,

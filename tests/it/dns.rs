@@ -174,7 +174,7 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
             (!a.is_empty()).then_some(a)
         })
         .await;
-        assert_eq!(found, [server.clone()], "{name} from {dns}");
+        assert_eq!(found, std::slice::from_ref(&server), "{name} from {dns}");
         let srv = short(dns, name, "SRV");
         assert!(
             srv.len() == 1 && srv[0].contains(" 8300 "),
