@@ -122,6 +122,69 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Fire a user event to the agents of a DC (Consul's `consul event`).
+    Event {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The event's name.
+        #[arg(long)]
+        name: String,
+        /// Only agents whose node name matches this regex keep it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only agents with a service whose name matches this regex keep it.
+        #[arg(long)]
+        service: Option<String>,
+        /// With `-service`: only if that service has a tag matching this regex.
+        #[arg(long)]
+        tag: Option<String>,
+        /// The DC to fire it in (default: the agent's).
+        #[arg(long)]
+        datacenter: Option<String>,
+        /// The payload.
+        payload: Option<String>,
+    },
+    /// Watch a view of the DC and run a handler with it on stdin on every change
+    /// (Consul's `consul watch`); without a handler, print it once.
+    Watch {
+        #[command(flatten)]
+        http: HttpArgs,
+        /// What to watch.
+        #[arg(long = "type", value_enum)]
+        kind: ops::watch::WatchType,
+        /// `key`: the key.
+        #[arg(long)]
+        key: Option<String>,
+        /// `keyprefix`: the prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// `service`, `checks`: the service.
+        #[arg(long)]
+        service: Option<String>,
+        /// `service`: only instances with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// `service`: only passing instances.
+        #[arg(long)]
+        passingonly: bool,
+        /// `checks`: the state (default any).
+        #[arg(long)]
+        state: Option<String>,
+        /// `event`: the event name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The DC to watch (default: the agent's).
+        #[arg(long)]
+        datacenter: Option<String>,
+        /// The command run (by `sh -c`) with the result on stdin.
+        #[arg(trailing_var_arg = true)]
+        handler: Vec<String>,
+    },
+    /// Make the agent read its config file again (services, checks, log level).
+    Reload {
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// Estimate the round trip between two nodes from their network coordinates.
     Rtt {
         #[command(flatten)]
@@ -983,6 +1046,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Event {
+            http,
+            name,
+            node,
+            service,
+            tag,
+            datacenter,
+            payload,
+        } => {
+            let spec = ops::watch::EventSpec {
+                name,
+                node,
+                service,
+                tag,
+                datacenter,
+                payload: payload.unwrap_or_default().into_bytes(),
+            };
+            operate(
+                &http,
+                |c, _| async move { ops::watch::fire(&c, &spec).await },
+            )
+        }
+        Command::Watch {
+            http,
+            kind,
+            key,
+            prefix,
+            service,
+            tag,
+            passingonly,
+            state,
+            name,
+            datacenter,
+            handler,
+        } => {
+            let spec = ops::watch::WatchSpec {
+                kind: Some(kind),
+                key,
+                prefix,
+                service,
+                tag,
+                passing_only: passingonly,
+                state,
+                name,
+                datacenter,
+            };
+            let handler = (!handler.is_empty()).then(|| handler.join(" "));
+            operate(&http, |c, _| async move {
+                let stop = CancellationToken::new();
+                tokio::spawn(shutdown_signal(stop.clone()));
+                ops::watch::watch(&c, &spec, handler.as_deref(), stop).await
+            })
+        }
+        Command::Reload { http } => operate(&http, |c, _| async move {
+            c.put("/v1/agent/reload", Vec::new(), "agent/reload")
+                .await?;
+            Ok("Configuration reload triggered\n".to_string())
+        }),
         Command::Rtt {
             http,
             wan,

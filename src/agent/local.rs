@@ -212,6 +212,13 @@ impl LocalState {
         checks: Vec<LocalCheck>,
     ) -> Result<(), LocalError> {
         let mut next = self.clone();
+        // Maintenance outlives a reload (and a restart) of the service it holds down.
+        let maintenance: Vec<LocalCheck> = next
+            .checks
+            .values()
+            .filter(|c| c.kind == CheckKind::Maintenance && c.def.service_id.is_some())
+            .cloned()
+            .collect();
         for id in std::mem::take(&mut next.from_config.services) {
             let _ = next.remove_service(&id);
         }
@@ -230,6 +237,15 @@ impl LocalState {
             let id = check.def.check_id.clone();
             next.add_check(check)?;
             next.from_config.checks.insert(id);
+        }
+        for m in maintenance {
+            if m.def
+                .service_id
+                .as_ref()
+                .is_some_and(|s| next.services.contains_key(s))
+            {
+                next.checks.insert(m.def.check_id.clone(), m);
+            }
         }
         *self = next;
         Ok(())
@@ -679,6 +695,56 @@ mod tests {
             LocalState::default(),
             "a corrupt file is set aside"
         );
+    }
+
+    #[test]
+    fn a_config_load_replaces_its_own_definitions_and_keeps_the_rest() {
+        let mut l = LocalState::default();
+        let api = ServiceDefinition {
+            id: "api".into(),
+            service: "api".into(),
+            ..ServiceDefinition::default()
+        };
+        l.add_service(api, vec![], false).unwrap();
+        l.apply_config(vec![(web(), vec![ttl_check("")])], vec![ttl_check("disk")])
+            .unwrap();
+        l.set_maintenance(Some("web-1"), true, "").unwrap();
+        l.set_maintenance(None, true, "moving racks").unwrap();
+        assert_eq!(
+            l.checks[NODE_MAINTENANCE].def.notes, "moving racks",
+            "the reason is the notes"
+        );
+        assert!(
+            l.checks["_service_maintenance:web-1"]
+                .def
+                .notes
+                .contains("no reason was provided")
+        );
+
+        // The file changes: web keeps its maintenance, the disk check is gone.
+        let mut moved = web();
+        moved.port = 81;
+        l.apply_config(vec![(moved, vec![])], vec![]).unwrap();
+        assert_eq!(l.services["web-1"].port, 81);
+        assert!(
+            l.services.contains_key("api"),
+            "registered through the API: kept"
+        );
+        let ids: Vec<&str> = l.checks.keys().map(String::as_str).collect();
+        assert_eq!(ids, [NODE_MAINTENANCE, "_service_maintenance:web-1"]);
+
+        // A definition that does not register changes nothing.
+        let before = l.clone();
+        let nameless = ServiceDefinition::default();
+        assert!(l.apply_config(vec![(nameless, vec![])], vec![]).is_err());
+        assert_eq!(l, before);
+
+        // Disabled, and gone with the service.
+        l.set_maintenance(None, false, "").unwrap();
+        l.apply_config(vec![], vec![]).unwrap();
+        assert_eq!(l.services.keys().collect::<Vec<_>>(), ["api"]);
+        assert!(l.checks.is_empty(), "{:?}", l.checks);
+        assert!(l.set_maintenance(Some("web-1"), true, "").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 mod acl;
+mod agent_ops;
 mod cli;
 mod dns;
 mod federation;

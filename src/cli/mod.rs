@@ -3,6 +3,8 @@
 //! scripts (`-format=json`). It speaks only the public API, so it works against any agent
 //! and against Consul itself.
 
+pub mod watch;
+
 use std::path::Path;
 
 use serde_json::Value;
