@@ -187,19 +187,11 @@ pub async fn service(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    let name = api
-        .local
-        .snapshot()
-        .services
-        .get(&id)
-        .map(|d| d.service.clone());
-    let Some(name) = name else {
+    if !service_allowed(&api, &p, &id, Access::Read).await? {
         return Err(HttpError::NotFoundBecause(format!(
             "unknown service ID: {id}"
         )));
-    };
-    api.authorize(&p, Permission::named(Resource::Service, name, Access::Read))
-        .await?;
+    }
     let wait = p
         .duration("wait")?
         .unwrap_or(super::params::DEFAULT_WAIT)
@@ -230,6 +222,29 @@ pub async fn service(
     Ok(resp)
 }
 
+/// Checks `access` to service `id` of this agent and says whether it exists: a known
+/// service needs `service:<access>` on its name, an unknown ID `agent:<access>` to be
+/// told it is unknown (as the other agent endpoints).
+async fn service_allowed(
+    api: &Api,
+    p: &Params,
+    id: &str,
+    access: Access,
+) -> Result<bool, HttpError> {
+    let name = api
+        .local
+        .snapshot()
+        .services
+        .get(id)
+        .map(|d| d.service.clone());
+    let perm = match &name {
+        Some(name) => Permission::named(Resource::Service, name.clone(), access),
+        None => Permission::named(Resource::Agent, api.local.node.name.clone(), access),
+    };
+    api.authorize(p, perm).await?;
+    Ok(name.is_some())
+}
+
 /// `?enable=` of a maintenance request (required, a boolean).
 fn enable(p: &Params) -> Result<bool, HttpError> {
     match p.get("enable") {
@@ -249,23 +264,12 @@ pub async fn service_maintenance(
     Path(id): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    let on = enable(&p)?;
-    let name = api
-        .local
-        .snapshot()
-        .services
-        .get(&id)
-        .map(|d| d.service.clone());
-    let Some(name) = name else {
+    if !service_allowed(&api, &p, &id, Access::Write).await? {
         return Err(HttpError::NotFoundBecause(format!(
             "No service registered with ID {id:?}"
         )));
-    };
-    api.authorize(
-        &p,
-        Permission::named(Resource::Service, name, Access::Write),
-    )
-    .await?;
+    }
+    let on = enable(&p)?;
     let reason = p.get("reason").unwrap_or_default().to_string();
     api.local
         .update(|l| l.set_maintenance(Some(&id), on, &reason))?;
@@ -274,12 +278,12 @@ pub async fn service_maintenance(
 
 /// `PUT /v1/agent/maintenance?enable=&reason=` (`node:write`): the whole node.
 pub async fn node_maintenance(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let on = enable(&p)?;
     api.authorize(
         &p,
         Permission::named(Resource::Node, api.local.node.name.clone(), Access::Write),
     )
     .await?;
+    let on = enable(&p)?;
     let reason = p.get("reason").unwrap_or_default().to_string();
     api.local.update(|l| l.set_maintenance(None, on, &reason))?;
     Ok(().into_response())
