@@ -245,12 +245,13 @@ async fn service_allowed(
     Ok(name.is_some())
 }
 
-/// `?enable=` of a maintenance request (required, a boolean).
+/// `?enable=` of a maintenance request: required, a boolean as Go's `ParseBool` reads
+/// it (`true`, `True`, `1`, `t`, ...: clients send either spelling).
 fn enable(p: &Params) -> Result<bool, HttpError> {
     match p.get("enable") {
         None | Some("") => Err(HttpError::BadRequest("Missing value for enable".into())),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
+        Some("1" | "t" | "T" | "true" | "True" | "TRUE") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "False" | "FALSE") => Ok(false),
         Some(v) => Err(HttpError::BadRequest(format!(
             "Invalid value for enable: {v:?}"
         ))),

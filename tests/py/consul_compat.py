@@ -95,6 +95,37 @@ def main():
     assert int(new_index) > int(index)
     assert took < 15, took
 
+    # Maintenance mode (py-consul sends enable as True/False): the service, then the node.
+    assert c.agent.service.maintenance("web-1", True, reason="py upgrade") is True
+    maint = c.agent.checks()["_service_maintenance:web-1"]
+    assert maint["Status"] == "critical" and maint["Notes"] == "py upgrade", maint
+    until("web-1 out of the passing instances",
+          lambda: c.health.service("web", passing=True)[1] == [])
+    assert c.agent.service.maintenance("web-1", False) is True
+    assert "_service_maintenance:web-1" not in c.agent.checks()
+    assert c.agent.maintenance(True, reason="py rack move") is True
+    assert c.agent.checks()["_node_maintenance"]["Notes"] == "py rack move"
+    assert c.agent.maintenance(False) is True
+    assert "_node_maintenance" not in c.agent.checks()
+
+    # User events: fired, then listed (Payload decoded by py-consul), and a blocking list.
+    fired = c.event.fire("py-deploy", body="v7")
+    assert fired["Name"] == "py-deploy" and fired["ID"], fired
+    index, events = until("the event listed",
+                          lambda: (lambda r: r if r[1] else None)(c.event.list(name="py-deploy")))
+    assert events[-1]["ID"] == fired["ID"] and events[-1]["Payload"] == b"v7", events
+
+    # Whether the list is already waiting when the event comes or not, it answers the new
+    # index with the new event.
+    def fire_later():
+        consul.Consul(host=host, port=int(port)).event.fire("py-deploy", body="v8")
+
+    firer = threading.Thread(target=fire_later)
+    firer.start()
+    new_index, events = c.event.list(name="py-deploy", index=index, wait="20s")
+    firer.join()
+    assert new_index != index and events[-1]["Payload"] == b"v8", (new_index, events)
+
     c.agent.service.deregister("web-1")
     until("web gone from the catalog", lambda: "web" not in c.catalog.services()[1])
     print("py-consul compatibility: ok")
