@@ -30,6 +30,11 @@ fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
     write_small_dc(dir, pki, (81, dc), wan_join, "sync_interval = \"1s\"\n")
 }
 
+/// VictoriaMetrics as `.ci/run` unpacks it (Debian 13's: Debian 12's lacks `filter` in
+/// `consul_sd_configs`).
+const VICTORIA_METRICS: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/victoria-metrics");
+
 /// Runs a tool (Prometheus, VictoriaMetrics) until dropped, its output in `log`.
 fn spawn_tool(program: &str, args: &[String], log: &Path) -> ChildGuard {
     let out = std::fs::File::create(log).unwrap();
@@ -326,19 +331,31 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
     )
     .await;
 
-    // VictoriaMetrics discovering dc2's services through a dc1 agent.
+    // VictoriaMetrics discovering dc2's services through a dc1 agent: every service, and
+    // (`filter`, which VictoriaMetrics sends to catalog/services) only those with an
+    // instance on port 9103.
     let vm_cfg = dir.path().join("vm.yml");
+    let job = |name: &str, filter: &str| {
+        format!(
+            "  - job_name: {name}\n    scrape_interval: 1s\n    consul_sd_configs:\n      - server: \"{}:8500\"\n        datacenter: dc2\n{filter}",
+            ip(1, 21)
+        )
+    };
     std::fs::write(
         &vm_cfg,
         format!(
-            "scrape_configs:\n  - job_name: consul\n    scrape_interval: 1s\n    consul_sd_configs:\n      - server: \"{}:8500\"\n        datacenter: dc2\n",
-            ip(1, 21)
+            "scrape_configs:\n{}{}",
+            job("consul", ""),
+            job(
+                "filtered",
+                "        filter: 'ServicePort == 9103 and \"metrics\" in ServiceTags'\n"
+            )
         ),
     )
     .unwrap();
     let vm = "http://127.81.0.2:8428";
     let _victoria = spawn_tool(
-        "victoria-metrics",
+        VICTORIA_METRICS,
         &[
             format!("-promscrape.config={}", vm_cfg.display()),
             format!("-storageDataPath={}", dir.path().join("vm-data").display()),
@@ -354,6 +371,7 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
             let web: Vec<Value> = v["data"]["activeTargets"]
                 .as_array()?
                 .iter()
+                .filter(|t| t["labels"]["job"] == "consul")
                 .filter(|t| t["discoveredLabels"]["__meta_consul_service"] == "web")
                 .cloned()
                 .collect();
@@ -374,6 +392,31 @@ async fn prometheus_scrapes_and_victoria_metrics_discovers_across_dcs() {
             "{l}"
         );
     }
+    let filtered = eventually(
+        Duration::from_secs(60),
+        "the filtered job discovers api only",
+        || async {
+            let (_, v) = get(&http, &format!("{vm}/api/v1/targets")).await?;
+            let services: Vec<String> = v["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["labels"]["job"] == "filtered")
+                .map(|t| {
+                    t["discoveredLabels"]["__meta_consul_service"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string()
+                })
+                .collect();
+            (!services.is_empty()).then_some(services)
+        },
+    )
+    .await;
+    assert_eq!(
+        filtered,
+        ["api"],
+        "dc2's server applied VictoriaMetrics' filter"
+    );
     register(&http, &c2, ("ext-3", 9104), "web", "passing").await;
     eventually(
         Duration::from_secs(60),
