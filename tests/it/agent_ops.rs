@@ -523,4 +523,27 @@ async fn watch_runs_its_handler_at_start_and_on_every_change_only() {
         4,
         "one run at start and one per change, none more"
     );
+
+    // `consulate event` fires one; the agent lists it with its payload.
+    let out = Command::new(consulate_bin())
+        .args(["event", "-http-addr", &c, "-name", "deploy", "v9"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = text
+        .trim()
+        .strip_prefix("Event ID: ")
+        .expect("Consul's output")
+        .to_string();
+    let events = eventually(Duration::from_secs(20), "the event listed", || async {
+        let events = events_on(&http, &c).await;
+        has_event(&events, &id).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["Payload"], base64_of("v9"));
 }

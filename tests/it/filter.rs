@@ -22,8 +22,12 @@ async fn register(http: &reqwest::Client, agent: &str, body: Value) {
 }
 
 /// What a listing answered, as sorted names: an array's `field` (or its first level
-/// object's keys when `field` is empty).
+/// object's keys when `field` is empty; `list[].field`: that field of each item of an
+/// object's list).
 fn names(v: &Value, field: &str) -> Vec<String> {
+    if let Some((list, inner)) = field.split_once("[].") {
+        return names(&v[list], inner);
+    }
     let mut out: Vec<String> = match v {
         Value::Array(items) => items
             .iter()
@@ -129,6 +133,8 @@ async fn filters_narrow_every_filterable_endpoint_where_the_data_is() {
         (dc2("/v1/catalog/service/web"), "ServiceMeta.env == prod and NodeMeta.rack != r2", "Node", vec!["n1"]),
         (dc2("/v1/catalog/service/web"), "ServicePort == 8080", "Node", vec!["n2"]),
         (dc2("/v1/catalog/node/n2"), "Port == 9000", "Services", vec!["api"]),
+        (dc2("/v1/catalog/node-services/n2"), "Service == api or Tags contains nope", "Services[].Service", vec!["api"]),
+        (dc2("/v1/catalog/node-services/n2"), "Meta.env is empty", "Services[].Service", vec!["api"]),
         (dc2("/v1/health/service/web"), "Checks.Status == critical", "Node.Node", vec!["n2"]),
         (dc2("/v1/health/service/web"), "Service.Weights.Passing == 1 and not Node.Meta.rack == r2", "Node.Node", vec!["n1"]),
         (dc2("/v1/health/checks/web"), "Status == passing", "Node", vec!["n1"]),
