@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod agent;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod coordinate;

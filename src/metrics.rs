@@ -31,7 +31,68 @@ pub struct Metrics {
     pub dns: DnsMetrics,
     /// ACL replication (servers of non-primary DCs).
     pub acl: AclMetrics,
+    /// The agent cache (`?cached`).
+    pub cache: CacheMetrics,
     build: IntGaugeVec,
+}
+
+/// The agent cache (`?cached`): how it answered, and what it holds.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// Cached reads by outcome: `hit`, `miss`, `stale_if_error` (a stale answer served
+    /// because a fetch failed), `error`.
+    pub requests: IntCounterVec,
+    /// Entries held (each kept fresh by a background blocking query).
+    pub entries: IntGauge,
+    /// Approximate bytes held (the encoded answers).
+    pub bytes: IntGauge,
+    /// Entries dropped: `idle` (unused for the idle time) or `capacity` (over the cap).
+    pub evictions: IntCounterVec,
+}
+
+impl CacheMetrics {
+    fn register(r: &Registry) -> CacheMetrics {
+        CacheMetrics {
+            requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_cache_requests_total",
+                        "Reads with ?cached, by outcome (hit, miss, stale_if_error, error).",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            entries: register(
+                r,
+                IntGauge::new(
+                    "consulate_cache_entries",
+                    "Answers the agent cache holds, each kept fresh by a blocking query.",
+                )
+                .expect("valid metric"),
+            ),
+            bytes: register(
+                r,
+                IntGauge::new(
+                    "consulate_cache_bytes",
+                    "Approximate bytes of the answers the agent cache holds.",
+                )
+                .expect("valid metric"),
+            ),
+            evictions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_cache_evictions_total",
+                        "Cache entries dropped, by reason (idle, capacity).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
 }
 
 /// ACL replication from the primary DC (Consul's `/v1/acl/replication` figures).
@@ -301,6 +362,7 @@ impl Metrics {
         };
         let raft = RaftMetrics::register(&registry);
         let dns = DnsMetrics::register(&registry);
+        let cache = CacheMetrics::register(&registry);
         let build = register(
             &registry,
             IntGaugeVec::new(
@@ -366,6 +428,7 @@ impl Metrics {
             raft,
             dns,
             acl,
+            cache,
             build,
         }
     }

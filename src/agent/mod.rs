@@ -96,6 +96,8 @@ pub struct Agent {
     http_task: JoinHandle<()>,
     dns_task: JoinHandle<()>,
     loops: Loops,
+    /// The agent cache (`?cached`), whose refreshes end with the agent.
+    cache: crate::cache::AgentCache,
     /// Stops serving QUIC (and the WAN gossip carrier), last in the ordered shutdown.
     serving: CancellationToken,
     transport: Transport,
@@ -393,6 +395,12 @@ impl Agent {
                 addr: dns_bind,
                 reason: e.to_string(),
             })?;
+        let cache = crate::cache::AgentCache::new(
+            dispatcher.clone(),
+            metrics.cache.clone(),
+            crate::cache::CacheLimits::default(),
+            shutdown.child_token(),
+        );
         let mut api = crate::http::Api::new(
             dispatcher.clone(),
             local,
@@ -402,7 +410,8 @@ impl Agent {
         )
         .with_coordinates(lan_coordinates.clone())
         .with_pools(gossip.clone(), server.as_ref().map(|s| s.wan.clone()))
-        .with_config_file(config.source.clone());
+        .with_config_file(config.source.clone())
+        .with_cache(cache.clone());
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }
@@ -451,6 +460,7 @@ impl Agent {
             http_task,
             dns_task,
             loops,
+            cache,
             serving,
             shutdown,
         })
@@ -479,6 +489,7 @@ impl Agent {
         // The HTTP server stops taking requests first and lets in-flight ones finish.
         stop_task("http", self.http_task).await;
         stop_task("dns", self.dns_task).await;
+        self.cache.close(SHUTDOWN_BOUND).await;
         self.loops.stop(SHUTDOWN_BOUND).await;
         info!("background tasks stopped");
         if let Some(raft) = &self.raft {

@@ -151,7 +151,7 @@ pub async fn bootstrap(State(api): State<Api>, p: Params) -> Result<Response, Ht
         ..Token::default()
     };
     apply(&api, &p, Command::AclBootstrap(Box::new(token)), true).await?;
-    let p = Params(p.0, Some(Secret(secret.clone())));
+    let p = Params(p.0, Some(Secret(secret.clone())), p.2);
     one(
         &api,
         &p,

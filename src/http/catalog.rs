@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::error::HttpError;
 use super::json::{CatalogServiceJson, NodeJson, ServiceBody, ServiceJson, decode};
 use super::params::{ClientIp, Params};
-use super::{Api, near, read, write_ok};
+use super::{Api, near, read, read_cacheable, write_ok};
 use crate::state::query::{Query, QueryResult};
 use crate::state::{CheckDefinition, Command, DeregisterRequest, HealthStatus, RegisterRequest};
 
@@ -209,7 +209,7 @@ pub async fn nodes(
 
 /// `GET /v1/catalog/services`: `{"name":["tag",...]}`.
 pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    let (headers, out) = read(
+    let (headers, out) = read_cacheable(
         &api,
         &p,
         Query::Services {
@@ -217,7 +217,7 @@ pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, Htt
         },
     )
     .await?;
-    let QueryResult::ServiceTags(tags) = out.result else {
+    let QueryResult::ServiceTags(tags) = &out.result else {
         return Err(HttpError::shape());
     };
     Ok((headers, Json(tags)).into_response())
@@ -235,7 +235,7 @@ pub async fn service(
         tags: p.all("tag"),
         node_meta: p.node_meta()?,
     };
-    let (headers, out) = read(&api, &p, near(&api, &p, client, query)).await?;
+    let (headers, out) = read_cacheable(&api, &p, near(&api, &p, client, query)).await?;
     let QueryResult::ServiceNodes(rows) = &out.result else {
         return Err(HttpError::shape());
     };

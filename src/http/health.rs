@@ -9,7 +9,7 @@ use super::catalog::parse_status;
 use super::error::HttpError;
 use super::json::{CheckJson, NodeJson, ServiceJson};
 use super::params::{ClientIp, Params};
-use super::{Api, near, read};
+use super::{Api, near, read, read_cacheable};
 use crate::state::query::{Query, QueryResult};
 
 /// One entry of `health/service/:name` (and of a prepared query's answer).
@@ -46,7 +46,7 @@ pub async fn service(
         passing,
         node_meta: p.node_meta()?,
     };
-    let (headers, out) = read(&api, &p, near(&api, &p, client, query)).await?;
+    let (headers, out) = read_cacheable(&api, &p, near(&api, &p, client, query)).await?;
     let QueryResult::Health(entries) = &out.result else {
         return Err(HttpError::shape());
     };

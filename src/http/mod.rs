@@ -61,6 +61,8 @@ pub struct Api {
     pools: Option<(crate::gossip::Gossip, Option<crate::gossip::Gossip>)>,
     /// The config file `agent/reload` reads again (`None`: built in code, no file).
     config_file: Option<Arc<std::path::PathBuf>>,
+    /// The agent cache `?cached` reads are answered from (`None`: served uncached).
+    cache: Option<crate::cache::AgentCache>,
 }
 
 /// How the agent's own endpoints (those answered from the agent, not the DC's state) check
@@ -100,7 +102,14 @@ impl Api {
             coordinates: Default::default(),
             pools: None,
             config_file: None,
+            cache: None,
         }
+    }
+
+    /// With the agent cache for `?cached` reads.
+    pub fn with_cache(mut self, cache: crate::cache::AgentCache) -> Api {
+        self.cache = Some(cache);
+        self
     }
 
     /// With the config file the agent was started from, for `agent/reload`.
@@ -226,6 +235,37 @@ async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOut
     let query = filtered(p, query)?;
     let out = api.dispatcher.read(p.token(), p.dc(), query, opts).await?;
     Ok((read_headers(&out), out))
+}
+
+/// Runs a read of an endpoint Consul's agent cache serves (catalog/services,
+/// catalog/service, health/service): with `?cached`, from the cache, with `X-Cache` and
+/// `Age`; otherwise as [`read`].
+async fn read_cacheable(
+    api: &Api,
+    p: &Params,
+    query: Query,
+) -> Result<(HeaderMap, Arc<ReadOutcome>), HttpError> {
+    let Some(cache) = api.cache.as_ref().filter(|_| p.flag("cached")) else {
+        let (headers, out) = read(api, p, query).await?;
+        return Ok((headers, Arc::new(out)));
+    };
+    if p.flag("consistent") {
+        return Err(HttpError::BadRequest(
+            "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
+        ));
+    }
+    let opts = p.read_options()?;
+    let query = filtered(p, query)?;
+    let answer = cache
+        .read(p.token(), p.dc(), query, p.2, opts.min_index, opts.wait)
+        .await?;
+    let mut headers = read_headers(&answer.outcome);
+    headers.insert(
+        "X-Cache",
+        HeaderValue::from_static(if answer.hit { "HIT" } else { "MISS" }),
+    );
+    headers.insert("Age", HeaderValue::from(answer.age.as_secs()));
+    Ok((headers, answer.outcome))
 }
 
 /// Applies a catalog write in `dc` (default: this one) with the request's token, and

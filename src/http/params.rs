@@ -14,8 +14,12 @@ use super::error::HttpError;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// The query string of one request, in order (bare flags map to ""; a name may repeat),
-/// and the ACL token it carries.
-pub struct Params(pub Vec<(String, String)>, pub Option<Secret>);
+/// the ACL token it carries, and its `Cache-Control` directives (for `?cached`).
+pub struct Params(
+    pub Vec<(String, String)>,
+    pub Option<Secret>,
+    pub crate::cache::CacheControl,
+);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     type Rejection = HttpError;
@@ -28,7 +32,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| HttpError::BadRequest(format!("Invalid query string: {e}")))?;
         let token = token_of(&parts.headers, &pairs);
-        Ok(Params(pairs, token))
+        let cache = parts
+            .headers
+            .get(axum::http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(crate::cache::CacheControl::parse)
+            .unwrap_or_default();
+        Ok(Params(pairs, token, cache))
     }
 }
 
@@ -84,7 +94,7 @@ impl Params {
         if let Some(dc) = dc {
             pairs.push(("dc".into(), dc.into()));
         }
-        Params(pairs, self.1.clone())
+        Params(pairs, self.1.clone(), self.2)
     }
 
     /// The ACL token the request carries (`None`: the agent's default, or anonymous).
@@ -204,6 +214,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             None,
+            Default::default(),
         )
     }
 

@@ -6,6 +6,7 @@ mod common;
 
 mod acl;
 mod agent_ops;
+mod cache;
 mod cli;
 mod dns;
 mod federation;

@@ -1,0 +1,491 @@
+//! Consul's agent cache (`?cached` on catalog/services, catalog/service and health/service):
+//! the first request for a query fetches it; later ones are answered from the agent's
+//! memory, which a background blocking query per entry keeps current (stale mode, as
+//! Consul's). `Cache-Control: max-age=N` forces a fetch when the answer is older;
+//! `stale-if-error=N` serves the last answer when a fetch fails. An entry's age is 0 while
+//! its refresh is connected and counts from the moment it lost contact (Consul's rule for
+//! background-refreshed types). Entries unused for [`CacheLimits::idle`] stop and go; past
+//! [`CacheLimits::max_entries`] the least recently used go first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::acl::Secret;
+use crate::dispatch::Dispatcher;
+use crate::metrics::CacheMetrics;
+use crate::rpc::{ReadOptions, ReadOutcome, RpcError};
+use crate::state::query::Query;
+use crate::vocab::ReadMode;
+
+/// How long each background refresh blocks on the servers (Consul's cache waits 10 min).
+const REFRESH_WAIT: Duration = Duration::from_secs(600);
+
+/// The longest pause between refreshes after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a cached request asks of the cache: Consul's `Cache-Control` directives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `max-age=N`: answers older than this are fetched again first.
+    pub max_age: Option<Duration>,
+    /// `stale-if-error=N`: when a fetch fails, an answer up to this old is served.
+    pub stale_if_error: Option<Duration>,
+}
+
+impl CacheControl {
+    /// Reads the directives of a `Cache-Control` header (others are ignored, as Consul
+    /// does; a malformed number is ignored too).
+    pub fn parse(header: &str) -> CacheControl {
+        let mut c = CacheControl::default();
+        for directive in header.split(',') {
+            let Some((name, value)) = directive.trim().split_once('=') else {
+                continue;
+            };
+            let Ok(secs) = value.trim().parse::<u64>() else {
+                continue;
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "max-age" => c.max_age = Some(Duration::from_secs(secs)),
+                "stale-if-error" => c.stale_if_error = Some(Duration::from_secs(secs)),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// How many entries the cache keeps and for how long unused.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Most entries held; the least recently used past it are dropped.
+    pub max_entries: usize,
+    /// An entry unused this long stops refreshing and is dropped.
+    pub idle: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_entries: 10_000,
+            idle: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A cached answer: the outcome, whether it came from memory, and its age.
+pub struct CachedAnswer {
+    /// The answer.
+    pub outcome: Arc<ReadOutcome>,
+    /// `X-Cache: HIT` (from memory) or `MISS` (fetched for this request).
+    pub hit: bool,
+    /// `Age`: 0 while the entry's refresh is connected, else since it lost contact.
+    pub age: Duration,
+}
+
+/// What identifies a cached answer: the DC, the query and the token's digest (answers
+/// depend on what the token may read).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    dc: Option<String>,
+    query: Vec<u8>,
+    token: Option<[u8; 32]>,
+}
+
+impl Key {
+    fn new(dc: Option<&str>, query: &Query, token: Option<&Secret>) -> Key {
+        Key {
+            dc: dc.map(str::to_string),
+            query: rmp_serde::to_vec(query).unwrap_or_default(),
+            token: token.map(|t| {
+                let d = ring::digest::digest(&ring::digest::SHA256, t.0.as_bytes());
+                let mut out = [0u8; 32];
+                out.copy_from_slice(d.as_ref());
+                out
+            }),
+        }
+    }
+}
+
+/// An entry's current state.
+#[derive(Clone, Default)]
+struct Snapshot {
+    answer: Option<Arc<ReadOutcome>>,
+    /// Since when the refresh fails (`None`: connected).
+    lost_contact: Option<Instant>,
+    /// The last failure, for a request that has no answer to fall back on.
+    error: Option<RpcError>,
+}
+
+impl Snapshot {
+    fn age(&self) -> Duration {
+        self.lost_contact.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+struct Entry {
+    state: watch::Sender<Snapshot>,
+    last_used: Mutex<Instant>,
+    stop: CancellationToken,
+    bytes: AtomicI64,
+}
+
+impl Entry {
+    fn used(&self) {
+        *self.last_used.lock().expect("cache entry lock") = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used.lock().expect("cache entry lock").elapsed()
+    }
+}
+
+struct Inner {
+    dispatcher: Dispatcher,
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    metrics: CacheMetrics,
+    limits: CacheLimits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The agent cache. Clones share it.
+#[derive(Clone)]
+pub struct AgentCache {
+    inner: Arc<Inner>,
+}
+
+/// Whether a failed fetch is the servers (or the remote DC) being out of reach, which
+/// `stale-if-error` covers; a refused request (ACL, not found) is not.
+fn unavailable(e: &RpcError) -> bool {
+    matches!(
+        e,
+        RpcError::NoReachableServer
+            | RpcError::NoLeader
+            | RpcError::NotServed(_)
+            | RpcError::Forward { .. }
+            | RpcError::Indeterminate { .. }
+            | RpcError::Raft(_)
+    )
+}
+
+impl AgentCache {
+    /// A cache that fetches through `dispatcher`; its refreshes stop when `shutdown` fires.
+    pub fn new(
+        dispatcher: Dispatcher,
+        metrics: CacheMetrics,
+        limits: CacheLimits,
+        shutdown: CancellationToken,
+    ) -> AgentCache {
+        AgentCache {
+            inner: Arc::new(Inner {
+                dispatcher,
+                entries: Mutex::new(HashMap::new()),
+                metrics,
+                limits,
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Answers `query` in `dc` for `token` from the cache, fetching it on a miss. With
+    /// `min_index > 0` it is a blocking query on the cached entry: it answers once the
+    /// entry's index passes `min_index`, or after `wait`.
+    pub async fn read(
+        &self,
+        token: Option<Secret>,
+        dc: Option<&str>,
+        query: Query,
+        control: CacheControl,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<CachedAnswer, RpcError> {
+        let entry = self.entry(token.clone(), dc, &query);
+        entry.used();
+        let now = entry.state.borrow().clone();
+        let fresh_enough = |s: &Snapshot| control.max_age.is_none_or(|max| s.age() <= max);
+        let answer = match now.answer.clone() {
+            Some(answer) if now.lost_contact.is_none() && fresh_enough(&now) => {
+                self.count("hit");
+                CachedAnswer {
+                    outcome: answer,
+                    hit: true,
+                    age: now.age(),
+                }
+            }
+            cached => match self.fetch(&entry, token, dc, query).await {
+                Ok(outcome) => {
+                    self.count("miss");
+                    CachedAnswer {
+                        outcome,
+                        hit: false,
+                        age: Duration::ZERO,
+                    }
+                }
+                Err(e) => match cached {
+                    Some(answer)
+                        if unavailable(&e)
+                            && control.stale_if_error.is_some_and(|s| now.age() <= s) =>
+                    {
+                        self.count("stale_if_error");
+                        let age = entry.state.borrow().age();
+                        CachedAnswer {
+                            outcome: answer,
+                            hit: true,
+                            age,
+                        }
+                    }
+                    _ => {
+                        self.count("error");
+                        return Err(e);
+                    }
+                },
+            },
+        };
+        if min_index == 0 || answer.outcome.index > min_index {
+            return Ok(answer);
+        }
+        // A blocking query on the entry: wait for the refresh to bring a newer index.
+        let mut changes = entry.state.subscribe();
+        let deadline = Instant::now() + wait;
+        loop {
+            let snapshot = changes.borrow_and_update().clone();
+            if let Some(a) = snapshot.answer.as_ref().filter(|a| a.index > min_index) {
+                return Ok(CachedAnswer {
+                    outcome: a.clone(),
+                    hit: true,
+                    age: snapshot.age(),
+                });
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = self.inner.shutdown.cancelled() => break,
+            }
+        }
+        Ok(answer)
+    }
+
+    fn count(&self, outcome: &str) {
+        self.inner
+            .metrics
+            .requests
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// The entry of a query, made (and its refresh started) if new.
+    fn entry(&self, token: Option<Secret>, dc: Option<&str>, query: &Query) -> Arc<Entry> {
+        let key = Key::new(dc, query, token.as_ref());
+        let mut entries = self.inner.entries.lock().expect("cache lock");
+        if let Some(e) = entries.get(&key) {
+            return e.clone();
+        }
+        let entry = Arc::new(Entry {
+            state: watch::channel(Snapshot::default()).0,
+            last_used: Mutex::new(Instant::now()),
+            stop: self.inner.shutdown.child_token(),
+            bytes: AtomicI64::new(0),
+        });
+        entries.insert(key.clone(), entry.clone());
+        if entries.len() > self.inner.limits.max_entries {
+            self.evict_least_used(&mut entries);
+        }
+        self.inner.metrics.entries.set(entries.len() as i64);
+        drop(entries);
+        let cache = self.clone();
+        let (refreshed, dc, query) = (entry.clone(), dc.map(str::to_string), query.clone());
+        self.inner.tasks.spawn(async move {
+            cache.refresh(key, refreshed, token, dc, query).await;
+        });
+        entry
+    }
+
+    /// Drops the least recently used eighth of the entries (amortized: one sort per
+    /// `max_entries / 8` new entries).
+    fn evict_least_used(&self, entries: &mut HashMap<Key, Arc<Entry>>) {
+        let mut by_use: Vec<(Instant, Key)> = entries
+            .iter()
+            .map(|(k, e)| (*e.last_used.lock().expect("cache entry lock"), k.clone()))
+            .collect();
+        by_use.sort_by_key(|(t, _)| *t);
+        let drop_n = (self.inner.limits.max_entries / 8).max(1);
+        for (_, key) in by_use.into_iter().take(drop_n) {
+            if let Some(e) = entries.remove(&key) {
+                self.forget(&e, "capacity");
+            }
+        }
+    }
+
+    /// Stops an entry removed from the map and takes it out of the figures.
+    fn forget(&self, e: &Entry, reason: &str) {
+        e.stop.cancel();
+        self.inner
+            .metrics
+            .bytes
+            .sub(e.bytes.swap(0, Ordering::Relaxed));
+        self.inner
+            .metrics
+            .evictions
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Stores a fetched answer in the entry (unless the refresh already stored a newer
+    /// one) and returns what the entry holds.
+    fn store(&self, entry: &Entry, out: ReadOutcome) -> Arc<ReadOutcome> {
+        let size = rmp_serde::to_vec(&out).map_or(0, |b| b.len() as i64);
+        let out = Arc::new(out);
+        let mut kept = out.clone();
+        entry.state.send_modify(|s| {
+            match &s.answer {
+                Some(old) if old.index > out.index => kept = old.clone(),
+                _ => {
+                    s.answer = Some(out.clone());
+                    let before = entry.bytes.swap(size, Ordering::Relaxed);
+                    self.inner.metrics.bytes.add(size - before);
+                }
+            }
+            s.lost_contact = None;
+            s.error = None;
+        });
+        kept
+    }
+
+    /// A fetch for a request (a miss, an answer too old, a refresh that lost contact).
+    async fn fetch(
+        &self,
+        entry: &Entry,
+        token: Option<Secret>,
+        dc: Option<&str>,
+        query: Query,
+    ) -> Result<Arc<ReadOutcome>, RpcError> {
+        let opts = ReadOptions {
+            mode: ReadMode::Stale,
+            max_stale: None,
+            min_index: 0,
+            wait: Duration::ZERO,
+        };
+        let out = self.inner.dispatcher.read(token, dc, query, opts).await?;
+        Ok(self.store(entry, out))
+    }
+
+    /// The entry's background refresh: a blocking query on its index, again and again,
+    /// with backoff after failures, until the entry is idle or evicted or the agent stops.
+    async fn refresh(
+        &self,
+        key: Key,
+        entry: Arc<Entry>,
+        token: Option<Secret>,
+        dc: Option<String>,
+        query: Query,
+    ) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if entry.stop.is_cancelled() {
+                return;
+            }
+            if entry.idle_for() > self.inner.limits.idle {
+                let mut entries = self.inner.entries.lock().expect("cache lock");
+                if entries.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                    entries.remove(&key);
+                    self.inner.metrics.entries.set(entries.len() as i64);
+                    drop(entries);
+                    self.forget(&entry, "idle");
+                }
+                return;
+            }
+            let index = entry.state.borrow().answer.as_ref().map_or(0, |a| a.index);
+            if index == 0 {
+                // The request that made the entry fetches its first answer; until one is
+                // there (a failed first fetch), wait for the next request's.
+                let mut changes = entry.state.subscribe();
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                    () = entry.stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            let opts = ReadOptions {
+                mode: ReadMode::Stale,
+                max_stale: None,
+                min_index: index,
+                wait: REFRESH_WAIT.min(self.inner.limits.idle),
+            };
+            let read =
+                self.inner
+                    .dispatcher
+                    .read(token.clone(), dc.as_deref(), query.clone(), opts);
+            let result = tokio::select! {
+                r = read => r,
+                () = entry.stop.cancelled() => return,
+            };
+            match result {
+                Ok(out) => {
+                    backoff = Duration::from_secs(1);
+                    self.store(&entry, out);
+                }
+                Err(e) => {
+                    entry.state.send_modify(|s| {
+                        s.lost_contact.get_or_insert_with(Instant::now);
+                        s.error = Some(e);
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = entry.stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Waits up to `bound` for every refresh to end once the agent's shutdown has fired.
+    pub async fn close(&self, bound: Duration) {
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(bound, self.inner.tasks.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_reads_consuls_directives() {
+        let c = CacheControl::parse("max-age=30, stale-if-error=600");
+        assert_eq!(c.max_age, Some(Duration::from_secs(30)));
+        assert_eq!(c.stale_if_error, Some(Duration::from_secs(600)));
+        let c = CacheControl::parse("no-cache, Max-Age = 5, stale-if-error=soon");
+        assert_eq!(c.max_age, Some(Duration::from_secs(5)));
+        assert_eq!(c.stale_if_error, None, "a malformed number is ignored");
+        assert_eq!(CacheControl::parse(""), CacheControl::default());
+    }
+
+    #[test]
+    fn answers_depend_on_the_dc_the_query_and_the_token() {
+        let q = Query::Services {
+            node_meta: Default::default(),
+        };
+        let a = Key::new(Some("dc2"), &q, Some(&Secret("t1".into())));
+        assert_eq!(a, Key::new(Some("dc2"), &q, Some(&Secret("t1".into()))));
+        assert_ne!(a, Key::new(Some("dc2"), &q, Some(&Secret("t2".into()))));
+        assert_ne!(a, Key::new(None, &q, Some(&Secret("t1".into()))));
+        assert_ne!(a, Key::new(Some("dc2"), &q, None));
+        assert!(
+            !a.token.unwrap().iter().all(|b| *b == 0),
+            "a digest, never the secret"
+        );
+        assert!(unavailable(&RpcError::NoReachableServer));
+        assert!(!unavailable(&RpcError::NotFound("x".into())));
+    }
+}

@@ -1,0 +1,227 @@
+//! Real processes, two DCs behind the WAN emulator: Consul's agent cache on dc1's client
+//! for dc2's `web` (`?cached`): a miss, then hits; the background refresh bringing a new
+//! instance without a fetch; a blocking query on the cache; with the DCs cut apart,
+//! `Cache-Control: stale-if-error` answering the last-known instances every time (marked
+//! by `Age`) while a request without it fails as an uncached one does; after healing,
+//! fresh answers again.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::common::wan::{Link, WanEmulator};
+use crate::common::*;
+use serde_json::{Value, json};
+
+const NET: u8 = 68;
+
+fn ip(dc: u8, host: u8) -> String {
+    format!("127.{NET}.{dc}.{host}")
+}
+
+/// What a GET answered: status, `X-Cache`, `Age`, and the body as JSON.
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    cache_control: Option<&str>,
+) -> (u16, String, u64, Value) {
+    let mut req = http.get(url);
+    if let Some(c) = cache_control {
+        req = req.header("Cache-Control", c);
+    }
+    let r = req.send().await.unwrap();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (cache, age) = (header("X-Cache"), header("Age").parse().unwrap_or(0));
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, cache, age, body)
+}
+
+fn ports(v: &Value) -> Vec<u64> {
+    let mut p: Vec<u64> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["Service"]["Port"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    p.sort();
+    p
+}
+
+async fn register(http: &reqwest::Client, agent: &str, node: &str, port: u16) {
+    let r = http
+        .put(format!("{agent}/v1/catalog/register"))
+        .body(
+            json!({
+                "Node": node, "Address": "10.1.0.1",
+                "Service": {"Service": "web", "ID": format!("web-{port}"), "Port": port},
+                "Check": {"CheckID": format!("web-{port}"), "Name": "up", "Status": "passing",
+                          "ServiceID": format!("web-{port}")}
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
+    let wan = WanEmulator::new(|addr: IpAddr| {
+        let IpAddr::V4(v4) = addr else { return None };
+        Some(format!("dc{}", v4.octets()[2]))
+    });
+    wan.set_link(
+        "dc1",
+        "dc2",
+        Link {
+            latency: Duration::from_millis(10),
+            ..Link::default()
+        },
+    );
+    let front = |dc: u8| format!("{}:8300", ip(dc, 100));
+    for dc in [1, 2] {
+        wan.front(
+            &format!("dc{dc}"),
+            front(dc).parse().unwrap(),
+            format!("{}:8300", ip(dc, 1)).parse().unwrap(),
+        )
+        .await;
+    }
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for (dc, wan_join) in [(1, None), (2, Some(1))] {
+        let server_extra = format!("advertise_addr_wan = \"{}\"\n", front(dc));
+        for config in write_small_dc_with(dir.path(), &pki, (NET, dc), wan_join, &server_extra, "")
+        {
+            agents.push(spawn_agent(&config));
+        }
+    }
+    let http = http_client_bounded();
+    let (c1, c2) = (
+        format!("http://{}:8500", ip(1, 21)),
+        format!("http://{}:8500", ip(2, 21)),
+    );
+    wait_for_leader(&http, &c1, "").await;
+    wait_for_leader(&http, &c2, "").await;
+    register(&http, &c2, "n1", 8001).await;
+    let url = format!("{c1}/v1/health/service/web?dc=dc2&cached");
+    eventually(Duration::from_secs(30), "dc1 reaches dc2's web", || async {
+        let v = get_json(&http, &format!("{c1}/v1/health/service/web?dc=dc2")).await?;
+        (ports(&v) == [8001]).then_some(())
+    })
+    .await;
+
+    // A miss, then hits.
+    let (status, cache, age, v) = get(&http, &url, None).await;
+    assert_eq!(
+        (status, cache.as_str(), age, ports(&v)),
+        (200, "MISS", 0, vec![8001])
+    );
+    let (status, cache, _, v) = get(&http, &url, None).await;
+    assert_eq!(
+        (status, cache.as_str(), ports(&v)),
+        (200, "HIT", vec![8001])
+    );
+    assert_eq!(
+        metric(&http, &c1, "consulate_cache_entries").await,
+        Some(1.0)
+    );
+
+    // The background refresh brings a new instance: still a hit.
+    register(&http, &c2, "n2", 8002).await;
+    eventually(
+        Duration::from_secs(20),
+        "the refresh brings 8002",
+        || async {
+            let (_, cache, _, v) = get(&http, &url, None).await;
+            (cache == "HIT" && ports(&v) == [8001, 8002]).then_some(())
+        },
+    )
+    .await;
+
+    // A blocking query on the cache returns on the next change.
+    let index: u64 = http.get(&url).send().await.unwrap().headers()["X-Consul-Index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blocked = {
+        let (http, url) = (http.clone(), format!("{url}&index={index}&wait=20s"));
+        tokio::spawn(async move { get(&http, &url, None).await })
+    };
+    register(&http, &c2, "n3", 8003).await;
+    let (status, cache, _, v) = tokio::time::timeout(Duration::from_secs(20), blocked)
+        .await
+        .expect("the blocking cached query returns on the change")
+        .unwrap();
+    assert_eq!(
+        (status, cache.as_str(), ports(&v)),
+        (200, "HIT", vec![8001, 8002, 8003])
+    );
+
+    // The WAN cut: with stale-if-error every answer is the last-known one, marked by Age.
+    wan.cut("dc1", "dc2");
+    let stale = Some("stale-if-error=60");
+    let lost = eventually(
+        Duration::from_secs(40),
+        "the refresh loses contact",
+        || async {
+            let (status, cache, age, v) = get(&http, &url, stale).await;
+            assert_eq!((status, ports(&v)), (200, vec![8001, 8002, 8003]), "{v}");
+            assert_eq!(cache, "HIT");
+            (age > 0).then_some(age)
+        },
+    )
+    .await;
+    assert!(lost > 0);
+    let mut answered = 0;
+    for _ in 0..3 {
+        let (status, cache, age, v) = get(&http, &url, stale).await;
+        assert_eq!(
+            (status, cache.as_str(), ports(&v)),
+            (200, "HIT", vec![8001, 8002, 8003])
+        );
+        assert!(age > 0, "a stale answer says how old it is");
+        answered += 1;
+    }
+    assert_eq!(answered, 3);
+    let (status, _, _, v) = get(&http, &url, None).await;
+    assert_eq!(
+        status, 500,
+        "without stale-if-error it fails as an uncached read: {v}"
+    );
+    assert!(
+        metric(
+            &http,
+            &c1,
+            "consulate_cache_requests_total{outcome=\"stale_if_error\"}"
+        )
+        .await
+        .unwrap()
+            >= 3.0
+    );
+
+    // Healed: fresh answers again (a change made during the cut included).
+    register(&http, &c2, "n4", 8004).await;
+    wan.heal("dc1", "dc2");
+    eventually(
+        Duration::from_secs(30),
+        "fresh answers after healing",
+        || async {
+            let (status, _, age, v) = get(&http, &url, None).await;
+            (status == 200 && age == 0 && ports(&v) == [8001, 8002, 8003, 8004]).then_some(())
+        },
+    )
+    .await;
+    drop(agents);
+}
