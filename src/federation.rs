@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -145,6 +145,26 @@ pub struct Router {
     rtts: Mutex<RttCache>,
     opts: RouterOptions,
     metrics: FederationMetrics,
+    /// Reads for other DCs in flight, by what makes them identical.
+    inflight: Mutex<HashMap<Vec<u8>, SharedForward>>,
+}
+
+/// A forward that identical reads share.
+type SharedForward =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<AgentResponse, RpcError>>>;
+
+/// What makes two reads for another DC identical: the DC, the query, the consistency
+/// asked, the index waited on and the token (answers depend on it). Pure.
+fn coalesce_key(dc: &str, r: &crate::rpc::Read) -> Vec<u8> {
+    rmp_serde::to_vec(&(
+        dc,
+        &r.query,
+        r.opts.mode,
+        r.opts.max_stale,
+        r.opts.min_index,
+        &r.token,
+    ))
+    .unwrap_or_default()
 }
 
 impl Router {
@@ -165,6 +185,57 @@ impl Router {
             rtts: Mutex::new(RttCache::default()),
             opts,
             metrics,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forwards `req` to DC `dc` as [`Router::forward`] does, except that a read joins an
+    /// identical one already in flight on this server and shares its answer: a hot name
+    /// asked by many clients at once costs one forward. A joiner never waits past its own
+    /// blocking wait: then it reads the current state instead.
+    pub async fn forward_shared(
+        self: &Arc<Self>,
+        dc: &str,
+        req: &AgentRequest,
+    ) -> Result<AgentResponse, RpcError> {
+        let AgentRequest::Read(read) = req else {
+            return self.forward(dc, req, req.timeout()).await;
+        };
+        let key = coalesce_key(dc, read);
+        let (shared, joined) = {
+            let mut inflight = self.inflight.lock().expect("router lock");
+            match inflight.get(&key) {
+                Some(shared) => (shared.clone(), true),
+                None => {
+                    let (router, dc, req, k) =
+                        (self.clone(), dc.to_string(), req.clone(), key.clone());
+                    let shared =
+                        futures::FutureExt::shared(futures::FutureExt::boxed(async move {
+                            let out = router.forward(&dc, &req, req.timeout()).await;
+                            router.inflight.lock().expect("router lock").remove(&k);
+                            out
+                        }));
+                    inflight.insert(key, shared.clone());
+                    (shared, false)
+                }
+            }
+        };
+        if !joined {
+            return shared.await;
+        }
+        self.metrics.coalesced.inc();
+        if read.opts.min_index == 0 {
+            return shared.await;
+        }
+        tokio::select! {
+            out = shared => out,
+            () = tokio::time::sleep(read.opts.wait) => {
+                let mut now = read.clone();
+                now.opts.min_index = 0;
+                now.opts.wait = Duration::ZERO;
+                let now = AgentRequest::Read(now);
+                self.forward(dc, &now, now.timeout()).await
+            }
         }
     }
 
@@ -355,6 +426,45 @@ impl prometheus::core::Collector for RttCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identical_reads_share_a_key_and_any_difference_splits_them() {
+        use crate::rpc::{Read, ReadOptions};
+        use crate::state::query::Query;
+        let read = |min_index, token: Option<&str>, mode| Read {
+            dc: Some("dc2".into()),
+            query: Query::Services {
+                node_meta: Default::default(),
+            },
+            opts: ReadOptions {
+                mode,
+                max_stale: None,
+                min_index,
+                wait: Duration::from_secs(300),
+            },
+            token: token.map(|t| crate::acl::Secret(t.into())),
+        };
+        let stale = crate::vocab::ReadMode::Stale;
+        let base = coalesce_key("dc2", &read(7, Some("t"), stale));
+        let mut other_wait = read(7, Some("t"), stale);
+        other_wait.opts.wait = Duration::from_secs(310);
+        assert_eq!(
+            base,
+            coalesce_key("dc2", &other_wait),
+            "the wait (jittered) is not part of it"
+        );
+        assert_ne!(base, coalesce_key("dc3", &read(7, Some("t"), stale)));
+        assert_ne!(base, coalesce_key("dc2", &read(8, Some("t"), stale)));
+        assert_ne!(base, coalesce_key("dc2", &read(7, Some("u"), stale)));
+        assert_ne!(base, coalesce_key("dc2", &read(7, None, stale)));
+        assert_ne!(
+            base,
+            coalesce_key(
+                "dc2",
+                &read(7, Some("t"), crate::vocab::ReadMode::Consistent)
+            )
+        );
+    }
     use crate::vocab::Role;
 
     fn member(name: &str, dc: &str, addr: &str, status: MemberStatus) -> Member {

@@ -734,6 +734,9 @@ pub struct FederationMetrics {
     /// Attempts on one remote server that failed and marked it, by reason
     /// (`unreachable`, `timeout`).
     pub server_failures: IntCounterVec,
+    /// Reads for another DC that joined an identical one in flight instead of being
+    /// forwarded themselves.
+    pub coalesced: IntCounter,
 }
 
 impl FederationMetrics {
@@ -772,6 +775,14 @@ impl FederationMetrics {
                         "Forwarding attempts on a remote server that failed and marked it, by reason.",
                     ),
                     &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            coalesced: register(
+                r,
+                IntCounter::new(
+                    "consulate_federation_coalesced_total",
+                    "Reads for another DC that shared an identical read's forward in flight.",
                 )
                 .expect("valid metric"),
             ),

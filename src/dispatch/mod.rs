@@ -885,7 +885,7 @@ impl Dispatcher {
     async fn cross_dc(&self, req: &AgentRequest) -> Result<AgentResponse, RpcError> {
         let dc = req.datacenter().unwrap_or(&self.datacenter);
         match &self.router {
-            Some(router) => router.forward(dc, req, req.timeout()).await,
+            Some(router) => router.forward_shared(dc, req).await,
             None if self.raft.is_none() => self.via_server(req).await,
             None => Err(RpcError::NoPathToDatacenter),
         }

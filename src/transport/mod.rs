@@ -182,7 +182,7 @@ impl Default for TransportOptions {
             max_frame: 64 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(3),
             max_pending_handshakes: 64,
             max_streams: 16_384,
         }

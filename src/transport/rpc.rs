@@ -424,8 +424,34 @@ impl<Req: Serialize, Resp: DeserializeOwned> RpcClient<Req, Resp> {
             }
             std::future::pending::<()>().await
         };
+        // A long call (a blocking query, twice the silence allowed or more) on a connection
+        // whose peer went silent: a live peer answers the keep-alives, so one not heard for
+        // two of them is gone, and the call ends now rather than at the idle timeout.
+        let keep_alive = self.transport.options().keep_alive;
+        let silent_limit = keep_alive * 2 + conn.rtt() * 3 + UNACKED_GRACE;
+        let went_silent = async {
+            let (mut last, mut since) = (frames_heard(&conn), tokio::time::Instant::now());
+            loop {
+                tokio::time::sleep(keep_alive / 2).await;
+                let now = frames_heard(&conn);
+                if now != last {
+                    (last, since) = (now, tokio::time::Instant::now());
+                } else if since.elapsed() >= silent_limit {
+                    return;
+                }
+            }
+        };
         let outcome = tokio::select! {
             r = tokio::time::timeout(remaining, exchange) => r,
+            () = went_silent, if remaining > silent_limit * 2 => {
+                watch.answered();
+                conn.close(VarInt::from_u32(0), b"peer unresponsive");
+                let reason = format!("nothing heard from the peer for {silent_limit:?}");
+                if !sent.load(Ordering::Relaxed) {
+                    return Err(undelivered(reason));
+                }
+                return Err(TransportError::ConnectionLost { addr, reason });
+            }
             _ = unacked, if watch_ack && ack_due < remaining => {
                 watch.answered();
                 if ack_due >= conn.rtt() * 2 + SURELY_ACKED {

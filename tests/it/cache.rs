@@ -3,7 +3,7 @@
 //! instance without a fetch; a blocking query on the cache; with the DCs cut apart,
 //! `Cache-Control: stale-if-error` answering the last-known instances every time (marked
 //! by `Age`) while a request without it fails as an uncached one does; after healing,
-//! fresh answers again.
+//! fresh answers again. Identical uncached reads in flight together share one forward.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -167,6 +167,29 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
     assert_eq!(
         (status, cache.as_str(), ports(&v)),
         (200, "HIT", vec![8001, 8002, 8003])
+    );
+
+    // 200 identical uncached reads at once share forwards on dc1's server: each is either
+    // forwarded or joins one in flight, and most join.
+    let dc1_server = format!("http://{}:8500", ip(1, 1));
+    let counts = || async {
+        let text = scrape(&http, &dc1_server).await.unwrap();
+        (
+            sum_samples(&text, "consulate_rpc_cross_dc_total{datacenter=\"dc2\""),
+            sum_samples(&text, "consulate_federation_coalesced_total"),
+        )
+    };
+    let (forwards_before, joined_before) = counts().await;
+    let uncached = format!("{c1}/v1/health/service/web?dc=dc2");
+    let answers = futures::future::join_all((0..200).map(|_| get(&http, &uncached, None))).await;
+    assert!(answers.iter().all(|(status, ..)| *status == 200));
+    let (forwards, joined) = counts().await;
+    let (forwards, joined) = (forwards - forwards_before, joined - joined_before);
+    println!("200 identical reads: {forwards} forwards, {joined} joined one in flight");
+    assert!(forwards + joined >= 200.0, "every read forwarded or joined");
+    assert!(
+        joined >= 100.0,
+        "most reads shared a forward: {joined} of 200"
     );
 
     // The WAN cut: with stale-if-error every answer is the last-known one, marked by Age.
