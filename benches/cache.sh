@@ -4,7 +4,8 @@
 # 64 connections on dc1's client, alternated REPS times for SECONDS each:
 # `GET /v1/health/service/web` (dc1's own, forwarded by the client to its server: the
 # local read), `?dc=dc2` (forwarded on to dc2) and `?dc=dc2&cached` (from the client's
-# cache, kept current by one blocking query).
+# cache, kept current by one blocking query). Then bursts of identical uncached reads
+# given to dc1's server at once, and the forwards to dc2 they cost (coalescing).
 # usage: benches/cache.sh [SECONDS] [REPS]     (needs wrk, curl and python3)
 set -euo pipefail
 d=${1:-8}; reps=${2:-3}
@@ -67,3 +68,26 @@ for r in $(seq "$reps"); do
   row "dc2 cached #$r" "$c/v1/health/service/web?dc=dc2&cached"
 done
 echo "cache: $(curl -sf "$c/metrics" | grep -E '^consulate_cache_(requests_total|entries)' | tr '\n' ' ')"
+# Coalescing: BURST clients (threads released together, one connection each) ask dc1's
+# server for dc2's web at once, uncached; how many forwards to dc2 that cost, REPS times.
+s=http://127.0.85.1:8500
+forwards() { curl -sf "$s/metrics" | awk '/^consulate_rpc_cross_dc_total\{datacenter="dc2"/ {n += $2} END {print n + 0}'; }
+for r in $(seq "$reps"); do
+  before=$(forwards)
+  python3 - "$s" "${BURST:-1000}" <<'PY'
+import sys, threading, urllib.request
+url, n = sys.argv[1] + "/v1/health/service/web?dc=dc2", int(sys.argv[2])
+gate, failed = threading.Barrier(n), []
+def ask():
+    gate.wait()
+    try:
+        urllib.request.urlopen(url, timeout=30).read()
+    except Exception as e:
+        failed.append(e)
+threads = [threading.Thread(target=ask) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not failed, failed[:3]
+PY
+  echo "burst #$r: ${BURST:-1000} identical reads at once cost $(( $(forwards) - before )) forwards to dc2"
+done

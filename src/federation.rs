@@ -145,13 +145,16 @@ pub struct Router {
     rtts: Mutex<RttCache>,
     opts: RouterOptions,
     metrics: FederationMetrics,
-    /// Reads for other DCs in flight, by what makes them identical.
-    inflight: Mutex<HashMap<Vec<u8>, SharedForward>>,
+    /// Reads for other DCs in flight, by what makes them identical. Held weakly: a forward
+    /// every asker abandoned is dropped (its remote wait released), never kept alive here.
+    inflight: Mutex<HashMap<Vec<u8>, futures::future::WeakShared<ForwardFuture>>>,
 }
 
 /// A forward that identical reads share.
-type SharedForward =
-    futures::future::Shared<futures::future::BoxFuture<'static, Result<AgentResponse, RpcError>>>;
+type ForwardFuture = futures::future::BoxFuture<'static, Result<AgentResponse, RpcError>>;
+
+/// Forgotten entries (their askers all gone) are swept once the map holds this many.
+const INFLIGHT_SWEEP: usize = 1024;
 
 /// What makes two reads for another DC identical: the DC, the query, the consistency
 /// asked, the index waited on and the token (answers depend on it). Pure.
@@ -204,8 +207,8 @@ impl Router {
         let key = coalesce_key(dc, read);
         let (shared, joined) = {
             let mut inflight = self.inflight.lock().expect("router lock");
-            match inflight.get(&key) {
-                Some(shared) => (shared.clone(), true),
+            match inflight.get(&key).and_then(|w| w.upgrade()) {
+                Some(shared) => (shared, true),
                 None => {
                     let (router, dc, req, k) =
                         (self.clone(), dc.to_string(), req.clone(), key.clone());
@@ -215,7 +218,12 @@ impl Router {
                             router.inflight.lock().expect("router lock").remove(&k);
                             out
                         }));
-                    inflight.insert(key, shared.clone());
+                    if inflight.len() >= INFLIGHT_SWEEP {
+                        inflight.retain(|_, w| w.upgrade().is_some());
+                    }
+                    if let Some(weak) = shared.downgrade() {
+                        inflight.insert(key, weak);
+                    }
                     (shared, false)
                 }
             }

@@ -81,7 +81,7 @@ async fn hold_queries(agent: &str, path: &str, n: usize) -> Vec<tokio::net::TcpS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_blocking_queries_are_released_on_every_server() {
     let net = 89;
-    // 400 connections from the test's one address: above the default cap of 200.
+    // 500 connections from the test's one address: above the default cap of 200.
     let dcs = start_dcs(net, "[limits]\nhttp_max_conns_per_client = 1000\n").await;
     let http = &dcs.http;
     let leader_pid = dcs.agents[0].0.as_ref().unwrap().id();
@@ -116,12 +116,15 @@ async fn abandoned_blocking_queries_are_released_on_every_server() {
         300,
     )
     .await;
-    let remote = hold_queries(
-        &agent,
-        &format!("/v1/kv/watched?dc=dc2&index={}&wait=1h", index[1]),
-        100,
-    )
-    .await;
+    // 100 distinct cross-DC queries (each its own forward to dc2), and 100 identical to the
+    // first, which share its forward on dc1's server (coalesced) and go with it.
+    let mut remote = Vec::new();
+    for i in 0..100 {
+        let path = format!("/v1/kv/watched?dc=dc2&index={}&wait=1h", index[1] + i);
+        remote.extend(hold_queries(&agent, &path, 1).await);
+    }
+    let path = format!("/v1/kv/watched?dc=dc2&index={}&wait=1h", index[1]);
+    remote.extend(hold_queries(&agent, &path, 100).await);
     eventually(
         Duration::from_secs(20),
         "every query waiting on its server",
