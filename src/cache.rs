@@ -367,12 +367,9 @@ impl AgentCache {
         dc: Option<&str>,
         query: Query,
     ) -> Result<Arc<ReadOutcome>, RpcError> {
-        let opts = ReadOptions {
-            mode: ReadMode::Stale,
-            max_stale: None,
-            min_index: 0,
-            wait: Duration::ZERO,
-        };
+        // The cache's own stale-if-error covers failures: a server's last-known answer
+        // is never stored as a fresh one.
+        let opts = ReadOptions::now(ReadMode::Stale);
         let out = self.inner.dispatcher.read(token, dc, query, opts).await?;
         Ok(self.store(entry, out))
     }
@@ -416,10 +413,9 @@ impl AgentCache {
                 continue;
             }
             let opts = ReadOptions {
-                mode: ReadMode::Stale,
-                max_stale: None,
                 min_index: index,
                 wait: REFRESH_WAIT.min(self.inner.limits.idle),
+                ..ReadOptions::now(ReadMode::Stale)
             };
             let read =
                 self.inner

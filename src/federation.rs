@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::gossip::{Member, MemberStatus};
 use crate::metrics::FederationMetrics;
 use crate::rpc::client::AgentClient;
-use crate::rpc::{AgentRequest, AgentResponse, RpcError};
+use crate::rpc::{AgentRequest, AgentResponse, ReadOutcome, RpcError};
 use crate::transport::{Transport, TransportError};
 
 /// Tunables of cross-DC routing.
@@ -148,13 +148,33 @@ pub struct Router {
     /// Reads for other DCs in flight, by what makes them identical. Held weakly: a forward
     /// every asker abandoned is dropped (its remote wait released), never kept alive here.
     inflight: Mutex<HashMap<Vec<u8>, futures::future::WeakShared<ForwardFuture>>>,
+    /// The last answer to each recent read that allows `stale-if-error`, and when it came.
+    last_good: Mutex<HashMap<Vec<u8>, (Arc<ReadOutcome>, Instant)>>,
 }
+
+/// Most last-known answers kept; past it the oldest eighth goes.
+const LAST_GOOD_MAX: usize = 4096;
 
 /// A forward that identical reads share.
 type ForwardFuture = futures::future::BoxFuture<'static, Result<AgentResponse, RpcError>>;
 
 /// Forgotten entries (their askers all gone) are swept once the map holds this many.
 const INFLIGHT_SWEEP: usize = 1024;
+
+/// What makes an answer a last-known one for a read: its DC, query, consistency and token
+/// (not the index it waited on). Pure.
+fn last_good_key(dc: &str, r: &crate::rpc::Read) -> Vec<u8> {
+    rmp_serde::to_vec(&(dc, &r.query, r.opts.mode, r.opts.max_stale, &r.token)).unwrap_or_default()
+}
+
+/// Whether a forward failed because the DC could not be reached (which `stale-if-error`
+/// covers), not because it refused or does not exist.
+fn unreachable(e: &RpcError) -> bool {
+    matches!(
+        e,
+        RpcError::NoReachableServer | RpcError::Forward { .. } | RpcError::Indeterminate { .. }
+    )
+}
 
 /// What makes two reads for another DC identical: the DC, the query, the consistency
 /// asked, the index waited on and the token (answers depend on it). Pure.
@@ -189,13 +209,13 @@ impl Router {
             opts,
             metrics,
             inflight: Mutex::new(HashMap::new()),
+            last_good: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Forwards `req` to DC `dc` as [`Router::forward`] does, except that a read joins an
-    /// identical one already in flight on this server and shares its answer: a hot name
-    /// asked by many clients at once costs one forward. A joiner never waits past its own
-    /// blocking wait: then it reads the current state instead.
+    /// Forwards `req` to DC `dc`: a read through [`Router::forward_coalesced`]; one that
+    /// allows `stale-if-error` is remembered when answered, and answered from that memory
+    /// (marked with the DC and the age) when the DC cannot be reached.
     pub async fn forward_shared(
         self: &Arc<Self>,
         dc: &str,
@@ -204,6 +224,63 @@ impl Router {
         let AgentRequest::Read(read) = req else {
             return self.forward(dc, req, req.timeout()).await;
         };
+        let out = self.forward_coalesced(dc, req, read).await;
+        let Some(max_age) = read.opts.stale_if_error else {
+            return out;
+        };
+        let key = last_good_key(dc, read);
+        match out {
+            Ok(AgentResponse::Read(Ok(outcome))) if outcome.stale_from.is_none() => {
+                self.remember(key, &outcome);
+                Ok(AgentResponse::Read(Ok(outcome)))
+            }
+            Err(e) if unreachable(&e) => {
+                let found = self
+                    .last_good
+                    .lock()
+                    .expect("router lock")
+                    .get(&key)
+                    .cloned();
+                match found.filter(|(_, at)| at.elapsed() <= max_age) {
+                    Some((answer, at)) => {
+                        self.metrics.stale_answers.with_label_values(&[dc]).inc();
+                        let mut stale = (*answer).clone();
+                        stale.stale_from = Some(crate::rpc::StaleAnswer {
+                            datacenter: dc.to_string(),
+                            age: at.elapsed(),
+                        });
+                        Ok(AgentResponse::Read(Ok(stale)))
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn remember(&self, key: Vec<u8>, outcome: &ReadOutcome) {
+        let mut last = self.last_good.lock().expect("router lock");
+        last.insert(key, (Arc::new(outcome.clone()), Instant::now()));
+        if last.len() > LAST_GOOD_MAX {
+            let mut by_age: Vec<(Instant, Vec<u8>)> =
+                last.iter().map(|(k, (_, at))| (*at, k.clone())).collect();
+            by_age.sort_by_key(|(at, _)| *at);
+            for (_, k) in by_age.into_iter().take(LAST_GOOD_MAX / 8) {
+                last.remove(&k);
+            }
+        }
+    }
+
+    /// Forwards read `req` to DC `dc` as [`Router::forward`] does, except that it joins an
+    /// identical one already in flight on this server and shares its answer: a hot name
+    /// asked by many clients at once costs one forward. A joiner never waits past its own
+    /// blocking wait: then it reads the current state instead.
+    async fn forward_coalesced(
+        self: &Arc<Self>,
+        dc: &str,
+        req: &AgentRequest,
+        read: &crate::rpc::Read,
+    ) -> Result<AgentResponse, RpcError> {
         let key = coalesce_key(dc, read);
         let (shared, joined) = {
             let mut inflight = self.inflight.lock().expect("router lock");
@@ -449,6 +526,7 @@ mod tests {
                 max_stale: None,
                 min_index,
                 wait: Duration::from_secs(300),
+                stale_if_error: None,
             },
             token: token.map(|t| crate::acl::Secret(t.into())),
         };

@@ -737,6 +737,9 @@ pub struct FederationMetrics {
     /// Reads for another DC that joined an identical one in flight instead of being
     /// forwarded themselves.
     pub coalesced: IntCounter,
+    /// Reads for an unreachable DC answered with the last answer this server got for them
+    /// (`stale-if-error`), by datacenter.
+    pub stale_answers: IntCounterVec,
 }
 
 impl FederationMetrics {
@@ -783,6 +786,18 @@ impl FederationMetrics {
                 IntCounter::new(
                     "consulate_federation_coalesced_total",
                     "Reads for another DC that shared an identical read's forward in flight.",
+                )
+                .expect("valid metric"),
+            ),
+            stale_answers: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_federation_stale_answers_total",
+                        "Reads for an unreachable DC answered with this server's last answer \
+                         to them (stale-if-error), by datacenter.",
+                    ),
+                    &["datacenter"],
                 )
                 .expect("valid metric"),
             ),

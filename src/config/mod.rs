@@ -224,7 +224,15 @@ pub struct DnsConfig {
     pub recursor_timeout: GoDuration,
     /// The SOA record's timers.
     pub soa: SoaConfig,
+    /// Names in another DC that cannot be reached are answered from the last answer a
+    /// server of this DC got for them, up to this old, with a TTL of at most
+    /// [`STALE_DNS_TTL`] (off unless set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_stale_if_error: Option<GoDuration>,
 }
+
+/// The longest TTL of a DNS answer given from a last-known answer of an unreachable DC.
+pub const STALE_DNS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Default for DnsConfig {
     fn default() -> Self {
@@ -238,6 +246,7 @@ impl Default for DnsConfig {
             recursors: Vec::new(),
             recursor_timeout: GoDuration(std::time::Duration::from_secs(2)),
             soa: SoaConfig::default(),
+            remote_stale_if_error: None,
         }
     }
 }

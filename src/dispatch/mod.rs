@@ -835,6 +835,7 @@ impl Dispatcher {
                         meta,
                         mode: opts.mode,
                         filtered,
+                        stale_from: None,
                     });
                 }
                 query.watch(&r.state)

@@ -237,6 +237,7 @@ impl Resolver {
                     max_stale: config.allow_stale.then_some(config.max_stale.0),
                     min_index: 0,
                     wait: Duration::ZERO,
+                    stale_if_error: config.remote_stale_if_error.map(|d| d.0),
                 },
                 node_ttl: seconds(config.node_ttl.0),
                 service_ttl: config
@@ -383,22 +384,29 @@ impl Resolver {
             .read(None, dc.as_deref(), query, inner.read)
             .await
         {
-            Ok(out) => match out.result {
-                QueryResult::Health(list) => {
-                    let mut instances = healthy_instances(list, inner.only_passing);
-                    instances.shuffle(&mut rand::rng());
-                    Found::Service {
-                        instances,
-                        dc: dc_name,
-                        ttl,
+            Ok(out) => {
+                // A server's last-known answer for a DC it cannot reach is not cached long.
+                let ttl = match out.stale_from {
+                    Some(_) => ttl.min(crate::config::STALE_DNS_TTL.as_secs() as u32),
+                    None => ttl,
+                };
+                match out.result {
+                    QueryResult::Health(list) => {
+                        let mut instances = healthy_instances(list, inner.only_passing);
+                        instances.shuffle(&mut rand::rng());
+                        Found::Service {
+                            instances,
+                            dc: dc_name,
+                            ttl,
+                        }
                     }
+                    QueryResult::NodeServices(Some((node, _))) => Found::Node {
+                        address: node.address,
+                        ttl,
+                    },
+                    _ => Found::NoSuchName,
                 }
-                QueryResult::NodeServices(Some((node, _))) => Found::Node {
-                    address: node.address,
-                    ttl,
-                },
-                _ => Found::NoSuchName,
-            },
+            }
             // An unknown datacenter is an unknown name (Consul).
             Err(RpcError::NoPathToDatacenter) => Found::NoSuchName,
             Err(_) => Found::Failed,

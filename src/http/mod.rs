@@ -649,6 +649,18 @@ fn read_headers(out: &ReadOutcome) -> HeaderMap {
             HeaderValue::from_static("true"),
         );
     }
+    if let Some(stale) = &out.stale_from {
+        // A server's last-known answer for a DC it could not reach: marked so that no one
+        // takes it for fresh.
+        h.insert(
+            "X-Consul-Effective-Consistency",
+            HeaderValue::from_static("stale"),
+        );
+        h.insert("Age", num(stale.age.as_secs()));
+        if let Ok(dc) = HeaderValue::from_str(&stale.datacenter) {
+            h.insert("X-Consulate-Unreachable-Datacenter", dc);
+        }
+    }
     h
 }
 

@@ -194,6 +194,7 @@ impl Params {
             mode,
             max_stale,
             min_index,
+            stale_if_error: self.2.stale_if_error,
             wait: if min_index > 0 {
                 wait + jitter
             } else {

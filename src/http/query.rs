@@ -332,6 +332,7 @@ async fn run(
         meta: out.meta,
         mode: opts.mode,
         filtered: false,
+        stale_from: None,
     });
     Ok((headers, out))
 }

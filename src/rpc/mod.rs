@@ -170,6 +170,10 @@ pub struct ReadOptions {
     pub min_index: u64,
     /// Blocking query: the longest wait.
     pub wait: Duration,
+    /// `Cache-Control: stale-if-error`: for another DC that cannot be reached, the server
+    /// that forwards may answer with its last answer to the same query up to this old.
+    #[serde(default)]
+    pub stale_if_error: Option<Duration>,
 }
 
 impl ReadOptions {
@@ -180,8 +184,18 @@ impl ReadOptions {
             max_stale: None,
             min_index: 0,
             wait: Duration::ZERO,
+            stale_if_error: None,
         }
     }
+}
+
+/// An answer a server gave from memory because the DC it was for could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleAnswer {
+    /// The DC that could not be reached.
+    pub datacenter: String,
+    /// How old the answer is.
+    pub age: Duration,
 }
 
 /// A read's answer and what Consul's headers say about it.
@@ -198,6 +212,9 @@ pub struct ReadOutcome {
     /// Whether ACLs removed part of the answer (`X-Consul-Results-Filtered-By-ACLs`).
     #[serde(default)]
     pub filtered: bool,
+    /// Set when this is a server's last-known answer for a DC it could not reach.
+    #[serde(default)]
+    pub stale_from: Option<StaleAnswer>,
 }
 
 /// The DC's Raft leader and voters, as `status/leader` and `status/peers` report them.

@@ -3,7 +3,9 @@
 //! instance without a fetch; a blocking query on the cache; with the DCs cut apart,
 //! `Cache-Control: stale-if-error` answering the last-known instances every time (marked
 //! by `Age`) while a request without it fails as an uncached one does; after healing,
-//! fresh answers again. Identical uncached reads in flight together share one forward.
+//! fresh answers again. Identical uncached reads in flight together share one forward;
+//! through the cut, dc1's server answers uncached reads that allow `stale-if-error` (and
+//! DNS names, as configured) from its last answer, marked with the unreachable DC.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -55,6 +57,28 @@ fn ports(v: &Value) -> Vec<u64> {
     p
 }
 
+/// The A records `dig` gets for `name` from the agent at `server`.
+fn dig_a(server: &str, name: &str) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args([
+            &format!("@{server}"),
+            "-p",
+            "8600",
+            "+time=3",
+            "+tries=1",
+            name,
+            "A",
+            "+short",
+        ])
+        .output()
+        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .map(str::to_string)
+        .collect()
+}
+
 async fn register(http: &reqwest::Client, agent: &str, node: &str, port: u16) {
     let r = http
         .put(format!("{agent}/v1/catalog/register"))
@@ -101,8 +125,19 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
     let mut agents = Vec::new();
     for (dc, wan_join) in [(1, None), (2, Some(1))] {
         let server_extra = format!("advertise_addr_wan = \"{}\"\n", front(dc));
-        for config in write_small_dc_with(dir.path(), &pki, (NET, dc), wan_join, &server_extra, "")
-        {
+        // dc1's client answers DNS names of an unreachable DC from the last answer.
+        let client_extra = match dc {
+            1 => "[dns]\nremote_stale_if_error = \"60s\"\n",
+            _ => "",
+        };
+        for config in write_small_dc_with(
+            dir.path(),
+            &pki,
+            (NET, dc),
+            wan_join,
+            &server_extra,
+            client_extra,
+        ) {
             agents.push(spawn_agent(&config));
         }
     }
@@ -192,8 +227,33 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
         "most reads shared a forward: {joined} of 200"
     );
 
+    // Reads that allow stale-if-error are remembered by dc1's server as they are answered.
+    let (status, _, _, v) = get(&http, &uncached, Some("stale-if-error=60")).await;
+    assert_eq!((status, ports(&v)), (200, vec![8001, 8002, 8003]));
+    assert_eq!(dig_a(&ip(1, 21), "web.service.dc2.consul"), ["10.1.0.1"]);
+
     // The WAN cut: with stale-if-error every answer is the last-known one, marked by Age.
     wan.cut("dc1", "dc2");
+    // Uncached, dc1's server answers from its memory, marked; DNS too.
+    let r = http
+        .get(&uncached)
+        .header("Cache-Control", "stale-if-error=60")
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| r.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header("X-Consul-Effective-Consistency"), "stale");
+    assert_eq!(header("X-Consulate-Unreachable-Datacenter"), "dc2");
+    assert!(header("Age").parse::<u64>().is_ok());
+    assert_eq!(ports(&r.json().await.unwrap()), [8001, 8002, 8003]);
+    assert_eq!(
+        dig_a(&ip(1, 21), "web.service.dc2.consul"),
+        ["10.1.0.1"],
+        "DNS answers from the last answer while dc2 is cut off"
+    );
+    let (status, _, _, _) = get(&http, &uncached, None).await;
+    assert_eq!(status, 500, "a read that does not allow it fails");
     let stale = Some("stale-if-error=60");
     let lost = eventually(
         Duration::from_secs(40),
@@ -232,6 +292,16 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
         .await
         .unwrap()
             >= 3.0
+    );
+    assert!(
+        metric(
+            &http,
+            &dc1_server,
+            "consulate_federation_stale_answers_total{datacenter=\"dc2\"}"
+        )
+        .await
+        .unwrap()
+            >= 2.0
     );
 
     // Healed: fresh answers again (a change made during the cut included).
