@@ -149,8 +149,11 @@ pub struct Router {
     /// every asker abandoned is dropped (its remote wait released), never kept alive here.
     inflight: Mutex<HashMap<Vec<u8>, futures::future::WeakShared<ForwardFuture>>>,
     /// The last answer to each recent read that allows `stale-if-error`, and when it came.
-    last_good: Mutex<HashMap<Vec<u8>, (Arc<ReadOutcome>, Instant)>>,
+    last_good: Mutex<HashMap<Vec<u8>, LastGood>>,
 }
+
+/// A remembered answer and when it came.
+type LastGood = (Arc<ReadOutcome>, Instant);
 
 /// Most last-known answers kept; past it the oldest eighth goes.
 const LAST_GOOD_MAX: usize = 4096;
