@@ -274,16 +274,21 @@ impl Router {
         }
     }
 
-    /// Forwards read `req` to DC `dc` as [`Router::forward`] does, except that it joins an
-    /// identical one already in flight on this server and shares its answer: a hot name
-    /// asked by many clients at once costs one forward. A joiner never waits past its own
-    /// blocking wait: then it reads the current state instead.
+    /// Forwards read `req` to DC `dc` as [`Router::forward`] does, except that (unless it
+    /// is `?consistent`) it joins an identical one already in flight on this server and
+    /// shares its answer: a hot name asked by many clients at once costs one forward. A
+    /// joiner never waits past its own blocking wait: then it reads the current state.
     async fn forward_coalesced(
         self: &Arc<Self>,
         dc: &str,
         req: &AgentRequest,
         read: &crate::rpc::Read,
     ) -> Result<AgentResponse, RpcError> {
+        // A consistent read must see every write done before it began: one already in
+        // flight may have read before such a write, so it is never shared.
+        if read.opts.mode == crate::vocab::ReadMode::Consistent {
+            return self.forward(dc, req, req.timeout()).await;
+        }
         let key = coalesce_key(dc, read);
         let (shared, joined) = {
             let mut inflight = self.inflight.lock().expect("router lock");
