@@ -74,7 +74,7 @@ s=http://127.0.85.1:8500
 forwards() { curl -sf "$s/metrics" | awk '/^consulate_rpc_cross_dc_total\{datacenter="dc2"/ {n += $2} END {print n + 0}'; }
 for r in $(seq "$reps"); do
   before=$(forwards)
-  python3 - "$s" "${BURST:-1000}" <<'PY'
+  python3 - "$s" "${BURST:-1000}" "$dir/burst_ms" <<'PY'
 import sys, threading, urllib.request
 url, n = sys.argv[1] + "/v1/health/service/web?dc=dc2", int(sys.argv[2])
 gate, failed = threading.Barrier(n), []
@@ -86,8 +86,11 @@ def ask():
         failed.append(e)
 threads = [threading.Thread(target=ask) for _ in range(n)]
 for t in threads: t.start()
+import time
+started = time.monotonic()
 for t in threads: t.join()
 assert not failed, failed[:3]
+print(f"{(time.monotonic() - started) * 1000:.0f}", file=open(sys.argv[3], "w"))
 PY
-  echo "burst #$r: ${BURST:-1000} identical reads at once cost $(( $(forwards) - before )) forwards to dc2"
+  echo "burst #$r: ${BURST:-1000} identical reads at once (all answered within $(cat "$dir/burst_ms") ms) cost $(( $(forwards) - before )) forwards to dc2"
 done
