@@ -146,8 +146,33 @@ impl Entry {
     }
 }
 
+/// Where the cache fetches from: the agent's [`Dispatcher`] (a stand-in in unit tests).
+pub trait Fetch: Send + Sync + 'static {
+    /// Reads `query` in `dc` for `token` as `opts` say.
+    fn read(
+        &self,
+        token: Option<Secret>,
+        dc: Option<String>,
+        query: Query,
+        opts: ReadOptions,
+    ) -> futures::future::BoxFuture<'static, Result<ReadOutcome, RpcError>>;
+}
+
+impl Fetch for Dispatcher {
+    fn read(
+        &self,
+        token: Option<Secret>,
+        dc: Option<String>,
+        query: Query,
+        opts: ReadOptions,
+    ) -> futures::future::BoxFuture<'static, Result<ReadOutcome, RpcError>> {
+        let dispatcher = self.clone();
+        Box::pin(async move { dispatcher.read(token, dc.as_deref(), query, opts).await })
+    }
+}
+
 struct Inner {
-    dispatcher: Dispatcher,
+    fetch: Arc<dyn Fetch>,
     entries: Mutex<HashMap<Key, Arc<Entry>>>,
     metrics: CacheMetrics,
     limits: CacheLimits,
@@ -176,16 +201,16 @@ fn unavailable(e: &RpcError) -> bool {
 }
 
 impl AgentCache {
-    /// A cache that fetches through `dispatcher`; its refreshes stop when `shutdown` fires.
+    /// A cache that fetches through `fetch`; its refreshes stop when `shutdown` fires.
     pub fn new(
-        dispatcher: Dispatcher,
+        fetch: Arc<dyn Fetch>,
         metrics: CacheMetrics,
         limits: CacheLimits,
         shutdown: CancellationToken,
     ) -> AgentCache {
         AgentCache {
             inner: Arc::new(Inner {
-                dispatcher,
+                fetch,
                 entries: Mutex::new(HashMap::new()),
                 metrics,
                 limits,
@@ -370,7 +395,11 @@ impl AgentCache {
         // The cache's own stale-if-error covers failures: a server's last-known answer
         // is never stored as a fresh one.
         let opts = ReadOptions::now(ReadMode::Stale);
-        let out = self.inner.dispatcher.read(token, dc, query, opts).await?;
+        let out = self
+            .inner
+            .fetch
+            .read(token, dc.map(str::to_string), query, opts)
+            .await?;
         Ok(self.store(entry, out))
     }
 
@@ -417,10 +446,10 @@ impl AgentCache {
                 wait: REFRESH_WAIT.min(self.inner.limits.idle),
                 ..ReadOptions::now(ReadMode::Stale)
             };
-            let read =
-                self.inner
-                    .dispatcher
-                    .read(token.clone(), dc.as_deref(), query.clone(), opts);
+            let read = self
+                .inner
+                .fetch
+                .read(token.clone(), dc.clone(), query.clone(), opts);
             let result = tokio::select! {
                 r = read => r,
                 () = entry.stop.cancelled() => return,
@@ -455,6 +484,151 @@ impl AgentCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for the servers: answers at once at index 1 (a blocking refresh waits
+    /// until cancelled), or fails while `down`.
+    struct Servers {
+        down: std::sync::atomic::AtomicBool,
+        fetches: std::sync::atomic::AtomicU64,
+    }
+
+    impl Fetch for Servers {
+        fn read(
+            &self,
+            _: Option<Secret>,
+            _: Option<String>,
+            query: Query,
+            opts: ReadOptions,
+        ) -> futures::future::BoxFuture<'static, Result<ReadOutcome, RpcError>> {
+            if opts.min_index > 0 {
+                return Box::pin(std::future::pending());
+            }
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            if self.down.load(Ordering::Relaxed) {
+                return Box::pin(std::future::ready(Err(RpcError::NoReachableServer)));
+            }
+            let Query::KvGet { key } = query else {
+                unreachable!("the tests read keys")
+            };
+            Box::pin(std::future::ready(Ok(ReadOutcome {
+                result: crate::state::query::QueryResult::Keys(vec![key; 8]),
+                index: 1,
+                meta: crate::raft::ReadMeta {
+                    known_leader: true,
+                    last_contact_ms: 0,
+                },
+                mode: ReadMode::Stale,
+                filtered: false,
+                stale_from: None,
+            })))
+        }
+    }
+
+    fn cache(limits: CacheLimits) -> (AgentCache, Arc<Servers>, CacheMetrics) {
+        let servers = Arc::new(Servers {
+            down: Default::default(),
+            fetches: Default::default(),
+        });
+        let metrics = crate::metrics::Metrics::new().cache;
+        let c = AgentCache::new(
+            servers.clone(),
+            metrics.clone(),
+            limits,
+            CancellationToken::new(),
+        );
+        (c, servers, metrics)
+    }
+
+    fn key(i: usize) -> Query {
+        Query::KvGet {
+            key: format!("k{i}"),
+        }
+    }
+
+    async fn read(
+        c: &AgentCache,
+        i: usize,
+        control: CacheControl,
+    ) -> Result<CachedAnswer, RpcError> {
+        c.read(None, Some("dc2"), key(i), control, 0, Duration::ZERO)
+            .await
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_over_100_000_distinct_queries() {
+        let limits = CacheLimits {
+            max_entries: 1_000,
+            idle: Duration::from_secs(3600),
+        };
+        let (c, servers, metrics) = cache(limits);
+        let mut peak = (0, 0);
+        for i in 0..100_000 {
+            let a = read(&c, i, CacheControl::default()).await.unwrap();
+            assert!(!a.hit);
+            peak.0 = peak.0.max(metrics.entries.get());
+            peak.1 = peak.1.max(metrics.bytes.get());
+        }
+        assert!(peak.0 <= 1_001, "entries peaked at {}", peak.0);
+        let per_entry = metrics.bytes.get() / metrics.entries.get();
+        assert!(peak.1 <= 1_001 * per_entry, "bytes peaked at {}", peak.1);
+        assert!(metrics.evictions.with_label_values(&["capacity"]).get() >= 99_000);
+        assert_eq!(servers.fetches.load(Ordering::Relaxed), 100_000);
+        // The newest are still there: a hit, no fetch.
+        assert!(read(&c, 99_999, CacheControl::default()).await.unwrap().hit);
+        assert_eq!(servers.fetches.load(Ordering::Relaxed), 100_000);
+        c.inner.shutdown.cancel();
+        c.close(Duration::from_secs(5)).await;
+        assert!(
+            c.inner.tasks.is_empty(),
+            "every refresh ended with the agent"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_served_stale_only_when_asked_and_marked_with_its_age() {
+        let (c, servers, metrics) = cache(CacheLimits::default());
+        assert!(!read(&c, 1, CacheControl::default()).await.unwrap().hit);
+        assert!(read(&c, 1, CacheControl::default()).await.unwrap().hit);
+        // The refresh loses contact (as a failing blocking query would record it).
+        servers.down.store(true, Ordering::Relaxed);
+        let entry = c.entry(None, Some("dc2"), &key(1));
+        entry.state.send_modify(|s| {
+            s.lost_contact = Some(Instant::now() - Duration::from_secs(5));
+        });
+        let stale = CacheControl {
+            stale_if_error: Some(Duration::from_secs(60)),
+            ..CacheControl::default()
+        };
+        let a = read(&c, 1, stale).await.unwrap();
+        assert!(
+            a.hit && a.age >= Duration::from_secs(5),
+            "marked by its age"
+        );
+        assert!(matches!(
+            read(&c, 1, CacheControl::default()).await,
+            Err(RpcError::NoReachableServer)
+        ));
+        let too_old = CacheControl {
+            stale_if_error: Some(Duration::from_secs(1)),
+            ..CacheControl::default()
+        };
+        assert!(
+            read(&c, 1, too_old).await.is_err(),
+            "older than stale-if-error allows"
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["stale_if_error"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.requests.with_label_values(&["error"]).get(), 2);
+        // Back: a fetch refreshes it, and max-age is met again.
+        servers.down.store(false, Ordering::Relaxed);
+        let a = read(&c, 1, CacheControl::default()).await.unwrap();
+        assert!(!a.hit && a.age == Duration::ZERO);
+    }
 
     #[test]
     fn cache_control_reads_consuls_directives() {

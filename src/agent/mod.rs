@@ -396,7 +396,7 @@ impl Agent {
                 reason: e.to_string(),
             })?;
         let cache = crate::cache::AgentCache::new(
-            dispatcher.clone(),
+            Arc::new(dispatcher.clone()),
             metrics.cache.clone(),
             crate::cache::CacheLimits::default(),
             shutdown.child_token(),
