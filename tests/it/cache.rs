@@ -307,6 +307,7 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
     // Healed: fresh answers again (a change made during the cut included).
     register(&http, &c2, "n4", 8004).await;
     wan.heal("dc1", "dc2");
+    let healed = std::time::Instant::now();
     eventually(
         Duration::from_secs(30),
         "fresh answers after healing",
@@ -316,5 +317,6 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
         },
     )
     .await;
+    println!("fresh cached answers {:?} after healing", healed.elapsed());
     drop(agents);
 }
