@@ -246,59 +246,64 @@ pub async fn service(
     Ok((headers, Json(json)).into_response())
 }
 
-/// `catalog/node/:node`'s shape.
+/// A node's services: by ID (`catalog/node/:node`) or as a list
+/// (`catalog/node-services/:node`).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ServicesJson<'a> {
+    ById(BTreeMap<&'a str, ServiceJson<'a>>),
+    List(Vec<ServiceJson<'a>>),
+}
+
+/// `catalog/node/:node` and `catalog/node-services/:node`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct NodeServicesJson<'a> {
     node: NodeJson<'a>,
-    services: BTreeMap<&'a str, ServiceJson<'a>>,
+    services: ServicesJson<'a>,
 }
 
-/// `GET /v1/catalog/node/:node`: the node and its services (`null` for an unknown node).
+/// The node and its services (`null` for an unknown node), the services by ID or listed.
+async fn node_answer(
+    api: &Api,
+    p: &Params,
+    node: String,
+    listed: bool,
+) -> Result<Response, HttpError> {
+    let (headers, out) = read(api, p, Query::NodeServices { node }).await?;
+    let QueryResult::NodeServices(found) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let json = found.as_ref().map(|(n, services)| {
+        let shown = services.iter().map(|s| ServiceJson::new(s, &n.datacenter));
+        NodeServicesJson {
+            node: NodeJson::from(n),
+            services: match listed {
+                true => ServicesJson::List(shown.collect()),
+                false => {
+                    ServicesJson::ById(services.iter().map(|s| s.id.as_str()).zip(shown).collect())
+                }
+            },
+        }
+    });
+    Ok((headers, Json(json)).into_response())
+}
+
+/// `GET /v1/catalog/node/:node`: the node and its services by ID.
 pub async fn node(
     State(api): State<Api>,
     Path(node): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    let (headers, out) = read(&api, &p, Query::NodeServices { node }).await?;
-    let QueryResult::NodeServices(found) = &out.result else {
-        return Err(HttpError::shape());
-    };
-    let json = found.as_ref().map(|(n, services)| NodeServicesJson {
-        node: NodeJson::from(n),
-        services: services
-            .iter()
-            .map(|s| (s.id.as_str(), ServiceJson::new(s, &n.datacenter)))
-            .collect(),
-    });
-    Ok((headers, Json(json)).into_response())
-}
-
-/// `catalog/node-services/:node`'s shape: the services as a list.
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct NodeServiceListJson<'a> {
-    node: NodeJson<'a>,
-    services: Vec<ServiceJson<'a>>,
+    node_answer(&api, &p, node, false).await
 }
 
 /// `GET /v1/catalog/node-services/:node` (filterable by service): the node and its
-/// services as a list (`null` for an unknown node).
+/// services as a list.
 pub async fn node_services(
     State(api): State<Api>,
     Path(node): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    let (headers, out) = read(&api, &p, Query::NodeServices { node }).await?;
-    let QueryResult::NodeServices(found) = &out.result else {
-        return Err(HttpError::shape());
-    };
-    let json = found.as_ref().map(|(n, services)| NodeServiceListJson {
-        node: NodeJson::from(n),
-        services: services
-            .iter()
-            .map(|s| ServiceJson::new(s, &n.datacenter))
-            .collect(),
-    });
-    Ok((headers, Json(json)).into_response())
+    node_answer(&api, &p, node, true).await
 }
