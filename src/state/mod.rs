@@ -459,6 +459,11 @@ impl State {
         if table == Table::Acl {
             self.acl_resolved.write().expect("acl cache").clear();
         }
+        // Many changes at one index (a transaction's keys, a batch) wake the table's
+        // waiters once: they read only after the whole apply anyway.
+        if self.data.indexes[table.slot()] == index {
+            return;
+        }
         self.data.indexes[table.slot()] = index;
         self.watches[table.slot()].send_replace(index);
     }

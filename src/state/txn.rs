@@ -400,7 +400,7 @@ impl State {
         if op.verb.is_read() {
             return self.txn_check(op);
         }
-        let key = op.key.clone();
+        let key = &op.key;
         let refused = |r: CommandResult, what: String| match r {
             CommandResult::Bool(true) | CommandResult::Ok => Ok(()),
             CommandResult::Rejected(why) => Err(why),
@@ -435,23 +435,23 @@ impl State {
                 ),
             )?,
             KvVerb::Delete => {
-                self.kv_delete(index, &key);
+                self.kv_delete(index, key);
                 return Ok(Vec::new());
             }
             KvVerb::DeleteTree => {
-                self.kv_delete_tree(index, &key);
+                self.kv_delete_tree(index, key);
                 return Ok(Vec::new());
             }
             KvVerb::DeleteCas => {
                 refused(
-                    self.kv_delete_cas(index, &key, op.index),
+                    self.kv_delete_cas(index, key, op.index),
                     format!("failed to delete key {key:?}, index is stale"),
                 )?;
                 return Ok(Vec::new());
             }
             _ => unreachable!("reads are answered above"),
         }
-        Ok(self.kv_get(&key).map(meta).into_iter().collect())
+        Ok(self.kv_get(key).map(meta).into_iter().collect())
     }
 }
 
