@@ -119,8 +119,6 @@ struct Snapshot {
     answer: Option<Arc<ReadOutcome>>,
     /// Since when the refresh fails (`None`: connected).
     lost_contact: Option<Instant>,
-    /// The last failure, for a request that has no answer to fall back on.
-    error: Option<RpcError>,
 }
 
 impl Snapshot {
@@ -379,7 +377,6 @@ impl AgentCache {
                 }
             }
             s.lost_contact = None;
-            s.error = None;
         });
         kept
     }
@@ -459,10 +456,9 @@ impl AgentCache {
                     backoff = Duration::from_secs(1);
                     self.store(&entry, out);
                 }
-                Err(e) => {
+                Err(_) => {
                     entry.state.send_modify(|s| {
                         s.lost_contact.get_or_insert_with(Instant::now);
-                        s.error = Some(e);
                     });
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

@@ -689,18 +689,25 @@ async fn follow_events(
         let mut found = Vec::new();
         {
             let c = chitchat.lock().await;
-            let mut now = std::collections::HashMap::with_capacity(seen.len());
+            // Only the nodes whose state changed are read; nothing is copied for the
+            // others (this runs every round, on every member of a large pool).
             for (id, s) in c.node_states() {
                 let version = s.max_version();
-                if seen.get(id) != Some(&version) {
-                    found.extend(
-                        s.iter_prefix(events::KEY_PREFIX)
-                            .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
-                    );
+                match seen.get_mut(id) {
+                    Some(v) if *v == version => continue,
+                    Some(v) => *v = version,
+                    None => {
+                        seen.insert(id.clone(), version);
+                    }
                 }
-                now.insert(id.clone(), version);
+                found.extend(
+                    s.iter_prefix(events::KEY_PREFIX)
+                        .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
+                );
             }
-            seen = now;
+            if seen.len() > c.node_states().len() {
+                seen.retain(|id, _| c.node_states().contains_key(id));
+            }
         }
         found.sort_by_key(|e| e.ltime);
         for e in found {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::Api;
 use super::catalog::parse_status;
 use super::error::HttpError;
-use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_value};
+use super::json::{CheckJson, ServiceBody, ServiceJson, decode, decode_object, decode_value};
 use super::params::Params;
 use crate::acl::{Access, Authorizer, Permission, Resource, Scalar};
 use crate::agent::local::{CheckKind, LocalCheck, LocalError, ServiceWithChecks};
@@ -130,7 +130,7 @@ pub async fn self_info(State(api): State<Api>, p: Params) -> Result<Response, Ht
 }
 
 /// `agent:<level>` on this agent's node.
-fn agent_perm(api: &Api, level: Access) -> Permission {
+pub(super) fn agent_perm(api: &Api, level: Access) -> Permission {
     Permission::named(Resource::Agent, api.local.node.name.clone(), level)
 }
 
@@ -540,12 +540,11 @@ pub async fn metrics(State(api): State<Api>, p: Params) -> Result<Response, Http
 pub fn config_definitions(
     config: &crate::config::AgentConfig,
 ) -> Result<(Vec<ServiceWithChecks>, Vec<LocalCheck>), HttpError> {
-    let bytes = |v: &serde_json::Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
     let services = config
         .services
         .iter()
         .map(|v| {
-            let (def, checks) = decode::<ServiceBody>(&bytes(v))?.into_definition()?;
+            let (def, checks) = decode_object::<ServiceBody>(v.clone())?.into_definition()?;
             def.check_bounds().map_err(HttpError::BadRequest)?;
             let checks = checks
                 .into_iter()
@@ -557,7 +556,7 @@ pub fn config_definitions(
     let checks = config
         .checks
         .iter()
-        .map(|v| decode::<CheckBody>(&bytes(v))?.into_local())
+        .map(|v| decode_object::<CheckBody>(v.clone())?.into_local())
         .collect::<Result<Vec<_>, _>>()?;
     Ok((services, checks))
 }

@@ -19,17 +19,28 @@ use crate::state::{Check, HealthStatus, Service};
 /// Consul's header for [`service`]'s hash.
 const CONTENT_HASH: &str = "X-Consul-ContentHash";
 
-/// The service `id` of this agent with the checks its health depends on: its own and
-/// the node's (node maintenance takes every service down).
-fn service_and_checks(api: &Api, local: &LocalState, id: &str) -> Option<(Service, Vec<Check>)> {
-    let def = local.services.get(id)?;
-    let service = def.clone().into_service(api.local.node.name.clone());
-    let checks = local
-        .catalog_checks(&api.local.node.name)
-        .into_values()
-        .filter(|c| c.service_id.is_empty() || c.service_id == id)
-        .collect();
-    Some((service, checks))
+/// The services of this agent whose IDs `ids` picks, each with the checks its health
+/// depends on: its own and the node's (node maintenance takes every service down).
+fn services_and_checks(
+    api: &Api,
+    local: &LocalState,
+    ids: impl Fn(&str, &str) -> bool,
+) -> Vec<(Service, Vec<Check>)> {
+    let checks = local.catalog_checks(&api.local.node.name);
+    local
+        .services
+        .values()
+        .filter(|d| ids(d.effective_id(), &d.service))
+        .map(|d| {
+            let id = d.effective_id();
+            let own = checks
+                .values()
+                .filter(|c| c.service_id.is_empty() || c.service_id == id)
+                .cloned()
+                .collect();
+            (d.clone().into_service(api.local.node.name.clone()), own)
+        })
+        .collect()
 }
 
 /// The worst status among `checks` (passing when there are none, as Consul's).
@@ -82,7 +93,7 @@ pub async fn by_id(
     p: Params,
 ) -> Result<Response, HttpError> {
     let local = api.local.snapshot();
-    let found = service_and_checks(&api, &local, &id);
+    let found = services_and_checks(&api, &local, |sid, _| sid == id).pop();
     if let Some((s, _)) = &found {
         api.authorize(
             &p,
@@ -129,12 +140,7 @@ pub async fn by_name(
     )
     .await?;
     let local = api.local.snapshot();
-    let found: Vec<(Service, Vec<Check>)> = local
-        .services
-        .values()
-        .filter(|d| d.service == name)
-        .filter_map(|d| service_and_checks(&api, &local, d.effective_id()))
-        .collect();
+    let found = services_and_checks(&api, &local, |_, service| service == name);
     if found.is_empty() {
         let reason = format!("ServiceName {name} Not Found");
         return Ok(match text(&p) {
@@ -192,29 +198,15 @@ pub async fn service(
             "unknown service ID: {id}"
         )));
     }
-    let wait = p
-        .duration("wait")?
-        .unwrap_or(super::params::DEFAULT_WAIT)
-        .min(crate::vocab::MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
+    let held = p.get("hash").filter(|h| !h.is_empty());
     let mut changes = api.local.subscribe();
-    let (hash, json) = loop {
-        changes.borrow_and_update();
-        let Some(view) = service_view(&api, &id) else {
-            return Err(HttpError::NotFoundBecause(format!(
-                "unknown service ID: {id}"
-            )));
-        };
-        let unchanged = p.get("hash").is_some_and(|h| !h.is_empty() && h == view.0);
-        if !unchanged {
-            break view;
-        }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { break view },
-            () = tokio::time::sleep_until(deadline) => break view,
-            () = api.shutdown.cancelled() => break view,
-        }
-    };
+    let (hash, json) = super::block_locally(&mut changes, p.local_wait()?, &api.shutdown, || {
+        let view = service_view(&api, &id)
+            .ok_or_else(|| HttpError::NotFoundBecause(format!("unknown service ID: {id}")))?;
+        let ready = held.is_none_or(|h| h != view.0);
+        Ok((view, ready))
+    })
+    .await?;
     let mut resp = Json(json).into_response();
     if let Ok(v) = HeaderValue::from_str(&hash) {
         resp.headers_mut().insert(CONTENT_HASH, v);
@@ -239,7 +231,7 @@ async fn service_allowed(
         .map(|d| d.service.clone());
     let perm = match &name {
         Some(name) => Permission::named(Resource::Service, name.clone(), access),
-        None => Permission::named(Resource::Agent, api.local.node.name.clone(), access),
+        None => super::agent::agent_perm(api, access),
     };
     api.authorize(p, perm).await?;
     Ok(name.is_some())

@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::Api;
+use super::agent::agent_perm;
 use super::error::HttpError;
 use super::params::Params;
-use crate::acl::{Access, Permission, Resource, Scalar};
+use crate::acl::{Access, Permission, Scalar};
 
 /// `GET /v1/agent/version` (no ACL, as Consul's).
 pub async fn version() -> Response {
@@ -179,11 +180,7 @@ pub async fn join(
     Path(address): Path<String>,
     p: Params,
 ) -> Result<Response, HttpError> {
-    api.authorize(
-        &p,
-        Permission::named(Resource::Agent, api.local.node.name.clone(), Access::Write),
-    )
-    .await?;
+    api.authorize(&p, agent_perm(&api, Access::Write)).await?;
     let Some((lan, wan)) = &api.pools else {
         return Err(HttpError::Internal(
             "this agent is in no gossip pool".into(),
@@ -215,18 +212,14 @@ fn refused(why: impl std::fmt::Display) -> HttpError {
 /// defined before; those registered through the API stay) and `log_level`. A file that
 /// does not parse or whose definitions do not register is refused and nothing changes.
 pub async fn reload(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    api.authorize(
-        &p,
-        Permission::named(Resource::Agent, api.local.node.name.clone(), Access::Write),
-    )
-    .await?;
+    api.authorize(&p, agent_perm(&api, Access::Write)).await?;
     let Some(file) = api.config_file.as_deref() else {
         return Err(refused("this agent was not started from a config file"));
     };
     let config = crate::config::AgentConfig::load(file).map_err(refused)?;
     let (services, checks) = super::agent::config_definitions(&config).map_err(refused)?;
+    // `load` checked the level: setting it below cannot fail once the definitions applied.
     let level = config.log_level.as_deref().unwrap_or("info");
-    crate::logging::filter(level).map_err(refused)?;
     api.local
         .update(|l| l.apply_config(services, checks))
         .map_err(refused)?;
@@ -242,11 +235,7 @@ pub async fn reload(State(api): State<Api>, p: Params) -> Result<Response, HttpE
 /// that level and above as they are written, until the client goes away or the agent
 /// stops.
 pub async fn monitor(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
-    api.authorize(
-        &p,
-        Permission::named(Resource::Agent, api.local.node.name.clone(), Access::Read),
-    )
-    .await?;
+    api.authorize(&p, agent_perm(&api, Access::Read)).await?;
     let level = crate::logging::monitor_level(p.get("loglevel")).map_err(HttpError::BadRequest)?;
     let monitor = crate::logging::Monitor::new(level);
     let stop = api.shutdown.clone();

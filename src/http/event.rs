@@ -91,24 +91,13 @@ pub async fn list(State(api): State<Api>, p: Params) -> Result<Response, HttpErr
     };
     let authz = api.authorizer(&p).await?;
     let min_index = p.u64("index")?.unwrap_or(0);
-    let wait = p
-        .duration("wait")?
-        .unwrap_or(super::params::DEFAULT_WAIT)
-        .min(crate::vocab::MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
     let mut changes = lan.event_changes();
-    let (events, index) = loop {
-        changes.borrow_and_update();
-        let (events, index) = lan.events();
-        if min_index == 0 || index != min_index {
-            break (events, index);
-        }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { break (events, index) },
-            () = tokio::time::sleep_until(deadline) => break (events, index),
-            () = api.shutdown.cancelled() => break (events, index),
-        }
-    };
+    let (events, index) =
+        super::block_locally(&mut changes, p.local_wait()?, &api.shutdown, || {
+            let (events, index) = lan.events();
+            Ok(((events, index), min_index == 0 || index != min_index))
+        })
+        .await?;
     let local = api.local.snapshot();
     let node = &api.local.node.name;
     let name = p.get("name").filter(|n| !n.is_empty());

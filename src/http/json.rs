@@ -109,12 +109,24 @@ pub fn decode_ignoring<T: DeserializeOwned>(
     } else {
         serde_json::from_slice(body).map_err(bad)?
     };
+    object_ignoring(value, ignored)
+}
+
+/// An already parsed JSON object decoded as [`decode`] decodes a body (keys in either
+/// spelling): how the config file's service and check definitions are read with the API's
+/// decoders.
+pub fn decode_object<T: DeserializeOwned>(value: Value) -> Result<T, HttpError> {
+    object_ignoring(value, IGNORED)
+}
+
+fn object_ignoring<T: DeserializeOwned>(value: Value, ignored: &[&str]) -> Result<T, HttpError> {
     if !value.is_object() {
         return Err(HttpError::BadRequest(
             "Request decode failed: the body must be a JSON object".into(),
         ));
     }
-    serde_json::from_value(normalize(value, ignored)).map_err(bad)
+    serde_json::from_value(normalize(value, ignored))
+        .map_err(|e| HttpError::BadRequest(format!("Request decode failed: {e}")))
 }
 
 /// Consul's `Weights` in a request.

@@ -237,6 +237,31 @@ async fn read(api: &Api, p: &Params, query: Query) -> Result<(HeaderMap, ReadOut
     Ok((read_headers(&out), out))
 }
 
+/// A blocking request answered from this agent's own state: `current` gives the answer
+/// and whether it is ready (changed since what the client holds); it is asked now and after
+/// every change on `changes`, until it is ready, `wait` runs out or the agent stops. The
+/// last answer is returned either way.
+async fn block_locally<T, R>(
+    changes: &mut tokio::sync::watch::Receiver<T>,
+    wait: std::time::Duration,
+    shutdown: &CancellationToken,
+    mut current: impl FnMut() -> Result<(R, bool), HttpError>,
+) -> Result<R, HttpError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        changes.borrow_and_update();
+        let (answer, ready) = current()?;
+        if ready {
+            return Ok(answer);
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return Ok(answer) },
+            () = tokio::time::sleep_until(deadline) => return Ok(answer),
+            () = shutdown.cancelled() => return Ok(answer),
+        }
+    }
+}
+
 /// Runs a read of an endpoint Consul's agent cache serves (catalog/services,
 /// catalog/service, health/service): with `?cached`, from the cache, with `X-Cache` and
 /// `Age`; otherwise as [`read`].

@@ -166,6 +166,12 @@ impl Params {
             .transpose()
     }
 
+    /// How long a blocking request answered from this agent's own state may wait
+    /// (`?wait=`, default 5 minutes, at most [`MAX_WAIT`]).
+    pub fn local_wait(&self) -> Result<Duration, HttpError> {
+        Ok(self.duration("wait")?.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT))
+    }
+
     /// The datacenter asked for, if any.
     pub fn dc(&self) -> Option<&str> {
         self.get("dc").filter(|d| !d.is_empty())

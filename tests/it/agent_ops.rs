@@ -35,18 +35,6 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, String, reqwest::header
     (r.status().as_u16(), r.text().await.unwrap(), headers)
 }
 
-fn dig_a(server: &str, name: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args([&format!("@{server}"), "-p", "8600", "+time=2", "+tries=1"])
-        .args([name, "A", "+short"])
-        .output()
-        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 const WEB: &str =
     "log_level = \"info\"\n[[services]]\nname = \"web\"\nport = 80\ntags = [\"v1\"]\n";
 

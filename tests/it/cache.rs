@@ -57,44 +57,14 @@ fn ports(v: &Value) -> Vec<u64> {
     p
 }
 
-/// The A records `dig` gets for `name` from the agent at `server`.
-fn dig_a(server: &str, name: &str) -> Vec<String> {
-    let out = std::process::Command::new("dig")
-        .args([
-            &format!("@{server}"),
-            "-p",
-            "8600",
-            "+time=3",
-            "+tries=1",
-            name,
-            "A",
-            "+short",
-        ])
-        .output()
-        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with(';'))
-        .map(str::to_string)
-        .collect()
-}
-
 async fn register(http: &reqwest::Client, agent: &str, node: &str, port: u16) {
-    let r = http
-        .put(format!("{agent}/v1/catalog/register"))
-        .body(
-            json!({
-                "Node": node, "Address": "10.1.0.1",
-                "Service": {"Service": "web", "ID": format!("web-{port}"), "Port": port},
-                "Check": {"CheckID": format!("web-{port}"), "Name": "up", "Status": "passing",
-                          "ServiceID": format!("web-{port}")}
-            })
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let body = json!({
+        "Node": node, "Address": "10.1.0.1",
+        "Service": {"Service": "web", "ID": format!("web-{port}"), "Port": port},
+        "Check": {"CheckID": format!("web-{port}"), "Name": "up", "Status": "passing",
+                  "ServiceID": format!("web-{port}")}
+    });
+    register_body(http, agent, &body).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,16 +11,6 @@ use serde_json::{Value, json};
 
 const NET: u8 = 70;
 
-async fn register(http: &reqwest::Client, agent: &str, body: Value) {
-    let r = http
-        .put(format!("{agent}/v1/catalog/register"))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-}
-
 /// What a listing answered, as sorted names: an array's `field` (or its first level
 /// object's keys when `field` is empty; `list[].field`: that field of each item of an
 /// object's list).
@@ -77,10 +67,10 @@ async fn filters_narrow_every_filterable_endpoint_where_the_data_is() {
 
     for (node, rack, port, status) in [("n1", "r1", 80, "passing"), ("n2", "r2", 8080, "critical")]
     {
-        register(
+        register_body(
             &http,
             &c2,
-            json!({
+            &json!({
                 "Node": node, "Address": "10.0.0.1", "NodeMeta": {"rack": rack},
                 "Service": {"Service": "web", "ID": "web", "Port": port, "Tags": ["v1"],
                             "Meta": {"env": "prod"}},
@@ -90,10 +80,10 @@ async fn filters_narrow_every_filterable_endpoint_where_the_data_is() {
         )
         .await;
     }
-    register(
+    register_body(
         &http,
         &c2,
-        json!({
+        &json!({
             "Node": "n2", "Address": "10.0.0.1", "NodeMeta": {"rack": "r2"},
             "Service": {"Service": "api", "ID": "api", "Port": 9000, "Tags": ["v2"]},
             "Check": {"CheckID": "api-health", "Name": "api", "Status": "passing",

@@ -472,13 +472,33 @@ pub async fn catalog_register(
         "Check": {"CheckID": format!("{service}-{node}-health"), "Name": "health",
                   "Status": status, "ServiceID": format!("{service}-{node}")}
     });
+    register_body(http, agent, &body).await;
+}
+
+/// `PUT /v1/catalog/register` of `body` through the agent at `agent` (a base URL); panics
+/// with the agent's answer unless it succeeded.
+pub async fn register_body(http: &reqwest::Client, agent: &str, body: &serde_json::Value) {
     let r = http
         .put(format!("{agent}/v1/catalog/register"))
         .body(body.to_string())
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// The A records `dig` gets for `name` from the agent at `server` (DNS port 8600).
+pub fn dig_a(server: &str, name: &str) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args([&format!("@{server}"), "-p", "8600", "+time=3", "+tries=1"])
+        .args([name, "A", "+short"])
+        .output()
+        .expect("dig must be installed (.ci/run installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .map(str::to_string)
+        .collect()
 }
 
 /// `v` in base64, as Consul's JSON carries values.
