@@ -574,6 +574,7 @@ mod tests {
             build: String::new(),
             leader: name.starts_with("lead"),
             status,
+            generation: 1,
         }
     }
 

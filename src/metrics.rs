@@ -564,8 +564,12 @@ pub struct GossipMetrics {
     /// Bytes sent and received, by pool and direction.
     pub bytes: IntCounterVec,
     /// Messages dropped, by pool and reason (`decrypt`, `malformed`, `oversized`,
-    /// `queue_full`, `unreachable`).
+    /// `queue_full`, `unreachable`, `probe_backlog`).
     pub dropped: IntCounterVec,
+    /// LAN failure detection (SWIM), by result: `ok` (a probe was acked), `suspect` (not
+    /// acked, directly or indirectly: a suspicion published), `refuted` (a suspicion of
+    /// this agent refuted).
+    pub probes: IntCounterVec,
     /// Members by pool and status (`alive`, `failed`, `left`).
     pub members: IntGaugeVec,
     /// Members this agent saw become failed, by pool (Consul: `consul.serf.member.failed`).
@@ -602,8 +606,14 @@ impl GossipMetrics {
             dropped: vec(
                 "consulate_gossip_packets_dropped_total",
                 "Gossip messages dropped, by pool and reason (decrypt, malformed, oversized, \
-                 queue_full, unreachable).",
+                 queue_full, unreachable, probe_backlog).",
                 "reason",
+            ),
+            probes: vec(
+                "consulate_gossip_probes_total",
+                "Failure detection probes, by pool and result (ok: acked; suspect: not \
+                 acked, a suspicion published; refuted: a suspicion of this agent refuted).",
+                "result",
             ),
             coordinate_samples: vec(
                 "consulate_coordinate_samples_total",
@@ -664,6 +674,11 @@ impl GossipMetrics {
             pool,
             ..self.clone()
         }
+    }
+
+    /// Counts a probe's outcome (`ok`, `suspect`, `refuted`).
+    pub fn probe(&self, result: &'static str) {
+        self.probes.with_label_values(&[self.pool, result]).inc();
     }
 
     /// Counts a message sent.

@@ -208,6 +208,7 @@ mod tests {
             build: String::new(),
             leader: false,
             status,
+            generation: 1,
         };
         let failed = [
             member("s1", MemberStatus::Alive),

@@ -227,6 +227,7 @@ mod tests {
             build: "0".into(),
             leader: false,
             status,
+            generation: 1,
         }
     }
 

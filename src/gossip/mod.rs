@@ -13,6 +13,7 @@ pub mod events;
 pub mod keyring;
 pub mod quic;
 pub mod sealed;
+pub mod swim;
 pub mod wan;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::Transport as ChitchatTransport;
-use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, DigestBound, FailureDetectorConfig,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -111,6 +114,8 @@ pub struct Member {
     pub leader: bool,
     /// Alive, left or failed.
     pub status: MemberStatus,
+    /// chitchat's generation of this incarnation (a restarted agent has a newer one).
+    pub generation: u64,
 }
 
 /// Gossip timings.
@@ -198,7 +203,17 @@ struct PoolConfig {
     seeds: Vec<SocketAddr>,
     kvs: Vec<(String, String)>,
     options: GossipOptions,
+    /// This incarnation's chitchat generation.
+    generation: u64,
+    /// LAN: SWIM decides who is alive, and digests are bounded. WAN (a few servers per DC):
+    /// chitchat's phi-accrual detector over full digests.
+    swim: Option<Arc<swim::Swim>>,
 }
+
+/// Most nodes a LAN Syn's digest names (chitchat patch, `vendor/chitchat/PATCH.md`): what
+/// keeps the gossip an agent sends per second flat as the pool grows (about 20 entries of
+/// ~55 bytes in each of ~30 digests a second).
+pub const LAN_DIGEST_NODES: usize = 20;
 
 /// A running member of a gossip pool (LAN or WAN). Clones share the member.
 #[derive(Clone)]
@@ -270,11 +285,22 @@ impl Gossip {
             .as_ref()
             .map_or(Vec::new(), |k| k.ring.keys().to_vec());
         let sealer = sealed::Sealer::new(&keys);
+        let generation = now_micros();
+        let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(1024);
+        let probe_socket = Arc::new(std::sync::OnceLock::new());
         let transport = sealed::SealedUdpTransport::new(
             sealer.clone(),
             metrics.clone(),
             config.coordinates.clone(),
+            sealed::ProbeHook {
+                me: (config.node.clone(), generation),
+                inbox: probe_tx,
+                socket: probe_socket.clone(),
+            },
         );
+        let swim = Arc::new(swim::Swim::new(&config.node, generation));
+        let node = config.node.clone();
+        let probe_metrics = metrics.clone();
         let datacenter = config.datacenter.clone();
         let keyring = config.keyring.map(|stored| {
             metrics.set_keyring_keys(stored.ring.keys().len());
@@ -297,12 +323,32 @@ impl Gossip {
                 seeds: config.seeds,
                 kvs,
                 options: config.options,
+                generation,
+                swim: Some(swim.clone()),
             },
             &transport,
             metrics,
             shutdown.clone(),
         )
         .await?;
+        let socket = probe_socket
+            .get()
+            .cloned()
+            .expect("chitchat opened the gossip socket");
+        tokio::spawn(swim::run(
+            swim,
+            socket,
+            probe_rx,
+            gossip.handle.chitchat(),
+            gossip.members(),
+            node,
+            swim::ProbeConfig {
+                interval: config.options.interval,
+                timeout: config.options.interval / 2,
+            },
+            probe_metrics,
+            shutdown.clone(),
+        ));
         if let Some(k) = &keyring {
             tokio::spawn(follow_keyring(
                 gossip.handle.chitchat(),
@@ -327,10 +373,7 @@ impl Gossip {
         metrics: GossipMetrics,
         shutdown: CancellationToken,
     ) -> Result<Gossip, GossipError> {
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let id = ChitchatId::new(config.name.clone(), generation, config.advertise);
+        let id = ChitchatId::new(config.name.clone(), config.generation, config.advertise);
         let o = config.options;
         let chitchat_config = ChitchatConfig {
             chitchat_id: id,
@@ -348,6 +391,10 @@ impl Gossip {
             marked_for_deletion_grace_period: o.reconnect_timeout,
             catchup_callback: None,
             extra_liveness_predicate: None,
+            digest_bound: config.swim.is_some().then_some(DigestBound {
+                max_nodes: LAN_DIGEST_NODES,
+                recent_period: o.interval * 15,
+            }),
         };
         let handle = chitchat::spawn_chitchat(chitchat_config, config.kvs, transport)
             .await
@@ -356,11 +403,35 @@ impl Gossip {
                 addr: config.listen,
                 reason: format!("{e:#}"),
             })?;
+        let key_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(swim) = &config.swim {
+            let (claims, incarnations, changes) = (swim.clone(), swim.clone(), key_changes.clone());
+            handle
+                .with_chitchat(move |c| {
+                    let claims = claims.clone();
+                    c.subscribe_event(swim::KEY_SUSPECT, move |e| {
+                        claims.on_claim(&e.node.node_id, e.key, e.value)
+                    })
+                    .forever();
+                    let incarnations = incarnations.clone();
+                    c.subscribe_event(swim::KEY_INCARNATION, move |e| {
+                        incarnations.on_incarnation(&e.node.node_id, e.node.generation_id, e.value)
+                    })
+                    .forever();
+                    let changes = changes.clone();
+                    c.subscribe_event("", move |_| {
+                        changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    })
+                    .forever();
+                })
+                .await;
+        }
         let (tx, members) = watch::channel(Vec::new());
         tokio::spawn(watch_members(
             handle.chitchat(),
             tx,
             o.interval,
+            config.swim.map(|s| (s, key_changes)),
             metrics,
             shutdown,
         ));
@@ -459,7 +530,12 @@ impl Gossip {
                     .max_by_key(|id| id.generation_id)
                     .cloned()
                     .ok_or_else(|| ForceLeaveError::Unknown(name.to_string()))?;
-                if c.live_nodes().any(|id| *id == newest) {
+                let alive = self.members.borrow().iter().any(|m| {
+                    m.name == name
+                        && m.generation == newest.generation_id
+                        && m.status == MemberStatus::Alive
+                });
+                if alive {
                     return Err(ForceLeaveError::Alive(name.to_string()));
                 }
                 let value = match prune {
@@ -479,7 +555,7 @@ impl Gossip {
             .keyring
             .as_ref()
             .ok_or(keyring::KeyringError::NotEnabled)?;
-        let members = self.handle.with_chitchat(|c| live_keyrings(c)).await;
+        let members = self.live_keyrings().await;
         let stored = k.stored.lock().await;
         Ok(keyring::KeyringReport::of(
             &k.datacenter,
@@ -547,7 +623,7 @@ impl Gossip {
         };
         let deadline = tokio::time::Instant::now() + KEYRING_CONFIRM;
         loop {
-            let members = self.handle.with_chitchat(|c| live_keyrings(c)).await;
+            let members = self.live_keyrings().await;
             let report = {
                 let stored = k.stored.lock().await;
                 keyring::KeyringReport::of(&k.datacenter, &stored.ring, &members, Some(op.id))
@@ -559,10 +635,42 @@ impl Gossip {
         }
     }
 
+    /// Every live member's keyring as it published it (a member that left or failed is
+    /// not counted).
+    async fn live_keyrings(&self) -> Vec<keyring::MemberKeys> {
+        let alive: std::collections::HashSet<(String, u64)> = self
+            .members
+            .borrow()
+            .iter()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .map(|m| (m.name.clone(), m.generation))
+            .collect();
+        self.handle
+            .with_chitchat(|c| {
+                c.node_states()
+                    .iter()
+                    .filter(|(id, _)| alive.contains(&(id.node_id.to_string(), id.generation_id)))
+                    .map(|(id, state)| keyring::MemberKeys {
+                        name: id.node_id.to_string(),
+                        held: state.get(keyring::KEY_HELD).map(str::to_string),
+                        failed: state.get(keyring::KEY_FAILED).map(str::to_string),
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     /// Gossips with `addr` at once: how a member that knows the pool pulls in one that
     /// does not (flood-join), or rejoins a seed.
     fn gossip_with(&self, addr: SocketAddr) {
         let _ = self.handle.gossip(addr);
+    }
+
+    /// Stops gossiping at once, without telling anyone (what `kill -9` does to an agent):
+    /// for benchmarks of failure detection in one process. The member's other loops stop
+    /// with the shutdown signal it was started with.
+    pub fn abort(&self) {
+        self.handle.abort();
     }
 
     /// Leaves gracefully: tells the pool this member left, gives gossip a few rounds to
@@ -581,23 +689,6 @@ fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Every live member's keyring as it published it (a member that left is not counted).
-fn live_keyrings(c: &Chitchat) -> Vec<keyring::MemberKeys> {
-    c.live_nodes()
-        .filter_map(|id| {
-            let state = c.node_state(id)?;
-            if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
-                return None;
-            }
-            Some(keyring::MemberKeys {
-                name: id.node_id.to_string(),
-                held: state.get(keyring::KEY_HELD).map(str::to_string),
-                failed: state.get(keyring::KEY_FAILED).map(str::to_string),
-            })
-        })
-        .collect()
 }
 
 /// Applies, every gossip interval, the keyring operations other members published that
@@ -716,50 +807,104 @@ async fn follow_events(
     }
 }
 
-/// Republishes the member list whenever it changes (checked every gossip interval).
+/// Who is alive in a pool: chitchat's phi-accrual detector (WAN), or SWIM's suspicions
+/// (LAN) with the size of the pool and the probe interval that scale their timeout.
+enum Liveness<'a> {
+    Chitchat,
+    Swim {
+        book: &'a swim::Book,
+        interval: Duration,
+        now: tokio::time::Instant,
+    },
+}
+
+/// Republishes the member list whenever it changes, checked every gossip interval. With
+/// SWIM (LAN) the list is rebuilt only when something it depends on moved (a key of any
+/// member, the number of nodes, a suspicion, a suspicion's timeout): a large pool's list
+/// is not rebuilt five times a second for nothing.
 async fn watch_members(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tx: watch::Sender<Vec<Member>>,
     interval: Duration,
+    swim: Option<(Arc<swim::Swim>, Arc<std::sync::atomic::AtomicU64>)>,
     metrics: GossipMetrics,
     shutdown: CancellationToken,
 ) {
     let mut previous: std::collections::HashMap<String, MemberStatus> = Default::default();
+    let mut last_seen = None;
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
         let members = {
             let c = chitchat.lock().await;
-            members_of(&c)
+            match &swim {
+                None => Some(members_of(&c, Liveness::Chitchat)),
+                Some((swim, key_changes)) => {
+                    let now = tokio::time::Instant::now();
+                    let book = swim.book.lock().expect("swim book lock");
+                    let seen = (
+                        key_changes.load(std::sync::atomic::Ordering::Relaxed),
+                        c.node_states().len(),
+                        book.changes(),
+                    );
+                    if last_seen == Some(seen) && due.is_none_or(|d| now < d) {
+                        None
+                    } else {
+                        last_seen = Some(seen);
+                        due = book.next_due(seen.1, interval).filter(|d| *d > now);
+                        Some(members_of(
+                            &c,
+                            Liveness::Swim {
+                                book: &book,
+                                interval,
+                                now,
+                            },
+                        ))
+                    }
+                }
+            }
         };
-        for status in [
-            MemberStatus::Alive,
-            MemberStatus::Failed,
-            MemberStatus::Left,
-        ] {
-            let n = members.iter().filter(|m| m.status == status).count();
-            metrics.set_members(status.as_str(), n);
+        if let Some(members) = members {
+            publish_members(&tx, &metrics, &mut previous, members);
         }
-        for m in &members {
-            if m.status == MemberStatus::Failed
-                && previous
-                    .get(&m.name)
-                    .is_some_and(|b| *b != MemberStatus::Failed)
-            {
-                metrics.member_failed();
-            }
-        }
-        previous = members.iter().map(|m| (m.name.clone(), m.status)).collect();
-        tx.send_if_modified(|current| {
-            if *current == members {
-                return false;
-            }
-            *current = members;
-            true
-        });
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// Counts the members by status (and the newly failed) and publishes the list if changed.
+fn publish_members(
+    tx: &watch::Sender<Vec<Member>>,
+    metrics: &GossipMetrics,
+    previous: &mut std::collections::HashMap<String, MemberStatus>,
+    members: Vec<Member>,
+) {
+    for status in [
+        MemberStatus::Alive,
+        MemberStatus::Failed,
+        MemberStatus::Left,
+    ] {
+        let n = members.iter().filter(|m| m.status == status).count();
+        metrics.set_members(status.as_str(), n);
+    }
+    for m in &members {
+        if m.status == MemberStatus::Failed
+            && previous
+                .get(&m.name)
+                .is_some_and(|b| *b != MemberStatus::Failed)
+        {
+            metrics.member_failed();
+        }
+    }
+    *previous = members.iter().map(|m| (m.name.clone(), m.status)).collect();
+    tx.send_if_modified(|current| {
+        if *current == members {
+            return false;
+        }
+        *current = members;
+        true
+    });
 }
 
 /// Every member forced out, as the pool's members published it: its newest forced
@@ -792,8 +937,21 @@ fn forced_out<'a>(
 
 /// The members chitchat knows, one per node name (the newest generation wins: a restarted
 /// agent replaces its previous incarnation), sorted by name.
-fn members_of(c: &Chitchat) -> Vec<Member> {
-    let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
+fn members_of(c: &Chitchat, liveness: Liveness) -> Vec<Member> {
+    let live: std::collections::HashSet<&ChitchatId> = match liveness {
+        Liveness::Chitchat => c.live_nodes().collect(),
+        Liveness::Swim { .. } => Default::default(),
+    };
+    let me = c.self_chitchat_id();
+    let pool = c.node_states().len();
+    let alive = |id: &ChitchatId| match &liveness {
+        Liveness::Chitchat => live.contains(id),
+        Liveness::Swim {
+            book,
+            interval,
+            now,
+        } => id == me || !book.failed(&id.node_id, id.generation_id, pool, *interval, *now),
+    };
     let forced = forced_out(c.node_states().values());
     let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
     for (id, state) in c.node_states() {
@@ -807,7 +965,7 @@ fn members_of(c: &Chitchat) -> Vec<Member> {
         };
         let mut status = if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
             MemberStatus::Left
-        } else if live.contains(id) {
+        } else if alive(id) {
             MemberStatus::Alive
         } else {
             MemberStatus::Failed
@@ -833,6 +991,7 @@ fn members_of(c: &Chitchat) -> Vec<Member> {
             build: get(KEY_BUILD),
             leader: state.get(KEY_LEADER) == Some("true"),
             status,
+            generation: id.generation_id,
         };
         match by_name.get(&member.name) {
             Some((generation, _)) if *generation > id.generation_id => {}

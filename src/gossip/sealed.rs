@@ -6,10 +6,11 @@
 //! costs one failed decryption. Every message carries the sender's network coordinate in a
 //! trailer after chitchat's bytes, and a SynAck answering our Syn closes a round trip:
 //! the sample that updates this agent's coordinate (Consul samples on memberlist's pings).
+//! The socket also carries SWIM's probe messages ([`super::swim`]), sealed the same way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -17,8 +18,10 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::swim;
 use crate::config::GossipKey;
 use crate::coordinate::{self, Estimator};
 use crate::metrics::GossipMetrics;
@@ -128,20 +131,56 @@ pub struct SealedUdpTransport {
     sealer: Sealer,
     metrics: GossipMetrics,
     coordinates: Arc<Estimator>,
+    probes: ProbeHook,
+}
+
+/// Where the socket sends the SWIM probe messages it receives: pings for this agent's
+/// incarnation are answered at once, the rest go to the probe loop's inbox; the probe loop
+/// sends through the [`ProbeSocket`] left in `socket` when the socket opens.
+pub struct ProbeHook {
+    /// This agent's node name and chitchat generation (what a ping must name).
+    pub me: (String, u64),
+    /// The probe loop's inbox (full: the message is dropped and counted).
+    pub inbox: mpsc::Sender<(SocketAddr, swim::Msg)>,
+    /// Filled with the sending side of the socket when it opens.
+    pub socket: Arc<OnceLock<ProbeSocket>>,
 }
 
 impl SealedUdpTransport {
     /// A transport sealing with `sealer`, counting into `metrics`, sampling round trips
-    /// into `coordinates`.
+    /// into `coordinates`, handing probe messages to `probes`.
     pub fn new(
         sealer: Sealer,
         metrics: GossipMetrics,
         coordinates: Arc<Estimator>,
+        probes: ProbeHook,
     ) -> SealedUdpTransport {
         SealedUdpTransport {
             sealer,
             metrics,
             coordinates,
+            probes,
+        }
+    }
+}
+
+/// The sending side of the gossip socket, for probe messages: sealed like gossip,
+/// counted in the same metrics, never waiting (a full socket buffer drops the datagram,
+/// as the network may).
+#[derive(Clone)]
+pub struct ProbeSocket {
+    socket: Arc<tokio::net::UdpSocket>,
+    sealer: Sealer,
+    metrics: GossipMetrics,
+}
+
+impl ProbeSocket {
+    /// Sends `msg` to `to`.
+    pub fn send(&self, to: SocketAddr, msg: &swim::Msg) {
+        let datagram = self.sealer.seal(msg.encode());
+        self.metrics.sent(datagram.len());
+        if let Err(e) = self.socket.try_send_to(&datagram, to) {
+            debug!(error = %e, %to, "probe send failed");
         }
     }
 }
@@ -189,6 +228,13 @@ impl Transport for SealedUdpTransport {
         let socket = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("cannot bind LAN gossip to {listen_addr}/UDP"))?;
+        let socket = Arc::new(socket);
+        let probe_socket = ProbeSocket {
+            socket: socket.clone(),
+            sealer: self.sealer.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let _ = self.probes.socket.set(probe_socket.clone());
         Ok(Box::new(SealedSocket {
             socket,
             sealer: self.sealer.clone(),
@@ -196,17 +242,46 @@ impl Transport for SealedUdpTransport {
             buf: vec![0u8; MAX_DATAGRAM],
             coordinates: self.coordinates.clone(),
             round_trips: RoundTrips::default(),
+            me: self.probes.me.clone(),
+            inbox: self.probes.inbox.clone(),
+            probe_socket,
         }))
     }
 }
 
 struct SealedSocket {
-    socket: tokio::net::UdpSocket,
+    socket: Arc<tokio::net::UdpSocket>,
     sealer: Sealer,
     metrics: GossipMetrics,
     buf: Vec<u8>,
     coordinates: Arc<Estimator>,
     round_trips: RoundTrips,
+    me: (String, u64),
+    inbox: mpsc::Sender<(SocketAddr, swim::Msg)>,
+    probe_socket: ProbeSocket,
+}
+
+impl SealedSocket {
+    /// A probe message: a ping for this incarnation is acked here (no hop to the probe
+    /// loop, whose delay would read as a slow member), the rest go to the probe loop.
+    fn probe(&self, from: SocketAddr, msg: swim::Msg) {
+        match msg {
+            swim::Msg::Ping {
+                seq,
+                name,
+                generation,
+            } => {
+                if name == self.me.0 && generation == self.me.1 {
+                    self.probe_socket.send(from, &swim::Msg::Ack { seq });
+                }
+            }
+            other => {
+                if self.inbox.try_send((from, other)).is_err() {
+                    self.metrics.dropped("probe_backlog");
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -247,6 +322,13 @@ impl Socket for SealedSocket {
                 self.metrics.dropped("decrypt");
                 continue;
             };
+            if plain.first() == Some(&swim::PROBE_TAG) {
+                match swim::Msg::decode(plain) {
+                    Some(msg) => self.probe(from, msg),
+                    None => self.metrics.dropped("malformed"),
+                }
+                continue;
+            }
             match ChitchatMessage::deserialize(&mut plain) {
                 Ok(msg) => {
                     let now = Instant::now();

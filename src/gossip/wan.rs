@@ -79,6 +79,8 @@ impl Gossip {
                 seeds: config.seeds,
                 kvs,
                 options: config.options,
+                generation: super::now_micros(),
+                swim: None,
             },
             carrier.as_ref(),
             metrics,
@@ -157,6 +159,7 @@ mod tests {
             build: String::new(),
             leader: false,
             status: MemberStatus::Alive,
+            generation: 1,
         }
     }
 
