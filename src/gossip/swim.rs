@@ -151,7 +151,15 @@ pub struct Prober {
     seq: u64,
     pending: HashMap<u64, Pending>,
     relays: HashMap<u64, Relay>,
+    /// Lifeguard's local health: raised when our probes go unanswered or we had to refute
+    /// a suspicion of ourselves, lowered by acks. An agent starved of CPU or network sees
+    /// everyone as slow; its timeouts stretch by `1 + health` rather than it accusing the
+    /// pool.
+    health: u32,
 }
+
+/// The highest local health score (timeouts stretched up to 9 times, as memberlist).
+pub const MAX_HEALTH: u32 = 8;
 
 impl Prober {
     /// A prober with no member yet.
@@ -164,7 +172,28 @@ impl Prober {
             seq: 0,
             pending: HashMap::new(),
             relays: HashMap::new(),
+            health: 0,
         }
+    }
+
+    /// The direct timeout, stretched by the local health score.
+    fn timeout(&self) -> Duration {
+        self.config.timeout * (1 + self.health)
+    }
+
+    /// When a probe ends in a suspicion, stretched by the local health score.
+    fn deadline(&self) -> Duration {
+        self.config.deadline() * (1 + self.health)
+    }
+
+    /// This agent had to refute a suspicion of itself: it is likely the slow one.
+    pub fn note_refuted(&mut self) {
+        self.health = (self.health + 1).min(MAX_HEALTH);
+    }
+
+    /// The local health score (0: healthy).
+    pub fn health(&self) -> u32 {
+        self.health
     }
 
     /// The members to probe (every other live member): the round-robin restarts over them
@@ -209,8 +238,8 @@ impl Prober {
             seq,
             Pending {
                 target,
-                indirect_at: Some(now + self.config.timeout),
-                deadline: now + self.config.deadline(),
+                indirect_at: Some(now + self.timeout()),
+                deadline: now + self.deadline(),
             },
         );
         vec![Out::Send(addr, ping)]
@@ -219,6 +248,7 @@ impl Prober {
     /// An ack arrived: it ends our probe, or is relayed to whoever asked us to ping.
     pub fn on_ack(&mut self, seq: u64) -> Vec<Out> {
         if self.pending.remove(&seq).is_some() {
+            self.health = self.health.saturating_sub(1);
             return vec![Out::Acked];
         }
         match self.relays.remove(&seq) {
@@ -241,7 +271,7 @@ impl Prober {
             Relay {
                 requester,
                 seq: their_seq,
-                deadline: now + self.config.deadline(),
+                deadline: now + self.deadline(),
             },
         );
         vec![Out::Send(
@@ -282,6 +312,7 @@ impl Prober {
         }
         for seq in done {
             self.pending.remove(&seq);
+            self.health = (self.health + 1).min(MAX_HEALTH);
         }
         self.relays.retain(|_, r| now < r.deadline);
         out
@@ -299,12 +330,12 @@ impl Prober {
 
 /// The suspicion timeout of a pool of `members`, confirmed by `confirmations` agents
 /// (Lifeguard): `SUSPICION_MAX_MULT` times the minimum for one, shrinking with the log of
-/// the confirmations to the minimum at [`EXPECTED_CONFIRMATIONS`]. The minimum is two
+/// the confirmations to the minimum at [`EXPECTED_CONFIRMATIONS`]. The minimum is 1.5
 /// probe intervals, times log10 of the pool's size past ten members (the time a claim
 /// takes to spread grows with it).
 pub fn suspicion_timeout(interval: Duration, members: usize, confirmations: usize) -> Duration {
     let scale = (members.max(10) as f64).log10();
-    let min = interval.mul_f64(2.0 * scale);
+    let min = interval.mul_f64(1.5 * scale);
     let max = min * SUSPICION_MAX_MULT;
     let c = confirmations.max(1) as f64;
     let frac = (c.ln() / (EXPECTED_CONFIRMATIONS as f64).ln()).min(1.0);
@@ -546,6 +577,7 @@ pub async fn run(
             _ = swim.refute.notified() => {
                 if refute(&chitchat).await {
                     metrics.probe("refuted");
+                    prober.note_refuted();
                 }
                 Vec::new()
             }
@@ -752,6 +784,37 @@ mod tests {
     }
 
     #[test]
+    fn local_health_stretches_timeouts_after_failed_probes_and_recovers_with_acks() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let mut p = Prober::new(config());
+        p.set_members((0..5).map(target).collect(), &mut rng);
+        let mut t = Instant::now();
+        for expected in 1..=2 {
+            p.tick(t, &mut rng);
+            let out = p.expire(t + Duration::from_secs(5), &mut rng);
+            assert!(out.iter().any(|o| matches!(o, Out::Suspect(_))));
+            assert_eq!(p.health(), expected);
+            t += Duration::from_secs(10);
+        }
+        // Health 2: the direct timeout is 300 ms, not 100 ms.
+        p.tick(t, &mut rng);
+        assert_eq!(p.next_deadline(), Some(t + Duration::from_millis(300)));
+        assert!(
+            p.expire(t + Duration::from_millis(299), &mut rng)
+                .is_empty()
+        );
+        let Some(seq) = p.pending.keys().next().copied() else {
+            panic!("a probe in flight")
+        };
+        p.on_ack(seq);
+        assert_eq!(p.health(), 1);
+        for _ in 0..20 {
+            p.note_refuted();
+        }
+        assert_eq!(p.health(), MAX_HEALTH);
+    }
+
+    #[test]
     fn pings_relayed_for_others_carry_the_ack_back() {
         let mut p = Prober::new(config());
         let requester: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -780,11 +843,11 @@ mod tests {
     #[test]
     fn the_suspicion_timeout_shrinks_with_confirmations_and_grows_with_the_pool() {
         let i = Duration::from_millis(200);
-        assert_eq!(suspicion_timeout(i, 5, 1), Duration::from_millis(1600));
-        assert_eq!(suspicion_timeout(i, 5, 3), Duration::from_millis(400));
-        assert_eq!(suspicion_timeout(i, 5, 30), Duration::from_millis(400));
+        assert_eq!(suspicion_timeout(i, 5, 1), Duration::from_millis(1200));
+        assert_eq!(suspicion_timeout(i, 5, 3), Duration::from_millis(300));
+        assert_eq!(suspicion_timeout(i, 5, 30), Duration::from_millis(300));
         assert!(suspicion_timeout(i, 5, 2) < suspicion_timeout(i, 5, 1));
-        assert_eq!(suspicion_timeout(i, 1000, 3), Duration::from_millis(1200));
+        assert_eq!(suspicion_timeout(i, 1000, 3), Duration::from_millis(900));
         assert!(suspicion_timeout(i, 2000, 3) > suspicion_timeout(i, 1000, 3));
     }
 
@@ -796,13 +859,13 @@ mod tests {
         let t0 = Instant::now();
         b.incarnation_of("x", 5, 0);
         b.claim("a", "x", &encode_claim(5, 0), t0);
-        assert!(!b.failed("x", 5, 10, i, t0 + Duration::from_millis(1500)));
-        assert!(b.failed("x", 5, 10, i, t0 + Duration::from_millis(1600)));
-        assert_eq!(b.next_due(10, i), Some(t0 + Duration::from_millis(1600)));
+        assert!(!b.failed("x", 5, 10, i, t0 + Duration::from_millis(1100)));
+        assert!(b.failed("x", 5, 10, i, t0 + Duration::from_millis(1200)));
+        assert_eq!(b.next_due(10, i), Some(t0 + Duration::from_millis(1200)));
         // Confirmations shorten it.
         b.claim("b", "x", &encode_claim(5, 0), t0);
         b.claim("c", "x", &encode_claim(5, 0), t0);
-        assert!(b.failed("x", 5, 10, i, t0 + Duration::from_millis(400)));
+        assert!(b.failed("x", 5, 10, i, t0 + Duration::from_millis(300)));
         // A newer generation (a restart) is not the suspected one.
         assert!(!b.failed("x", 6, 10, i, t0 + Duration::from_secs(10)));
         // A refutation voids the claims.

@@ -662,20 +662,19 @@ impl ClusterState {
         let eligible = |id: &ChitchatId| {
             self.node_states.contains_key(id) && !scheduled_for_deletion.contains(id)
         };
-        let mut recent: Vec<&ChitchatId> = self
-            .recently_updated
-            .iter()
-            .map(|(_, id)| id)
-            .filter(|id| eligible(id))
-            .collect();
-        recent.sort_unstable();
-        recent.dedup();
-        recent.shuffle(&mut random_generator());
-        for id in recent.into_iter().take((max_nodes / 2).max(1)) {
-            if chosen.len() >= max_nodes {
+        // A random sample of the recent changes, drawn without sorting them all: there may
+        // be thousands while a large cluster starts.
+        let want = (max_nodes / 2).max(1) + 1;
+        let recent = &self.recently_updated;
+        let mut rng = random_generator();
+        for _ in 0..4 * want {
+            if recent.is_empty() || chosen.len() >= want.min(max_nodes) {
                 break;
             }
-            chosen.insert(id);
+            let (_, id) = &recent[rand::RngExt::random_range(&mut rng, 0..recent.len())];
+            if eligible(id) {
+                chosen.insert(id);
+            }
         }
         let cursor = self.digest_cursor.as_ref();
         let after = self.node_states.range::<ChitchatId, _>((
