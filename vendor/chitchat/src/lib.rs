@@ -259,7 +259,10 @@ impl Chitchat {
             })
             .collect::<HashMap<_, _>>();
 
-        if self.previous_live_nodes != current_live_nodes {
+        // Nobody but this instance watches: the copy of every live node's state is skipped
+        // (under churn it would be made every round); a later watcher sees the next change.
+        let watched = self.live_nodes_watcher_tx.receiver_count() > 1;
+        if watched && self.previous_live_nodes != current_live_nodes {
             let live_nodes = current_live_nodes
                 .keys()
                 .cloned()
