@@ -337,7 +337,7 @@ impl Gossip {
             .expect("chitchat opened the gossip socket");
         tokio::spawn(swim::run(
             swim,
-            socket,
+            move |to, msg: &swim::Msg| socket.send(to, msg),
             probe_rx,
             gossip.handle.chitchat(),
             gossip.members(),

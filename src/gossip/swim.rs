@@ -32,7 +32,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::sealed::ProbeSocket;
 use super::{Member, MemberStatus};
 use crate::metrics::GossipMetrics;
 
@@ -543,12 +542,13 @@ impl Swim {
     }
 }
 
-/// The probe loop of one agent until `shutdown`: probes, relays pings for others,
+/// The probe loop of one agent until `shutdown` (`send`: a datagram on the gossip socket):
+/// probes, relays pings for others,
 /// publishes suspicions, refutes claims against it and withdraws claims that were refuted.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     swim: Arc<Swim>,
-    socket: ProbeSocket,
+    send: impl Fn(SocketAddr, &Msg),
     mut inbox: mpsc::Receiver<(SocketAddr, Msg)>,
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     mut members: watch::Receiver<Vec<Member>>,
@@ -594,7 +594,7 @@ pub async fn run(
         };
         for o in out {
             match o {
-                Out::Send(to, msg) => socket.send(to, &msg),
+                Out::Send(to, msg) => send(to, &msg),
                 Out::Acked => metrics.probe("ok"),
                 Out::Suspect(target) => {
                     metrics.probe("suspect");
