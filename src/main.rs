@@ -743,14 +743,20 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     std::path::absolute(&p).with_context(|| format!("{}", p.display()))
 }
 
-async fn shutdown_signal(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the returned task first runs, so a signal that arrives while the agent starts
+/// is never fatal.
+fn shutdown_signal(token: CancellationToken) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
     }
-    token.cancel();
 }
 
 fn run_agent(config: PathBuf) -> anyhow::Result<()> {
