@@ -405,26 +405,23 @@ impl Gossip {
             })?;
         let key_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if let Some(swim) = &config.swim {
-            let (claims, incarnations, changes) = (swim.clone(), swim.clone(), key_changes.clone());
-            handle
-                .with_chitchat(move |c| {
-                    let claims = claims.clone();
-                    c.subscribe_event(swim::KEY_SUSPECT, move |e| {
-                        claims.on_claim(&e.node.node_id, e.key, e.value)
-                    })
-                    .forever();
-                    let incarnations = incarnations.clone();
-                    c.subscribe_event(swim::KEY_INCARNATION, move |e| {
-                        incarnations.on_incarnation(&e.node.node_id, e.node.generation_id, e.value)
-                    })
-                    .forever();
-                    let changes = changes.clone();
-                    c.subscribe_event("", move |_| {
-                        changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    })
-                    .forever();
-                })
-                .await;
+            let chitchat = handle.chitchat();
+            let c = chitchat.lock().await;
+            let claims = swim.clone();
+            c.subscribe_event(swim::KEY_SUSPECT, move |e| {
+                claims.on_claim(&e.node.node_id, e.key, e.value)
+            })
+            .forever();
+            let incarnations = swim.clone();
+            c.subscribe_event(swim::KEY_INCARNATION, move |e| {
+                incarnations.on_incarnation(&e.node.node_id, e.node.generation_id, e.value)
+            })
+            .forever();
+            let changes = key_changes.clone();
+            c.subscribe_event("", move |_| {
+                changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .forever();
         }
         let (tx, members) = watch::channel(Vec::new());
         tokio::spawn(watch_members(
@@ -638,22 +635,24 @@ impl Gossip {
     /// Every live member's keyring as it published it (a member that left or failed is
     /// not counted).
     async fn live_keyrings(&self) -> Vec<keyring::MemberKeys> {
-        let alive: std::collections::HashSet<(String, u64)> = self
+        let alive: Vec<ChitchatId> = self
             .members
             .borrow()
             .iter()
             .filter(|m| m.status == MemberStatus::Alive)
-            .map(|m| (m.name.clone(), m.generation))
+            .map(|m| ChitchatId::new(m.name.clone(), m.generation, m.gossip_addr))
             .collect();
         self.handle
             .with_chitchat(|c| {
-                c.node_states()
+                alive
                     .iter()
-                    .filter(|(id, _)| alive.contains(&(id.node_id.to_string(), id.generation_id)))
-                    .map(|(id, state)| keyring::MemberKeys {
-                        name: id.node_id.to_string(),
-                        held: state.get(keyring::KEY_HELD).map(str::to_string),
-                        failed: state.get(keyring::KEY_FAILED).map(str::to_string),
+                    .filter_map(|id| {
+                        let state = c.node_state(id)?;
+                        Some(keyring::MemberKeys {
+                            name: id.node_id.to_string(),
+                            held: state.get(keyring::KEY_HELD).map(str::to_string),
+                            failed: state.get(keyring::KEY_FAILED).map(str::to_string),
+                        })
                     })
                     .collect()
             })
@@ -807,21 +806,11 @@ async fn follow_events(
     }
 }
 
-/// Who is alive in a pool: chitchat's phi-accrual detector (WAN), or SWIM's suspicions
-/// (LAN) with the size of the pool and the probe interval that scale their timeout.
-enum Liveness<'a> {
-    Chitchat,
-    Swim {
-        book: &'a swim::Book,
-        interval: Duration,
-        now: tokio::time::Instant,
-    },
-}
-
-/// Republishes the member list whenever it changes, checked every gossip interval. With
-/// SWIM (LAN) the list is rebuilt only when something it depends on moved (a key of any
-/// member, the number of nodes, a suspicion, a suspicion's timeout): a large pool's list
-/// is not rebuilt five times a second for nothing.
+/// Republishes the member list whenever it changes, checked every gossip interval. Who
+/// is alive: chitchat's phi-accrual detector (WAN), or SWIM's suspicions (LAN). With SWIM
+/// the list is rebuilt only when something it depends on moved (a key of any member, which
+/// is also how claims and incarnations arrive; the number of nodes; a suspicion's
+/// timeout): a large pool's list is not rebuilt five times a second for nothing.
 async fn watch_members(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tx: watch::Sender<Vec<Member>>,
@@ -837,28 +826,29 @@ async fn watch_members(
         let members = {
             let c = chitchat.lock().await;
             match &swim {
-                None => Some(members_of(&c, Liveness::Chitchat)),
+                None => {
+                    let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
+                    Some(members_of(&c, |id| live.contains(id)))
+                }
                 Some((swim, key_changes)) => {
                     let now = tokio::time::Instant::now();
-                    let book = swim.book.lock().expect("swim book lock");
-                    let seen = (
-                        key_changes.load(std::sync::atomic::Ordering::Relaxed),
-                        c.node_states().len(),
-                        book.changes(),
-                    );
+                    let mut book = swim.book.lock().expect("swim book lock");
+                    let pool = c.node_states().len();
+                    let seen = (key_changes.load(std::sync::atomic::Ordering::Relaxed), pool);
                     if last_seen == Some(seen) && due.is_none_or(|d| now < d) {
                         None
                     } else {
+                        if last_seen.is_some_and(|(_, before)| before > pool) {
+                            let present = c.node_states().keys().map(|id| &*id.node_id).collect();
+                            book.retain(&present);
+                        }
                         last_seen = Some(seen);
-                        due = book.next_due(seen.1, interval).filter(|d| *d > now);
-                        Some(members_of(
-                            &c,
-                            Liveness::Swim {
-                                book: &book,
-                                interval,
-                                now,
-                            },
-                        ))
+                        due = book.next_due(pool, interval).filter(|d| *d > now);
+                        let me = c.self_chitchat_id();
+                        Some(members_of(&c, |id| {
+                            id == me
+                                || !book.failed(&id.node_id, id.generation_id, pool, interval, now)
+                        }))
                     }
                 }
             }
@@ -936,22 +926,8 @@ fn forced_out<'a>(
 }
 
 /// The members chitchat knows, one per node name (the newest generation wins: a restarted
-/// agent replaces its previous incarnation), sorted by name.
-fn members_of(c: &Chitchat, liveness: Liveness) -> Vec<Member> {
-    let live: std::collections::HashSet<&ChitchatId> = match liveness {
-        Liveness::Chitchat => c.live_nodes().collect(),
-        Liveness::Swim { .. } => Default::default(),
-    };
-    let me = c.self_chitchat_id();
-    let pool = c.node_states().len();
-    let alive = |id: &ChitchatId| match &liveness {
-        Liveness::Chitchat => live.contains(id),
-        Liveness::Swim {
-            book,
-            interval,
-            now,
-        } => id == me || !book.failed(&id.node_id, id.generation_id, pool, *interval, *now),
-    };
+/// agent replaces its previous incarnation), sorted by name; `alive` says who is alive.
+fn members_of(c: &Chitchat, alive: impl Fn(&ChitchatId) -> bool) -> Vec<Member> {
     let forced = forced_out(c.node_states().values());
     let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
     for (id, state) in c.node_states() {

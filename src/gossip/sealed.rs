@@ -136,14 +136,14 @@ pub struct SealedUdpTransport {
 
 /// Where the socket sends the SWIM probe messages it receives: pings for this agent's
 /// incarnation are answered at once, the rest go to the probe loop's inbox; the probe loop
-/// sends through the [`ProbeSocket`] left in `socket` when the socket opens.
+/// sends through the [`SealedSender`] left in `socket` when the socket opens.
 pub struct ProbeHook {
     /// This agent's node name and chitchat generation (what a ping must name).
     pub me: (String, u64),
     /// The probe loop's inbox (full: the message is dropped and counted).
     pub inbox: mpsc::Sender<(SocketAddr, swim::Msg)>,
     /// Filled with the sending side of the socket when it opens.
-    pub socket: Arc<OnceLock<ProbeSocket>>,
+    pub socket: Arc<OnceLock<SealedSender>>,
 }
 
 impl SealedUdpTransport {
@@ -164,18 +164,19 @@ impl SealedUdpTransport {
     }
 }
 
-/// The sending side of the gossip socket, for probe messages: sealed like gossip,
-/// counted in the same metrics, never waiting (a full socket buffer drops the datagram,
-/// as the network may).
+/// The gossip socket with its sealer and metrics: chitchat's messages go through the
+/// socket's [`Socket::send`], probe messages through [`SealedSender::send`], sealed and
+/// counted alike.
 #[derive(Clone)]
-pub struct ProbeSocket {
+pub struct SealedSender {
     socket: Arc<tokio::net::UdpSocket>,
     sealer: Sealer,
     metrics: GossipMetrics,
 }
 
-impl ProbeSocket {
-    /// Sends `msg` to `to`.
+impl SealedSender {
+    /// Sends a probe message to `to`, never waiting (a full socket buffer drops the
+    /// datagram, as the network may).
     pub fn send(&self, to: SocketAddr, msg: &swim::Msg) {
         let datagram = self.sealer.seal(msg.encode());
         self.metrics.sent(datagram.len());
@@ -228,37 +229,30 @@ impl Transport for SealedUdpTransport {
         let socket = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("cannot bind LAN gossip to {listen_addr}/UDP"))?;
-        let socket = Arc::new(socket);
-        let probe_socket = ProbeSocket {
-            socket: socket.clone(),
+        let out = SealedSender {
+            socket: Arc::new(socket),
             sealer: self.sealer.clone(),
             metrics: self.metrics.clone(),
         };
-        let _ = self.probes.socket.set(probe_socket.clone());
+        let _ = self.probes.socket.set(out.clone());
         Ok(Box::new(SealedSocket {
-            socket,
-            sealer: self.sealer.clone(),
-            metrics: self.metrics.clone(),
+            out,
             buf: vec![0u8; MAX_DATAGRAM],
             coordinates: self.coordinates.clone(),
             round_trips: RoundTrips::default(),
             me: self.probes.me.clone(),
             inbox: self.probes.inbox.clone(),
-            probe_socket,
         }))
     }
 }
 
 struct SealedSocket {
-    socket: Arc<tokio::net::UdpSocket>,
-    sealer: Sealer,
-    metrics: GossipMetrics,
+    out: SealedSender,
     buf: Vec<u8>,
     coordinates: Arc<Estimator>,
     round_trips: RoundTrips,
     me: (String, u64),
     inbox: mpsc::Sender<(SocketAddr, swim::Msg)>,
-    probe_socket: ProbeSocket,
 }
 
 impl SealedSocket {
@@ -272,12 +266,12 @@ impl SealedSocket {
                 generation,
             } => {
                 if name == self.me.0 && generation == self.me.1 {
-                    self.probe_socket.send(from, &swim::Msg::Ack { seq });
+                    self.out.send(from, &swim::Msg::Ack { seq });
                 }
             }
             other => {
                 if self.inbox.try_send((from, other)).is_err() {
-                    self.metrics.dropped("probe_backlog");
+                    self.out.metrics.dropped("probe_backlog");
                 }
             }
         }
@@ -295,14 +289,14 @@ impl Socket for SealedSocket {
             plain.truncate(before);
         }
         self.round_trips.sent(to, &msg, Instant::now());
-        let datagram = self.sealer.seal(plain);
+        let datagram = self.out.sealer.seal(plain);
         if datagram.len() > MAX_DATAGRAM {
-            self.metrics.dropped("oversized");
+            self.out.metrics.dropped("oversized");
             return Ok(());
         }
-        self.metrics.sent(datagram.len());
+        self.out.metrics.sent(datagram.len());
         // A peer that is down (ICMP unreachable) is the failure detector's business.
-        if let Err(e) = self.socket.send_to(&datagram, to).await {
+        if let Err(e) = self.out.socket.send_to(&datagram, to).await {
             debug!(error = %e, %to, "gossip send failed");
         }
         Ok(())
@@ -310,22 +304,22 @@ impl Socket for SealedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
-            let (len, from) = match self.socket.recv_from(&mut self.buf).await {
+            let (len, from) = match self.out.socket.recv_from(&mut self.buf).await {
                 Ok(r) => r,
                 Err(e) => {
                     debug!(error = %e, "gossip recv error");
                     continue;
                 }
             };
-            self.metrics.received(len);
-            let Some(mut plain) = self.sealer.open(&mut self.buf[..len]) else {
-                self.metrics.dropped("decrypt");
+            self.out.metrics.received(len);
+            let Some(mut plain) = self.out.sealer.open(&mut self.buf[..len]) else {
+                self.out.metrics.dropped("decrypt");
                 continue;
             };
             if plain.first() == Some(&swim::PROBE_TAG) {
                 match swim::Msg::decode(plain) {
                     Some(msg) => self.probe(from, msg),
-                    None => self.metrics.dropped("malformed"),
+                    None => self.out.metrics.dropped("malformed"),
                 }
                 continue;
             }
@@ -336,11 +330,11 @@ impl Socket for SealedSocket {
                     if let Some(coord) = coordinate::decode_trailer(plain)
                         && let Some(used) = self.coordinates.observe(from, coord, rtt, now)
                     {
-                        self.metrics.coordinate_sample(used.is_ok());
+                        self.out.metrics.coordinate_sample(used.is_ok());
                     }
                     return Ok((from, msg));
                 }
-                Err(_) => self.metrics.dropped("malformed"),
+                Err(_) => self.out.metrics.dropped("malformed"),
             }
         }
     }

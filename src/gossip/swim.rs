@@ -361,22 +361,25 @@ struct Subject {
 
 /// What this agent knows of suspicions (pure): the claims and incarnations every member
 /// published, as chitchat's key listeners report them, and when each claim was first seen
-/// here. Shared between those listeners and the agent's loops.
-#[derive(Debug, Default)]
+/// here. Shared between those listeners and the agent's loops. Every change to it comes
+/// from a key change in chitchat, which is what tells the member list to be rebuilt.
+#[derive(Debug)]
 pub struct Book {
     /// Name -> (generation, incarnation) as the member itself published it.
     incarnations: HashMap<String, (u64, u64)>,
     subjects: HashMap<String, Subject>,
-    /// Our own identity, once known (claims against it ask for a refutation).
-    me: Option<(String, u64)>,
-    /// Bumped on every change that may change a member's status.
-    changes: u64,
+    /// Our own name and generation (claims against them ask for a refutation).
+    me: (String, u64),
 }
 
 impl Book {
-    /// This agent's own name and generation: claims against them ask for a refutation.
-    pub fn set_me(&mut self, name: &str, generation: u64) {
-        self.me = Some((name.to_string(), generation));
+    /// The book of the agent `name` of `generation`.
+    pub fn new(name: &str, generation: u64) -> Book {
+        Book {
+            incarnations: HashMap::new(),
+            subjects: HashMap::new(),
+            me: (name.to_string(), generation),
+        }
     }
 
     /// `claimer` published `suspect:<subject>` = `value` (seen at `now`). Returns whether
@@ -385,17 +388,13 @@ impl Book {
         let Some(claim) = decode_claim(value) else {
             return false;
         };
-        let against_me = self
-            .me
-            .as_ref()
-            .is_some_and(|(n, g)| n == subject && *g == claim.0);
+        let against_me = self.me.0 == subject && self.me.1 == claim.0;
         let current = self.incarnation(subject, claim.0);
         let s = self.subjects.entry(subject.to_string()).or_default();
         s.claims.insert(claimer.to_string(), claim);
         if claim.1 >= current && s.since.is_none() {
             s.since = Some(now);
         }
-        self.changes += 1;
         against_me
     }
 
@@ -415,19 +414,29 @@ impl Book {
         {
             s.since = None;
         }
-        self.changes += 1;
     }
 
-    fn incarnation(&self, member: &str, generation: u64) -> u64 {
+    /// The incarnation a claim against `member` of `generation` names now.
+    pub fn incarnation(&self, member: &str, generation: u64) -> u64 {
         match self.incarnations.get(member) {
             Some((g, i)) if *g == generation => *i,
             _ => 0,
         }
     }
 
-    /// The incarnation a claim against `member` of `generation` names now.
-    pub fn current_incarnation(&self, member: &str, generation: u64) -> u64 {
-        self.incarnation(member, generation)
+    /// The incarnation that refutes every claim against this agent, if one is needed:
+    /// one above the highest claimed, when that is not below ours.
+    pub fn refutation(&self) -> Option<u64> {
+        let (me, generation) = &self.me;
+        let highest = self
+            .subjects
+            .get(me)?
+            .claims
+            .values()
+            .filter(|(g, _)| g == generation)
+            .map(|(_, i)| *i)
+            .max()?;
+        (highest >= self.incarnation(me, *generation)).then_some(highest + 1)
     }
 
     /// The agents whose claims against `member` of `generation` stand (name their current
@@ -472,11 +481,6 @@ impl Book {
             .min()
     }
 
-    /// A counter that moves whenever a member's status may have changed.
-    pub fn changes(&self) -> u64 {
-        self.changes
-    }
-
     /// Drops what is known of members no longer in the pool.
     pub fn retain(&mut self, present: &HashSet<&str>) {
         self.subjects.retain(|n, _| present.contains(n.as_str()));
@@ -509,10 +513,8 @@ pub struct Swim {
 impl Swim {
     /// Failure detection for the agent `name` of `generation`.
     pub fn new(name: &str, generation: u64) -> Swim {
-        let mut book = Book::default();
-        book.set_me(name, generation);
         Swim {
-            book: Mutex::new(book),
+            book: Mutex::new(Book::new(name, generation)),
             refute: Notify::new(),
         }
     }
@@ -575,7 +577,7 @@ pub async fn run(
                 prober.tick(Instant::now(), &mut rng)
             }
             _ = swim.refute.notified() => {
-                if refute(&chitchat).await {
+                if refute(&swim, &chitchat).await {
                     metrics.probe("refuted");
                     prober.note_refuted();
                 }
@@ -602,7 +604,7 @@ pub async fn run(
                         .book
                         .lock()
                         .expect("swim book lock")
-                        .current_incarnation(&target.name, target.generation);
+                        .incarnation(&target.name, target.generation);
                     debug!(member = %target.name, "no ack: suspected");
                     claimed.insert(target.name.to_string(), (target.generation, incarnation));
                     chitchat.lock().await.self_node_state().set(
@@ -623,31 +625,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Publishes an incarnation above every claim against us; whether one was needed.
-async fn refute(chitchat: &tokio::sync::Mutex<Chitchat>) -> bool {
-    let mut c = chitchat.lock().await;
-    let me = c.self_chitchat_id().node_id.to_string();
-    let generation = c.self_chitchat_id().generation_id;
-    let highest = c
-        .node_states()
-        .values()
-        .filter_map(|s| s.get(&format!("{KEY_SUSPECT}{me}")))
-        .filter_map(decode_claim)
-        .filter(|(g, _)| *g == generation)
-        .map(|(_, i)| i)
-        .max();
-    let state = c.self_node_state();
-    let current: u64 = state
-        .get(KEY_INCARNATION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    match highest {
-        Some(highest) if highest >= current => {
-            debug!(incarnation = highest + 1, "suspected: refuting");
-            state.set(KEY_INCARNATION, highest + 1);
-            true
-        }
-        _ => false,
-    }
+async fn refute(swim: &Swim, chitchat: &tokio::sync::Mutex<Chitchat>) -> bool {
+    let Some(incarnation) = swim.book.lock().expect("swim book lock").refutation() else {
+        return false;
+    };
+    debug!(incarnation, "suspected: refuting");
+    chitchat
+        .lock()
+        .await
+        .self_node_state()
+        .set(KEY_INCARNATION, incarnation);
+    true
 }
 
 /// Deletes our claims that no longer stand: refuted (a higher incarnation), or about a
@@ -671,7 +659,7 @@ async fn withdraw_refuted(
                     .iter()
                     .find(|m| m.name == **name)
                     .filter(|m| m.generation == *generation && m.status != MemberStatus::Left);
-                current.is_none() || book.current_incarnation(name, *generation) > *incarnation
+                current.is_none() || book.incarnation(name, *generation) > *incarnation
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -854,8 +842,7 @@ mod tests {
     #[test]
     fn a_claim_fails_a_member_after_the_timeout_unless_refuted() {
         let i = Duration::from_millis(200);
-        let mut b = Book::default();
-        b.set_me("me", 9);
+        let mut b = Book::new("me", 9);
         let t0 = Instant::now();
         b.incarnation_of("x", 5, 0);
         b.claim("a", "x", &encode_claim(5, 0), t0);
@@ -877,11 +864,14 @@ mod tests {
         assert!(b.failed("x", 5, 10, i, t0 + Duration::from_secs(22)));
         // A claim against us (this incarnation) asks for a refutation.
         assert!(b.claim("a", "me", &encode_claim(9, 0), t0));
+        assert_eq!(b.refutation(), Some(1));
+        b.incarnation_of("me", 9, 1);
+        assert_eq!(b.refutation(), None, "refuted");
         assert!(!b.claim("a", "me", &encode_claim(8, 0), t0));
         assert!(!b.claim("a", "x", &encode_claim(5, 1), t0));
         // Malformed claims are ignored.
-        let before = b.changes();
+        let before = b.next_due(10, i);
         assert!(!b.claim("a", "y", "nonsense", t0));
-        assert_eq!(b.changes(), before);
+        assert_eq!(b.next_due(10, i), before);
     }
 }
