@@ -103,12 +103,7 @@ impl Key {
         Key {
             dc: dc.map(str::to_string),
             query: rmp_serde::to_vec(query).unwrap_or_default(),
-            token: token.map(|t| {
-                let d = ring::digest::digest(&ring::digest::SHA256, t.0.as_bytes());
-                let mut out = [0u8; 32];
-                out.copy_from_slice(d.as_ref());
-                out
-            }),
+            token: token.map(|t| crate::acl::model::secret_digest(&t.0)),
         }
     }
 }
@@ -184,20 +179,6 @@ pub struct AgentCache {
     inner: Arc<Inner>,
 }
 
-/// Whether a failed fetch is the servers (or the remote DC) being out of reach, which
-/// `stale-if-error` covers; a refused request (ACL, not found) is not.
-fn unavailable(e: &RpcError) -> bool {
-    matches!(
-        e,
-        RpcError::NoReachableServer
-            | RpcError::NoLeader
-            | RpcError::NotServed(_)
-            | RpcError::Forward { .. }
-            | RpcError::Indeterminate { .. }
-            | RpcError::Raft(_)
-    )
-}
-
 impl AgentCache {
     /// A cache that fetches through `fetch`; its refreshes stop when `shutdown` fires.
     pub fn new(
@@ -254,7 +235,7 @@ impl AgentCache {
                 }
                 Err(e) => match cached {
                     Some(answer)
-                        if unavailable(&e)
+                        if e.is_unavailable()
                             && control.stale_if_error.is_some_and(|s| now.age() <= s) =>
                     {
                         self.count("stale_if_error");
@@ -651,7 +632,7 @@ mod tests {
             !a.token.unwrap().iter().all(|b| *b == 0),
             "a digest, never the secret"
         );
-        assert!(unavailable(&RpcError::NoReachableServer));
-        assert!(!unavailable(&RpcError::NotFound("x".into())));
+        assert!(RpcError::NoReachableServer.is_unavailable());
+        assert!(!RpcError::NotFound("x".into()).is_unavailable());
     }
 }

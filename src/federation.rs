@@ -167,30 +167,19 @@ const INFLIGHT_SWEEP: usize = 1024;
 /// What makes an answer a last-known one for a read: its DC, query, consistency and token
 /// (not the index it waited on). Pure.
 fn last_good_key(dc: &str, r: &crate::rpc::Read) -> Vec<u8> {
-    rmp_serde::to_vec(&(dc, &r.query, r.opts.mode, r.opts.max_stale, &r.token)).unwrap_or_default()
-}
-
-/// Whether a forward failed because the DC could not be reached (which `stale-if-error`
-/// covers), not because it refused or does not exist.
-fn unreachable(e: &RpcError) -> bool {
-    matches!(
-        e,
-        RpcError::NoReachableServer | RpcError::Forward { .. } | RpcError::Indeterminate { .. }
-    )
+    read_key(dc, r, 0)
 }
 
 /// What makes two reads for another DC identical: the DC, the query, the consistency
 /// asked, the index waited on and the token (answers depend on it). Pure.
 fn coalesce_key(dc: &str, r: &crate::rpc::Read) -> Vec<u8> {
-    rmp_serde::to_vec(&(
-        dc,
-        &r.query,
-        r.opts.mode,
-        r.opts.max_stale,
-        r.opts.min_index,
-        &r.token,
-    ))
-    .unwrap_or_default()
+    read_key(dc, r, r.opts.min_index)
+}
+
+/// A read's DC, query, consistency, token and `index`, as bytes to key a map with.
+fn read_key(dc: &str, r: &crate::rpc::Read, index: u64) -> Vec<u8> {
+    rmp_serde::to_vec(&(dc, &r.query, r.opts.mode, r.opts.max_stale, index, &r.token))
+        .unwrap_or_default()
 }
 
 impl Router {
@@ -237,7 +226,7 @@ impl Router {
                 self.remember(key, &outcome);
                 Ok(AgentResponse::Read(Ok(outcome)))
             }
-            Err(e) if unreachable(&e) => {
+            Err(e) if e.is_unavailable() => {
                 let found = self
                     .last_good
                     .lock()
@@ -519,6 +508,7 @@ impl prometheus::core::Collector for RttCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::Role;
 
     #[test]
     fn identical_reads_share_a_key_and_any_difference_splits_them() {
@@ -559,7 +549,6 @@ mod tests {
             )
         );
     }
-    use crate::vocab::Role;
 
     fn member(name: &str, dc: &str, addr: &str, status: MemberStatus) -> Member {
         Member {

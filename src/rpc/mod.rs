@@ -107,6 +107,20 @@ impl RpcError {
             RpcError::Indeterminate { .. } | RpcError::Raft(_) | RpcError::Protocol(_) => false,
         }
     }
+
+    /// Whether the servers (or another DC) could not be reached or could not serve, which
+    /// `stale-if-error` covers; a refused request (ACL, not found, no such DC) is not.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RpcError::NoReachableServer
+                | RpcError::NoLeader
+                | RpcError::NotServed(_)
+                | RpcError::Forward { .. }
+                | RpcError::Indeterminate { .. }
+                | RpcError::Raft(_)
+        )
+    }
 }
 
 impl From<crate::raft::RaftNodeError> for RpcError {
