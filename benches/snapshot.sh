@@ -4,8 +4,12 @@
 # `consulate snapshot save` and `consulate snapshot restore` of it (wall time of the CLI,
 # archive size against the raw keys and values); then 10-op transactions against
 # single-key PUTs at 64 connections for SECONDS each, alternated REPS times (the pair's
-# order swapping every repetition).
-# usage: benches/snapshot.sh [KEYS] [REPS] [SECONDS]     (needs wrk, curl, python3)
+# order swapping every repetition). The rows write new keys (a transaction's ten are
+# neighbours; the state grows by about half a million keys per transaction row); with
+# TXN_KEYS=overwrite each write overwrites random ones of the KEYS loaded keys instead (a
+# transaction's ten scattered over the tree, the state the same size in every row).
+# usage: [TXN_KEYS=overwrite] benches/snapshot.sh [KEYS] [REPS] [SECONDS]
+#        (needs wrk, curl, python3)
 set -euo pipefail
 keys=${1:-100000}; reps=${2:-3}; d=${3:-8}
 . "$(dirname "$0")/cluster.sh" 86 p
@@ -42,10 +46,11 @@ row() { # LABEL ARGS...
     /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Requests\/sec/ {rps=$2} /Non-2xx|Socket errors/ {err=err" "$0}
     END {printf "%-24s %10s req/s  p50 %-9s p99 %-9s%s\n", l, rps, p50, p99, err}'
 }
-# The two rows of a repetition swap order every other time: each row writes keys, so the
-# second one of a pair always meets a larger state.
-put() { row "single-key PUT #$r" -s "$root/benches/consulate_put.lua" "$u/v1/kv/"; }
-txn() { row "10-op txn #$r" -s "$root/benches/txn_put.lua" "$u/v1/txn"; }
+# The two rows of a repetition swap order every other time: each row adds keys, so the
+# second one of a pair meets a larger state (unless TXN_KEYS=overwrite).
+space=(); [ "${TXN_KEYS:-}" = overwrite ] && space=(-- "$keys")
+put() { row "single-key PUT #$r" -s "$root/benches/consulate_put.lua" "$u/v1/kv/" "${space[@]}"; }
+txn() { row "10-op txn #$r" -s "$root/benches/txn_put.lua" "$u/v1/txn" "${space[@]}"; }
 for r in $(seq "$reps"); do
   if [ $((r % 2)) = 1 ]; then put; txn; else txn; put; fi
 done

@@ -99,7 +99,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Command, R
 
 /// One `client_write`, with openraft's errors mapped to ours.
 async fn write_one(raft: &Raft<TypeConfig>, cmd: Command) -> Result<CommandResult, RaftNodeError> {
-    match raft.client_write(cmd).await {
+    match raft.client_write(std::sync::Arc::new(cmd)).await {
         Ok(r) => Ok(r.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             match (f.leader_id, f.leader_node) {

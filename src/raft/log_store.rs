@@ -584,11 +584,11 @@ mod tests {
     fn entry(index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
-            payload: EntryPayload::Normal(crate::state::Command::KvSet {
+            payload: EntryPayload::Normal(Arc::new(crate::state::Command::KvSet {
                 key: "k".into(),
                 value: bytes::Bytes::from_static(b"a value worth keeping"),
                 flags: 0,
-            }),
+            })),
         }
     }
 

@@ -52,8 +52,12 @@ impl fmt::Display for ServerNode {
 
 openraft::declare_raft_types!(
     /// The Raft types of a consulate DC.
+    ///
+    /// A command is held by reference: the leader hands the same entry to the log, to each
+    /// follower's replication and to its state machine, and those copies cost a count, not a
+    /// deep clone of every key and value (its encoding is the command's own).
     pub TypeConfig:
-        D = Command,
+        D = std::sync::Arc<Command>,
         R = CommandResult,
         NodeId = u64,
         Node = ServerNode,

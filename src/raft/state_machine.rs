@@ -248,7 +248,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             r.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => CommandResult::Ok,
-                EntryPayload::Normal(cmd) => r.state.apply(entry.log_id.index, cmd, now),
+                EntryPayload::Normal(cmd) => r.state.apply(
+                    entry.log_id.index,
+                    std::sync::Arc::unwrap_or_clone(cmd),
+                    now,
+                ),
                 EntryPayload::Membership(m) => {
                     r.membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResult::Ok

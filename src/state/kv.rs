@@ -73,8 +73,7 @@ impl State {
             return CommandResult::Bool(false);
         }
         let held = self.held_by(&key, &session);
-        self.kv_put(index, key.clone(), value, flags);
-        let entry = self.data.kv.get_mut(&key).expect("just written");
+        let entry = self.kv_put(index, key, value, flags);
         if !held {
             entry.lock_index += 1;
             entry.session = Some(session);
@@ -93,10 +92,7 @@ impl State {
         if !self.held_by(&key, &session) {
             return CommandResult::Bool(false);
         }
-        self.kv_put(index, key.clone(), value, flags);
-        if let Some(e) = self.data.kv.get_mut(&key) {
-            e.session = None;
-        }
+        self.kv_put(index, key, value, flags).session = None;
         CommandResult::Bool(true)
     }
 
@@ -108,9 +104,17 @@ impl State {
             .is_some_and(|e| e.session.as_deref() == Some(session))
     }
 
-    pub(super) fn kv_put(&mut self, index: u64, key: String, value: bytes::Bytes, flags: u64) {
+    /// Writes a key; the entry as written, for the caller to finish or report.
+    pub(super) fn kv_put(
+        &mut self,
+        index: u64,
+        key: String,
+        value: bytes::Bytes,
+        flags: u64,
+    ) -> &mut KvEntry {
         // Waiters read once this apply has released the state: the order is free.
         self.kv_watches.changed(&key, index);
+        self.touch(Table::Kv, index);
         let entry = self.data.kv.entry(key.clone()).or_insert_with(|| KvEntry {
             key,
             create_index: index,
@@ -119,7 +123,7 @@ impl State {
         entry.value = value;
         entry.flags = flags;
         entry.modify_index = index;
-        self.touch(Table::Kv, index);
+        entry
     }
 
     /// A KV entry.

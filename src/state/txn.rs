@@ -1,8 +1,8 @@
 //! Transactions (Consul's `/v1/txn`: KV operations and catalog node, service and check
 //! operations): up to [`MAX_OPS`] operations applied in order in one log entry, all or
-//! nothing. A failing operation undoes the ones before it
-//! (the tables are persistent maps: keeping the state before the transaction costs a
-//! pointer copy) and the transaction answers which operation failed and why. A
+//! nothing. A failing operation undoes the ones before it (from an undo journal of the
+//! keys written, or for catalog operations a copy of the state) and the transaction
+//! answers which operation failed and why. A
 //! transaction of reads and checks only runs on any server's state without Raft.
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,14 @@ impl KvVerb {
             "delete-cas" => KvVerb::DeleteCas,
             _ => return None,
         })
+    }
+
+    /// Whether it can fail (and so make the transaction undo the operations before it).
+    pub fn can_fail(self) -> bool {
+        !matches!(
+            self,
+            KvVerb::Set | KvVerb::Delete | KvVerb::DeleteTree | KvVerb::GetTree
+        )
     }
 
     /// Whether it changes nothing (a transaction of such operations needs no Raft).
@@ -216,26 +224,58 @@ pub struct TxnError {
 impl State {
     /// Applies `ops` at log `index`: all of them, or none (the state is put back as it was
     /// when one fails).
+    ///
+    /// Only the operations before the last one that can fail need undoing. A transaction
+    /// of KV operations keeps an undo journal of those (each written key's previous
+    /// entry) rather than a copy of the state: a copy would share every node of the
+    /// persistent maps, and each write after it would then copy the nodes on its path
+    /// (dozens of keys per leaf), which made a 10-key transaction on a large tree cost ten
+    /// such copies. Catalog operations touch several tables and the name index: a
+    /// transaction with one keeps a copy of the whole state instead.
     pub(super) fn txn(
         &mut self,
         index: u64,
         ops: &[TxnOp],
         now: std::time::Instant,
     ) -> CommandResult {
-        let before = self.data.clone();
+        let kv_only = ops.iter().all(|op| matches!(op, TxnOp::Kv(_)));
+        let last_fallible = ops.iter().rposition(|op| match op {
+            TxnOp::Kv(op) => op.verb.can_fail(),
+            TxnOp::Catalog(_) => true,
+        });
+        let before = (!kv_only && last_fallible.is_some()).then(|| self.data.clone());
+        let indexes = self.data.indexes.clone();
+        let mut undo: Vec<(String, Option<KvEntry>)> = Vec::new();
         let mut results = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let done = match op {
-                TxnOp::Kv(op) => self
-                    .txn_op(index, op)
-                    .map(|found| found.into_iter().map(TxnResult::Kv).collect()),
+                TxnOp::Kv(op) => {
+                    if kv_only && last_fallible.is_some_and(|last| i < last) {
+                        self.journal(op, &mut undo);
+                    }
+                    self.txn_op(index, op)
+                        .map(|found| found.into_iter().map(TxnResult::Kv).collect())
+                }
                 TxnOp::Catalog(op) => self.catalog_op(index, op, now),
             };
             match done {
                 Ok(found) => results.extend(found),
                 Err(what) => {
-                    self.data = before;
-                    self.by_name = super::name_index(&self.data);
+                    match before {
+                        Some(before) => {
+                            self.data = before;
+                            self.by_name = super::name_index(&self.data);
+                        }
+                        None => {
+                            for (key, previous) in undo.into_iter().rev() {
+                                match previous {
+                                    Some(entry) => self.data.kv.insert(key, entry),
+                                    None => self.data.kv.remove(&key),
+                                };
+                            }
+                            self.data.indexes = indexes;
+                        }
+                    }
                     return CommandResult::Txn(TxnOutcome::Failed(vec![TxnError {
                         op_index: i,
                         what,
@@ -244,6 +284,18 @@ impl State {
             }
         }
         CommandResult::Txn(TxnOutcome::Applied(results))
+    }
+
+    /// Records in `undo` the entries KV operation `op` may change, as they are before it.
+    fn journal(&self, op: &KvOp, undo: &mut Vec<(String, Option<KvEntry>)>) {
+        match op.verb {
+            verb if verb.is_read() => {}
+            KvVerb::DeleteTree => undo.extend(
+                self.kv_prefix(&op.key)
+                    .map(|e| (e.key.clone(), Some(e.clone()))),
+            ),
+            _ => undo.push((op.key.clone(), self.data.kv.get(&op.key).cloned())),
+        }
     }
 
     /// Runs a transaction of reads and checks only, changing nothing.
@@ -407,7 +459,10 @@ impl State {
             _ => Err(what),
         };
         match op.verb {
-            KvVerb::Set => self.kv_put(index, key.clone(), op.value.clone(), op.flags),
+            KvVerb::Set => {
+                let written = self.kv_put(index, key.clone(), op.value.clone(), op.flags);
+                return Ok(vec![meta(written)]);
+            }
             KvVerb::Cas => refused(
                 self.kv_cas(index, key.clone(), op.value.clone(), op.flags, op.index),
                 format!("failed to set key {key:?}, index is stale"),
@@ -525,6 +580,33 @@ mod tests {
         );
         assert!(s.kv_get("c").is_none());
         assert_eq!(&s.kv_get("a").unwrap().value[..], b"1");
+        assert_eq!(s.max_index(&[Table::Kv]), 3);
+    }
+
+    #[test]
+    fn a_failed_kv_transaction_leaves_every_table_as_it_was() {
+        let mut s = State::default();
+        let keys = ["a", "dir/x", "dir/y", "dir/z", "b"];
+        let sets = keys.iter().map(|k| op(KvVerb::Set, k, "old", 0)).collect();
+        s.apply(3, Command::Txn(sets), now());
+        let before = s.data.clone();
+        // Every kind of write, the same key twice, then a failing CAS: all undone.
+        let failed = s.apply(
+            4,
+            Command::Txn(vec![
+                op(KvVerb::Set, "new", "1", 0),
+                op(KvVerb::Set, "a", "2", 0),
+                op(KvVerb::Set, "a", "3", 0),
+                op(KvVerb::Delete, "b", "", 0),
+                op(KvVerb::DeleteTree, "dir/", "", 0),
+                op(KvVerb::Set, "dir/y", "4", 0),
+                op(KvVerb::DeleteCas, "new", "", 4),
+                op(KvVerb::Cas, "a", "5", 99),
+            ]),
+            now(),
+        );
+        assert!(matches!(failed, CommandResult::Txn(TxnOutcome::Failed(_))));
+        assert_eq!(s.data, before);
         assert_eq!(s.max_index(&[Table::Kv]), 3);
     }
 
