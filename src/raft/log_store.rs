@@ -108,7 +108,8 @@ enum Op {
     Purge(u64, Vec<u8>, Reply),
     Meta(&'static str, Vec<u8>, Reply),
     /// A metadata value nobody waits for and that may be lost in a crash (the committed
-    /// id): written without an fsync of its own, made durable by the next commit that has one.
+    /// id): never a transaction of its own, written with the next one (and durable with the
+    /// next that has an fsync).
     Hint(&'static str, Vec<u8>),
 }
 
@@ -162,18 +163,36 @@ fn writer_loop(
 ) {
     // The sequence number of the newest append on disk.
     let mut flushed = None;
+    // Hints not yet written, by key (the newest value of each): a hint alone is not worth
+    // a transaction, and one of its own would hold up the appends queued behind it; it
+    // rides along with the next one.
+    let mut hints: BTreeMap<&'static str, Vec<u8>> = BTreeMap::new();
     loop {
         // With purged entries left to delete, an idle writer deletes a chunk instead of
         // waiting; otherwise it waits for the next operation.
         let mut batch = Vec::new();
-        match rx.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(mpsc::TryRecvError::Disconnected) => return,
+        let closed = match rx.try_recv() {
+            Ok(op) => {
+                batch.push(op);
+                false
+            }
+            Err(mpsc::TryRecvError::Disconnected) => true,
             Err(mpsc::TryRecvError::Empty) if doomed.is_none() => match rx.recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => return,
+                Ok(op) => {
+                    batch.push(op);
+                    false
+                }
+                Err(_) => true,
             },
-            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Empty) => false,
+        };
+        if closed {
+            // The last hints go with the writer (without an fsync: a hint may be lost).
+            if !hints.is_empty() {
+                let last: Vec<Op> = hints.into_iter().map(|(k, b)| Op::Hint(k, b)).collect();
+                let _ = write_batch(&db, &last, &mut None);
+            }
+            return;
         }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -181,6 +200,21 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        batch.retain_mut(|op| match op {
+            Op::Hint(key, bytes) => {
+                hints.insert(*key, std::mem::take(bytes));
+                false
+            }
+            _ => true,
+        });
+        if batch.is_empty() && doomed.is_none() {
+            continue;
+        }
+        batch.extend(
+            std::mem::take(&mut hints)
+                .into_iter()
+                .map(|(k, b)| Op::Hint(k, b)),
+        );
         let started = std::time::Instant::now();
         let result = write_batch(&db, &batch, &mut doomed).map_err(|e| e.to_string());
         if let Some(h) = times.get() {
@@ -516,11 +550,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.blocking(|db| Self::read_meta(db, VOTE)).await
     }
 
-    /// Queued as a hint, without an fsync of its own: the committed id only lets a restarted
-    /// server re-apply its log before it hears from a leader. Whatever value is on disk was
-    /// committed, and the entries up to it were flushed before it, so losing the newest
-    /// hint in a crash costs nothing but a later catch-up. (With an fsync of its own, every
-    /// write cost every server two, and the next write's append waited behind the second.)
+    /// Queued as a hint, written with the next transaction the log makes: the committed id
+    /// only lets a restarted server re-apply its log before it hears from a leader.
+    /// Whatever value is on disk was committed, and the entries up to it were flushed in
+    /// the same or an earlier transaction, so losing the newest hint in a crash costs
+    /// nothing but a later catch-up. (In a transaction of its own, with an fsync, every
+    /// write cost every server two; without one, the next write's append still waited
+    /// behind it.)
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
         let bytes = encode(&committed)?;
         self.writer
