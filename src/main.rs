@@ -765,8 +765,12 @@ fn run_agent(config: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        // The handlers go in before the agent starts serving: a SIGTERM sent as soon as
+        // its API answers must stop it gracefully, not kill it (the future, spawned once
+        // the agent has started, sees a signal that came in the meantime).
+        let on_signal = shutdown_signal(shutdown.clone());
         let agent = Agent::start(config, shutdown.clone()).await?;
-        tokio::spawn(shutdown_signal(shutdown));
+        tokio::spawn(on_signal);
         agent.run_until_shutdown().await;
         anyhow::Ok(())
     })
