@@ -444,15 +444,19 @@ where
             entries: logs,
         };
 
-        // Send the payload.
+        // Send the payload. (consulate patch: an AppendEntries may take up to half the
+        // minimum election timeout, not only one heartbeat interval, before it is given
+        // up on and sent again.)
+        let the_timeout = Duration::from_millis(
+            self.config.heartbeat_interval.max(self.config.election_timeout_min / 2),
+        );
         tracing::debug!(
             payload=%payload.summary(),
             now = debug(leader_time),
             "start sending append_entries, timeout: {:?}",
-            self.config.heartbeat_interval
+            the_timeout
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
