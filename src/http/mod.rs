@@ -44,9 +44,14 @@ use crate::state::{Command, CommandResult};
 use error::HttpError;
 use params::Params;
 
-/// What every handler shares.
+/// What every handler shares: one allocation, so that handing it to a request (axum clones
+/// the router's state for each) is one reference count, not a copy of every handle in it.
 #[derive(Clone)]
-pub struct Api {
+pub struct Api(Arc<Shared>);
+
+/// The contents of [`Api`].
+#[derive(Clone)]
+pub struct Shared {
     dispatcher: Dispatcher,
     local: Arc<LocalAgent>,
     members: tokio::sync::watch::Receiver<Vec<Member>>,
@@ -82,6 +87,13 @@ impl AclEdge {
     }
 }
 
+impl std::ops::Deref for Api {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl Api {
     /// What the handlers of one agent share; `leave` is the agent's shutdown signal, which
     /// `/v1/agent/leave` fires.
@@ -92,7 +104,7 @@ impl Api {
         metrics: Metrics,
         leave: CancellationToken,
     ) -> Api {
-        Api {
+        Api(Arc::new(Shared {
             dispatcher,
             local,
             members,
@@ -103,18 +115,23 @@ impl Api {
             pools: None,
             config_file: None,
             cache: None,
-        }
+        }))
+    }
+
+    /// The contents, to set while the agent builds it (no copy: nothing shares it yet).
+    fn building(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// With the agent cache for `?cached` reads.
     pub fn with_cache(mut self, cache: crate::cache::AgentCache) -> Api {
-        self.cache = Some(cache);
+        self.building().cache = Some(cache);
         self
     }
 
     /// With the config file the agent was started from, for `agent/reload`.
     pub fn with_config_file(mut self, file: Option<std::path::PathBuf>) -> Api {
-        self.config_file = file.map(Arc::new);
+        self.building().config_file = file.map(Arc::new);
         self
     }
 
@@ -124,19 +141,19 @@ impl Api {
         lan: crate::gossip::Gossip,
         wan: Option<crate::gossip::Gossip>,
     ) -> Api {
-        self.pools = Some((lan, wan));
+        self.building().pools = Some((lan, wan));
         self
     }
 
     /// With this agent's LAN coordinate.
     pub fn with_coordinates(mut self, lan: Arc<crate::coordinate::Estimator>) -> Api {
-        self.coordinates = lan;
+        self.building().coordinates = lan;
         self
     }
 
     /// With ACLs on.
     pub fn with_acl(mut self, edge: AclEdge) -> Api {
-        self.acl = Some(Arc::new(edge));
+        self.building().acl = Some(Arc::new(edge));
         self
     }
 
