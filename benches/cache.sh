@@ -73,8 +73,10 @@ echo "cache: $(curl -sf "$c/metrics" | grep -E '^consulate_cache_(requests_total
 # its connection first, then all send their request in one pass (about 10 us apart) and
 # read the answers; how many forwards to dc2 that cost, REPS times.
 s=http://127.0.85.1:8500
-forwards() { curl -sf "$s/metrics" | awk '/^consulate_rpc_cross_dc_total\{datacenter="dc2"/ {n += $2} END {print n + 0}'; }
-joined() { curl -sf "$s/metrics" | awk '/^consulate_federation_coalesced_total/ {n += $2} END {print n + 0}'; }
+# The sum of a metric's samples on dc1's server (lines starting with PREFIX).
+metric() { curl -sf "$s/metrics" | awk -v m="$1" 'index($0, m) == 1 {n += $2} END {print n + 0}'; }
+forwards() { metric 'consulate_rpc_cross_dc_total{datacenter="dc2"'; }
+joined() { metric consulate_federation_coalesced_total; }
 ulimit -n 8192
 for r in $(seq "$reps"); do
   before=$(forwards); joined_before=$(joined)

@@ -170,30 +170,16 @@ fn writer_loop(
     loop {
         // With purged entries left to delete, an idle writer deletes a chunk instead of
         // waiting; otherwise it waits for the next operation.
-        let mut batch = Vec::new();
-        let closed = match rx.try_recv() {
-            Ok(op) => {
-                batch.push(op);
-                false
-            }
-            Err(mpsc::TryRecvError::Disconnected) => true,
+        let first = match rx.try_recv() {
+            Ok(op) => Some(op),
+            Err(mpsc::TryRecvError::Disconnected) => break,
             Err(mpsc::TryRecvError::Empty) if doomed.is_none() => match rx.recv() {
-                Ok(op) => {
-                    batch.push(op);
-                    false
-                }
-                Err(_) => true,
+                Ok(op) => Some(op),
+                Err(_) => break,
             },
-            Err(mpsc::TryRecvError::Empty) => false,
+            Err(mpsc::TryRecvError::Empty) => None,
         };
-        if closed {
-            // The last hints go with the writer (without an fsync: a hint may be lost).
-            if !hints.is_empty() {
-                let last: Vec<Op> = hints.into_iter().map(|(k, b)| Op::Hint(k, b)).collect();
-                let _ = write_batch(&db, &last, &mut None);
-            }
-            return;
-        }
+        let mut batch: Vec<Op> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -210,11 +196,7 @@ fn writer_loop(
         if batch.is_empty() && doomed.is_none() {
             continue;
         }
-        batch.extend(
-            std::mem::take(&mut hints)
-                .into_iter()
-                .map(|(k, b)| Op::Hint(k, b)),
-        );
+        batch.extend(hint_ops(&mut hints));
         let started = std::time::Instant::now();
         let result = write_batch(&db, &batch, &mut doomed).map_err(|e| e.to_string());
         if let Some(h) = times.get() {
@@ -246,6 +228,17 @@ fn writer_loop(
             }
         }
     }
+    // The last hints go with the writer (without an fsync: a hint may be lost).
+    if !hints.is_empty() {
+        let _ = write_batch(&db, &hint_ops(&mut hints).collect::<Vec<_>>(), &mut None);
+    }
+}
+
+/// The hints held back, as operations to write (and no longer held).
+fn hint_ops(hints: &mut BTreeMap<&'static str, Vec<u8>>) -> impl Iterator<Item = Op> {
+    std::mem::take(hints)
+        .into_iter()
+        .map(|(key, bytes)| Op::Hint(key, bytes))
 }
 
 /// Most purged entries one transaction deletes. A purge only records how far the log is
