@@ -1,12 +1,12 @@
 # Sourced by the benchmark scripts: builds the release binary and prepares a 3-server DC
 # named dc1 on 127.0.<NET>.1-3 (and, with CLIENTS=N, client agents PREFIXc1..N on
 # 127.0.<NET>.21..) in a temporary folder. Defines $bin, $dir, start NODE, wait_leader
-# (sets $leader), raft_failures.
+# (sets $leader), raft_failures. With BIN set, runs that binary instead of building one.
 # usage: . benches/cluster.sh NET PREFIX     (nodes are PREFIX1..PREFIX3)
 net=$1; prefix=$2
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/consulate
+if [ -z "${BIN:-}" ]; then cargo build --release -q --manifest-path "$root/Cargo.toml"; fi
+bin=${BIN:-$root/target/release/consulate}
 dir=$(mktemp -d)
 declare -A pid
 trap 'kill ${pid[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT

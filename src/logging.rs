@@ -38,7 +38,7 @@ pub fn monitor_level(name: Option<&str>) -> Result<Level, String> {
 /// (`info,openraft=warn`).
 pub fn filter(log_level: &str) -> Result<EnvFilter, String> {
     if let Some(l) = level(log_level) {
-        return Ok(EnvFilter::new(l.as_str().to_ascii_lowercase()));
+        return Ok(level_filter(l));
     }
     let directives = log_level.contains('=') || log_level.contains(',');
     match EnvFilter::try_new(log_level) {
@@ -46,6 +46,17 @@ pub fn filter(log_level: &str) -> Result<EnvFilter, String> {
         _ => Err(format!(
             "{log_level:?} is not a log level (trace, debug, info, warn, error) nor filter directives"
         )),
+    }
+}
+
+/// The filter of a plain level. At `info`, the Raft log's own notes (chunk files opened,
+/// purges, cache bookkeeping) are left out: they are for debugging it.
+fn level_filter(l: Level) -> EnvFilter {
+    let name = l.as_str().to_ascii_lowercase();
+    if l == Level::INFO {
+        EnvFilter::new(format!("{name},raft_log=warn"))
+    } else {
+        EnvFilter::new(name)
     }
 }
 
@@ -88,7 +99,7 @@ pub fn init(log_level: Option<&str>) {
     let stderr_filter = EnvFilter::try_from_default_env()
         .ok()
         .or_else(|| log_level.and_then(|l| filter(l).ok()))
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| level_filter(Level::INFO));
     let (stderr_filter, handle) = reload::Layer::new(stderr_filter);
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod bootstrap;
 pub mod collector;
 pub mod lease;
+mod legacy_log;
 pub mod log_store;
 pub mod network;
 pub mod snapshot_timer;
@@ -66,12 +67,12 @@ openraft::declare_raft_types!(
 /// Raft errors as the rest of the agent sees them, each saying whether a retry is safe.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftNodeError {
-    /// The log database cannot be opened (corrupt, locked, unreadable).
+    /// The log cannot be opened (damaged, locked, unreadable).
     #[error("raft log {path}")]
     Log {
-        /// The database file.
+        /// The log's directory.
         path: std::path::PathBuf,
-        /// What redb said.
+        /// What is wrong.
         source: Box<log_store::LogOpenError>,
     },
     /// The snapshot file cannot be used.
@@ -183,6 +184,8 @@ pub struct RaftNode {
     transferring: Arc<std::sync::atomic::AtomicBool>,
     /// Set once [`RaftNode::shutdown`] began: writes are refused (and logged) from then on.
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// The log, flushed once more on shutdown (the newest committed id waits for a flush).
+    log: LogStore,
     /// Stops the snapshot timer, awaited on shutdown.
     snapshot_timer: (
         tokio_util::sync::CancellationToken,
@@ -312,11 +315,18 @@ impl RaftNode {
         let raft_dir = data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)
             .map_err(|e| RaftNodeError::Fatal(format!("{}: {e}", raft_dir.display())))?;
-        let log_path = raft_dir.join("log.redb");
-        let mut log = LogStore::open(&log_path).map_err(|source| RaftNodeError::Log {
+        let log_path = raft_dir.join("log");
+        let log_error = |source| RaftNodeError::Log {
             path: log_path.clone(),
             source: Box::new(source),
-        })?;
+        };
+        if legacy_log::import_if_present(&raft_dir, &log_path)
+            .await
+            .map_err(log_error)?
+        {
+            tracing::info!(dir = %log_path.display(), "imported the Raft log of an earlier version");
+        }
+        let mut log = LogStore::open(&log_path).map_err(log_error)?;
         log.observe_commits(metrics.log_commit_seconds.clone());
         let sm = StateMachine::open(&raft_dir)?.with_metrics(metrics.clone());
         let shared = sm.shared();
@@ -351,7 +361,7 @@ impl RaftNode {
             transfer.clone(),
         );
         let peers = network.rpc();
-        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| RaftNodeError::Fatal(e.to_string()))?;
         let handler = Arc::new(RaftHandler::new(
@@ -375,6 +385,7 @@ impl RaftNode {
                 id,
                 lease: opts.election_timeout.0,
                 batcher: batcher::WriteBatcher::start(raft.clone()),
+                log,
                 commit_seconds: metrics.commit_seconds.clone(),
                 raft,
                 shared,
@@ -751,6 +762,11 @@ impl RaftNode {
             let _ = timer.await;
         }
         let _ = self.raft.shutdown().await;
+        // What is written but not yet flushed (the newest committed id) goes to disk, so a
+        // restart re-applies everything this server knew was committed.
+        if let Err(e) = self.log.sync().await {
+            tracing::warn!(error = %e, "flushing the raft log at shutdown");
+        }
     }
 }
 

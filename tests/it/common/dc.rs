@@ -127,7 +127,7 @@ pub fn data_dir(dc: &Dc, i: usize) -> PathBuf {
 }
 
 pub fn has_keys(dir: &Path) -> bool {
-    dir.join("raft/log.redb").is_file()
+    dir.join("raft/log").is_dir()
 }
 
 /// The KV keys under `prefix` in the server's own (stale) state.
