@@ -21,5 +21,6 @@ pub mod raft;
 pub mod rpc;
 pub mod state;
 pub mod transport;
+pub mod ui;
 pub mod up;
 pub mod vocab;

@@ -411,7 +411,8 @@ impl Agent {
         .with_coordinates(lan_coordinates.clone())
         .with_pools(gossip.clone(), server.as_ref().map(|s| s.wan.clone()))
         .with_config_file(config.source.clone())
-        .with_cache(cache.clone());
+        .with_cache(cache.clone())
+        .with_ui(config.ui);
         if config.acl.enabled {
             api = api.with_acl(crate::http::AclEdge::new(primary, resolved_tokens()));
         }

@@ -286,6 +286,14 @@ fn default_domain() -> String {
     "consul".into()
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// One agent's configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +401,10 @@ pub struct AgentConfig {
     /// Consul's check-definition shape). Re-read by `agent/reload`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<serde_json::Value>,
+    /// Whether the agent serves the web UI at `/ui/` (Consul's `ui_config.enabled`;
+    /// default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub ui: bool,
     /// The file this config was read from, which `agent/reload` reads again.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -201,6 +201,7 @@ impl Topology {
                     log_level: None,
                     services: Vec::new(),
                     checks: Vec::new(),
+                    ui: true,
                     source: None,
                 }
             })

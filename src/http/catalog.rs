@@ -223,6 +223,51 @@ pub async fn services(State(api): State<Api>, p: Params) -> Result<Response, Htt
     Ok((headers, Json(tags)).into_response())
 }
 
+/// One service as `internal/ui/services` lists it: Consul's fields, then the instances by
+/// their worst check (ours).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceSummaryJson<'a> {
+    name: &'a str,
+    datacenter: &'a str,
+    tags: &'a [String],
+    nodes: &'a [String],
+    instance_count: usize,
+    checks_passing: usize,
+    checks_warning: usize,
+    checks_critical: usize,
+    instances_passing: usize,
+    instances_warning: usize,
+    instances_critical: usize,
+}
+
+/// `GET /v1/internal/ui/services`: every service of the DC summed up (instances, nodes,
+/// checks by status) in one answer, as Consul's UI lists them; blocking, with `?dc=`.
+pub async fn ui_services(State(api): State<Api>, p: Params) -> Result<Response, HttpError> {
+    let (headers, out) = read(&api, &p, Query::ServiceSummaries).await?;
+    let QueryResult::ServiceSummaries(list) = &out.result else {
+        return Err(HttpError::shape());
+    };
+    let dc = p.dc().unwrap_or(&api.local.node.datacenter);
+    let json: Vec<ServiceSummaryJson> = list
+        .iter()
+        .map(|s| ServiceSummaryJson {
+            name: &s.name,
+            datacenter: dc,
+            tags: &s.tags,
+            nodes: &s.nodes,
+            instance_count: s.instances,
+            checks_passing: s.checks[0],
+            checks_warning: s.checks[1],
+            checks_critical: s.checks[2],
+            instances_passing: s.health[0],
+            instances_warning: s.health[1],
+            instances_critical: s.health[2],
+        })
+        .collect();
+    Ok((headers, Json(json)).into_response())
+}
+
 /// `GET /v1/catalog/service/:name` with `?tag=` (repeatable) and `?node-meta=`.
 pub async fn service(
     State(api): State<Api>,

@@ -22,6 +22,7 @@ pub mod session;
 pub mod snapshot;
 pub mod status;
 pub mod txn;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct Shared {
     config_file: Option<Arc<std::path::PathBuf>>,
     /// The agent cache `?cached` reads are answered from (`None`: served uncached).
     cache: Option<crate::cache::AgentCache>,
+    /// Whether `/ui/` serves the web UI (the agent's `ui` setting).
+    ui: bool,
 }
 
 /// How the agent's own endpoints (those answered from the agent, not the DC's state) check
@@ -115,6 +118,7 @@ impl Api {
             pools: None,
             config_file: None,
             cache: None,
+            ui: true,
         }))
     }
 
@@ -126,6 +130,12 @@ impl Api {
     /// With the agent cache for `?cached` reads.
     pub fn with_cache(mut self, cache: crate::cache::AgentCache) -> Api {
         self.building().cache = Some(cache);
+        self
+    }
+
+    /// With the web UI at `/ui/` served or not.
+    pub fn with_ui(mut self, ui: bool) -> Api {
+        self.building().ui = ui;
         self
     }
 
@@ -364,6 +374,10 @@ macro_rules! routes {
 }
 
 routes! {
+    "/" [Public] => get(ui::redirect);
+    "/ui" [Public] => get(ui::redirect);
+    "/ui/" [Public] => get(ui::index);
+    "/ui/{*file}" [Public] => get(ui::file);
     "/metrics" [Agent] => get(prometheus);
     "/v1/status/leader" [Public] => get(status::leader);
     "/v1/status/peers" [Public] => get(status::peers);
@@ -374,6 +388,7 @@ routes! {
     "/v1/catalog/services" [Data] => get(catalog::services);
     "/v1/catalog/service/{name}" [Data] => get(catalog::service);
     "/v1/catalog/node/{node}" [Data] => get(catalog::node);
+    "/v1/internal/ui/services" [Data] => get(catalog::ui_services);
     "/v1/catalog/node-services/{node}" [Data] => get(catalog::node_services);
     "/v1/health/service/{name}" [Data] => get(health::service);
     "/v1/health/checks/{name}" [Data] => get(health::service_checks);

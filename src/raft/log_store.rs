@@ -466,9 +466,6 @@ mod tests {
         store.sync().await.unwrap();
         drop(store);
         let mut store = LogStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.read_committed().await.unwrap(),
-            Some(entry(3).log_id)
-        );
+        assert_eq!(store.read_committed().await.unwrap(), Some(entry(3).log_id));
     }
 }

@@ -237,6 +237,10 @@ pub fn filter_result(
             v.retain(|n| keep(can(Resource::Node, &n.node)));
             QueryResult::Nodes(v)
         }
+        QueryResult::ServiceSummaries(mut v) => {
+            v.retain(|sum| keep(can(Resource::Service, &sum.name)));
+            QueryResult::ServiceSummaries(v)
+        }
         QueryResult::ServiceTags(mut m) => {
             m.retain(|name, _| keep(can(Resource::Service, name)));
             QueryResult::ServiceTags(m)

@@ -42,6 +42,8 @@ pub enum Query {
         /// Only services on nodes carrying this metadata.
         node_meta: NodeMetaFilter,
     },
+    /// `internal/ui/services`: every service summed up (instances, nodes, health).
+    ServiceSummaries,
     /// `catalog/service/:name`: the instances of one service with their nodes.
     ServiceNodes {
         /// The service name.
@@ -184,6 +186,8 @@ pub enum QueryResult {
     Nodes(Vec<Node>),
     /// Service names with the union of their instances' tags.
     ServiceTags(BTreeMap<String, Vec<String>>),
+    /// Every service summed up.
+    ServiceSummaries(Vec<ServiceSummary>),
     /// Service instances with their nodes.
     ServiceNodes(Vec<(Node, Service)>),
     /// A node and its services (`None`: no such node).
@@ -208,6 +212,63 @@ pub enum QueryResult {
     PreparedQueries(Vec<super::prepared_query::PreparedQuery>),
     /// What a read-only transaction answered.
     Txn(super::txn::TxnOutcome),
+}
+
+/// One service of a DC summed up, as Consul's UI lists services (`internal/ui/services`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// The service name.
+    pub name: String,
+    /// The union of its instances' tags, sorted.
+    pub tags: Vec<String>,
+    /// The nodes its instances run on, sorted.
+    pub nodes: Vec<String>,
+    /// How many instances it has.
+    pub instances: usize,
+    /// Its distinct checks (an instance's own and its node's) passing, warning, critical.
+    pub checks: [usize; 3],
+    /// Its instances by their worst check: passing, warning, critical.
+    pub health: [usize; 3],
+}
+
+/// Every service of `state` summed up.
+fn summaries(state: &State) -> Vec<ServiceSummary> {
+    use std::collections::BTreeSet;
+    let rank = |s: HealthStatus| match s {
+        HealthStatus::Passing => 0,
+        HealthStatus::Warning => 1,
+        HealthStatus::Critical => 2,
+    };
+    state
+        .service_names()
+        .map(|(name, list)| {
+            let mut sum = ServiceSummary {
+                name: name.to_string(),
+                ..ServiceSummary::default()
+            };
+            let (mut tags, mut nodes, mut seen) =
+                (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+            for s in list {
+                sum.instances += 1;
+                tags.extend(s.tags.iter());
+                nodes.insert(s.node.as_str());
+                let mut worst = 0;
+                for c in state
+                    .node_checks(&s.node)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                {
+                    worst = worst.max(rank(c.status));
+                    if seen.insert((c.node.as_str(), c.check_id.as_str())) {
+                        sum.checks[rank(c.status)] += 1;
+                    }
+                }
+                sum.health[worst] += 1;
+            }
+            sum.tags = tags.into_iter().cloned().collect();
+            sum.nodes = nodes.into_iter().map(str::to_string).collect();
+            sum
+        })
+        .collect()
 }
 
 fn meta_matches(node: &Node, filter: &NodeMetaFilter) -> bool {
@@ -268,7 +329,9 @@ impl Query {
             Query::Services { .. } | Query::ServiceNodes { .. } | Query::NodeServices { .. } => {
                 &[Table::Nodes, Table::Services]
             }
-            Query::ServiceHealth { .. } => &[Table::Nodes, Table::Services, Table::Checks],
+            Query::ServiceHealth { .. } | Query::ServiceSummaries => {
+                &[Table::Nodes, Table::Services, Table::Checks]
+            }
             Query::ServiceChecks { .. }
             | Query::NodeChecks { .. }
             | Query::ChecksInState { .. }
@@ -386,6 +449,7 @@ impl Query {
                                 .is_some_and(|n| meta_matches(n, node_meta))
                     }),
             )),
+            Query::ServiceSummaries => QueryResult::ServiceSummaries(summaries(state)),
             // An empty name lists every instance (a filtered `catalog/services`).
             Query::ServiceNodes {
                 service,

@@ -381,6 +381,17 @@ fn catalog_queries_filter_like_consul() {
         panic!()
     };
     assert_eq!(tags["web"], ["prod", "v1"], "union of tags, deduplicated");
+    let QueryResult::ServiceSummaries(sums) = Query::ServiceSummaries.run(&s) else {
+        panic!()
+    };
+    let web = sums.iter().find(|x| x.name == "web").unwrap();
+    assert_eq!(
+        (web.instances, web.nodes.as_slice()),
+        (2, &["n1".to_string(), "n2".into()][..])
+    );
+    assert_eq!(web.tags, ["prod", "v1"]);
+    assert_eq!(web.checks, [1, 1, 0], "n1's node check and web-2's own");
+    assert_eq!(web.health, [1, 1, 0], "each instance by its worst check");
     let QueryResult::Checks(c) = (Query::ChecksInState {
         state: Some(HealthStatus::Warning),
     })

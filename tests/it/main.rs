@@ -29,4 +29,5 @@ mod server_loss;
 mod sessions;
 mod snapshot;
 mod transport;
+mod ui;
 mod up;

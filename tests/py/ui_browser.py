@@ -1,0 +1,178 @@
+"""Drives the web UI in headless Chromium (Debian's chromium and chromedriver, through
+Selenium) against a running federation, and checks what a user sees.
+
+usage: ui_browser.py DC1_AGENT DC2_CLIENT ARTIFACTS
+  DC1_AGENT   host:port of a dc1 agent whose UI is opened
+  DC2_CLIENT  host:port of the dc2 client agent where `web` (check service:web-dc2) runs
+  ARTIFACTS   folder for the screenshots
+
+Every wait has a deadline; a failed check raises (exit status 1) with what was seen.
+"""
+
+import base64
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+DC1, DC2_CLIENT, ARTIFACTS = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(ARTIFACTS, exist_ok=True)
+
+
+def call(method, addr, path, body=None):
+    req = urllib.request.Request(f"http://{addr}/v1/{path}", method=method, data=body)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+            return r.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def kv_value(key):
+    status, body = call("GET", DC1, f"kv/{key}")
+    if status == 404:
+        return None
+    return base64.b64decode(body[0]["Value"] or "").decode()
+
+
+opts = webdriver.ChromeOptions()
+for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1280,900", "--no-proxy-server"]:
+    opts.add_argument(arg)
+opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+driver = webdriver.Chrome(
+    service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
+wait = WebDriverWait(driver, 20)
+
+
+def shot(name):
+    driver.save_screenshot(os.path.join(ARTIFACTS, f"{name}.png"))
+
+
+def go(hash_):
+    driver.get(f"http://{DC1}/ui/#{hash_}")
+
+
+def text_of(css):
+    """The text of the first element matching `css` now ("" if none): asked in one script
+    call, so a live re-render between finding and reading cannot fail it."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", css)
+
+
+def status_of(css):
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.dataset.status : null", css)
+
+
+try:
+    # The overview: both DCs, each reachable with a leader.
+    t0 = time.monotonic()
+    driver.get(f"http://{DC1}/ui/")
+    for dc in ["dc1", "dc2"]:
+        wait.until(lambda d, dc=dc: text_of(f'section.card[data-dc="{dc}"] dd.leader'))
+        leader = text_of(f'section.card[data-dc="{dc}"] dd.leader')
+        assert leader and leader != "none", f"{dc} shows a leader: {leader!r}"
+    print(f"overview: both DCs with leaders after {time.monotonic() - t0:.2f} s")
+    assert "/ui/#/dc1/overview" in driver.current_url, driver.current_url
+    shot("overview")
+
+    # Phone width: the page fits the screen.
+    driver.set_window_size(390, 844)
+    time.sleep(0.3)  # layout after a resize; no data is awaited here
+    over = driver.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth")
+    shot("overview-phone")
+    assert over <= 1, f"the overview overflows a phone-width screen by {over}px"
+    driver.set_window_size(1280, 900)
+
+    # A dc2 service from a dc1 agent: its instance and check, then live to critical.
+    go("/dc2/services/web")
+    row = 'section[data-dc="dc2"] tr[data-instance="web-dc2"]'
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, row)))
+    wait.until(lambda d: status_of(row) == "passing")
+    shot("service")
+    driver.execute_script("window.__notReloaded = true")
+    code, body = call("PUT", DC2_CLIENT, "agent/check/fail/service:web-dc2?note=down%20for%20the%20test")
+    assert code == 200, (code, body)
+    wait.until(lambda d: status_of(row) == "critical")
+    assert driver.execute_script("return window.__notReloaded === true"), "the page reloaded"
+    assert "down for the test" in text_of(row), text_of(row)
+    print("service: dc2 instance turned critical on the page without a reload")
+    shot("service-critical")
+
+    # Services list with a filter, nodes, sessions, members.
+    go("/dc1/services")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-service="web"]')))
+    shot("services")
+    go("/dc1/nodes")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "tr[data-node]")))
+    shot("nodes")
+    go("/dc1/members")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "tr[data-member]")))
+    shot("members")
+    go("/dc1/sessions")
+    wait.until(lambda d: "No sessions" in d.page_source or d.find_elements(By.CSS_SELECTOR, "tr[data-session]"))
+    shot("sessions")
+
+    # KV: create through the page, seen by the API.
+    go("/dc1/kv/ui-test/")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'form.create input[name="key"]')))
+    driver.find_element(By.CSS_SELECTOR, 'form.create input[name="key"]').send_keys("greeting")
+    driver.find_element(By.CSS_SELECTOR, 'form.create textarea[name="value"]').send_keys("hello v1")
+    driver.find_element(By.CSS_SELECTOR, 'form.create button[type="submit"]').click()
+    wait.until(lambda d: "/kv-edit/ui-test/greeting" in d.current_url)
+    assert kv_value("ui-test/greeting") == "hello v1", kv_value("ui-test/greeting")
+    print("kv: created through the page")
+
+    # Edit with CAS.
+    area = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'form.edit textarea')))
+    area.clear()
+    area.send_keys("hello v2")
+    driver.find_element(By.CSS_SELECTOR, 'form.edit button[type="submit"]').click()
+    wait.until(lambda d: "Saved." in text_of("p.status"))
+    assert kv_value("ui-test/greeting") == "hello v2", kv_value("ui-test/greeting")
+    shot("kv-edit")
+    # Someone else writes behind the page's back: the page's save is refused, not lost.
+    call("PUT", DC1, "kv/ui-test/greeting", b"changed elsewhere")
+    area.clear()
+    area.send_keys("hello v3")
+    driver.find_element(By.CSS_SELECTOR, 'form.edit button[type="submit"]').click()
+    wait.until(lambda d: "Not saved" in text_of("p.status"))
+    assert kv_value("ui-test/greeting") == "changed elsewhere", kv_value("ui-test/greeting")
+    print("kv: a concurrent change is not overwritten silently")
+
+    # Delete (after a reload, so the page holds the current index).
+    driver.refresh()
+    wait.until(lambda d: "changed elsewhere" in text_of("pre.value"))
+    driver.find_element(By.CSS_SELECTOR, "button.danger").click()
+    WebDriverWait(driver, 10).until(EC.alert_is_present()).accept()
+    wait.until(lambda d: "/kv/ui-test" in d.current_url and "kv-edit" not in d.current_url)
+    assert kv_value("ui-test/greeting") is None, "deleted"
+    print("kv: deleted through the page")
+
+    # A value with HTML in it is shown as text, never run.
+    go("/dc1/kv-edit/app/html")
+    wait.until(lambda d: "<script>" in text_of("pre.value"))
+    assert text_of("pre.value") == "<script>window.__pwned = 1</script><b>bold?</b>", text_of("pre.value")
+    assert driver.execute_script("return window.__pwned === undefined"), "the value's script ran"
+    assert not driver.find_elements(By.CSS_SELECTOR, "pre.value b, pre.value script"), "the value became markup"
+    print("kv: an HTML value is shown literally")
+    shot("kv-html")
+
+    # Script errors only: answers such as the 404 of an empty KV folder are the API's.
+    logs = [e for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not logs, f"script errors: {logs}"
+    print("ok")
+finally:
+    driver.quit()
