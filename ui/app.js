@@ -189,6 +189,12 @@ function notFound(r) {
 
 /** The token form, with why it is asked for (a 403's message) when there is one. */
 function askToken(why) {
+  if (!banner.hidden) {
+    // Already asking: say why again, but keep what is being typed.
+    const reason = banner.querySelector(".why");
+    if (reason && why) reason.textContent = why;
+    return;
+  }
   banner.hidden = false;
   const input = h("input", { type: "password", placeholder: "SecretID", autocomplete: "off", "aria-label": "ACL token" });
   input.value = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -204,7 +210,7 @@ function askToken(why) {
           show();
         },
       },
-      why ? h("span", { class: "why" }, why) : null,
+      h("span", { class: "why" }, why || ""),
       input,
       h("button", { type: "submit" }, "Use token"),
       h("button", { type: "button", onclick: () => (banner.hidden = true) }, "Close"),

@@ -3,8 +3,9 @@
 //! `/ui/`: the overview shows both DCs with their leaders, a dc2 service opened from dc1
 //! turns critical on the page without a reload, a KV key is created, edited (a concurrent
 //! change is refused, not overwritten) and deleted through the page, and a value holding
-//! HTML is shown as text. Screenshots of the pages land in `target/ui-screenshots/`. Also:
-//! the files' headers and validators, and `ui = false`.
+//! HTML is shown as text. Screenshots of the pages land in `target/ui-screenshots/`. With
+//! ACLs on (`up --acl`), the page asks for a token and keeps it in session storage only.
+//! Also: the files' headers and validators, and `ui = false`.
 
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ async fn the_ui_in_a_real_browser_shows_the_federation_live_and_edits_kv_safely(
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ui_browser.py");
     let run = tokio::process::Command::new(python())
         .arg(script)
-        .args([DC1, DC2_CLIENT])
+        .args(["federation", DC1, DC2_CLIENT])
         .arg(&artifacts)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(240), run)
@@ -167,4 +168,37 @@ async fn an_agent_with_ui_off_serves_no_ui() {
             "{path} says why"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acls_the_ui_asks_for_a_token_and_keeps_it_in_session_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_dc = TOPOLOGY
+        .split("\n[[datacenters]]\nname = \"dc2\"")
+        .next()
+        .unwrap();
+    let one_dc = one_dc.replace("127.67.", "127.66.");
+    std::fs::write(dir.path().join("topo.toml"), one_dc).unwrap();
+    let (_up, out) = spawn_up(dir.path(), &["topo.toml", "--acl"]);
+    up_ready(&out).await;
+    let token =
+        std::fs::read_to_string(dir.path().join(".consulate/acl-management-token")).unwrap();
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ui_browser.py");
+    let run = tokio::process::Command::new(python())
+        .arg(script)
+        .args(["acl", "127.66.1.10:8500", token.trim()])
+        .arg(&artifacts)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("\nok"),
+        "the browser run failed:\n{stdout}\n{stderr}"
+    );
 }

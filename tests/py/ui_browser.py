@@ -1,10 +1,13 @@
 """Drives the web UI in headless Chromium (Debian's chromium and chromedriver, through
 Selenium) against a running federation, and checks what a user sees.
 
-usage: ui_browser.py DC1_AGENT DC2_CLIENT ARTIFACTS
-  DC1_AGENT   host:port of a dc1 agent whose UI is opened
-  DC2_CLIENT  host:port of the dc2 client agent where `web` (check service:web-dc2) runs
-  ARTIFACTS   folder for the screenshots
+usage: ui_browser.py federation DC1_AGENT DC2_CLIENT ARTIFACTS
+         DC1_AGENT   host:port of a dc1 agent whose UI is opened
+         DC2_CLIENT  host:port of the dc2 client agent where `web` (check service:web-dc2) runs
+       ui_browser.py acl AGENT TOKEN ARTIFACTS
+         AGENT       host:port of an agent with ACLs on (default deny)
+         TOKEN       a token that may read everything (the management token)
+       ARTIFACTS     folder for the screenshots
 
 Every wait has a deadline; a failed check raises (exit status 1) with what was seen.
 """
@@ -23,7 +26,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-DC1, DC2_CLIENT, ARTIFACTS = sys.argv[1], sys.argv[2], sys.argv[3]
+MODE = sys.argv[1]
+if MODE == "federation":
+    DC1, DC2_CLIENT, ARTIFACTS = sys.argv[2], sys.argv[3], sys.argv[4]
+else:
+    DC1, TOKEN, ARTIFACTS = sys.argv[2], sys.argv[3], sys.argv[4]
 os.makedirs(ARTIFACTS, exist_ok=True)
 
 
@@ -74,7 +81,7 @@ def status_of(css):
         "const e = document.querySelector(arguments[0]); return e ? e.dataset.status : null", css)
 
 
-try:
+def federation():
     # The overview: both DCs, each reachable with a leader.
     t0 = time.monotonic()
     driver.get(f"http://{DC1}/ui/")
@@ -169,6 +176,29 @@ try:
     print("kv: an HTML value is shown literally")
     shot("kv-html")
 
+
+def acl():
+    # With no token, the page asks for one (the agent's own endpoint answered 403).
+    driver.get(f"http://{DC1}/ui/")
+    wait.until(lambda d: d.execute_script("return !document.getElementById('banner').hidden"))
+    assert "ACL not found" in text_of("#banner") or "Permission denied" in text_of("#banner"), text_of("#banner")
+    shot("acl-token-asked")
+    driver.find_element(By.CSS_SELECTOR, '#banner input[type="password"]').send_keys(TOKEN)
+    driver.find_element(By.CSS_SELECTOR, '#banner button[type="submit"]').click()
+    wait.until(lambda d: d.execute_script("return document.getElementById('banner').hidden"))
+    # With it, the DC's services (hidden from the anonymous token) are listed.
+    go("/dc1/services")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-service="consul"]')))
+    stored = driver.execute_script(
+        "return [sessionStorage.getItem('consulate.token'), JSON.stringify(localStorage), document.cookie]")
+    assert stored[0] == TOKEN, "the token is in the tab's session storage"
+    assert TOKEN not in stored[1] and TOKEN not in stored[2], f"the token is nowhere else: {stored[1:]}"
+    assert TOKEN not in driver.current_url, "the token is not in the URL"
+    print("acl: asked for a token, kept it in session storage only, listed with it")
+
+
+try:
+    federation() if MODE == "federation" else acl()
     # Script errors only: answers such as the 404 of an empty KV folder are the API's.
     logs = [e for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and e.get("source") != "network"]
