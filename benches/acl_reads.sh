@@ -1,64 +1,80 @@
 #!/usr/bin/env bash
-# What ACLs cost a read: a 3-server DC on loopback, once with ACLs off and once with ACLs on
-# (default_policy = "deny"), alternated REPS times (off-on, on-off, ...); each time default-mode and ?stale reads
-# of one key at 64 connections, every request carrying a token header (with ACLs on a
-# scoped token: a policy granting key_prefix "" read, checked on every request by the
-# server that answers; with ACLs off the same header, ignored), so the requests are the same.
-# Each row also reports the leader's CPU time per request it answered.
-# usage: benches/acl_reads.sh [SECONDS] [REPS]     (needs wrk and curl)
+# What ACLs cost a read: two 3-server DCs on loopback run side by side, one with ACLs off
+# (127.0.88.x) and one with ACLs on (127.0.84.x, default_policy = "deny"), both idle but
+# for the row being measured; rows alternate between them, ROUNDS pairs per read mode,
+# each row default-mode or ?stale reads of one key at 64 connections for SECONDS, every
+# request carrying a token header (with ACLs on a scoped token, a policy granting
+# key_prefix "" read, checked on every request by the server that answers; with ACLs off
+# the same header, ignored), so the requests are the same. Short alternating rows on two
+# live clusters put both sides under the same machine noise. Each row also reports the
+# leader's CPU time per request; the end, each round's ratio and the ratio of the sums.
+# usage: benches/acl_reads.sh [SECONDS] [ROUNDS]     (needs wrk and curl)
 set -euo pipefail
-d=${1:-10}; reps=${2:-3}
-. "$(dirname "$0")/cluster.sh" 88 a
-root_token=bench-root-token
-for n in a1 a2 a3; do cp "$dir/cfg/$n.toml" "$dir/cfg/$n.plain"; done
-acl_on() {
-  for n in a1 a2 a3; do
-    { echo 'primary_datacenter = "dc1"'; cat "$dir/cfg/$n.plain"
-      echo '[acl]'; echo 'enabled = true'; echo 'default_policy = "deny"'
-      echo '[acl.tokens]'; echo "initial_management = \"$root_token\""; echo "agent = \"$root_token\""
-    } > "$dir/cfg/$n.toml"
-  done
-}
-acl_off() { for n in a1 a2 a3; do cp "$dir/cfg/$n.plain" "$dir/cfg/$n.toml"; done; }
-stop_all() { for n in a1 a2 a3; do kill "${pid[$n]}" 2>/dev/null || true; wait "${pid[$n]}" 2>/dev/null || true; done; rm -rf "$dir/data"; }
-# CPU time (user + system, clock ticks) the leader's process has used so far.
-leader_ticks() {
-  local n=a${leader##*.}
-  awk '{print $14 + $15}' "/proc/${pid[$n]}/stat"
-}
-row() { # LABEL URL [TOKEN]: requests/s, latency, and the leader's CPU per request (less
-  # sensitive than throughput to what else the machine runs)
-  local h=(); [ -n "${3:-}" ] && h=(-H "X-Consul-Token: $3")
-  local before; before=$(leader_ticks)
-  local out; out=$(wrk -t2 -c64 -d"${d}s" --latency "${h[@]}" "$2")
-  local ticks=$(( $(leader_ticks) - before )) hz; hz=$(getconf CLK_TCK)
-  echo "$out" | awk -v l="$1" -v t="$ticks" -v hz="$hz" '
+here=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = __cluster ]; then
+  # One side: NET MODE READY-FILE; writes "leader-ip token leader-pid" there, then waits.
+  net=$2 mode=$3 ready=$4
+  . "$here/cluster.sh" "$net" a
+  root_token=bench-root-token
+  if [ "$mode" = on ]; then
+    for n in a1 a2 a3; do
+      { echo 'primary_datacenter = "dc1"'; cat "$dir/cfg/$n.toml"
+        echo '[acl]'; echo 'enabled = true'; echo 'default_policy = "deny"'
+        echo '[acl.tokens]'; echo "initial_management = \"$root_token\""; echo "agent = \"$root_token\""
+      } > "$dir/cfg/$n.acl"; mv "$dir/cfg/$n.acl" "$dir/cfg/$n.toml"
+    done
+  fi
+  for n in a1 a2 a3; do start $n; done; wait_leader
+  u=http://$leader:8500
+  token=00000000-1111-2222-3333-444444444444
+  if [ "$mode" = on ]; then
+    until curl -sf -H "X-Consul-Token: $root_token" -X PUT -d v "$u/v1/kv/bench-read" >/dev/null; do sleep 0.1; done
+    curl -sf -H "X-Consul-Token: $root_token" -X PUT -d '{"Name":"reader","Rules":"key_prefix \"\" { policy = \"read\" }"}' "$u/v1/acl/policy" >/dev/null
+    token=$(curl -sf -H "X-Consul-Token: $root_token" -X PUT -d '{"Policies":[{"Name":"reader"}]}' "$u/v1/acl/token" | sed 's/.*"SecretID":"\([^"]*\)".*/\1/')
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Consul-Token: $token" "$u/v1/kv/bench-read")" = 200 ]
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$u/v1/kv/bench-read")" = 403 ]
+  else
+    until curl -sf -X PUT -d v "$u/v1/kv/bench-read" >/dev/null; do sleep 0.1; done
+  fi
+  echo "$leader $token ${pid[a${leader##*.}]}" > "$ready.tmp"; mv "$ready.tmp" "$ready"
+  # On TERM: stop the sleep (cluster.sh's exit trap waits for every child), then the DC.
+  sleep infinity & sleeper=$!
+  trap 'kill $sleeper 2>/dev/null; exit 0' TERM
+  wait $sleeper
+  exit 0
+fi
+d=${1:-5}; rounds=${2:-10}
+cargo build --release -q --manifest-path "$here/../Cargo.toml"
+export BIN=$here/../target/release/consulate
+tmp=$(mktemp -d); sides=()
+trap 'kill ${sides[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+bash "$0" __cluster 88 off "$tmp/off" & sides+=($!)
+bash "$0" __cluster 84 on "$tmp/on" & sides+=($!)
+for _ in $(seq 300); do [ -f "$tmp/off" ] && [ -f "$tmp/on" ] && break; sleep 0.1; done
+read -r off_ip off_token off_pid < "$tmp/off"; read -r on_ip on_token on_pid < "$tmp/on"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+row() { # SIDE MODE ROUND: prints "rps" to $tmp/SIDE-MODE-ROUND and the row to stdout
+  local ip token pid q; eval "ip=\$${1}_ip token=\$${1}_token pid=\$${1}_pid"
+  q=$([ "$2" = stale ] && echo "?stale" || echo "")
+  local before; before=$(ticks "$pid")
+  local out; out=$(wrk -t2 -c64 -d"${d}s" --latency -H "X-Consul-Token: $token" "http://$ip:8500/v1/kv/bench-read$q")
+  local t=$(( $(ticks "$pid") - before )) hz; hz=$(getconf CLK_TCK)
+  echo "$out" | awk -v l="acl $1 $2 #$3" -v t="$t" -v hz="$hz" -v f="$tmp/$1-$2-$3" '
     /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Requests\/sec/ {rps=$2} / requests in / {n=$1} /Non-2xx|Socket errors/ {err=err" "$0}
-    END {printf "%-28s %10s req/s  p50 %-9s p99 %-9s leader CPU %5.1f us/req%s\n", l, rps, p50, p99, t / hz * 1e6 / n, err}'
+    END {printf "%-24s %10s req/s  p50 %-9s p99 %-9s leader CPU %5.1f us/req%s\n", l, rps, p50, p99, t / hz * 1e6 / n, err; print rps > f}'
 }
-off_rows() { # REP
-  acl_off; for n in a1 a2 a3; do start $n; done; wait_leader
-  u=http://$leader:8500
-  until curl -sf -X PUT -d v "$u/v1/kv/bench-read" >/dev/null; do sleep 0.1; done
-  # The same requests as with ACLs on, token header included (ignored here).
-  row "acl off default #$1" "$u/v1/kv/bench-read" 00000000-1111-2222-3333-444444444444
-  row "acl off stale #$1" "$u/v1/kv/bench-read?stale" 00000000-1111-2222-3333-444444444444
-  stop_all
-}
-on_rows() { # REP
-  acl_on; for n in a1 a2 a3; do start $n; done; wait_leader
-  u=http://$leader:8500
-  until curl -sf -H "X-Consul-Token: $root_token" -X PUT -d v "$u/v1/kv/bench-read" >/dev/null; do sleep 0.1; done
-  curl -sf -H "X-Consul-Token: $root_token" -X PUT -d '{"Name":"reader","Rules":"key_prefix \"\" { policy = \"read\" }"}' "$u/v1/acl/policy" >/dev/null
-  token=$(curl -sf -H "X-Consul-Token: $root_token" -X PUT -d '{"Policies":[{"Name":"reader"}]}' "$u/v1/acl/token" | sed 's/.*"SecretID":"\([^"]*\)".*/\1/')
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Consul-Token: $token" "$u/v1/kv/bench-read")" = 200 ]
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "$u/v1/kv/bench-read")" = 403 ]
-  row "acl on default #$1" "$u/v1/kv/bench-read" "$token"
-  row "acl on stale #$1" "$u/v1/kv/bench-read?stale" "$token"
-  stop_all
-}
-# Off-on, then on-off (ABBA), so that neither side always runs on a machine that has
-# been loaded longer.
-for r in $(seq "$reps"); do
-  if [ $((r % 2)) = 1 ]; then off_rows "$r"; on_rows "$r"; else on_rows "$r"; off_rows "$r"; fi
+# Rows strictly alternate between the two DCs (a DC loaded twice in a row measured slower
+# the second time), ROUNDS pairs per read mode.
+for m in default stale; do
+  for r in $(seq "$rounds"); do row off $m "$r"; row on $m "$r"; done
+done
+for m in default stale; do
+  ratios=""; son=0; soff=0
+  for r in $(seq "$rounds"); do
+    on=$(cat "$tmp/on-$m-$r"); off=$(cat "$tmp/off-$m-$r")
+    ratios="$ratios $(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.2f", a / b}')"
+    son=$(awk -v a="$son" -v b="$on" 'BEGIN {print a + b}'); soff=$(awk -v a="$soff" -v b="$off" 'BEGIN {print a + b}')
+  done
+  sorted=$(echo $ratios | tr ' ' '\n' | sort -n | tr '\n' ' ')
+  echo "$m: on/off per round:$ratios; sorted: $sorted; sums: $(awk -v a="$son" -v b="$soff" 'BEGIN {printf "%.3f", a / b}')"
 done
