@@ -18,7 +18,7 @@
 //! entry in them is purged, after the purge record itself is on disk.
 //!
 //! A data dir written by an earlier version holds its log in one redb file; it is imported
-//! once, before the log is opened ([`super::legacy_log`]).
+//! once, before the log is opened, by the `legacy_log` module.
 
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
