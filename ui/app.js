@@ -173,8 +173,10 @@ function show() {
   const view = VIEWS[r.page] || notFound;
   main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   document.title = `consulate · ${r.page} · ${r.dc}`;
-  view(r, current.signal).catch((e) => {
-    if (!current.signal.aborted) main.replaceChildren(failure(e));
+  // A view left for another fails with an AbortError: only the view on screen reports.
+  const signal = current.signal;
+  view(r, signal).catch((e) => {
+    if (!signal.aborted) main.replaceChildren(failure(e));
   });
 }
 

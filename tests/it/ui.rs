@@ -37,6 +37,30 @@ agents = [
 const DC1: &str = "127.67.1.10:8500";
 const DC2_CLIENT: &str = "127.67.2.10:8500";
 
+/// Runs `tests/py/ui_browser.py` with `args` and the screenshot folder, which it returns;
+/// fails the test with the script's output unless the script ends with `ok`.
+async fn browser(args: &[&str]) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let artifacts = root.join("target/ui-screenshots");
+    let run = tokio::process::Command::new(python())
+        .arg(root.join("tests/py/ui_browser.py"))
+        .args(args)
+        .arg(&artifacts)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser run ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("\nok"),
+        "the browser run failed:\n{stdout}\n{stderr}"
+    );
+    artifacts
+}
+
 async fn put(http: &reqwest::Client, url: &str, body: &str) {
     let r = http.put(url).body(body.to_string()).send().await.unwrap();
     assert!(r.status().is_success(), "PUT {url}: {}", r.status());
@@ -110,24 +134,7 @@ async fn the_ui_in_a_real_browser_shows_the_federation_live_and_edits_kv_safely(
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ui_browser.py");
-    let run = tokio::process::Command::new(python())
-        .arg(script)
-        .args(["federation", DC1, DC2_CLIENT])
-        .arg(&artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the browser run ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("\nok"),
-        "the browser run failed:\n{stdout}\n{stderr}"
-    );
+    let artifacts = browser(&["federation", DC1, DC2_CLIENT]).await;
     for page in [
         "overview",
         "overview-phone",
@@ -183,22 +190,5 @@ async fn with_acls_the_ui_asks_for_a_token_and_keeps_it_in_session_storage() {
     up_ready(&out).await;
     let token =
         std::fs::read_to_string(dir.path().join(".consulate/acl-management-token")).unwrap();
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ui_browser.py");
-    let run = tokio::process::Command::new(python())
-        .arg(script)
-        .args(["acl", "127.66.1.10:8500", token.trim()])
-        .arg(&artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser run ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("\nok"),
-        "the browser run failed:\n{stdout}\n{stderr}"
-    );
+    browser(&["acl", "127.66.1.10:8500", token.trim()]).await;
 }

@@ -188,7 +188,8 @@ def acl():
     wait.until(lambda d: d.execute_script("return document.getElementById('banner').hidden"))
     # With it, the DC's services (hidden from the anonymous token) are listed.
     go("/dc1/services")
-    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-service="consul"]')))
+    WebDriverWait(driver, 60).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-service="consul"]')))
     stored = driver.execute_script(
         "return [sessionStorage.getItem('consulate.token'), JSON.stringify(localStorage), document.cookie]")
     assert stored[0] == TOKEN, "the token is in the tab's session storage"
@@ -198,7 +199,15 @@ def acl():
 
 
 try:
-    federation() if MODE == "federation" else acl()
+    try:
+        federation() if MODE == "federation" else acl()
+    except Exception:
+        # What the page showed when a check failed.
+        shot(f"failed-{MODE}")
+        print("page at failure:", driver.current_url)
+        print(driver.execute_script("return document.body.innerText"))
+        print("browser log:", driver.get_log("browser"))
+        raise
     # Script errors only: answers such as the 404 of an empty KV folder are the API's.
     logs = [e for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and e.get("source") != "network"]
