@@ -16,9 +16,10 @@ import os
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/py"))
+import chromium  # noqa: E402  (the UI test's browser setup)
 
 AGENT, DCS, RUNS, SECONDS, PID = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 HZ = os.sysconf("SC_CLK_TCK")
@@ -36,13 +37,7 @@ def cpu(seconds):
     return 100.0 * (ticks() - c0) / HZ / (time.monotonic() - t0)
 
 
-opts = webdriver.ChromeOptions()
-for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1280,900", "--no-proxy-server"]:
-    opts.add_argument(arg)
-opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-driver = webdriver.Chrome(
-    service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
+driver = chromium.start()
 READY = """
 const cards = document.querySelectorAll('section.card dd .counts');
 return cards.length >= arguments[0] ? performance.now() : null;

@@ -109,9 +109,14 @@ function route() {
   };
 }
 
+/** A slash-separated name (a KV key, a folder) with each segment URL-encoded. */
+function segments(name) {
+  return name.split("/").map(encodeURIComponent).join("/");
+}
+
 function link(dc, page, rest = "", query) {
   let out = `#/${encodeURIComponent(dc)}/${page}`;
-  if (rest) out += "/" + rest.split("/").map(encodeURIComponent).join("/");
+  if (rest) out += "/" + segments(rest);
   const q = query?.toString();
   return q ? `${out}?${q}` : out;
 }
@@ -485,7 +490,7 @@ async function kv(r, signal) {
         const full = prefix + key.value.trim();
         if (!key.value.trim()) return;
         try {
-          const res = await api(`kv/${full.split("/").map(encodeURIComponent).join("/")}`, { dc: r.dc, method: "PUT", params: { cas: 0 }, body: value.value });
+          const res = await api(`kv/${segments(full)}`, { dc: r.dc, method: "PUT", params: { cas: 0 }, body: value.value });
           if (res.data === true) location.hash = link(r.dc, "kv-edit", full);
           else status.textContent = `${full} already exists: open it to edit it.`;
         } catch (e) {
@@ -500,7 +505,7 @@ async function kv(r, signal) {
     status,
   );
   main.replaceChildren(h("h1", {}, "Key/Value"), crumbs(r.dc, prefix), list, create);
-  await watch(`kv/${prefix.split("/").map(encodeURIComponent).join("/")}`, { dc: r.dc, params: { keys: "", separator: "/" } }, signal, (keys) => {
+  await watch(`kv/${segments(prefix)}`, { dc: r.dc, params: { keys: "", separator: "/" } }, signal, (keys) => {
     const rows = (keys || [])
       .filter((k) => k !== prefix)
       .map((k) => {
@@ -518,7 +523,7 @@ async function kv(r, signal) {
 
 async function kvEdit(r, signal) {
   const keyName = r.rest;
-  const path = `kv/${keyName.split("/").map(encodeURIComponent).join("/")}`;
+  const path = `kv/${segments(keyName)}`;
   const parent = keyName.includes("/") ? keyName.slice(0, keyName.lastIndexOf("/") + 1) : "";
   const res = await api(path, { dc: r.dc, signal });
   const entry = res.data[0];

@@ -133,19 +133,8 @@ async fn write(dir: &Path, legacy: Legacy) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
-    use std::sync::Arc;
-
-    fn entry(index: u64) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
-            payload: EntryPayload::Normal(Arc::new(crate::state::Command::KvSet {
-                key: format!("k{index}"),
-                value: bytes::Bytes::from_static(b"v"),
-                flags: 0,
-            })),
-        }
-    }
+    use crate::raft::log_store::tests::entry;
+    use openraft::RaftLogReader;
 
     /// An old log: entries 1..=10 (with checksums), 1..=4 purged, 8 committed, a vote.
     fn old_log(file: &Path) {

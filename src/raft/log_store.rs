@@ -377,11 +377,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::raft) mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
 
-    fn entry(index: u64) -> Entry<TypeConfig> {
+    /// A KV write at `index` of term 3 (also the old-log import's tests' entry).
+    pub(in crate::raft) fn entry(index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
             payload: EntryPayload::Normal(Arc::new(crate::state::Command::KvSet {

@@ -20,11 +20,11 @@ import time
 import urllib.error
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
+
+import chromium
 
 MODE = sys.argv[1]
 if MODE == "federation":
@@ -51,13 +51,7 @@ def kv_value(key):
     return base64.b64decode(body[0]["Value"] or "").decode()
 
 
-opts = webdriver.ChromeOptions()
-for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1280,900", "--no-proxy-server"]:
-    opts.add_argument(arg)
-opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-driver = webdriver.Chrome(
-    service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
+driver = chromium.start()
 wait = WebDriverWait(driver, 20)
 
 
@@ -143,17 +137,19 @@ def federation():
 
     # Edit with CAS.
     area = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'form.edit textarea')))
-    area.clear()
-    area.send_keys("hello v2")
-    driver.find_element(By.CSS_SELECTOR, 'form.edit button[type="submit"]').click()
+
+    def save(text):
+        area.clear()
+        area.send_keys(text)
+        driver.find_element(By.CSS_SELECTOR, 'form.edit button[type="submit"]').click()
+
+    save("hello v2")
     wait.until(lambda d: "Saved." in text_of("p.status"))
     assert kv_value("ui-test/greeting") == "hello v2", kv_value("ui-test/greeting")
     shot("kv-edit")
     # Someone else writes behind the page's back: the page's save is refused, not lost.
     call("PUT", DC1, "kv/ui-test/greeting", b"changed elsewhere")
-    area.clear()
-    area.send_keys("hello v3")
-    driver.find_element(By.CSS_SELECTOR, 'form.edit button[type="submit"]').click()
+    save("hello v3")
     wait.until(lambda d: "Not saved" in text_of("p.status"))
     assert kv_value("ui-test/greeting") == "changed elsewhere", kv_value("ui-test/greeting")
     print("kv: a concurrent change is not overwritten silently")
