@@ -72,7 +72,7 @@ fn main() {
     });
     let checked = time(n, || {
         let authz = s
-            .acl_authorizer(Some(black_box(SECRET)), false, now_ms())
+            .acl_authorizer(Some(black_box(SECRET)), false, now_ms)
             .unwrap();
         let r = filter_result(&authz, &q, q.run(black_box(&s))).unwrap();
         black_box(r);

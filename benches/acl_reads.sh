@@ -8,7 +8,14 @@
 # the same header, ignored), so the requests are the same. Short alternating rows on two
 # live clusters put both sides under the same machine noise. Each row also reports the
 # leader's CPU time per request; the end, each round's ratio and the ratio of the sums.
-# usage: benches/acl_reads.sh [SECONDS] [ROUNDS]     (needs wrk and curl)
+# With PIN=1 (a 2-core machine): every server runs on core 0 but the leaders on core 1, and
+# wrk (one thread) on core 0, so that the leader measured has a core of its own and its
+# throughput is what a request costs it rather than how the scheduler shares two cores.
+# With TOGETHER=1 (implies PIN=1) each pair of rows runs at the same time instead of one
+# after the other: both leaders share core 1, so both see the same speed of a virtual
+# core that varies by tens of percent from second to second; their throughputs and CPU
+# per request are then compared within the same seconds.
+# usage: [PIN=1|TOGETHER=1] benches/acl_reads.sh [SECONDS] [ROUNDS]     (needs wrk and curl)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = __cluster ]; then
@@ -36,6 +43,10 @@ if [ "${1:-}" = __cluster ]; then
   else
     until curl -sf -X PUT -d v "$u/v1/kv/bench-read" >/dev/null; do sleep 0.1; done
   fi
+  if [ -n "${PIN:-}" ]; then
+    for p in "${pid[@]}"; do taskset -a -p -c 0 "$p" >/dev/null; done
+    taskset -a -p -c 1 "${pid[a${leader##*.}]}" >/dev/null
+  fi
   echo "$leader $token ${pid[a${leader##*.}]}" > "$ready.tmp"; mv "$ready.tmp" "$ready"
   # On TERM: stop the sleep (cluster.sh's exit trap waits for every child), then the DC.
   sleep infinity & sleeper=$!
@@ -44,12 +55,15 @@ if [ "${1:-}" = __cluster ]; then
   exit 0
 fi
 d=${1:-5}; rounds=${2:-10}
-cargo build --release -q --manifest-path "$here/../Cargo.toml"
-export BIN=$here/../target/release/consulate
+[ -n "${TOGETHER:-}" ] && export PIN=1
+# With BIN set, that binary is run instead of a fresh release build.
+if [ -z "${BIN:-}" ]; then cargo build --release -q --manifest-path "$here/../Cargo.toml"; fi
+export BIN=${BIN:-$here/../target/release/consulate}
 tmp=$(mktemp -d); sides=()
 trap 'kill ${sides[@]} 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 bash "$0" __cluster 88 off "$tmp/off" & sides+=($!)
-bash "$0" __cluster 84 on "$tmp/on" & sides+=($!)
+# ON_MODE=off: a control run, both sides without ACLs (what the two DCs differ by alone).
+bash "$0" __cluster 84 "${ON_MODE:-on}" "$tmp/on" & sides+=($!)
 for _ in $(seq 300); do [ -f "$tmp/off" ] && [ -f "$tmp/on" ] && break; sleep 0.1; done
 read -r off_ip off_token off_pid < "$tmp/off"; read -r on_ip on_token on_pid < "$tmp/on"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -57,24 +71,29 @@ row() { # SIDE MODE ROUND: prints "rps" to $tmp/SIDE-MODE-ROUND and the row to s
   local ip token pid q; eval "ip=\$${1}_ip token=\$${1}_token pid=\$${1}_pid"
   q=$([ "$2" = stale ] && echo "?stale" || echo "")
   local before; before=$(ticks "$pid")
-  local out; out=$(wrk -t2 -c64 -d"${d}s" --latency -H "X-Consul-Token: $token" "http://$ip:8500/v1/kv/bench-read$q")
+  local wrk=(wrk -t2); [ -n "${PIN:-}" ] && wrk=(taskset -c 0 wrk -t1)
+  local out; out=$("${wrk[@]}" -c64 -d"${d}s" --latency -H "X-Consul-Token: $token" "http://$ip:8500/v1/kv/bench-read$q")
   local t=$(( $(ticks "$pid") - before )) hz; hz=$(getconf CLK_TCK)
   echo "$out" | awk -v l="acl $1 $2 #$3" -v t="$t" -v hz="$hz" -v f="$tmp/$1-$2-$3" '
     /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Requests\/sec/ {rps=$2} / requests in / {n=$1} /Non-2xx|Socket errors/ {err=err" "$0}
-    END {printf "%-24s %10s req/s  p50 %-9s p99 %-9s leader CPU %5.1f us/req%s\n", l, rps, p50, p99, t / hz * 1e6 / n, err; print rps > f}'
+    END {us = t / hz * 1e6 / n; printf "%-24s %10s req/s  p50 %-9s p99 %-9s leader CPU %5.1f us/req%s\n", l, rps, p50, p99, us, err; print rps, us > f}'
 }
 # Rows strictly alternate between the two DCs (a DC loaded twice in a row measured slower
 # the second time), ROUNDS pairs per read mode.
 for m in default stale; do
-  for r in $(seq "$rounds"); do row off $m "$r"; row on $m "$r"; done
+  for r in $(seq "$rounds"); do
+    if [ -n "${TOGETHER:-}" ]; then row off $m "$r" & a=$!; row on $m "$r" & b=$!; wait $a $b
+    else row off $m "$r"; row on $m "$r"; fi
+  done
 done
 for m in default stale; do
-  ratios=""; son=0; soff=0
+  ratios=""; son=0; soff=0; con=0; coff=0
   for r in $(seq "$rounds"); do
-    on=$(cat "$tmp/on-$m-$r"); off=$(cat "$tmp/off-$m-$r")
+    read -r on on_us < "$tmp/on-$m-$r"; read -r off off_us < "$tmp/off-$m-$r"
+    con=$(awk -v a="$con" -v b="$on_us" 'BEGIN {print a + b}'); coff=$(awk -v a="$coff" -v b="$off_us" 'BEGIN {print a + b}')
     ratios="$ratios $(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.2f", a / b}')"
     son=$(awk -v a="$son" -v b="$on" 'BEGIN {print a + b}'); soff=$(awk -v a="$soff" -v b="$off" 'BEGIN {print a + b}')
   done
   sorted=$(echo $ratios | tr ' ' '\n' | sort -n | tr '\n' ' ')
-  echo "$m: on/off per round:$ratios; sorted: $sorted; sums: $(awk -v a="$son" -v b="$soff" 'BEGIN {printf "%.3f", a / b}')"
+  echo "$m: on/off per round:$ratios; sorted: $sorted; sums: $(awk -v a="$son" -v b="$soff" 'BEGIN {printf "%.3f", a / b}'); leader CPU per request on/off: $(awk -v a="$con" -v b="$coff" 'BEGIN {printf "%.3f", a / b}')"
 done

@@ -570,7 +570,7 @@ impl Dispatcher {
                 (Some(acl), false) => Some(state.acl_authorizer(
                     Some(&query.token),
                     acl.default_allow,
-                    crate::acl::model::now_ms(),
+                    crate::acl::model::now_ms,
                 )?),
                 _ => authz,
             };
@@ -707,11 +707,10 @@ impl Dispatcher {
         let Some(token) = req.token() else {
             return Ok(None);
         };
-        let now_ms = crate::acl::model::now_ms();
         let here = raft.read().state.acl_authorizer(
             token.map(|s| s.0.as_str()),
             acl.default_allow,
-            now_ms,
+            crate::acl::model::now_ms,
         );
         match (here, &acl.remote, token) {
             (Err(AclError::NotFound), Some((primary, tokens)), Some(secret)) => {

@@ -85,40 +85,57 @@ impl State {
         model::secrets_equal(&token.secret_id, secret).then_some(token)
     }
 
-    /// What the holder of `secret` (`None`: the anonymous token) may do at `now_ms`, with
+    /// What the holder of `secret` (`None`: the anonymous token) may do at `now_ms()` (Unix
+    /// milliseconds, read only for a token that expires: a clock read costs as much as the
+    /// rest of a cached lookup), with
     /// `default_allow` where no rule applies; an unknown or expired secret is `ACL not
     /// found`.
     ///
     /// Resolved tokens are kept until the next change of the ACL tables (so that a read
-    /// costs a hash and a map lookup, not a merge of rules); an expiring one is checked
-    /// against `now_ms` on every use.
+    /// costs a hash and a map lookup, not a merge of rules), and each thread remembers the
+    /// last one it resolved (so that a stream of requests with one token costs a
+    /// constant-time comparison of secrets); an expiring one is checked against the clock
+    /// on every use.
     pub fn acl_authorizer(
         &self,
         secret: Option<&str>,
         default_allow: bool,
-        now_ms: u64,
+        now_ms: impl Fn() -> u64,
     ) -> Result<Arc<Authorizer>, AclError> {
+        if let Some(authz) = self.acl_resolved.last(secret, default_allow, &now_ms) {
+            return Ok(authz);
+        }
         let key = (secret.map(model::secret_digest), default_allow);
-        if let Some((expires, authz)) = self.acl_resolved.read().expect("acl cache").get(&key)
-            && expires.is_none_or(|t| t > now_ms)
-        {
-            return Ok(authz.clone());
+        let found = self
+            .acl_resolved
+            .map
+            .read()
+            .expect("acl cache")
+            .get(&key)
+            .cloned();
+        if let Some((expires, authz)) = found.filter(|(e, _)| e.is_none_or(|t| t > now_ms())) {
+            self.acl_resolved
+                .remember(secret, default_allow, expires, &authz);
+            return Ok(authz);
         }
         let token = match secret {
             None => self.acl_token(ANONYMOUS_ACCESSOR),
             Some(s) => self.acl_token_by_secret(s),
         }
-        .filter(|t| !t.expired(now_ms))
+        .filter(|t| t.expiration_ms.is_none_or(|e| e > now_ms()))
         .ok_or(AclError::NotFound)?;
         let authz = Arc::new(match self.acl_rules_of(&token) {
             None => Authorizer::management(token.accessor_id),
             Some(rules) => Authorizer::of_rules(token.accessor_id, rules, default_allow),
         });
-        let mut cache = self.acl_resolved.write().expect("acl cache");
+        let mut cache = self.acl_resolved.map.write().expect("acl cache");
         if cache.len() >= RESOLVED_MAX {
             cache.clear();
         }
         cache.insert(key, (token.expiration_ms, authz.clone()));
+        drop(cache);
+        self.acl_resolved
+            .remember(secret, default_allow, token.expiration_ms, &authz);
         Ok(authz)
     }
 
@@ -527,11 +544,104 @@ impl State {
 /// Most resolved tokens a server keeps between two changes of the ACL tables.
 const RESOLVED_MAX: usize = 4096;
 
-/// Resolved tokens by (SHA-256 of the secret, `None` for the anonymous token; the default
-/// policy): when the token expires, and what it may do.
-pub(super) type ResolvedTokens = std::sync::RwLock<
-    std::collections::HashMap<(Option<[u8; 32]>, bool), (Option<u64>, Arc<Authorizer>)>,
->;
+/// Tokens a state resolved since its ACL tables last changed: by (SHA-256 of the secret,
+/// `None` for the anonymous token; the default policy), when the token expires and what
+/// it may do; and, per thread, the last one resolved.
+///
+/// The per-thread memo skips the hash, the lock and the map of a lookup (which, in a
+/// server busy with other work, cost several cache misses a request): a client sends one
+/// token on every request of its connection. It is keyed by this state's identity and
+/// the version of its ACL tables, so a change of any ACL object, or a request to another
+/// state of the same process (in-process clusters in tests), never reuses it; secrets are
+/// compared in constant time, and a hit is no faster for a guess that shares a prefix
+/// with the remembered secret.
+#[derive(Debug)]
+pub(super) struct ResolvedTokens {
+    /// Which state (unique in the process) and which version of its ACL tables.
+    epoch: (u64, u64),
+    /// The resolved tokens.
+    map: std::sync::RwLock<std::collections::HashMap<ResolvedKey, Resolved>>,
+}
+
+/// A resolved token's key: the SHA-256 of its secret (`None`: anonymous), the default
+/// policy.
+type ResolvedKey = (Option<[u8; 32]>, bool);
+
+/// A resolved token: when it expires, what it may do.
+type Resolved = (Option<u64>, Arc<Authorizer>);
+
+/// The last token a thread resolved.
+struct LastResolved {
+    epoch: (u64, u64),
+    secret: Option<String>,
+    default_allow: bool,
+    expires: Option<u64>,
+    authz: Arc<Authorizer>,
+}
+
+thread_local! {
+    static LAST_RESOLVED: std::cell::RefCell<Option<LastResolved>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Default for ResolvedTokens {
+    fn default() -> Self {
+        static STATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        ResolvedTokens {
+            epoch: (STATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed), 0),
+            map: Default::default(),
+        }
+    }
+}
+
+impl ResolvedTokens {
+    /// Forgets every resolved token (the ACL tables changed).
+    pub(super) fn clear(&mut self) {
+        self.epoch.1 += 1;
+        self.map.get_mut().expect("acl cache").clear();
+    }
+
+    /// This thread's last resolved token, if it is `secret`'s, of this version of the ACL
+    /// tables, and not expired at `now_ms()`.
+    fn last(
+        &self,
+        secret: Option<&str>,
+        default_allow: bool,
+        now_ms: &impl Fn() -> u64,
+    ) -> Option<Arc<Authorizer>> {
+        LAST_RESOLVED.with_borrow(|last| {
+            let last = last.as_ref()?;
+            let same = last.epoch == self.epoch
+                && last.default_allow == default_allow
+                && last.expires.is_none_or(|t| t > now_ms())
+                && match (&last.secret, secret) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => model::secrets_equal(a, b),
+                    _ => false,
+                };
+            same.then(|| last.authz.clone())
+        })
+    }
+
+    /// Makes `authz` this thread's last resolved token.
+    fn remember(
+        &self,
+        secret: Option<&str>,
+        default_allow: bool,
+        expires: Option<u64>,
+        authz: &Arc<Authorizer>,
+    ) {
+        LAST_RESOLVED.with_borrow_mut(|last| {
+            *last = Some(LastResolved {
+                epoch: self.epoch,
+                secret: secret.map(str::to_string),
+                default_allow,
+                expires,
+                authz: authz.clone(),
+            });
+        });
+    }
+}
 
 /// Every stored policy's rules, parsed (policies are checked when written, so all parse).
 pub(super) fn compile_policies(

@@ -380,7 +380,7 @@ impl State {
         self.by_name = name_index(&data);
         self.acl_secrets = secret_index(&data);
         self.acl_compiled = acl::compile_policies(&data.acl_policies);
-        self.acl_resolved.write().expect("acl cache").clear();
+        self.acl_resolved.clear();
         self.data = data;
         for t in Table::ALL {
             let i = self.data.indexes[t.slot()];
@@ -457,7 +457,7 @@ impl State {
 
     fn touch(&mut self, table: Table, index: u64) {
         if table == Table::Acl {
-            self.acl_resolved.write().expect("acl cache").clear();
+            self.acl_resolved.clear();
         }
         // Many changes at one index (a transaction's keys, a batch) wake the table's
         // waiters once: they read only after the whole apply anyway.

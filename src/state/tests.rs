@@ -922,7 +922,7 @@ mod acl {
             Command::AclTokenSet(Box::new(token("a1", "sec1", &["app"]))),
             now(),
         );
-        let authz = s.acl_authorizer(Some("sec1"), false, 0).unwrap();
+        let authz = s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
         assert_eq!(authz.accessor(), "a1");
         assert!(s.authorize_command(&authz, &set("app/x", "v")).is_ok());
         let e = s
@@ -978,21 +978,97 @@ mod acl {
         assert!(!removed, "node_prefix \"\" read");
         // Unknown, expired and anonymous tokens.
         assert_eq!(
-            s.acl_authorizer(Some("nope"), true, 0).unwrap_err(),
+            s.acl_authorizer(Some("nope"), true, || 0).unwrap_err(),
             crate::acl::AclError::NotFound
         );
         let mut short = token("a2", "sec2", &[]);
         short.expiration_ms = Some(10);
         s.apply(7, Command::AclTokenSet(Box::new(short)), now());
-        assert!(s.acl_authorizer(Some("sec2"), true, 9).is_ok());
-        assert!(s.acl_authorizer(Some("sec2"), true, 10).is_err(), "expired");
-        let anon = s.acl_authorizer(None, false, 0).unwrap();
+        assert!(s.acl_authorizer(Some("sec2"), true, || 9).is_ok());
+        assert!(
+            s.acl_authorizer(Some("sec2"), true, || 10).is_err(),
+            "expired"
+        );
+        let anon = s.acl_authorizer(None, false, || 0).unwrap();
         assert_eq!(anon.accessor(), model::ANONYMOUS_ACCESSOR);
         assert!(s.authorize_command(&anon, &set("app/x", "v")).is_err());
-        let anon = s.acl_authorizer(None, true, 0).unwrap();
+        let anon = s.acl_authorizer(None, true, || 0).unwrap();
         assert!(
             s.authorize_command(&anon, &set("app/x", "v")).is_ok(),
             "default allow"
+        );
+    }
+
+    #[test]
+    fn a_threads_last_resolved_token_is_never_reused_across_changes_states_or_secrets() {
+        let mut s = State::default();
+        s.apply(
+            1,
+            policy("p1", "app", r#"key_prefix "app/" { policy = "write" }"#),
+            now(),
+        );
+        s.apply(
+            2,
+            Command::AclTokenSet(Box::new(token("a1", "sec1", &["app"]))),
+            now(),
+        );
+        let mut short = token("a2", "sec2", &["app"]);
+        short.expiration_ms = Some(10);
+        s.apply(3, Command::AclTokenSet(Box::new(short)), now());
+        // Resolved twice in a row on this thread: the second comes from its memo.
+        assert_eq!(
+            s.acl_authorizer(Some("sec1"), false, || 0)
+                .unwrap()
+                .accessor(),
+            "a1"
+        );
+        assert_eq!(
+            s.acl_authorizer(Some("sec1"), false, || 0)
+                .unwrap()
+                .accessor(),
+            "a1"
+        );
+        // Another secret, the anonymous token, another default policy: each its own.
+        assert_eq!(
+            s.acl_authorizer(Some("sec1x"), false, || 0).unwrap_err(),
+            crate::acl::AclError::NotFound
+        );
+        s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
+        assert_eq!(
+            s.acl_authorizer(None, false, || 0).unwrap().accessor(),
+            model::ANONYMOUS_ACCESSOR
+        );
+        s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
+        let allow = s.acl_authorizer(Some("sec1"), true, || 0).unwrap();
+        assert!(s.authorize_command(&allow, &set("other/x", "v")).is_ok());
+        let deny = s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
+        assert!(s.authorize_command(&deny, &set("other/x", "v")).is_err());
+        // Expiry is checked on a memo hit too.
+        assert!(s.acl_authorizer(Some("sec2"), false, || 9).is_ok());
+        assert!(
+            s.acl_authorizer(Some("sec2"), false, || 10).is_err(),
+            "expired"
+        );
+        // Another state of the same process (an in-process cluster) that lacks the token.
+        s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
+        assert_eq!(
+            State::default()
+                .acl_authorizer(Some("sec1"), false, || 0)
+                .unwrap_err(),
+            crate::acl::AclError::NotFound
+        );
+        // A change of the ACL tables: the token deleted is refused at once.
+        s.acl_authorizer(Some("sec1"), false, || 0).unwrap();
+        s.apply(
+            4,
+            Command::AclTokenDelete {
+                accessor: "a1".into(),
+            },
+            now(),
+        );
+        assert_eq!(
+            s.acl_authorizer(Some("sec1"), false, || 0).unwrap_err(),
+            crate::acl::AclError::NotFound
         );
     }
 
