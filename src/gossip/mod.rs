@@ -215,6 +215,12 @@ struct PoolConfig {
 /// ~55 bytes in each of ~30 digests a second).
 pub const LAN_DIGEST_NODES: usize = 20;
 
+/// How many LAN gossip rounds apart chitchat's work over every node runs (its
+/// phi-accrual liveness, a backstop behind SWIM, and the expiry of deleted keys): five
+/// rounds, once a second, instead of every round (chitchat patch,
+/// `vendor/chitchat/PATCH.md`).
+const HOUSEKEEPING_ROUNDS: u32 = 5;
+
 /// A running member of a gossip pool (LAN or WAN). Clones share the member.
 #[derive(Clone)]
 pub struct Gossip {
@@ -358,8 +364,9 @@ impl Gossip {
             ));
         }
         gossip.keyring = keyring;
+        let events = subscribe_events(&gossip.handle.chitchat()).await;
         tokio::spawn(follow_events(
-            gossip.handle.chitchat(),
+            events,
             gossip.events.clone(),
             gossip.interval,
             shutdown_events,
@@ -394,6 +401,7 @@ impl Gossip {
             digest_bound: config.swim.is_some().then_some(DigestBound {
                 max_nodes: LAN_DIGEST_NODES,
                 recent_period: o.interval * 15,
+                housekeeping_period: o.interval * HOUSEKEEPING_ROUNDS,
             }),
         };
         let handle = chitchat::spawn_chitchat(chitchat_config, config.kvs, transport)
@@ -762,43 +770,46 @@ async fn follow_keyring(
     }
 }
 
-/// Delivers the user events every member publishes, read each gossip round from the
-/// nodes whose state changed since the last, until `shutdown` fires.
+/// User events received and not yet delivered.
+type EventQueue = Arc<std::sync::Mutex<Vec<events::UserEvent>>>;
+
+/// Queues every user event members publish: chitchat calls back on every new value of a
+/// key under [`events::KEY_PREFIX`] (under its lock, so the callback only queues), and the
+/// events already in the pool's state when this subscribes are queued at once.
+async fn subscribe_events(chitchat: &tokio::sync::Mutex<Chitchat>) -> EventQueue {
+    let queued: EventQueue = Default::default();
+    let queue = queued.clone();
+    let c = chitchat.lock().await;
+    c.subscribe_event(events::KEY_PREFIX, move |e| {
+        if let Some(event) = events::UserEvent::decode(e.value) {
+            queue.lock().expect("event queue lock").push(event);
+        }
+    })
+    .forever();
+    queued.lock().expect("event queue lock").extend(
+        c.node_states()
+            .values()
+            .flat_map(|s| s.iter_prefix(events::KEY_PREFIX))
+            .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
+    );
+    queued
+}
+
+/// Delivers the queued user events, oldest first, every gossip interval until `shutdown`
+/// fires. Nothing here walks the pool (each member of a large pool would otherwise read
+/// every member's state five times a second).
 async fn follow_events(
-    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    queued: EventQueue,
     state: Arc<EventState>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut seen: std::collections::HashMap<ChitchatId, u64> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let mut found = Vec::new();
-        {
-            let c = chitchat.lock().await;
-            // Only the nodes whose state changed are read; nothing is copied for the
-            // others (this runs every round, on every member of a large pool).
-            for (id, s) in c.node_states() {
-                let version = s.max_version();
-                match seen.get_mut(id) {
-                    Some(v) if *v == version => continue,
-                    Some(v) => *v = version,
-                    None => {
-                        seen.insert(id.clone(), version);
-                    }
-                }
-                found.extend(
-                    s.iter_prefix(events::KEY_PREFIX)
-                        .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
-                );
-            }
-            if seen.len() > c.node_states().len() {
-                seen.retain(|id, _| c.node_states().contains_key(id));
-            }
-        }
+        let mut found = std::mem::take(&mut *queued.lock().expect("event queue lock"));
         found.sort_by_key(|e| e.ltime);
         for e in found {
             state.deliver(e);

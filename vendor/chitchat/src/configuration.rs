@@ -64,6 +64,11 @@ pub struct DigestBound {
     pub max_nodes: usize,
     /// How long a node whose state changed here is preferred in the digests sent.
     pub recent_period: Duration,
+    /// How often the work that reads every node (the failure detector's liveness update
+    /// and garbage collection, the expiry of deleted keys) runs, instead of every gossip
+    /// round: in a large cluster it costs more than the bounded exchanges themselves, and
+    /// with failures detected by other means it need not run five times a second.
+    pub housekeeping_period: Duration,
 }
 
 impl ChitchatConfig {

@@ -1537,6 +1537,7 @@ mod tests {
         let bound = DigestBound {
             max_nodes: MAX_NODES,
             recent_period: Duration::from_secs(60),
+            housekeeping_period: Duration::from_secs(1),
         };
         let mut nodes: Vec<Chitchat> = (0..N)
             .map(|i| {

@@ -372,10 +372,9 @@ impl CompressedStreamWriter {
         let num_bytes_to_compress = self.uncompressed_block.len().min(self.block_threshold);
 
         self.compressed_block.resize(num_bytes_to_compress, 0u8);
-        match zstd::bulk::compress_to_buffer(
+        match compress_to_buffer(
             &self.uncompressed_block[..num_bytes_to_compress],
             &mut self.compressed_block[..],
-            0, // default compression level
         ) {
             Ok(compressed_len) => {
                 BlockType::Compressed.serialize(&mut self.output);
@@ -404,9 +403,43 @@ impl CompressedStreamWriter {
     }
 }
 
+thread_local! {
+    /// One zstd context of each kind per thread, reused by every block: a context made per
+    /// block (as `zstd::bulk::compress_to_buffer` does) allocates and clears its workspace
+    /// each time, which was the largest cost of a message in a large cluster.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `source` into `destination` at zstd's default level with this thread's
+/// context; fails when it does not fit.
+fn compress_to_buffer(source: &[u8], destination: &mut [u8]) -> std::io::Result<usize> {
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        let compressor = match compressor {
+            Some(compressor) => compressor,
+            None => compressor.insert(zstd::bulk::Compressor::new(0)?),
+        };
+        compressor.compress_to_buffer(source, destination)
+    })
+}
+
+/// Decompresses `source` into `destination` (replacing its content, at most its capacity)
+/// with this thread's context.
+fn decompress_to_buffer(source: &[u8], destination: &mut Vec<u8>) -> std::io::Result<usize> {
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        let decompressor = match decompressor {
+            Some(decompressor) => decompressor,
+            None => decompressor.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress_to_buffer(source, destination)
+    })
+}
+
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
     let mut decompressed_data = Vec::new();
-    let mut decompressed_buffer = vec![0; u16::MAX as usize];
+    let mut decompressed_buffer = Vec::with_capacity(u16::MAX as usize);
     loop {
         let block_type = BlockType::deserialize(buf)?;
         match block_type {
@@ -415,11 +448,9 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 let compressed_block_bytes = buf.get(..len).context(
                     "failed to download compressed stream (compressed block): buffer too short",
                 )?;
-                let uncompressed_len = zstd::bulk::decompress_to_buffer(
-                    compressed_block_bytes,
-                    &mut decompressed_buffer[..u16::MAX as usize],
-                )
-                .context("failed to decompress block")?;
+                let uncompressed_len =
+                    decompress_to_buffer(compressed_block_bytes, &mut decompressed_buffer)
+                        .context("failed to decompress block")?;
                 buf.advance(len);
                 decompressed_data.extend_from_slice(&decompressed_buffer[..uncompressed_len]);
             }

@@ -219,6 +219,8 @@ struct Server {
     chitchat: Arc<Mutex<Chitchat>>,
     transport: Box<dyn Socket>,
     rng: SmallRng,
+    /// When the last housekeeping ran (see [`crate::DigestBound::housekeeping_period`]).
+    last_housekeeping: Option<time::Instant>,
 }
 
 impl Server {
@@ -233,6 +235,7 @@ impl Server {
             command_rx,
             transport,
             rng,
+            last_housekeeping: None,
         }
     }
 
@@ -322,7 +325,17 @@ impl Server {
         );
 
         chitchat_guard.update_self_heartbeat();
-        chitchat_guard.gc_keys_marked_for_deletion();
+        let now = time::Instant::now();
+        let housekeeping = match chitchat_guard.config.digest_bound {
+            Some(bound) => self
+                .last_housekeeping
+                .is_none_or(|at| now.duration_since(at) >= bound.housekeeping_period),
+            None => true,
+        };
+        if housekeeping {
+            self.last_housekeeping = Some(now);
+            chitchat_guard.gc_keys_marked_for_deletion();
+        }
 
         // Drop lock to prevent deadlock in [`UdpSocket::gossip`].
         drop(chitchat_guard);
@@ -343,8 +356,10 @@ impl Server {
             }
         }
         // Update nodes liveness.
-        let mut chitchat_guard = self.chitchat.lock().await;
-        chitchat_guard.update_nodes_liveness();
+        if housekeeping {
+            let mut chitchat_guard = self.chitchat.lock().await;
+            chitchat_guard.update_nodes_liveness();
+        }
     }
 
     /// Gossips with another peer.
