@@ -700,25 +700,45 @@ fn now_micros() -> u64 {
 
 /// Applies, every gossip interval, the keyring operations other members published that
 /// this one has not applied yet, oldest first; saves the keyring, hands the keys to the
-/// socket and publishes what it holds (or why an operation could not be applied).
+/// socket and publishes what it holds (or why an operation could not be applied). The
+/// operation each member last published is kept from chitchat's key-change callback, so
+/// no round walks the pool.
 async fn follow_keyring(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     k: Arc<KeyringState>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let last_ops: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        Default::default();
+    {
+        let ops = last_ops.clone();
+        let c = chitchat.lock().await;
+        c.subscribe_event(keyring::KEY_OP, move |e| {
+            if e.key.is_empty() {
+                let mut ops = ops.lock().expect("keyring ops lock");
+                ops.insert(e.node.node_id.to_string(), e.value.to_string());
+            }
+        })
+        .forever();
+        let mut ops = last_ops.lock().expect("keyring ops lock");
+        for (id, state) in c.node_states() {
+            if let Some(op) = state.get(keyring::KEY_OP) {
+                ops.insert(id.node_id.to_string(), op.to_string());
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let published: Vec<String> = {
-            let c = chitchat.lock().await;
-            c.node_states()
-                .values()
-                .filter_map(|s| s.get(keyring::KEY_OP).map(str::to_string))
-                .collect()
-        };
+        let published: Vec<String> = last_ops
+            .lock()
+            .expect("keyring ops lock")
+            .values()
+            .cloned()
+            .collect();
         let mut stored = k.stored.lock().await;
         let applied = stored.ring.applied();
         let mut ops: Vec<Result<keyring::KeyOp, u64>> = published
