@@ -548,8 +548,7 @@ const RESOLVED_MAX: usize = 4096;
 /// `None` for the anonymous token; the default policy), when the token expires and what
 /// it may do; and, per thread, the last one resolved.
 ///
-/// The per-thread memo skips the hash, the lock and the map of a lookup (which, in a
-/// server busy with other work, cost several cache misses a request): a client sends one
+/// The per-thread memo skips the hash, the lock and the map of a lookup: a client sends one
 /// token on every request of its connection. It is keyed by this state's identity and
 /// the version of its ACL tables, so a change of any ACL object, or a request to another
 /// state of the same process (in-process clusters in tests), never reuses it; secrets are
