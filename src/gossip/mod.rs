@@ -711,23 +711,14 @@ async fn follow_keyring(
 ) {
     let last_ops: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> =
         Default::default();
-    {
-        let ops = last_ops.clone();
-        let c = chitchat.lock().await;
-        c.subscribe_event(keyring::KEY_OP, move |e| {
-            if e.key.is_empty() {
-                let mut ops = ops.lock().expect("keyring ops lock");
-                ops.insert(e.node.node_id.to_string(), e.value.to_string());
-            }
-        })
-        .forever();
-        let mut ops = last_ops.lock().expect("keyring ops lock");
-        for (id, state) in c.node_states() {
-            if let Some(op) = state.get(keyring::KEY_OP) {
-                ops.insert(id.node_id.to_string(), op.to_string());
-            }
+    let ops = last_ops.clone();
+    follow_keys(&chitchat, keyring::KEY_OP, move |node, key, value| {
+        if key.is_empty() {
+            let mut ops = ops.lock().expect("keyring ops lock");
+            ops.insert(node.node_id.to_string(), value.to_string());
         }
-    }
+    })
+    .await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -793,25 +784,35 @@ async fn follow_keyring(
 /// User events received and not yet delivered.
 type EventQueue = Arc<std::sync::Mutex<Vec<events::UserEvent>>>;
 
-/// Queues every user event members publish: chitchat calls back on every new value of a
-/// key under [`events::KEY_PREFIX`] (under its lock, so the callback only queues), and the
-/// events already in the pool's state when this subscribes are queued at once.
+/// Calls `record` with (member, key without `prefix`, value) for every key under `prefix`
+/// the pool's members publish: at once for those already known, then for every new value
+/// (chitchat's key-change callback, under its lock: `record` only records), so that no
+/// round needs to walk the pool.
+async fn follow_keys(
+    chitchat: &tokio::sync::Mutex<Chitchat>,
+    prefix: &'static str,
+    record: impl Fn(&ChitchatId, &str, &str) + Send + Sync + 'static,
+) {
+    let c = chitchat.lock().await;
+    for (id, state) in c.node_states() {
+        for (key, v) in state.iter_prefix(prefix) {
+            record(id, &key[prefix.len()..], &v.value);
+        }
+    }
+    c.subscribe_event(prefix, move |e| record(e.node, e.key, e.value))
+        .forever();
+}
+
+/// Queues every user event members publish (keys under [`events::KEY_PREFIX`]).
 async fn subscribe_events(chitchat: &tokio::sync::Mutex<Chitchat>) -> EventQueue {
     let queued: EventQueue = Default::default();
     let queue = queued.clone();
-    let c = chitchat.lock().await;
-    c.subscribe_event(events::KEY_PREFIX, move |e| {
-        if let Some(event) = events::UserEvent::decode(e.value) {
+    follow_keys(chitchat, events::KEY_PREFIX, move |_, _, value| {
+        if let Some(event) = events::UserEvent::decode(value) {
             queue.lock().expect("event queue lock").push(event);
         }
     })
-    .forever();
-    queued.lock().expect("event queue lock").extend(
-        c.node_states()
-            .values()
-            .flat_map(|s| s.iter_prefix(events::KEY_PREFIX))
-            .filter_map(|(_, v)| events::UserEvent::decode(&v.value)),
-    );
+    .await;
     queued
 }
 
