@@ -97,8 +97,13 @@ async fn run(n: usize, base: u16) {
         tokens.push(token);
         metrics.push(m);
     }
+    let all_started = started.elapsed();
     let watchers: Vec<_> = agents.iter().map(|a| a.members()).collect();
+    let mut known_everywhere = None;
     let converged = loop {
+        if known_everywhere.is_none() && watchers.iter().all(|w| w.borrow().len() == n) {
+            known_everywhere = Some(started.elapsed());
+        }
         if watchers.iter().all(|w| alive_count(w) == n) {
             break Some(started.elapsed());
         }
@@ -108,7 +113,13 @@ async fn run(n: usize, base: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let convergence = match converged {
-        Some(t) => format!("full membership everywhere after {:.2} s", t.as_secs_f64()),
+        Some(t) => format!(
+            "full membership everywhere after {:.2} s (all started after {:.2} s, every \
+             member known everywhere after {:.2} s)",
+            t.as_secs_f64(),
+            all_started.as_secs_f64(),
+            known_everywhere.unwrap_or(t).as_secs_f64()
+        ),
         None => {
             let seen: Vec<usize> = watchers.iter().map(alive_count).collect();
             format!(
@@ -134,6 +145,22 @@ async fn run(n: usize, base: u16) {
             })
             .sum()
     };
+    let syncs = |ms: &[Metrics]| -> u64 {
+        ms.iter()
+            .map(|m| {
+                m.gossip
+                    .syncs
+                    .with_label_values(&["lan", "pulled", "ok"])
+                    .get()
+            })
+            .sum()
+    };
+    println!(
+        "{n:>5} agents: {} push-pull syncs until then ({:.1} per agent)",
+        syncs(&metrics),
+        syncs(&metrics) as f64 / n as f64
+    );
+    let syncs_before = syncs(&metrics);
     let before = sent(&metrics);
     let oversized_before = oversized(&metrics);
     let cpu_before = cpu_seconds();
@@ -159,9 +186,10 @@ async fn run(n: usize, base: u16) {
     println!(
         "{n:>5} agents: {convergence}; steady state {per_agent:>8.0} bytes/s sent per agent, \
          CPU {:.0}% of one core, {} oversized datagrams dropped, {false_failures} non-alive \
-         views in {samples} samples",
+         views in {samples} samples, {} push-pull syncs",
         cpu * 100.0,
         oversized(&metrics) - oversized_before,
+        syncs(&metrics) - syncs_before,
     );
     if kill {
         let victim = n - 1;

@@ -581,6 +581,12 @@ pub struct GossipMetrics {
     pub keyring_operations: IntCounterVec,
     /// Keys in this agent's LAN keyring.
     pub keyring_keys: IntGauge,
+    /// LAN push-pull syncs, by side (`pulled`: asked by this agent; `served`) and result
+    /// (`ok`, `io`, `timeout`, `busy`, `decrypt`, `malformed`, `oversized`,
+    /// `wrong_cluster`).
+    pub syncs: IntCounterVec,
+    /// Nodes this agent first learned of through a sync.
+    pub sync_nodes: IntCounterVec,
 }
 
 impl GossipMetrics {
@@ -639,6 +645,30 @@ impl GossipMetrics {
                 IntGauge::new(
                     "consulate_keyring_keys",
                     "Keys in this agent's LAN gossip keyring (0: gossip not encrypted).",
+                )
+                .expect("valid metric"),
+            ),
+            syncs: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_syncs_total",
+                        "LAN push-pull state syncs over TCP, by side (pulled, served) and \
+                         result (ok, io, timeout, busy, decrypt, malformed, oversized, \
+                         wrong_cluster).",
+                    ),
+                    &["pool", "side", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            sync_nodes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "consulate_gossip_sync_nodes_total",
+                        "Nodes this agent first learned of through a push-pull sync, by pool.",
+                    ),
+                    &["pool"],
                 )
                 .expect("valid metric"),
             ),
@@ -726,6 +756,20 @@ impl GossipMetrics {
     /// Counts a member seen to fail.
     pub fn member_failed(&self) {
         self.member_failures.with_label_values(&[self.pool]).inc();
+    }
+
+    /// Counts a push-pull sync: `side` `pulled` or `served`, and its result.
+    pub fn sync(&self, side: &'static str, result: &'static str) {
+        self.syncs
+            .with_label_values(&[self.pool, side, result])
+            .inc();
+    }
+
+    /// Counts the nodes a sync taught this agent.
+    pub fn sync_learned(&self, n: usize) {
+        self.sync_nodes
+            .with_label_values(&[self.pool])
+            .inc_by(n as u64);
     }
 
     /// Sets the number of members in `status`.

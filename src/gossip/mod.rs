@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod quic;
 pub mod sealed;
 pub mod swim;
+pub mod sync;
 pub mod wan;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use chitchat::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::GossipMetrics;
 use crate::vocab::Role;
@@ -231,6 +232,8 @@ pub struct Gossip {
     keyring: Option<Arc<KeyringState>>,
     /// The user events this member received.
     events: Arc<EventState>,
+    /// LAN: push-pull syncs over TCP on the gossip port (`join` starts with one).
+    sync: Option<sync::SyncContext>,
 }
 
 /// A member's user events: the log, and a signal bumped on every new one (for blocking
@@ -307,6 +310,8 @@ impl Gossip {
         let swim = Arc::new(swim::Swim::new(&config.node, generation));
         let node = config.node.clone();
         let probe_metrics = metrics.clone();
+        let probe_metrics_for_sync = metrics.clone();
+        let sync_sealer = sealer.clone();
         let datacenter = config.datacenter.clone();
         let keyring = config.keyring.map(|stored| {
             metrics.set_keyring_keys(stored.ring.keys().len());
@@ -319,6 +324,17 @@ impl Gossip {
             })
         });
         let shutdown_events = shutdown.clone();
+        let shutdown_sync = shutdown.clone();
+        let sync_listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| GossipError {
+                network: "LAN",
+                addr: config.bind,
+                reason: format!("push-pull sync over TCP: {e}"),
+            })?;
+        let seeds = config.seeds.clone();
+        let cluster = config.datacenter.clone();
+        let advertise = config.advertise;
         let mut gossip = Gossip::start(
             PoolConfig {
                 network: "LAN",
@@ -364,6 +380,26 @@ impl Gossip {
             ));
         }
         gossip.keyring = keyring;
+        let ctx = sync::SyncContext {
+            chitchat: gossip.handle.chitchat(),
+            cluster,
+            sealer: sync_sealer,
+            metrics: probe_metrics_for_sync,
+        };
+        tokio::spawn(sync::serve(
+            sync_listener,
+            ctx.clone(),
+            shutdown_sync.clone(),
+        ));
+        tokio::spawn(catch_up(
+            ctx.clone(),
+            seeds,
+            gossip.members(),
+            advertise,
+            gossip.interval,
+            shutdown_sync,
+        ));
+        gossip.sync = Some(ctx);
         let events = subscribe_events(&gossip.handle.chitchat()).await;
         tokio::spawn(follow_events(
             events,
@@ -450,6 +486,7 @@ impl Gossip {
                 log: Default::default(),
                 changed: watch::channel(0).0,
             }),
+            sync: None,
         })
     }
 
@@ -474,6 +511,11 @@ impl Gossip {
     /// live member at that address is in the member list, for at most [`JOIN_TIMEOUT`].
     /// Returns how many members are known then.
     pub async fn join(&self, addr: SocketAddr) -> Result<usize, JoinError> {
+        if let Some(ctx) = &self.sync
+            && let Err(e) = sync::pull(addr, ctx).await
+        {
+            info!(error = %e, "join: no push-pull sync, joining by gossip alone");
+        }
         let mut members = self.members.clone();
         let joined = |ms: &[Member]| {
             ms.iter()
@@ -688,6 +730,52 @@ impl Gossip {
         let _ = self.handle.initiate_shutdown();
         if let Err(e) = self.handle.termination_watcher().await {
             warn!(error = %e, "gossip stopped with an error");
+        }
+    }
+}
+
+/// Pulls the pool's state when this member is behind ([`sync`]), as [`sync::CatchUp`]
+/// decides, checked every `period` (a gossip round): from a random live member, or from
+/// a random seed while it knows none. One sync at a time.
+async fn catch_up(
+    ctx: sync::SyncContext,
+    seeds: Vec<SocketAddr>,
+    members: watch::Receiver<Vec<Member>>,
+    me: SocketAddr,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    use rand::seq::IndexedRandom;
+    let seeds: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != me).collect();
+    let mut policy = sync::CatchUp::default();
+    let mut rounds = tokio::time::interval(period);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = rounds.tick() => {}
+        }
+        let known = ctx.chitchat.lock().await.node_states().len();
+        if !policy.due(known) {
+            continue;
+        }
+        let peer = {
+            let members = members.borrow();
+            let alive: Vec<SocketAddr> = members
+                .iter()
+                .filter(|m| m.status == MemberStatus::Alive && m.gossip_addr != me)
+                .map(|m| m.gossip_addr)
+                .collect();
+            let candidates = if alive.is_empty() { &seeds } else { &alive };
+            candidates.choose(&mut rand::rng()).copied()
+        };
+        let Some(peer) = peer else { continue };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pulled = sync::pull(peer, &ctx) => match pulled {
+                Ok(learned) => policy.pulled(learned),
+                Err(e) => debug!(error = %e, "catch-up sync failed"),
+            },
         }
     }
 }

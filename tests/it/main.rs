@@ -13,6 +13,7 @@ mod federation;
 mod filter;
 mod force_leave;
 mod gossip_lan;
+mod gossip_sync;
 mod hardening;
 mod health_checks;
 mod http_catalog;
