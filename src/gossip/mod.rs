@@ -447,7 +447,7 @@ impl Gossip {
                 addr: config.listen,
                 reason: format!("{e:#}"),
             })?;
-        let key_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let changed: ChangedNodes = Default::default();
         if let Some(swim) = &config.swim {
             let chitchat = handle.chitchat();
             let c = chitchat.lock().await;
@@ -461,9 +461,12 @@ impl Gossip {
                 incarnations.on_incarnation(&e.node.node_id, e.node.generation_id, e.value)
             })
             .forever();
-            let changes = key_changes.clone();
-            c.subscribe_event("", move |_| {
-                changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let changes = changed.clone();
+            c.subscribe_event("", move |e| {
+                let mut nodes = changes.lock().expect("changed nodes lock");
+                if !nodes.contains(e.node) {
+                    nodes.insert(e.node.clone());
+                }
             })
             .forever();
         }
@@ -472,7 +475,7 @@ impl Gossip {
             handle.chitchat(),
             tx,
             o.interval,
-            config.swim.map(|s| (s, key_changes)),
+            config.swim.map(|s| (s, changed)),
             metrics,
             shutdown,
         ));
@@ -926,21 +929,27 @@ async fn follow_events(
     }
 }
 
+/// The nodes whose keys changed since the member list was last rebuilt (chitchat's
+/// key-change callback records them).
+type ChangedNodes = Arc<std::sync::Mutex<std::collections::HashSet<ChitchatId>>>;
+
 /// Republishes the member list whenever it changes, checked every gossip interval. Who
 /// is alive: chitchat's phi-accrual detector (WAN), or SWIM's suspicions (LAN). With SWIM
-/// the list is rebuilt only when something it depends on moved (a key of any member, which
-/// is also how claims and incarnations arrive; the number of nodes; a suspicion's
-/// timeout): a large pool's list is not rebuilt five times a second for nothing.
+/// the list is rebuilt only when something it depends on moved (a key of some member,
+/// which is also how claims and incarnations arrive; the number of nodes; a suspicion's
+/// timeout), and only the members whose keys changed are described again: in a large
+/// pool starting at once, rebuilding every member's entry on every change took more CPU
+/// than the gossip itself.
 async fn watch_members(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tx: watch::Sender<Vec<Member>>,
     interval: Duration,
-    swim: Option<(Arc<swim::Swim>, Arc<std::sync::atomic::AtomicU64>)>,
+    swim: Option<(Arc<swim::Swim>, ChangedNodes)>,
     metrics: GossipMetrics,
     shutdown: CancellationToken,
 ) {
     let mut previous: std::collections::HashMap<String, MemberStatus> = Default::default();
-    let mut last_seen = None;
+    let mut described: std::collections::HashMap<ChitchatId, Described> = Default::default();
     let mut due: Option<tokio::time::Instant> = None;
     loop {
         let members = {
@@ -950,22 +959,23 @@ async fn watch_members(
                     let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
                     Some(members_of(&c, |id| live.contains(id)))
                 }
-                Some((swim, key_changes)) => {
+                Some((swim, changed)) => {
                     let now = tokio::time::Instant::now();
                     let mut book = swim.book.lock().expect("swim book lock");
                     let pool = c.node_states().len();
-                    let seen = (key_changes.load(std::sync::atomic::Ordering::Relaxed), pool);
-                    if last_seen == Some(seen) && due.is_none_or(|d| now < d) {
+                    let changed = std::mem::take(&mut *changed.lock().expect("changed nodes lock"));
+                    if changed.is_empty() && pool == described.len() && due.is_none_or(|d| now < d)
+                    {
                         None
                     } else {
-                        if last_seen.is_some_and(|(_, before)| before > pool) {
+                        if pool < described.len() {
                             let present = c.node_states().keys().map(|id| &*id.node_id).collect();
                             book.retain(&present);
                         }
-                        last_seen = Some(seen);
+                        redescribe(&c, &mut described, changed);
                         due = book.next_due(pool, interval).filter(|d| *d > now);
                         let me = c.self_chitchat_id();
-                        Some(members_of(&c, |id| {
+                        Some(assemble(described.iter(), |id| {
                             id == me
                                 || !book.failed(&id.node_id, id.generation_id, pool, interval, now)
                         }))
@@ -1017,49 +1027,114 @@ fn publish_members(
     });
 }
 
-/// Every member forced out, as the pool's members published it: its newest forced
-/// generation, and whether it is pruned.
-fn forced_out<'a>(
-    states: impl Iterator<Item = &'a chitchat::NodeState>,
-) -> std::collections::HashMap<&'a str, (u64, bool)> {
-    let mut forced: std::collections::HashMap<&str, (u64, bool)> = Default::default();
-    for state in states {
-        for (key, value) in state.iter_prefix(KEY_FORCED) {
+/// What a member's own keys say about it, all but its status (SWIM or chitchat's
+/// detector decides that): kept per node, and described again only when one of its keys
+/// changed.
+#[derive(Debug, Clone)]
+struct Described {
+    /// `None` until its role key arrived; its status is a placeholder.
+    member: Option<Member>,
+    /// It published that it left.
+    left: bool,
+    /// The members it forced out: name, generation, pruned.
+    forced: Vec<(String, u64, bool)>,
+}
+
+/// Reads `state`'s keys into a [`Described`].
+fn describe(id: &ChitchatId, state: &chitchat::NodeState) -> Described {
+    let get = |k: &str| state.get(k).unwrap_or_default().to_string();
+    let forced = state
+        .iter_prefix(KEY_FORCED)
+        .filter_map(|(key, value)| {
             let (generation, prune) = match value.value.split_once(':') {
                 Some((g, "prune")) => (g, true),
                 _ => (value.value.as_str(), false),
             };
-            let (Ok(generation), Some(name)) =
-                (generation.parse::<u64>(), key.strip_prefix(KEY_FORCED))
-            else {
-                continue;
-            };
-            let entry = forced.entry(name).or_insert((generation, prune));
-            if generation > entry.0 {
-                *entry = (generation, prune);
-            } else if generation == entry.0 {
-                entry.1 |= prune;
+            Some((
+                key.strip_prefix(KEY_FORCED)?.to_string(),
+                generation.parse::<u64>().ok()?,
+                prune,
+            ))
+        })
+        .collect();
+    let role = match state.get(KEY_ROLE) {
+        Some("server") => Some(Role::Server),
+        Some("client") => Some(Role::Client),
+        _ => None,
+    };
+    Described {
+        member: role.map(|role| Member {
+            name: id.node_id.to_string(),
+            id: get(KEY_ID),
+            gossip_addr: id.gossip_advertise_addr,
+            role,
+            datacenter: get(KEY_DC),
+            quic: state.get(KEY_QUIC).and_then(|a| a.parse().ok()),
+            wan: state.get(KEY_WAN).and_then(|a| a.parse().ok()),
+            http: state.get(KEY_HTTP).and_then(|a| a.parse().ok()),
+            build: get(KEY_BUILD),
+            leader: state.get(KEY_LEADER) == Some("true"),
+            status: MemberStatus::Alive,
+            generation: id.generation_id,
+        }),
+        left: state.get(KEY_STATUS) == Some(STATUS_LEFT),
+        forced,
+    }
+}
+
+/// Brings `described` up to date with `c`: the `changed` nodes described again, nodes
+/// gone from the pool dropped, nodes not described yet added.
+fn redescribe(
+    c: &Chitchat,
+    described: &mut std::collections::HashMap<ChitchatId, Described>,
+    changed: std::collections::HashSet<ChitchatId>,
+) {
+    for id in changed {
+        match c.node_state(&id) {
+            Some(state) => {
+                described.insert(id.clone(), describe(&id, state));
+            }
+            None => {
+                described.remove(&id);
             }
         }
     }
-    forced
+    let states = c.node_states();
+    described.retain(|id, _| states.contains_key(id));
+    if described.len() != states.len() {
+        for (id, state) in states {
+            if !described.contains_key(id) {
+                described.insert(id.clone(), describe(id, state));
+            }
+        }
+    }
 }
 
-/// The members chitchat knows, one per node name (the newest generation wins: a restarted
-/// agent replaces its previous incarnation), sorted by name; `alive` says who is alive.
-fn members_of(c: &Chitchat, alive: impl Fn(&ChitchatId) -> bool) -> Vec<Member> {
-    let forced = forced_out(c.node_states().values());
-    let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
-    for (id, state) in c.node_states() {
-        let get = |k: &str| state.get(k).unwrap_or_default().to_string();
-        let Some(role) = (match state.get(KEY_ROLE) {
-            Some("server") => Some(Role::Server),
-            Some("client") => Some(Role::Client),
-            _ => None,
-        }) else {
+/// The members chitchat knows, as described, one per node name (the newest generation
+/// wins: a restarted agent replaces its previous incarnation), sorted by name; `alive`
+/// says who is alive. A member forced out (Consul's force-leave) by any member, at that
+/// generation or an older one, and not alive, is left (or, pruned, not listed).
+fn assemble<'a>(
+    described: impl Iterator<Item = (&'a ChitchatId, &'a Described)> + Clone,
+    alive: impl Fn(&ChitchatId) -> bool,
+) -> Vec<Member> {
+    let mut forced: std::collections::HashMap<&str, (u64, bool)> = Default::default();
+    for (_, d) in described.clone() {
+        for (name, generation, prune) in &d.forced {
+            let entry = forced.entry(name).or_insert((*generation, *prune));
+            if *generation > entry.0 {
+                *entry = (*generation, *prune);
+            } else if *generation == entry.0 {
+                entry.1 |= *prune;
+            }
+        }
+    }
+    let mut by_name: BTreeMap<&str, (&Member, MemberStatus)> = BTreeMap::new();
+    for (id, d) in described {
+        let Some(member) = &d.member else {
             continue; // not yet gossiped its keys
         };
-        let mut status = if state.get(KEY_STATUS) == Some(STATUS_LEFT) {
+        let mut status = if d.left {
             MemberStatus::Left
         } else if alive(id) {
             MemberStatus::Alive
@@ -1075,26 +1150,120 @@ fn members_of(c: &Chitchat, alive: impl Fn(&ChitchatId) -> bool) -> Vec<Member> 
             }
             status = MemberStatus::Left;
         }
-        let member = Member {
-            name: id.node_id.to_string(),
-            id: get(KEY_ID),
-            gossip_addr: id.gossip_advertise_addr,
-            role,
-            datacenter: get(KEY_DC),
-            quic: state.get(KEY_QUIC).and_then(|a| a.parse().ok()),
-            wan: state.get(KEY_WAN).and_then(|a| a.parse().ok()),
-            http: state.get(KEY_HTTP).and_then(|a| a.parse().ok()),
-            build: get(KEY_BUILD),
-            leader: state.get(KEY_LEADER) == Some("true"),
-            status,
-            generation: id.generation_id,
-        };
-        match by_name.get(&member.name) {
-            Some((generation, _)) if *generation > id.generation_id => {}
+        match by_name.get(&*member.name) {
+            Some((newer, _)) if newer.generation > member.generation => {}
             _ => {
-                by_name.insert(member.name.clone(), (id.generation_id, member));
+                by_name.insert(&member.name, (member, status));
             }
         }
     }
-    by_name.into_values().map(|(_, m)| m).collect()
+    by_name
+        .into_values()
+        .map(|(m, status)| Member {
+            status,
+            ..m.clone()
+        })
+        .collect()
+}
+
+/// The members chitchat knows (the WAN pool: a few servers per DC, described afresh).
+fn members_of(c: &Chitchat, alive: impl Fn(&ChitchatId) -> bool) -> Vec<Member> {
+    let described: Vec<(&ChitchatId, Described)> = c
+        .node_states()
+        .iter()
+        .map(|(id, state)| (id, describe(id, state)))
+        .collect();
+    assemble(described.iter().map(|(id, d)| (*id, d)), alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    fn chitchat(name: &str, generation: u64, kvs: &[(&str, &str)]) -> Chitchat {
+        let id = ChitchatId::new(
+            name.to_string(),
+            generation,
+            SocketAddr::from(([127, 0, 0, 1], 8301)),
+        );
+        let config = ChitchatConfig {
+            listen_addr: id.gossip_advertise_addr,
+            chitchat_id: id,
+            cluster_id: "dc1".into(),
+            gossip_interval: Duration::from_millis(200),
+            seed_nodes: Vec::new(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            digest_bound: None,
+        };
+        let kvs = kvs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Chitchat::with_chitchat_id_and_seeds(config, watch::channel(Default::default()).1, kvs)
+    }
+
+    fn statuses(members: &[Member]) -> Vec<(String, MemberStatus, u64)> {
+        members
+            .iter()
+            .map(|m| (m.name.clone(), m.status, m.generation))
+            .collect()
+    }
+
+    #[test]
+    fn the_described_list_matches_a_fresh_one_through_changes_restarts_and_force_leave() {
+        let client = [(KEY_ROLE, "client"), (KEY_HTTP, "127.0.0.1:8500")];
+        let mut me = chitchat("a", 1, &client);
+        let b1 = chitchat("b", 1, &client);
+        let mut c = chitchat("c", 1, &client);
+        let keyless = chitchat("d", 1, &[]);
+        sync::merge(
+            &mut me,
+            [&b1, &c, &keyless].map(|x| x.node_states().values().next().unwrap().clone()),
+        );
+        let mut described = HashMap::new();
+        let dead: HashSet<&str> = ["b", "c"].into();
+        let alive = |id: &ChitchatId| !dead.contains(&*id.node_id);
+        redescribe(&me, &mut described, HashSet::new());
+        let fresh = |me: &Chitchat| members_of(me, alive);
+        assert_eq!(assemble(described.iter(), alive), fresh(&me));
+        assert_eq!(
+            statuses(&fresh(&me)),
+            [
+                ("a".into(), MemberStatus::Alive, 1),
+                ("b".into(), MemberStatus::Failed, 1),
+                ("c".into(), MemberStatus::Failed, 1)
+            ],
+            "d has not published its role"
+        );
+        // b restarts (a newer generation), c is forced out by a, c's HTTP address changes.
+        let b2 = chitchat("b", 2, &client);
+        c.self_node_state().set(KEY_HTTP, "127.0.0.3:8500");
+        sync::merge(
+            &mut me,
+            [&b2, &c].map(|x| x.node_states().values().next().unwrap().clone()),
+        );
+        me.self_node_state().set(format!("{KEY_FORCED}c"), "1");
+        let changed: HashSet<ChitchatId> = [
+            b2.self_chitchat_id().clone(),
+            c.self_chitchat_id().clone(),
+            me.self_chitchat_id().clone(),
+        ]
+        .into();
+        redescribe(&me, &mut described, changed);
+        let members = assemble(described.iter(), alive);
+        assert_eq!(members, fresh(&me));
+        assert_eq!(
+            statuses(&members),
+            [
+                ("a".into(), MemberStatus::Alive, 1),
+                ("b".into(), MemberStatus::Failed, 2),
+                ("c".into(), MemberStatus::Left, 1)
+            ]
+        );
+        assert_eq!(members[2].http, Some("127.0.0.3:8500".parse().unwrap()));
+    }
 }
