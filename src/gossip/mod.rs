@@ -1,6 +1,7 @@
 //! Gossip: chitchat pools and what agents publish in them. Two pools use the same machinery
 //! ([`Gossip`]): the LAN pool of one datacenter, servers and clients alike, over UDP
-//! ([`sealed`]: AES-256-GCM when the DC has a gossip key), and the WAN pool of the servers
+//! ([`sealed`]: AES-256-GCM when the DC has a gossip key; [`sync`]: push-pull over TCP for
+//! a member that is behind; [`swim`]: failure detection), and the WAN pool of the servers
 //! of every DC, over the QUIC transport's `wan-gossip` ALPN ([`quic`], [`wan`]). Each
 //! member publishes what the others need to reach it (role, datacenter, QUIC, WAN and HTTP
 //! addresses, build, node ID, DC leadership); chitchat's phi-accrual failure detector says
@@ -310,7 +311,7 @@ impl Gossip {
         let swim = Arc::new(swim::Swim::new(&config.node, generation));
         let node = config.node.clone();
         let probe_metrics = metrics.clone();
-        let probe_metrics_for_sync = metrics.clone();
+        let sync_metrics = metrics.clone();
         let sync_sealer = sealer.clone();
         let datacenter = config.datacenter.clone();
         let keyring = config.keyring.map(|stored| {
@@ -384,7 +385,7 @@ impl Gossip {
             chitchat: gossip.handle.chitchat(),
             cluster,
             sealer: sync_sealer,
-            metrics: probe_metrics_for_sync,
+            metrics: sync_metrics,
         };
         tokio::spawn(sync::serve(
             sync_listener,
@@ -510,8 +511,10 @@ impl Gossip {
             .await;
     }
 
-    /// Joins the pool of the member at `addr` (`agent/join`): gossips with it until a
-    /// live member at that address is in the member list, for at most [`JOIN_TIMEOUT`].
+    /// Joins the pool of the member at `addr` (`agent/join`): LAN, a push-pull sync with
+    /// it first (the pool's state in one exchange, as Consul's join does), then gossips
+    /// with it until a live member at that address is in the member list, for at most
+    /// [`JOIN_TIMEOUT`].
     /// Returns how many members are known then.
     pub async fn join(&self, addr: SocketAddr) -> Result<usize, JoinError> {
         if let Some(ctx) = &self.sync
@@ -1176,35 +1179,38 @@ fn members_of(c: &Chitchat, alive: impl Fn(&ChitchatId) -> bool) -> Vec<Member> 
     assemble(described.iter().map(|(id, d)| (*id, d)), alive)
 }
 
+/// A chitchat of `name` that never gossips, publishing `kvs`: what unit tests merge states
+/// into and read members from.
+#[cfg(test)]
+pub(crate) fn test_chitchat(name: &str, generation: u64, kvs: &[(&str, &str)]) -> Chitchat {
+    let id = ChitchatId::new(
+        name.to_string(),
+        generation,
+        SocketAddr::from(([127, 0, 0, 1], 8301)),
+    );
+    let config = ChitchatConfig {
+        listen_addr: id.gossip_advertise_addr,
+        chitchat_id: id,
+        cluster_id: "dc1".into(),
+        gossip_interval: Duration::from_millis(200),
+        seed_nodes: Vec::new(),
+        failure_detector_config: FailureDetectorConfig::default(),
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        digest_bound: None,
+    };
+    let kvs = kvs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Chitchat::with_chitchat_id_and_seeds(config, watch::channel(Default::default()).1, kvs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
-
-    fn chitchat(name: &str, generation: u64, kvs: &[(&str, &str)]) -> Chitchat {
-        let id = ChitchatId::new(
-            name.to_string(),
-            generation,
-            SocketAddr::from(([127, 0, 0, 1], 8301)),
-        );
-        let config = ChitchatConfig {
-            listen_addr: id.gossip_advertise_addr,
-            chitchat_id: id,
-            cluster_id: "dc1".into(),
-            gossip_interval: Duration::from_millis(200),
-            seed_nodes: Vec::new(),
-            failure_detector_config: FailureDetectorConfig::default(),
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            digest_bound: None,
-        };
-        let kvs = kvs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Chitchat::with_chitchat_id_and_seeds(config, watch::channel(Default::default()).1, kvs)
-    }
 
     fn statuses(members: &[Member]) -> Vec<(String, MemberStatus, u64)> {
         members
@@ -1216,10 +1222,10 @@ mod tests {
     #[test]
     fn the_described_list_matches_a_fresh_one_through_changes_restarts_and_force_leave() {
         let client = [(KEY_ROLE, "client"), (KEY_HTTP, "127.0.0.1:8500")];
-        let mut me = chitchat("a", 1, &client);
-        let b1 = chitchat("b", 1, &client);
-        let mut c = chitchat("c", 1, &client);
-        let keyless = chitchat("d", 1, &[]);
+        let mut me = test_chitchat("a", 1, &client);
+        let b1 = test_chitchat("b", 1, &client);
+        let mut c = test_chitchat("c", 1, &client);
+        let keyless = test_chitchat("d", 1, &[]);
         sync::merge(
             &mut me,
             [&b1, &c, &keyless].map(|x| x.node_states().values().next().unwrap().clone()),
@@ -1240,7 +1246,7 @@ mod tests {
             "d has not published its role"
         );
         // b restarts (a newer generation), c is forced out by a, c's HTTP address changes.
-        let b2 = chitchat("b", 2, &client);
+        let b2 = test_chitchat("b", 2, &client);
         c.self_node_state().set(KEY_HTTP, "127.0.0.3:8500");
         sync::merge(
             &mut me,

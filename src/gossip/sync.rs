@@ -426,28 +426,9 @@ async fn exchange(peer: SocketAddr, ctx: &SyncContext) -> Result<usize, Exchange
 mod tests {
     use super::*;
     use crate::config::GossipKey;
-    use chitchat::{ChitchatConfig, FailureDetectorConfig};
 
-    fn node(name: &str, port: u16) -> Chitchat {
-        let id = ChitchatId::new(
-            name.to_string(),
-            1,
-            SocketAddr::from(([127, 0, 0, 1], port)),
-        );
-        let config = ChitchatConfig {
-            listen_addr: id.gossip_advertise_addr,
-            chitchat_id: id,
-            cluster_id: "dc1".into(),
-            gossip_interval: Duration::from_millis(200),
-            seed_nodes: Vec::new(),
-            failure_detector_config: FailureDetectorConfig::default(),
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            digest_bound: None,
-        };
-        let seeds = tokio::sync::watch::channel(HashSet::new()).1;
-        Chitchat::with_chitchat_id_and_seeds(config, seeds, vec![("role".into(), "client".into())])
+    fn node(name: &str) -> Chitchat {
+        crate::gossip::test_chitchat(name, 1, &[("role", "client")])
     }
 
     /// One whole exchange between `asker` and `answerer`, as `pull` and `answer` run it.
@@ -475,10 +456,10 @@ mod tests {
 
     #[test]
     fn one_exchange_leaves_both_sides_with_the_newer_state_of_every_node() {
-        let mut a = node("a", 1);
-        let mut b = node("b", 2);
-        let mut c = node("c", 3);
-        let mut d = node("d", 4);
+        let mut a = node("a");
+        let mut b = node("b");
+        let mut c = node("c");
+        let mut d = node("d");
         // b knows c and d; a knows only itself.
         exchange(&mut b, &mut c);
         exchange(&mut b, &mut d);
@@ -503,8 +484,8 @@ mod tests {
 
     #[test]
     fn an_older_state_never_replaces_a_newer_one_and_our_own_is_ours() {
-        let mut a = node("a", 1);
-        let mut b = node("b", 2);
+        let mut a = node("a");
+        let mut b = node("b");
         exchange(&mut a, &mut b);
         let stale_b = b.self_node_state().clone();
         b.self_node_state().set("http", "new");
@@ -529,7 +510,7 @@ mod tests {
         let other = Sealer::new(&[key(2)]);
         let both = Sealer::new(&[key(2), key(1)]);
         let plain = Sealer::new(&[]);
-        let request = Request::of(&node("a", 1), "dc1");
+        let request = Request::of(&node("a"), "dc1");
         let frame = encode(&request, &sealer);
         assert_eq!(
             u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
