@@ -61,6 +61,13 @@ async fn lan_gossip_membership_failure_and_leave() {
         .await;
     }
 
+    // Each client caught up through a push-pull sync (TCP, sealed under the DC's key).
+    let pulled = "consulate_gossip_syncs_total{pool=\"lan\",result=\"ok\",side=\"pulled\"}";
+    for i in 1..=5 {
+        let n = metric(&http, &client_url(i), pulled).await.unwrap();
+        assert!(n >= 1.0, "c{i} pulled the pool's state ({n} syncs)");
+    }
+
     // Each client registers a web instance with its agent.
     for i in 1..=5 {
         let r = http
@@ -171,6 +178,31 @@ async fn lan_gossip_membership_failure_and_leave() {
     .await
     .unwrap();
     assert_eq!(theirs.as_array().unwrap().len(), 1, "it knows only itself");
+    // Its push-pull syncs were refused too, and counted where they arrived.
+    let refused = "consulate_gossip_syncs_total{pool=\"lan\",result=\"decrypt\",side=\"served\"}";
+    eventually(
+        Duration::from_secs(15),
+        "the intruder's syncs refused",
+        || {
+            let http = http.clone();
+            let urls: Vec<String> = (1..=5)
+                .map(client_url)
+                .chain(
+                    dc.addrs[..3]
+                        .iter()
+                        .map(|a| format!("http://{}:8500", a.ip())),
+                )
+                .collect();
+            async move {
+                let mut n = 0.0;
+                for url in &urls {
+                    n += metric(&http, url, refused).await.unwrap_or(0.0);
+                }
+                (n >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
 
     // The server a client uses first (its list comes from gossip, by name: s1) dies: the
     // client keeps serving reads and writes through the others.
