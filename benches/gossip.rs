@@ -2,8 +2,9 @@
 //! 127.0.96.1, ports from 21000, each size on ports of its own), the first three as seeds. For each N in `GOSSIP_SIZES`
 //! (default 50,200):
 //!
-//! 1. convergence: the time until every agent sees all N alive (at most
-//!    `GOSSIP_CONVERGE_SECS`, default 60; if not reached, how far it got);
+//! 1. convergence: the time until every agent knows all N, and until every agent sees all
+//!    N alive (at most `GOSSIP_CONVERGE_SECS`, default 60; if not reached, how far it
+//!    got), with the push-pull syncs and the process's CPU seconds until then;
 //! 2. steady state over `GOSSIP_WINDOW_SECS` (default 10): gossip bytes sent per agent per
 //!    second (from each agent's metrics), the process's CPU, datagrams dropped as oversized,
 //!    and agents wrongly seen as not alive (false failures) sampled every 100 ms;
@@ -72,6 +73,7 @@ async fn run(n: usize, base: u16) {
     let mut tokens = Vec::new();
     let mut metrics = Vec::new();
     let started = Instant::now();
+    let cpu_at_start = cpu_seconds();
     for i in 0..n {
         let m = Metrics::new();
         let config = LanConfig {
@@ -156,9 +158,11 @@ async fn run(n: usize, base: u16) {
             .sum()
     };
     println!(
-        "{n:>5} agents: {} push-pull syncs until then ({:.1} per agent)",
+        "{n:>5} agents: {} push-pull syncs until then ({:.1} per agent), {:.2} CPU seconds \
+         since the start",
         syncs(&metrics),
-        syncs(&metrics) as f64 / n as f64
+        syncs(&metrics) as f64 / n as f64,
+        cpu_seconds() - cpu_at_start
     );
     let syncs_before = syncs(&metrics);
     let before = sent(&metrics);
