@@ -517,10 +517,16 @@ impl Gossip {
     /// [`JOIN_TIMEOUT`].
     /// Returns how many members are known then.
     pub async fn join(&self, addr: SocketAddr) -> Result<usize, JoinError> {
-        if let Some(ctx) = &self.sync
-            && let Err(e) = sync::pull(addr, ctx).await
-        {
-            info!(error = %e, "join: no push-pull sync, joining by gossip alone");
+        if let Some(ctx) = &self.sync {
+            // Bounded well inside the join's own time: an address whose TCP port drops
+            // packets must not hold the join back.
+            match tokio::time::timeout(JOIN_TIMEOUT / 5, sync::pull(addr, ctx)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => info!(error = %e, "join: no push-pull sync, joining by gossip"),
+                Err(_) => {
+                    info!(%addr, "join: no push-pull sync in time, joining by gossip")
+                }
+            }
         }
         let mut members = self.members.clone();
         let joined = |ms: &[Member]| {

@@ -41,6 +41,8 @@ const MAX_PLAIN: u64 = 256 << 20;
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Exchanges served at once; more are refused (the asker tries another member).
 const MAX_SERVING: usize = 4;
+/// The pause after a failed accept, so that a lack of descriptors does not spin the loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How many nodes learned within one check period make a member pull: fewer, and
 /// gossip teaches them at least as fast (a few joins a second in a large DC cost no sync).
 pub const CATCH_UP_NODES: usize = 10;
@@ -329,7 +331,9 @@ pub async fn serve(listener: TcpListener, ctx: SyncContext, shutdown: Cancellati
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of descriptors, typically: let connections close before retrying.
                     debug!(error = %e, "sync accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
