@@ -326,10 +326,10 @@ pub async fn serve(listener: TcpListener, ctx: SyncContext, shutdown: Cancellati
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
     let tasks = TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, typically: let connections close before retrying.
                     debug!(error = %e, "sync accept failed");
@@ -344,14 +344,9 @@ pub async fn serve(listener: TcpListener, ctx: SyncContext, shutdown: Cancellati
         };
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let result = tokio::time::timeout(SYNC_TIMEOUT, answer(stream, &ctx)).await;
-            let label = match result {
-                Ok(Ok(())) => "ok",
-                Ok(Err(ExchangeError::Frame(e))) => e.label(),
-                Ok(Err(ExchangeError::Io(_))) => "io",
-                Err(_) => "timeout",
-            };
-            ctx.metrics.sync("served", label);
+            if let Err(e) = counted("served", peer, &ctx, answer(stream, &ctx)).await {
+                debug!(error = %e, "sync refused");
+            }
             drop(slot);
         });
     }
@@ -398,14 +393,30 @@ async fn receive<T: for<'de> Deserialize<'de>>(
 /// One exchange with the member at `peer`: each side ends up with the newer state of
 /// every node either knew. Returns how many nodes were new here.
 pub async fn pull(peer: SocketAddr, ctx: &SyncContext) -> Result<usize, SyncError> {
-    let result = tokio::time::timeout(SYNC_TIMEOUT, exchange(peer, ctx)).await;
-    let (label, result) = match result {
-        Ok(Ok(learned)) => ("ok", Ok(learned)),
-        Ok(Err(ExchangeError::Frame(e))) => (e.label(), Err(SyncError::Frame(e))),
-        Ok(Err(ExchangeError::Io(e))) => ("io", Err(SyncError::Io(peer, e))),
-        Err(_) => ("timeout", Err(SyncError::Timeout(peer))),
+    counted("pulled", peer, ctx, exchange(peer, ctx)).await
+}
+
+/// Runs one side (`pulled` or `served`) of an exchange with `peer` under
+/// [`SYNC_TIMEOUT`], and counts its result.
+async fn counted<T>(
+    side: &'static str,
+    peer: SocketAddr,
+    ctx: &SyncContext,
+    exchange: impl std::future::Future<Output = Result<T, ExchangeError>>,
+) -> Result<T, SyncError> {
+    let result = match tokio::time::timeout(SYNC_TIMEOUT, exchange).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(ExchangeError::Frame(e))) => Err(SyncError::Frame(e)),
+        Ok(Err(ExchangeError::Io(e))) => Err(SyncError::Io(peer, e)),
+        Err(_) => Err(SyncError::Timeout(peer)),
     };
-    ctx.metrics.sync("pulled", label);
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(SyncError::Frame(e)) => e.label(),
+        Err(SyncError::Io(..)) => "io",
+        Err(SyncError::Timeout(_)) => "timeout",
+    };
+    ctx.metrics.sync(side, label);
     result
 }
 
