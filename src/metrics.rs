@@ -42,7 +42,8 @@ pub struct CacheMetrics {
     /// Cached reads by outcome: `hit`, `miss`, `stale_if_error` (a stale answer served
     /// because a fetch failed), `error`.
     pub requests: IntCounterVec,
-    /// Entries held (each kept fresh by a background blocking query).
+    /// Entries held (kept fresh by a background blocking query, or, for prepared-query
+    /// executions, as old as their fetch).
     pub entries: IntGauge,
     /// Approximate bytes held (the encoded answers).
     pub bytes: IntGauge,
@@ -68,7 +69,7 @@ impl CacheMetrics {
                 r,
                 IntGauge::new(
                     "consulate_cache_entries",
-                    "Answers the agent cache holds, each kept fresh by a blocking query.",
+                    "Answers the agent cache holds (kept fresh by a blocking query, or as old as their fetch for prepared-query executions).",
                 )
                 .expect("valid metric"),
             ),

@@ -297,27 +297,44 @@ async fn read_cacheable(
     p: &Params,
     query: Query,
 ) -> Result<(HeaderMap, Arc<ReadOutcome>), HttpError> {
-    let Some(cache) = api.cache.as_ref().filter(|_| p.flag("cached")) else {
+    let Some(cache) = cache_asked(api, p)? else {
         let (headers, out) = read(api, p, query).await?;
         return Ok((headers, Arc::new(out)));
     };
-    if p.flag("consistent") {
-        return Err(HttpError::BadRequest(
-            "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
-        ));
-    }
     let opts = p.read_options()?;
     let query = filtered(p, query)?;
     let answer = cache
         .read(p.token(), p.dc(), query, p.2, opts.min_index, opts.wait)
         .await?;
     let mut headers = read_headers(&answer.outcome);
+    cache_headers(&mut headers, answer.hit, answer.age);
+    Ok((headers, answer.outcome))
+}
+
+/// The agent cache, when the request asks for it (`?cached`) and this agent has one;
+/// `?cached` with `?consistent` is refused, as Consul does.
+fn cache_asked<'a>(
+    api: &'a Api,
+    p: &Params,
+) -> Result<Option<&'a crate::cache::AgentCache>, HttpError> {
+    let Some(cache) = api.cache.as_ref().filter(|_| p.flag("cached")) else {
+        return Ok(None);
+    };
+    if p.flag("consistent") {
+        return Err(HttpError::BadRequest(
+            "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
+        ));
+    }
+    Ok(Some(cache))
+}
+
+/// Consul's headers on an answer from the agent cache: `X-Cache` and `Age`.
+fn cache_headers(headers: &mut HeaderMap, hit: bool, age: std::time::Duration) {
     headers.insert(
         "X-Cache",
-        HeaderValue::from_static(if answer.hit { "HIT" } else { "MISS" }),
+        HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
     );
-    headers.insert("Age", HeaderValue::from(answer.age.as_secs()));
-    Ok((headers, answer.outcome))
+    headers.insert("Age", HeaderValue::from(age.as_secs()));
 }
 
 /// Applies a catalog write in `dc` (default: this one) with the request's token, and

@@ -1,7 +1,9 @@
 //! Consul's prepared queries, `/v1/query`: create, list, read, update, delete, execute
-//! (with failover to other DCs, done by the server that runs it) and explain.
+//! (with failover to other DCs, done by the server that runs it; with `?cached`, from the
+//! agent cache) and explain.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -14,11 +16,12 @@ use super::error::HttpError;
 use super::health::HealthJson;
 use super::json::{QUERY_IGNORED, decode_ignoring};
 use super::params::{ClientIp, Params};
-use super::{Api, read, read_headers};
+use super::{Api, cache_asked, cache_headers, read, read_headers};
 use crate::rpc::{ExecuteQuery, QueryExecution, QueryRef, QuerySource};
 use crate::state::Command;
 use crate::state::prepared_query::{Failover, PreparedQuery, QueryTemplate, ServiceQuery};
 use crate::state::query::{Query, QueryResult};
+use crate::vocab::ReadMode;
 
 /// A definition as a request carries it (keys normalized by the decoder).
 #[derive(Deserialize, Default)]
@@ -301,17 +304,18 @@ pub async fn get(
     Ok((headers, Json(json)).into_response())
 }
 
-/// Runs (or with `explain`, renders) the query `id_or_name` as the request asks.
-async fn run(
+/// The execution (or with `explain`, the rendering) of the query `id_or_name` the request
+/// asks for.
+fn call_for(
     api: &Api,
     id_or_name: String,
     p: &Params,
     client: ClientIp,
     explain: bool,
-) -> Result<(HeaderMap, QueryExecution), HttpError> {
+) -> Result<ExecuteQuery, HttpError> {
     let opts = p.read_options()?;
     let limit = p.u64("limit")?.map(|n| n as usize);
-    let call = ExecuteQuery {
+    Ok(ExecuteQuery {
         dc: p.dc().map(str::to_string),
         query: QueryRef::Named(id_or_name),
         near: p.get("near").map(str::to_string),
@@ -324,28 +328,44 @@ async fn run(
         mode: opts.mode,
         explain,
         token: p.token(),
-    };
-    let out = api.dispatcher.call(call).await?;
-    let headers = read_headers(&crate::rpc::ReadOutcome {
+    })
+}
+
+/// The index and consistency headers of an execution's answer.
+fn execution_headers(out: &QueryExecution, mode: ReadMode) -> HeaderMap {
+    read_headers(&crate::rpc::ReadOutcome {
         index: out.index,
         result: QueryResult::Health(Vec::new()),
         meta: out.meta,
-        mode: opts.mode,
+        mode,
         filtered: false,
         stale_from: None,
-    });
-    Ok((headers, out))
+    })
 }
 
 /// `GET /v1/query/:id/execute`: the healthy instances the query selects, from this DC or
-/// the first DC it fails over to that has some.
+/// the first DC it fails over to that has some. With `?cached`, from the agent cache
+/// (Consul's simple caching: `X-Cache`, `Age` since the fetch, `Cache-Control`).
 pub async fn execute(
     State(api): State<Api>,
     Path(id): Path<String>,
     p: Params,
     client: ClientIp,
 ) -> Result<Response, HttpError> {
-    let (headers, out) = run(&api, id, &p, client, false).await?;
+    let call = call_for(&api, id, &p, client, false)?;
+    let (headers, out) = match cache_asked(&api, &p)? {
+        Some(cache) => {
+            let answer = cache.execute(call, p.2).await?;
+            let mut headers = execution_headers(&answer.value, ReadMode::Stale);
+            cache_headers(&mut headers, answer.hit, answer.age);
+            (headers, answer.value)
+        }
+        None => {
+            let mode = call.mode;
+            let out = api.dispatcher.call(call).await?;
+            (execution_headers(&out, mode), Arc::new(out))
+        }
+    };
     let json = ExecuteJson {
         service: &out.service,
         nodes: out.nodes.iter().map(HealthJson::from).collect(),
@@ -375,7 +395,10 @@ pub async fn explain(
     p: Params,
     client: ClientIp,
 ) -> Result<Response, HttpError> {
-    let (headers, out) = run(&api, id, &p, client, true).await?;
+    let call = call_for(&api, id, &p, client, true)?;
+    let mode = call.mode;
+    let out = api.dispatcher.call(call).await?;
+    let headers = execution_headers(&out, mode);
     let query = out.query.ok_or_else(HttpError::shape)?;
     let json = serde_json::json!({ "Query": QueryJson::from(&*query) });
     Ok((headers, Json(json)).into_response())

@@ -1,7 +1,8 @@
-//! Consul's agent cache (`?cached` on catalog/services, catalog/service and health/service):
-//! the first request for a query fetches it; later ones are answered from the agent's
-//! memory, which a background blocking query per entry keeps current (stale mode, as
-//! Consul's). `Cache-Control: max-age=N` forces a fetch when the answer is older;
+//! Consul's agent cache (`?cached` on catalog/services, catalog/service, health/service and
+//! prepared-query execute): the first request for a query fetches it; later ones are
+//! answered from the agent's memory, which a background blocking query per entry keeps
+//! current (stale mode, as Consul's). Prepared-query executions, which no blocking query
+//! can follow, are cached simply ([`simple`]: as old as their fetch). `Cache-Control: max-age=N` forces a fetch when the answer is older;
 //! `stale-if-error=N` serves the last answer when a fetch fails. An entry's age is 0 while
 //! its refresh is connected and counts from the moment it lost contact (Consul's rule for
 //! background-refreshed types). Entries unused for [`CacheLimits::idle`] stop and go; past
@@ -17,10 +18,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod simple;
+
 use crate::acl::Secret;
 use crate::dispatch::Dispatcher;
 use crate::metrics::CacheMetrics;
-use crate::rpc::{ReadOptions, ReadOutcome, RpcError};
+use crate::rpc::{ExecuteQuery, QueryExecution, ReadOptions, ReadOutcome, RpcError};
 use crate::state::query::Query;
 use crate::vocab::ReadMode;
 
@@ -37,6 +40,9 @@ pub struct CacheControl {
     pub max_age: Option<Duration>,
     /// `stale-if-error=N`: when a fetch fails, an answer up to this old is served.
     pub stale_if_error: Option<Duration>,
+    /// `must-revalidate` or `max-age=0`: a simply cached answer is fetched again first
+    /// (Consul ignores it for answers a background refresh keeps current).
+    pub must_revalidate: bool,
 }
 
 impl CacheControl {
@@ -46,13 +52,17 @@ impl CacheControl {
         let mut c = CacheControl::default();
         for directive in header.split(',') {
             let Some((name, value)) = directive.trim().split_once('=') else {
+                c.must_revalidate |= directive.trim().eq_ignore_ascii_case("must-revalidate");
                 continue;
             };
             let Ok(secs) = value.trim().parse::<u64>() else {
                 continue;
             };
             match name.trim().to_ascii_lowercase().as_str() {
-                "max-age" => c.max_age = Some(Duration::from_secs(secs)),
+                "max-age" => {
+                    c.max_age = Some(Duration::from_secs(secs));
+                    c.must_revalidate |= secs == 0;
+                }
                 "stale-if-error" => c.stale_if_error = Some(Duration::from_secs(secs)),
                 _ => {}
             }
@@ -149,6 +159,12 @@ pub trait Fetch: Send + Sync + 'static {
         query: Query,
         opts: ReadOptions,
     ) -> futures::future::BoxFuture<'static, Result<ReadOutcome, RpcError>>;
+
+    /// Runs a prepared query.
+    fn execute(
+        &self,
+        call: ExecuteQuery,
+    ) -> futures::future::BoxFuture<'static, Result<QueryExecution, RpcError>>;
 }
 
 impl Fetch for Dispatcher {
@@ -162,11 +178,40 @@ impl Fetch for Dispatcher {
         let dispatcher = self.clone();
         Box::pin(async move { dispatcher.read(token, dc.as_deref(), query, opts).await })
     }
+
+    fn execute(
+        &self,
+        call: ExecuteQuery,
+    ) -> futures::future::BoxFuture<'static, Result<QueryExecution, RpcError>> {
+        let dispatcher = self.clone();
+        Box::pin(async move { dispatcher.call(call).await })
+    }
+}
+
+/// What identifies a cached execution: everything its answer depends on (the DC, the
+/// query, `near`, where it was asked from, `limit`, the token's digest), not the
+/// consistency asked (a cached execution is always fetched stale, as Consul's). Pure.
+fn execution_key(call: &ExecuteQuery) -> Vec<u8> {
+    let token = call
+        .token
+        .as_ref()
+        .map(|t| crate::acl::model::secret_digest(&t.0));
+    rmp_serde::to_vec(&(
+        &call.dc,
+        &call.query,
+        &call.near,
+        &call.source,
+        call.limit,
+        call.explain,
+        token,
+    ))
+    .unwrap_or_default()
 }
 
 struct Inner {
     fetch: Arc<dyn Fetch>,
     entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    executions: simple::SimpleCache<QueryExecution>,
     metrics: CacheMetrics,
     limits: CacheLimits,
     shutdown: CancellationToken,
@@ -191,6 +236,7 @@ impl AgentCache {
             inner: Arc::new(Inner {
                 fetch,
                 entries: Mutex::new(HashMap::new()),
+                executions: simple::SimpleCache::new(metrics.clone(), limits),
                 metrics,
                 limits,
                 shutdown,
@@ -277,6 +323,26 @@ impl AgentCache {
         Ok(answer)
     }
 
+    /// Answers a prepared query's execution (`/v1/query/:id/execute?cached`) from the
+    /// simple cache: fetched (in stale mode) on a miss or when `control` asks for a
+    /// younger answer than the one held.
+    pub async fn execute(
+        &self,
+        call: ExecuteQuery,
+        control: CacheControl,
+    ) -> Result<simple::Cached<QueryExecution>, RpcError> {
+        let fetch = self.inner.fetch.clone();
+        let key = execution_key(&call);
+        let call = ExecuteQuery {
+            mode: ReadMode::Stale,
+            ..call
+        };
+        self.inner
+            .executions
+            .get(key, control, move || fetch.execute(call))
+            .await
+    }
+
     fn count(&self, outcome: &str) {
         self.inner
             .metrics
@@ -299,10 +365,10 @@ impl AgentCache {
             bytes: AtomicI64::new(0),
         });
         entries.insert(key.clone(), entry.clone());
+        self.inner.metrics.entries.inc();
         if entries.len() > self.inner.limits.max_entries {
             self.evict_least_used(&mut entries);
         }
-        self.inner.metrics.entries.set(entries.len() as i64);
         drop(entries);
         let cache = self.clone();
         let (refreshed, dc, query) = (entry.clone(), dc.map(str::to_string), query.clone());
@@ -331,6 +397,7 @@ impl AgentCache {
     /// Stops an entry removed from the map and takes it out of the figures.
     fn forget(&self, e: &Entry, reason: &str) {
         e.stop.cancel();
+        self.inner.metrics.entries.dec();
         self.inner
             .metrics
             .bytes
@@ -400,7 +467,6 @@ impl AgentCache {
                 let mut entries = self.inner.entries.lock().expect("cache lock");
                 if entries.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                     entries.remove(&key);
-                    self.inner.metrics.entries.set(entries.len() as i64);
                     drop(entries);
                     self.forget(&entry, "idle");
                 }
@@ -497,6 +563,27 @@ mod tests {
                 mode: ReadMode::Stale,
                 filtered: false,
                 stale_from: None,
+            })))
+        }
+
+        /// Answers with the consistency it was asked in as the service's name.
+        fn execute(
+            &self,
+            call: ExecuteQuery,
+        ) -> futures::future::BoxFuture<'static, Result<QueryExecution, RpcError>> {
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            Box::pin(std::future::ready(Ok(QueryExecution {
+                service: format!("{:?}", call.mode),
+                nodes: Vec::new(),
+                dns_ttl: String::new(),
+                datacenter: "dc1".into(),
+                failovers: 0,
+                index: 1,
+                meta: crate::raft::ReadMeta {
+                    known_leader: true,
+                    last_contact_ms: 0,
+                },
+                query: None,
             })))
         }
     }
@@ -615,7 +702,56 @@ mod tests {
         let c = CacheControl::parse("no-cache, Max-Age = 5, stale-if-error=soon");
         assert_eq!(c.max_age, Some(Duration::from_secs(5)));
         assert_eq!(c.stale_if_error, None, "a malformed number is ignored");
+        assert!(!c.must_revalidate);
         assert_eq!(CacheControl::parse(""), CacheControl::default());
+        assert!(CacheControl::parse("Must-Revalidate").must_revalidate);
+        let c = CacheControl::parse("max-age=0");
+        assert!(c.must_revalidate && c.max_age == Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn executions_are_fetched_stale_and_kept_per_dc_query_source_limit_and_token() {
+        let (c, servers, _) = cache(CacheLimits::default());
+        let call = |f: &dyn Fn(&mut ExecuteQuery)| {
+            let mut call = ExecuteQuery {
+                dc: Some("dc2".into()),
+                query: crate::rpc::QueryRef::Named("web".into()),
+                near: None,
+                source: crate::rpc::QuerySource {
+                    node: "c1".into(),
+                    datacenter: "dc1".into(),
+                    ip: Some("10.0.0.1".into()),
+                },
+                limit: None,
+                mode: ReadMode::Leader,
+                explain: false,
+                token: Some(Secret("t1".into())),
+            };
+            f(&mut call);
+            call
+        };
+        let miss = c
+            .execute(call(&|_| {}), CacheControl::default())
+            .await
+            .unwrap();
+        assert_eq!((miss.hit, miss.value.service.as_str()), (false, "Stale"));
+        let same = [call(&|_| {}), call(&|c| c.mode = ReadMode::Consistent)];
+        for same in same {
+            assert!(c.execute(same, CacheControl::default()).await.unwrap().hit);
+        }
+        let others = [
+            call(&|c| c.dc = None),
+            call(&|c| c.query = crate::rpc::QueryRef::Named("db".into())),
+            call(&|c| c.near = Some("_agent".into())),
+            call(&|c| c.source.ip = Some("10.0.0.2".into())),
+            call(&|c| c.limit = Some(1)),
+            call(&|c| c.token = Some(Secret("t2".into()))),
+            call(&|c| c.token = None),
+        ];
+        for other in others {
+            assert!(!c.execute(other, CacheControl::default()).await.unwrap().hit);
+        }
+        assert_eq!(servers.fetches.load(Ordering::Relaxed), 8);
     }
 
     #[test]
