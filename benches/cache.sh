@@ -4,7 +4,9 @@
 # 64 connections on dc1's client, alternated REPS times for SECONDS each:
 # `GET /v1/health/service/web` (dc1's own, forwarded by the client to its server: the
 # local read), `?dc=dc2` (forwarded on to dc2) and `?dc=dc2&cached` (from the client's
-# cache, kept current by one blocking query). Then bursts of identical uncached reads
+# cache, kept current by one blocking query); then dc2's prepared query `web` executed
+# from dc1's client, forwarded (`/v1/query/web/execute?dc=dc2`) and from the client's
+# cache (`&cached`, Consul's simple caching). Then bursts of identical uncached reads
 # given to dc1's server at once (BURST clients, 1,000 by default, connected before any
 # asks), and the forwards to dc2 they cost (coalescing).
 # usage: benches/cache.sh [SECONDS] [REPS]     (needs wrk, curl and python3)
@@ -55,8 +57,10 @@ for dc in ("dc1", "dc2"):
         req = urllib.request.Request(f"{c}/v1/catalog/register?dc={dc}", data=json.dumps(body).encode(), method="PUT")
         urllib.request.urlopen(req).read()
 PY
+curl -sf -X POST "$c/v1/query?dc=dc2" -d '{"Name": "web", "Service": {"Service": "web"}}' >/dev/null
 for q in "" "?dc=dc2" "?dc=dc2&cached"; do
   [ "$(curl -sf "$c/v1/health/service/web$q" | grep -o '"ServiceID":"web"' | wc -l)" = 10 ]
+  [ -z "$q" ] || [ "$(curl -sf "$c/v1/query/web/execute$q" | grep -o '"ServiceID":"web"' | wc -l)" = 10 ]
 done
 row() { # LABEL URL
   wrk -t2 -c64 -d"${d}s" --latency "$2" | awk -v l="$1" '
@@ -67,6 +71,8 @@ for r in $(seq "$reps"); do
   row "local #$r" "$c/v1/health/service/web"
   row "dc2 forwarded #$r" "$c/v1/health/service/web?dc=dc2"
   row "dc2 cached #$r" "$c/v1/health/service/web?dc=dc2&cached"
+  row "dc2 query forwarded #$r" "$c/v1/query/web/execute?dc=dc2"
+  row "dc2 query cached #$r" "$c/v1/query/web/execute?dc=dc2&cached"
 done
 echo "cache: $(curl -sf "$c/metrics" | grep -E '^consulate_cache_(requests_total|entries)' | tr '\n' ' ')"
 # Coalescing: BURST clients ask dc1's server for dc2's web at once, uncached: each opens

@@ -23,8 +23,8 @@ use crate::rpc::RpcError;
 /// How often entries unused for the idle time are looked for.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// A fetch that requests for one entry share.
-type SharedFetch<V> = Shared<BoxFuture<'static, Result<Arc<V>, RpcError>>>;
+/// A fetch, as the requests for one entry share it.
+type Fetching<V> = BoxFuture<'static, Result<Arc<V>, RpcError>>;
 
 /// An answer from a [`SimpleCache`].
 #[derive(Debug)]
@@ -41,7 +41,7 @@ struct SlotState<V> {
     /// The last answer and when it arrived.
     stored: Option<(Arc<V>, Instant)>,
     /// The fetch running for this entry, if any.
-    inflight: Option<WeakShared<BoxFuture<'static, Result<Arc<V>, RpcError>>>>,
+    inflight: Option<WeakShared<Fetching<V>>>,
     last_used: Instant,
     bytes: i64,
     /// Out of the map: a fetch finishing now serves its askers but is not counted.
@@ -106,7 +106,7 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
                 None => {
                     let fetched = fetch();
                     let (slot, metrics) = (slot.clone(), self.metrics.clone());
-                    let shared: SharedFetch<V> = async move {
+                    let shared: Shared<Fetching<V>> = async move {
                         let value = Arc::new(fetched.await?);
                         slot.store(value.clone(), &metrics);
                         Ok(value)
