@@ -182,6 +182,13 @@ fn read_key(dc: &str, r: &crate::rpc::Read, index: u64) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// What makes two prepared-query executions for another DC identical: the DC and the
+/// whole call (query, `near`, where it was asked, `limit`, consistency, token). Marked so
+/// it never equals a read's key. Pure.
+fn execution_key(dc: &str, x: &crate::rpc::ExecuteQuery) -> Vec<u8> {
+    rmp_serde::to_vec(&("execute", dc, x)).unwrap_or_default()
+}
+
 impl Router {
     /// A router over the WAN pool's `members`, forwarding through `transport`.
     pub fn new(
@@ -205,18 +212,28 @@ impl Router {
         }
     }
 
-    /// Forwards `req` to DC `dc`: a read through [`Router::forward_coalesced`]; one that
-    /// allows `stale-if-error` is remembered when answered, and answered from that memory
-    /// (marked with the DC and the age) when the DC cannot be reached.
+    /// Forwards `req` to DC `dc`: a read or a prepared query's execution through
+    /// [`Router::forward_coalesced`] (unless `?consistent`: one already in flight may
+    /// have read before a write that preceded this request); a read that allows
+    /// `stale-if-error` is remembered when answered, and answered from that memory (marked
+    /// with the DC and the age) when the DC cannot be reached.
     pub async fn forward_shared(
         self: &Arc<Self>,
         dc: &str,
         req: &AgentRequest,
     ) -> Result<AgentResponse, RpcError> {
-        let AgentRequest::Read(read) = req else {
-            return self.forward(dc, req, req.timeout()).await;
+        use crate::vocab::ReadMode::Consistent;
+        let read = match req {
+            AgentRequest::Read(read) if read.opts.mode != Consistent => read,
+            AgentRequest::ExecuteQuery(x) if x.mode != Consistent => {
+                let key = execution_key(dc, x);
+                return self.forward_coalesced(dc, req, key, None).await;
+            }
+            _ => return self.forward(dc, req, req.timeout()).await,
         };
-        let out = self.forward_coalesced(dc, req, read).await;
+        let out = self
+            .forward_coalesced(dc, req, coalesce_key(dc, read), Some(read))
+            .await;
         let Some(max_age) = read.opts.stale_if_error else {
             return out;
         };
@@ -263,22 +280,17 @@ impl Router {
         }
     }
 
-    /// Forwards read `req` to DC `dc` as [`Router::forward`] does, except that (unless it
-    /// is `?consistent`) it joins an identical one already in flight on this server and
-    /// shares its answer: a hot name asked by many clients at once costs one forward. A
-    /// joiner never waits past its own blocking wait: then it reads the current state.
+    /// Forwards `req` to DC `dc` as [`Router::forward`] does, except that it joins an
+    /// identical one (same `key`) already in flight on this server and shares its
+    /// answer: a hot name asked by many clients at once costs one forward. A joiner of a
+    /// blocking `read` never waits past its own wait: then it reads the current state.
     async fn forward_coalesced(
         self: &Arc<Self>,
         dc: &str,
         req: &AgentRequest,
-        read: &crate::rpc::Read,
+        key: Vec<u8>,
+        read: Option<&crate::rpc::Read>,
     ) -> Result<AgentResponse, RpcError> {
-        // A consistent read must see every write done before it began: one already in
-        // flight may have read before such a write, so it is never shared.
-        if read.opts.mode == crate::vocab::ReadMode::Consistent {
-            return self.forward(dc, req, req.timeout()).await;
-        }
-        let key = coalesce_key(dc, read);
         let (shared, joined) = {
             let mut inflight = self.inflight.lock().expect("router lock");
             match inflight.get(&key).and_then(|w| w.upgrade()) {
@@ -306,9 +318,9 @@ impl Router {
             return shared.await;
         }
         self.metrics.coalesced.inc();
-        if read.opts.min_index == 0 {
+        let Some(read) = read.filter(|r| r.opts.min_index > 0) else {
             return shared.await;
-        }
+        };
         tokio::select! {
             out = shared => out,
             () = tokio::time::sleep(read.opts.wait) => {
@@ -548,6 +560,43 @@ mod tests {
                 &read(7, Some("t"), crate::vocab::ReadMode::Consistent)
             )
         );
+    }
+
+    #[test]
+    fn identical_executions_share_a_key_and_any_difference_splits_them() {
+        use crate::rpc::{ExecuteQuery, QueryRef, QuerySource};
+        let call = |f: &dyn Fn(&mut ExecuteQuery)| {
+            let mut x = ExecuteQuery {
+                dc: Some("dc2".into()),
+                query: QueryRef::Named("web".into()),
+                near: None,
+                source: QuerySource {
+                    node: "c1".into(),
+                    datacenter: "dc1".into(),
+                    ip: Some("10.0.0.1".into()),
+                },
+                limit: None,
+                mode: crate::vocab::ReadMode::Leader,
+                explain: false,
+                token: Some(crate::acl::Secret("t".into())),
+            };
+            f(&mut x);
+            x
+        };
+        let base = execution_key("dc2", &call(&|_| {}));
+        assert_eq!(base, execution_key("dc2", &call(&|_| {})));
+        assert_ne!(base, execution_key("dc3", &call(&|_| {})));
+        let others = [
+            call(&|x| x.query = QueryRef::Named("db".into())),
+            call(&|x| x.near = Some("_agent".into())),
+            call(&|x| x.source.ip = None),
+            call(&|x| x.limit = Some(1)),
+            call(&|x| x.mode = crate::vocab::ReadMode::Stale),
+            call(&|x| x.token = None),
+        ];
+        for other in others {
+            assert_ne!(base, execution_key("dc2", &other));
+        }
     }
 
     fn member(name: &str, dc: &str, addr: &str, status: MemberStatus) -> Member {

@@ -794,8 +794,8 @@ pub struct FederationMetrics {
     /// Attempts on one remote server that failed and marked it, by reason
     /// (`unreachable`, `timeout`).
     pub server_failures: IntCounterVec,
-    /// Reads for another DC that joined an identical one in flight instead of being
-    /// forwarded themselves.
+    /// Reads and prepared-query executions for another DC that joined an identical one in
+    /// flight instead of being forwarded themselves.
     pub coalesced: IntCounter,
     /// Reads for an unreachable DC answered with the last answer this server got for them
     /// (`stale-if-error`), by datacenter.
@@ -845,7 +845,7 @@ impl FederationMetrics {
                 r,
                 IntCounter::new(
                     "consulate_federation_coalesced_total",
-                    "Reads for another DC that shared an identical read's forward in flight.",
+                    "Reads and prepared-query executions for another DC that shared an identical one's forward in flight.",
                 )
                 .expect("valid metric"),
             ),

@@ -2,11 +2,14 @@
 //! prepared-query execute): the first request for a query fetches it; later ones are
 //! answered from the agent's memory, which a background blocking query per entry keeps
 //! current (stale mode, as Consul's). Prepared-query executions, which no blocking query
-//! can follow, are cached simply ([`simple`]: as old as their fetch). `Cache-Control: max-age=N` forces a fetch when the answer is older;
-//! `stale-if-error=N` serves the last answer when a fetch fails. An entry's age is 0 while
-//! its refresh is connected and counts from the moment it lost contact (Consul's rule for
+//! can follow, are cached simply ([`simple`]: as old as their fetch).
+//! `Cache-Control: max-age=N` forces a fetch when the answer is older; `stale-if-error=N`
+//! serves the last answer when a fetch fails. An entry's age is 0 while its refresh is
+//! connected and counts from the moment it lost contact (Consul's rule for
 //! background-refreshed types). Entries unused for [`CacheLimits::idle`] stop and go; past
 //! [`CacheLimits::max_entries`] the least recently used go first.
+
+pub mod simple;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,8 +20,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-pub mod simple;
 
 use crate::acl::Secret;
 use crate::dispatch::Dispatcher;

@@ -5,8 +5,8 @@
 //! by `Age`) while a request without it fails as an uncached one does; after healing,
 //! fresh answers again. A prepared query of dc2 executed with `?cached` (Consul's simple
 //! caching): a miss, hits as old as the fetch, the stored answer through the cut with
-//! `stale-if-error`, a younger one when `max-age` asks. Identical uncached reads in flight
-//! together share one forward;
+//! `stale-if-error`, a younger one when `max-age` asks. Identical uncached reads (and
+//! executions) in flight together share one forward;
 //! through the cut, dc1's server answers uncached reads that allow `stale-if-error` (and
 //! DNS names, as configured) from its last answer, marked with the unreachable DC.
 
@@ -232,6 +232,21 @@ async fn cached_reads_hit_refresh_and_serve_stale_through_a_partition() {
     assert!(
         joined >= burst as f64 / 2.0,
         "most reads shared a forward: {joined} of {burst}"
+    );
+
+    // Identical executions of dc2's query at once share forwards too.
+    let (_, joined_before) = counts().await;
+    let uncached_execute = format!("{c1}/v1/query/web-q/execute?dc=dc2");
+    let answers =
+        futures::future::join_all((0..50).map(|_| get(&http, &uncached_execute, None))).await;
+    for (status, _, _, v) in &answers {
+        assert_eq!((*status, ports(&v["Nodes"])), (200, vec![8001, 8002, 8003]));
+    }
+    let (_, joined) = counts().await;
+    assert!(
+        joined - joined_before >= 25.0,
+        "most executions shared a forward: {} of 50",
+        joined - joined_before
     );
 
     // Reads that allow stale-if-error are remembered by dc1's server as they are answered.
