@@ -1,8 +1,9 @@
 //! Consul's agent cache (`?cached` on catalog/services, catalog/service, health/service and
 //! prepared-query execute): the first request for a query fetches it; later ones are
 //! answered from the agent's memory, which a background blocking query per entry keeps
-//! current (stale mode, as Consul's). Prepared-query executions, which no blocking query
-//! can follow, are cached simply ([`simple`]: as old as their fetch).
+//! current (stale mode, as Consul's); requests that need a fetch at once share one.
+//! Prepared-query executions, which no blocking query can follow, are cached simply
+//! ([`simple`]: as old as their fetch).
 //! `Cache-Control: max-age=N` forces a fetch when the answer is older; `stale-if-error=N`
 //! serves the last answer when a fetch fails. An entry's age is 0 while its refresh is
 //! connected and counts from the moment it lost contact (Consul's rule for
@@ -133,11 +134,16 @@ impl Snapshot {
     }
 }
 
+/// A fetch, as the requests that need it at once share it.
+type Fetching<V> = futures::future::BoxFuture<'static, Result<Arc<V>, RpcError>>;
+
 struct Entry {
     state: watch::Sender<Snapshot>,
     last_used: Mutex<Instant>,
     stop: CancellationToken,
     bytes: AtomicI64,
+    /// The fetch a request started, shared by the requests that need one meanwhile.
+    fetching: Mutex<Option<futures::future::WeakShared<Fetching<ReadOutcome>>>>,
 }
 
 impl Entry {
@@ -364,6 +370,7 @@ impl AgentCache {
             last_used: Mutex::new(Instant::now()),
             stop: self.inner.shutdown.child_token(),
             bytes: AtomicI64::new(0),
+            fetching: Mutex::new(None),
         });
         entries.insert(key.clone(), entry.clone());
         self.inner.metrics.entries.inc();
@@ -430,23 +437,41 @@ impl AgentCache {
         kept
     }
 
-    /// A fetch for a request (a miss, an answer too old, a refresh that lost contact).
+    /// A fetch for a request (a miss, an answer too old, a refresh that lost contact),
+    /// shared with the requests of the entry that need one while it runs.
     async fn fetch(
         &self,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         token: Option<Secret>,
         dc: Option<&str>,
         query: Query,
     ) -> Result<Arc<ReadOutcome>, RpcError> {
-        // The cache's own stale-if-error covers failures: a server's last-known answer
-        // is never stored as a fresh one.
-        let opts = ReadOptions::now(ReadMode::Stale);
-        let out = self
-            .inner
-            .fetch
-            .read(token, dc.map(str::to_string), query, opts)
-            .await?;
-        Ok(self.store(entry, out))
+        use futures::FutureExt;
+        let shared = {
+            let mut fetching = entry.fetching.lock().expect("cache entry lock");
+            match fetching
+                .as_ref()
+                .and_then(futures::future::WeakShared::upgrade)
+            {
+                Some(running) => running,
+                None => {
+                    // The cache's own stale-if-error covers failures: a server's
+                    // last-known answer is never stored as a fresh one.
+                    let opts = ReadOptions::now(ReadMode::Stale);
+                    let read = self
+                        .inner
+                        .fetch
+                        .read(token, dc.map(str::to_string), query, opts);
+                    let (cache, entry) = (self.clone(), entry.clone());
+                    let shared = async move { Ok(cache.store(&entry, read.await?)) }
+                        .boxed()
+                        .shared();
+                    *fetching = shared.downgrade();
+                    shared
+                }
+            }
+        };
+        shared.await
     }
 
     /// The entry's background refresh: a blocking query on its index, again and again,
@@ -529,11 +554,12 @@ impl AgentCache {
 mod tests {
     use super::*;
 
-    /// A stand-in for the servers: answers at once at index 1 (a blocking refresh waits
-    /// until cancelled), or fails while `down`.
+    /// A stand-in for the servers: answers at index 1 once `open` (a blocking refresh
+    /// waits until cancelled), or fails while `down`.
     struct Servers {
         down: std::sync::atomic::AtomicBool,
         fetches: std::sync::atomic::AtomicU64,
+        open: watch::Sender<bool>,
     }
 
     impl Fetch for Servers {
@@ -554,17 +580,21 @@ mod tests {
             let Query::KvGet { key } = query else {
                 unreachable!("the tests read keys")
             };
-            Box::pin(std::future::ready(Ok(ReadOutcome {
-                result: crate::state::query::QueryResult::Keys(vec![key; 8]),
-                index: 1,
-                meta: crate::raft::ReadMeta {
-                    known_leader: true,
-                    last_contact_ms: 0,
-                },
-                mode: ReadMode::Stale,
-                filtered: false,
-                stale_from: None,
-            })))
+            let mut open = self.open.subscribe();
+            Box::pin(async move {
+                open.wait_for(|o| *o).await.expect("the stand-in lives");
+                Ok(ReadOutcome {
+                    result: crate::state::query::QueryResult::Keys(vec![key; 8]),
+                    index: 1,
+                    meta: crate::raft::ReadMeta {
+                        known_leader: true,
+                        last_contact_ms: 0,
+                    },
+                    mode: ReadMode::Stale,
+                    filtered: false,
+                    stale_from: None,
+                })
+            })
         }
 
         /// Answers with the consistency it was asked in as the service's name.
@@ -593,6 +623,7 @@ mod tests {
         let servers = Arc::new(Servers {
             down: Default::default(),
             fetches: Default::default(),
+            open: watch::channel(true).0,
         });
         let metrics = crate::metrics::Metrics::new().cache;
         let c = AgentCache::new(
@@ -708,6 +739,24 @@ mod tests {
         assert!(CacheControl::parse("Must-Revalidate").must_revalidate);
         let c = CacheControl::parse("max-age=0");
         assert!(c.must_revalidate && c.max_age == Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn requests_that_miss_at_once_share_one_fetch() {
+        let (c, servers, metrics) = cache(CacheLimits::default());
+        servers.open.send_replace(false);
+        let asks = (0..50).map(|_| {
+            let c = c.clone();
+            async move { read(&c, 1, CacheControl::default()).await }
+        });
+        let all = tokio::spawn(futures::future::join_all(asks));
+        tokio::task::yield_now().await;
+        servers.open.send_replace(true);
+        for a in all.await.unwrap() {
+            assert!(!a.unwrap().hit, "each shared the fetch");
+        }
+        assert_eq!(servers.fetches.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.requests.with_label_values(&["miss"]).get(), 50);
     }
 
     #[tokio::test]

@@ -16,15 +16,12 @@ use futures::future::{BoxFuture, Shared, WeakShared};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{CacheControl, CacheLimits};
+use super::{CacheControl, CacheLimits, Fetching};
 use crate::metrics::CacheMetrics;
 use crate::rpc::RpcError;
 
 /// How often entries unused for the idle time are looked for.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// A fetch, as the requests for one entry share it.
-type Fetching<V> = BoxFuture<'static, Result<Arc<V>, RpcError>>;
 
 /// An answer from a [`SimpleCache`].
 #[derive(Debug)]
