@@ -379,11 +379,18 @@ impl Agent {
                 shutdown.child_token(),
             ),
         );
+        let cache = crate::cache::AgentCache::new(
+            Arc::new(dispatcher.clone()),
+            metrics.cache.clone(),
+            crate::cache::CacheLimits::default(),
+            shutdown.child_token(),
+        );
         let resolver = crate::dns::Resolver::new(
             &config.node_name,
             &config.domain,
             &config.dns,
             dispatcher.clone(),
+            cache.clone(),
             members.clone(),
             config.bind_addr,
             metrics.dns.clone(),
@@ -395,12 +402,6 @@ impl Agent {
                 addr: dns_bind,
                 reason: e.to_string(),
             })?;
-        let cache = crate::cache::AgentCache::new(
-            Arc::new(dispatcher.clone()),
-            metrics.cache.clone(),
-            crate::cache::CacheLimits::default(),
-            shutdown.child_token(),
-        );
         let mut api = crate::http::Api::new(
             dispatcher.clone(),
             local,

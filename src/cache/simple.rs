@@ -32,6 +32,8 @@ pub struct Cached<V> {
     pub hit: bool,
     /// `Age`: since the answer was fetched.
     pub age: Duration,
+    /// Served because a fetch failed (`stale-if-error`), not because it was young enough.
+    pub fallback: bool,
 }
 
 struct SlotState<V> {
@@ -96,6 +98,7 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
                     value: value.clone(),
                     hit: true,
                     age: at.elapsed(),
+                    fallback: false,
                 });
             }
             let shared = match s.inflight.as_ref().and_then(WeakShared::upgrade) {
@@ -123,6 +126,7 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
                     value,
                     hit: false,
                     age: Duration::ZERO,
+                    fallback: false,
                 })
             }
             Err(e) => match stored {
@@ -135,6 +139,7 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
                         value,
                         hit: true,
                         age: at.elapsed(),
+                        fallback: true,
                     })
                 }
                 _ => {
@@ -317,8 +322,8 @@ mod tests {
         let asked = control("max-age=5, stale-if-error=60");
         let a = c.get(k(), asked, unreachable()).await.unwrap();
         assert_eq!(
-            (a.value.as_str(), a.hit, a.age.as_secs()),
-            ("kept", true, 20)
+            (a.value.as_str(), a.hit, a.age.as_secs(), a.fallback),
+            ("kept", true, 20, true)
         );
         // Without stale-if-error, or past it, the error is the answer.
         let e = c.get(k(), control("max-age=5"), unreachable()).await;

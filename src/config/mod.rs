@@ -229,6 +229,12 @@ pub struct DnsConfig {
     /// [`STALE_DNS_TTL`] (off unless set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_stale_if_error: Option<GoDuration>,
+    /// Service and prepared-query lookups are answered from the agent cache, as an HTTP
+    /// `?cached` request is (Consul's `use_cache`; implies `allow_stale`).
+    pub use_cache: bool,
+    /// With `use_cache`: an answer older than this is fetched again (Consul's
+    /// `cache_max_age`; `0s`: whatever its age).
+    pub cache_max_age: GoDuration,
 }
 
 /// The longest TTL of a DNS answer given from a last-known answer of an unreachable DC.
@@ -247,6 +253,8 @@ impl Default for DnsConfig {
             recursor_timeout: GoDuration(std::time::Duration::from_secs(2)),
             soa: SoaConfig::default(),
             remote_stale_if_error: None,
+            use_cache: false,
+            cache_max_age: GoDuration(std::time::Duration::ZERO),
         }
     }
 }

@@ -26,11 +26,12 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::cache::{AgentCache, CacheControl};
 use crate::config::DnsConfig;
 use crate::dispatch::Dispatcher;
 use crate::gossip::{Member, MemberStatus};
 use crate::metrics::DnsMetrics;
-use crate::rpc::{ReadOptions, RpcError};
+use crate::rpc::{ReadOptions, ReadOutcome, RpcError};
 use crate::state::HealthStatus;
 use crate::state::query::{Query, QueryResult, ServiceHealth};
 use crate::vocab::ReadMode;
@@ -73,6 +74,9 @@ struct Inner {
     /// This agent's node: prepared queries' `_agent`.
     node: String,
     dispatcher: Dispatcher,
+    /// With `dns.use_cache`: the agent cache service and prepared-query lookups are
+    /// answered from, and the `Cache-Control` they ask it with.
+    cache: Option<(AgentCache, CacheControl)>,
     members: tokio::sync::watch::Receiver<Vec<Member>>,
     zone: Zone,
     read: ReadOptions,
@@ -199,23 +203,34 @@ fn outcome_label(rcode: ResponseCode) -> &'static str {
 }
 
 impl Resolver {
-    /// A resolver for an agent of `domain`, looking names up through `dispatcher`; NS
-    /// answers list the servers of the DC from LAN gossip's `members`. `bind` is the
-    /// agent's address, used as the source of queries to loopback recursors.
+    /// A resolver for an agent of `domain`, looking names up through `dispatcher` (or,
+    /// with `dns.use_cache`, through `cache`); NS answers list the servers of the DC from
+    /// LAN gossip's `members`. `bind` is the agent's address, used as the source of
+    /// queries to loopback recursors.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: &str,
         domain: &str,
         config: &DnsConfig,
         dispatcher: Dispatcher,
+        cache: AgentCache,
         members: tokio::sync::watch::Receiver<Vec<Member>>,
         bind: IpAddr,
         metrics: DnsMetrics,
     ) -> Resolver {
         let soa = config.soa;
+        // Consul's fail-static: while the servers cannot be reached, the cached answer
+        // is served (with a short TTL), however long ago contact was lost.
+        let control = CacheControl {
+            max_age: Some(config.cache_max_age.0).filter(|d| !d.is_zero()),
+            stale_if_error: Some(Duration::MAX),
+            must_revalidate: false,
+        };
         Resolver {
             inner: Arc::new(Inner {
                 node: node.to_string(),
                 dispatcher,
+                cache: config.use_cache.then_some((cache, control)),
                 members,
                 zone: Zone {
                     domain: domain.trim_end_matches('.').to_ascii_lowercase(),
@@ -378,17 +393,14 @@ impl Resolver {
         };
         let remote = dc.as_deref().filter(|d| *d != local).is_some();
         let dc_name = dc.clone().unwrap_or_else(|| local.to_string());
-        let found = match inner
-            .dispatcher
-            // DNS carries no token: the agent's default token, or the anonymous one.
-            .read(None, dc.as_deref(), query, inner.read)
-            .await
-        {
-            Ok(out) => {
-                // A server's last-known answer for a DC it cannot reach is not cached long.
-                let ttl = match out.stale_from {
-                    Some(_) => ttl.min(crate::config::STALE_DNS_TTL.as_secs() as u32),
-                    None => ttl,
+        let cached = matches!(query, Query::ServiceHealth { .. });
+        let found = match self.read(dc.as_deref(), query, cached).await {
+            Ok((out, stale)) => {
+                // A last-known answer (a server's for a DC it cannot reach, or the cache's
+                // while it cannot reach the servers) is not cached long.
+                let ttl = match stale {
+                    true => ttl.min(crate::config::STALE_DNS_TTL.as_secs() as u32),
+                    false => ttl,
                 };
                 match out.result {
                     QueryResult::Health(list) => {
@@ -423,8 +435,36 @@ impl Resolver {
         found
     }
 
+    /// Reads `query` in `dc` (DNS carries no token: the agent's default token, or the
+    /// anonymous one), from the agent cache when configured and `cacheable`; with whether
+    /// the answer is a last-known one rather than current.
+    async fn read(
+        &self,
+        dc: Option<&str>,
+        query: Query,
+        cacheable: bool,
+    ) -> Result<(ReadOutcome, bool), RpcError> {
+        let inner = &self.inner;
+        match inner.cache.as_ref().filter(|_| cacheable) {
+            Some((cache, control)) => {
+                let answer = cache
+                    .read(None, dc, query, *control, 0, Duration::ZERO)
+                    .await?;
+                let stale = !answer.age.is_zero();
+                let out = Arc::try_unwrap(answer.outcome).unwrap_or_else(|a| (*a).clone());
+                Ok((out, stale))
+            }
+            None => {
+                let out = inner.dispatcher.read(None, dc, query, inner.read).await?;
+                let stale = out.stale_from.is_some();
+                Ok((out, stale))
+            }
+        }
+    }
+
     /// Runs prepared query `name` (in `dc`): its instances, from whichever DC answered,
-    /// with the query's DNS TTL (else the service's).
+    /// with the query's DNS TTL (else the service's); from the agent cache when
+    /// configured.
     async fn prepared_query(&self, name: String, dc: Option<String>) -> Found {
         let inner = &self.inner;
         let local = inner.dispatcher.datacenter().to_string();
@@ -443,10 +483,21 @@ impl Resolver {
             // DNS carries no token: the agent's default token, or the anonymous one.
             token: None,
         };
-        match inner.dispatcher.call(call).await {
-            Ok(out) => {
+        let executed = match &inner.cache {
+            Some((cache, control)) => cache.execute(call, *control).await.map(|answer| {
+                let out = Arc::try_unwrap(answer.value).unwrap_or_else(|a| (*a).clone());
+                (out, answer.fallback)
+            }),
+            None => inner.dispatcher.call(call).await.map(|out| (out, false)),
+        };
+        match executed {
+            Ok((out, stale)) => {
                 let ttl = crate::duration::parse_go_duration(&out.dns_ttl)
                     .map_or_else(|| service_ttl(&inner.service_ttl, &out.service), seconds);
+                let ttl = match stale {
+                    true => ttl.min(crate::config::STALE_DNS_TTL.as_secs() as u32),
+                    false => ttl,
+                };
                 Found::Service {
                     instances: selected_instances(out.nodes),
                     dc: out.datacenter,

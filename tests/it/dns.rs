@@ -2,7 +2,8 @@
 //! agent processes in two DCs (one server and one client agent each): local, cross-DC, tag,
 //! RFC 2782 and node lookups, a failing instance leaving the answers, 40 instances cut
 //! over UDP and complete over TCP, NXDOMAIN with the SOA, names outside the domain refused
-//! or forwarded to recursors, and garbage on the port never stopping it answering.
+//! or forwarded to recursors, garbage on the port never stopping it answering, and
+//! lookups answered from the agent cache where `use_cache` is set.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,14 +24,15 @@ const RECURSOR: &str = "127.84.0.53:5353";
 /// A recursor address where nothing listens: tried first, skipped.
 const DEAD_RECURSOR: &str = "127.84.0.54:5353";
 
-/// DC `dc`: server `s1` on .1 and client `c1` on .21; dc1's client carries DNS settings.
+/// DC `dc`: server `s1` on .1 and client `c1` on .21; dc1's client carries DNS settings,
+/// dc2's answers from its agent cache (`use_cache`).
 fn write_dc(dir: &Path, pki: &TestPki, dc: u8) -> Vec<PathBuf> {
     let client_extra = if dc == 1 {
         format!(
             "[dns]\nservice_ttl = {{ \"web\" = \"10s\", \"*\" = \"3s\" }}\nrecursors = [\"{DEAD_RECURSOR}\", \"{RECURSOR}\"]\nrecursor_timeout = \"500ms\"\n[dns.soa]\nmin_ttl = 30\n"
         )
     } else {
-        String::new()
+        "[dns]\nuse_cache = true\n".to_string()
     };
     write_small_dc(dir, pki, (84, dc), Some(3 - dc), &client_extra)
 }
@@ -203,6 +205,32 @@ async fn dig_finds_services_and_nodes_in_every_dc() {
         ["127.84.1.50", "127.84.1.51"]
     );
     assert_eq!(short(&dns2, "web.service.consul", "A").len(), 3);
+
+    // dc2's client answers services and prepared queries from its agent cache: asked
+    // again, a hit, not a read of the servers.
+    let hits = || async {
+        metric(
+            &http,
+            &c2,
+            "consulate_cache_requests_total{outcome=\"hit\"}",
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+    let before = hits().await;
+    assert_eq!(short(&dns2, "web.service.consul", "A").len(), 3);
+    assert_eq!(hits().await, before + 1.0, "the service lookup was a hit");
+    let created = http
+        .post(format!("{c2}/v1/query"))
+        .body(r#"{"Name": "webq", "Service": {"Service": "web"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    assert_eq!(short(&dns2, "webq.query.consul", "A").len(), 3);
+    let before = hits().await;
+    assert_eq!(short(&dns2, "webq.query.consul", "A").len(), 3);
+    assert_eq!(hits().await, before + 1.0, "the prepared query was a hit");
 
     // Another DC's names, a tag, the RFC 2782 form, a node.
     assert_eq!(
