@@ -137,6 +137,27 @@ impl Snapshot {
 /// A fetch, as the requests that need it at once share it.
 type Fetching<V> = futures::future::BoxFuture<'static, Result<Arc<V>, RpcError>>;
 
+/// The fetch running in `slot`, else a new one from `start`, left there weakly (it ends
+/// with its last asker, never kept alive by the cache).
+fn join_or_start<V>(
+    slot: &mut Option<futures::future::WeakShared<Fetching<V>>>,
+    start: impl FnOnce() -> Fetching<V>,
+) -> futures::future::Shared<Fetching<V>> {
+    if let Some(running) = slot.as_ref().and_then(futures::future::WeakShared::upgrade) {
+        return running;
+    }
+    let shared = futures::FutureExt::shared(start());
+    *slot = shared.downgrade();
+    shared
+}
+
+/// The keys of the `n` least recently used of `entries` (key, last use). Pure.
+fn least_used<K>(entries: impl Iterator<Item = (K, Instant)>, n: usize) -> Vec<K> {
+    let mut by_use: Vec<(Instant, K)> = entries.map(|(k, t)| (t, k)).collect();
+    by_use.sort_by_key(|(t, _)| *t);
+    by_use.into_iter().take(n).map(|(_, k)| k).collect()
+}
+
 struct Entry {
     state: watch::Sender<Snapshot>,
     last_used: Mutex<Instant>,
@@ -389,13 +410,10 @@ impl AgentCache {
     /// Drops the least recently used eighth of the entries (amortized: one sort per
     /// `max_entries / 8` new entries).
     fn evict_least_used(&self, entries: &mut HashMap<Key, Arc<Entry>>) {
-        let mut by_use: Vec<(Instant, Key)> = entries
+        let used = entries
             .iter()
-            .map(|(k, e)| (*e.last_used.lock().expect("cache entry lock"), k.clone()))
-            .collect();
-        by_use.sort_by_key(|(t, _)| *t);
-        let drop_n = (self.inner.limits.max_entries / 8).max(1);
-        for (_, key) in by_use.into_iter().take(drop_n) {
+            .map(|(k, e)| (k.clone(), *e.last_used.lock().expect("cache entry lock")));
+        for key in least_used(used, (self.inner.limits.max_entries / 8).max(1)) {
             if let Some(e) = entries.remove(&key) {
                 self.forget(&e, "capacity");
             }
@@ -446,30 +464,19 @@ impl AgentCache {
         dc: Option<&str>,
         query: Query,
     ) -> Result<Arc<ReadOutcome>, RpcError> {
-        use futures::FutureExt;
         let shared = {
             let mut fetching = entry.fetching.lock().expect("cache entry lock");
-            match fetching
-                .as_ref()
-                .and_then(futures::future::WeakShared::upgrade)
-            {
-                Some(running) => running,
-                None => {
-                    // The cache's own stale-if-error covers failures: a server's
-                    // last-known answer is never stored as a fresh one.
-                    let opts = ReadOptions::now(ReadMode::Stale);
-                    let read = self
-                        .inner
-                        .fetch
-                        .read(token, dc.map(str::to_string), query, opts);
-                    let (cache, entry) = (self.clone(), entry.clone());
-                    let shared = async move { Ok(cache.store(&entry, read.await?)) }
-                        .boxed()
-                        .shared();
-                    *fetching = shared.downgrade();
-                    shared
-                }
-            }
+            join_or_start(&mut fetching, || {
+                // The cache's own stale-if-error covers failures: a server's last-known
+                // answer is never stored as a fresh one.
+                let opts = ReadOptions::now(ReadMode::Stale);
+                let read = self
+                    .inner
+                    .fetch
+                    .read(token, dc.map(str::to_string), query, opts);
+                let (cache, entry) = (self.clone(), entry.clone());
+                Box::pin(async move { Ok(cache.store(&entry, read.await?)) })
+            })
         };
         shared.await
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, WeakShared};
+use futures::future::{BoxFuture, WeakShared};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -101,22 +101,16 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
                     fallback: false,
                 });
             }
-            let shared = match s.inflight.as_ref().and_then(WeakShared::upgrade) {
-                Some(running) => running,
-                None => {
-                    let fetched = fetch();
-                    let (slot, metrics) = (slot.clone(), self.metrics.clone());
-                    let shared: Shared<Fetching<V>> = async move {
-                        let value = Arc::new(fetched.await?);
-                        slot.store(value.clone(), &metrics);
-                        Ok(value)
-                    }
-                    .boxed()
-                    .shared();
-                    s.inflight = shared.downgrade();
-                    shared
+            let shared = super::join_or_start(&mut s.inflight, || {
+                let fetched = fetch();
+                let (slot, metrics) = (slot.clone(), self.metrics.clone());
+                async move {
+                    let value = Arc::new(fetched.await?);
+                    slot.store(value.clone(), &metrics);
+                    Ok(value)
                 }
-            };
+                .boxed()
+            });
             (shared, s.stored.clone())
         };
         match shared.await {
@@ -164,23 +158,21 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
         if slots.swept.elapsed() >= SWEEP_EVERY {
             slots.swept = Instant::now();
             let idle = self.limits.idle;
-            self.drop_where(&mut slots.map, |used| used.elapsed() > idle, "idle");
+            slots.map.retain(|_, slot| {
+                let keep = slot.last_used().elapsed() <= idle;
+                if !keep {
+                    self.forget(slot, "idle");
+                }
+                keep
+            });
         }
         if slots.map.len() >= self.limits.max_entries {
-            let mut by_use: Vec<Instant> = slots.map.values().map(|s| s.last_used()).collect();
-            by_use.sort();
-            let drop_n = (self.limits.max_entries / 8).clamp(1, by_use.len());
-            let cutoff = by_use[drop_n - 1];
-            let mut left = drop_n;
-            self.drop_where(
-                &mut slots.map,
-                |used| {
-                    let go = left > 0 && used <= cutoff;
-                    left -= usize::from(go);
-                    go
-                },
-                "capacity",
-            );
+            let used = slots.map.iter().map(|(k, s)| (k.clone(), s.last_used()));
+            for key in super::least_used(used, (self.limits.max_entries / 8).max(1)) {
+                if let Some(slot) = slots.map.remove(&key) {
+                    self.forget(&slot, "capacity");
+                }
+            }
         }
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
@@ -196,24 +188,13 @@ impl<V: Serialize + Send + Sync + 'static> SimpleCache<V> {
         slot
     }
 
-    /// Removes the entries `pred` picks by their last use, counted as `reason`.
-    fn drop_where(
-        &self,
-        map: &mut HashMap<Vec<u8>, Arc<Slot<V>>>,
-        mut pred: impl FnMut(Instant) -> bool,
-        reason: &str,
-    ) {
-        map.retain(|_, slot| {
-            if !pred(slot.last_used()) {
-                return true;
-            }
-            let mut s = slot.state.lock().expect("cache slot lock");
-            s.dropped = true;
-            self.metrics.bytes.sub(std::mem::take(&mut s.bytes));
-            self.metrics.entries.dec();
-            self.metrics.evictions.with_label_values(&[reason]).inc();
-            false
-        });
+    /// Takes an entry removed from the map out of the figures, counted as `reason`.
+    fn forget(&self, slot: &Slot<V>, reason: &str) {
+        let mut s = slot.state.lock().expect("cache slot lock");
+        s.dropped = true;
+        self.metrics.bytes.sub(std::mem::take(&mut s.bytes));
+        self.metrics.entries.dec();
+        self.metrics.evictions.with_label_values(&[reason]).inc();
     }
 }
 

@@ -109,8 +109,8 @@ fn service_ttl(table: &[(String, u32)], name: &str) -> u32 {
 
 /// The instances DNS shows: none with a critical check (with `only_passing`, only those
 /// whose every check passes), each weighted as Consul weights them. Pure.
-fn healthy_instances(list: Vec<ServiceHealth>, only_passing: bool) -> Vec<Instance> {
-    list.into_iter()
+fn healthy_instances(list: &[ServiceHealth], only_passing: bool) -> Vec<Instance> {
+    list.iter()
         .filter_map(|h| {
             let worst = h.checks.iter().map(|c| c.status).max().unwrap_or_default();
             let worst = if h.checks.is_empty() {
@@ -124,9 +124,9 @@ fn healthy_instances(list: Vec<ServiceHealth>, only_passing: bool) -> Vec<Instan
                 _ => return None,
             };
             Some(Instance {
-                node: h.node.node,
-                node_address: h.node.address,
-                address: h.service.address,
+                node: h.node.node.clone(),
+                node_address: h.node.address.clone(),
+                address: h.service.address.clone(),
                 port: h.service.port,
                 weight: u16::try_from(weight).unwrap_or(u16::MAX),
             })
@@ -137,8 +137,8 @@ fn healthy_instances(list: Vec<ServiceHealth>, only_passing: bool) -> Vec<Instan
 
 /// The instances a prepared query selected (its server already left out the unhealthy
 /// ones, its ignored checks aside), weighted by their worst remaining status.
-fn selected_instances(list: Vec<ServiceHealth>) -> Vec<Instance> {
-    list.into_iter()
+fn selected_instances(list: &[ServiceHealth]) -> Vec<Instance> {
+    list.iter()
         .map(|h| {
             let warning = h.checks.iter().any(|c| c.status == HealthStatus::Warning);
             let weight = if warning {
@@ -147,9 +147,9 @@ fn selected_instances(list: Vec<ServiceHealth>) -> Vec<Instance> {
                 h.service.weights.passing
             };
             Instance {
-                node: h.node.node,
-                node_address: h.node.address,
-                address: h.service.address,
+                node: h.node.node.clone(),
+                node_address: h.node.address.clone(),
+                address: h.service.address.clone(),
                 port: h.service.port,
                 weight: u16::try_from(weight).unwrap_or(u16::MAX),
             }
@@ -402,7 +402,7 @@ impl Resolver {
                     true => ttl.min(crate::config::STALE_DNS_TTL.as_secs() as u32),
                     false => ttl,
                 };
-                match out.result {
+                match &out.result {
                     QueryResult::Health(list) => {
                         let mut instances = healthy_instances(list, inner.only_passing);
                         instances.shuffle(&mut rand::rng());
@@ -413,7 +413,7 @@ impl Resolver {
                         }
                     }
                     QueryResult::NodeServices(Some((node, _))) => Found::Node {
-                        address: node.address,
+                        address: node.address.clone(),
                         ttl,
                     },
                     _ => Found::NoSuchName,
@@ -443,21 +443,19 @@ impl Resolver {
         dc: Option<&str>,
         query: Query,
         cacheable: bool,
-    ) -> Result<(ReadOutcome, bool), RpcError> {
+    ) -> Result<(Arc<ReadOutcome>, bool), RpcError> {
         let inner = &self.inner;
         match inner.cache.as_ref().filter(|_| cacheable) {
             Some((cache, control)) => {
                 let answer = cache
                     .read(None, dc, query, *control, 0, Duration::ZERO)
                     .await?;
-                let stale = !answer.age.is_zero();
-                let out = Arc::try_unwrap(answer.outcome).unwrap_or_else(|a| (*a).clone());
-                Ok((out, stale))
+                Ok((answer.outcome, !answer.age.is_zero()))
             }
             None => {
                 let out = inner.dispatcher.read(None, dc, query, inner.read).await?;
                 let stale = out.stale_from.is_some();
-                Ok((out, stale))
+                Ok((Arc::new(out), stale))
             }
         }
     }
@@ -484,11 +482,15 @@ impl Resolver {
             token: None,
         };
         let executed = match &inner.cache {
-            Some((cache, control)) => cache.execute(call, *control).await.map(|answer| {
-                let out = Arc::try_unwrap(answer.value).unwrap_or_else(|a| (*a).clone());
-                (out, answer.fallback)
-            }),
-            None => inner.dispatcher.call(call).await.map(|out| (out, false)),
+            Some((cache, control)) => cache
+                .execute(call, *control)
+                .await
+                .map(|answer| (answer.value, answer.fallback)),
+            None => inner
+                .dispatcher
+                .call(call)
+                .await
+                .map(|out| (Arc::new(out), false)),
         };
         match executed {
             Ok((out, stale)) => {
@@ -499,8 +501,8 @@ impl Resolver {
                     false => ttl,
                 };
                 Found::Service {
-                    instances: selected_instances(out.nodes),
-                    dc: out.datacenter,
+                    instances: selected_instances(&out.nodes),
+                    dc: out.datacenter.clone(),
                     ttl,
                 }
             }
@@ -740,7 +742,7 @@ mod tests {
                 entry("unchecked", &[]),
             ]
         };
-        let shown: Vec<(String, u16)> = healthy_instances(list(), false)
+        let shown: Vec<(String, u16)> = healthy_instances(&list(), false)
             .into_iter()
             .map(|i| (i.node, i.weight))
             .collect();
@@ -752,7 +754,7 @@ mod tests {
                 ("unchecked".to_string(), 10)
             ]
         );
-        let strict: Vec<String> = healthy_instances(list(), true)
+        let strict: Vec<String> = healthy_instances(&list(), true)
             .into_iter()
             .map(|i| i.node)
             .collect();
