@@ -4,8 +4,8 @@
 //! a member that is behind; [`swim`]: failure detection), and the WAN pool of the servers
 //! of every DC, over the QUIC transport's `wan-gossip` ALPN ([`quic`], [`wan`]). Each
 //! member publishes what the others need to reach it (role, datacenter, QUIC, WAN and HTTP
-//! addresses, build, node ID, DC leadership); chitchat's phi-accrual failure detector says
-//! who is alive. The module turns chitchat's state into a [`Member`] list (Consul's
+//! addresses, build, node ID, DC leadership); SWIM says who is alive on the LAN, chitchat's
+//! phi-accrual failure detector on the WAN. The module turns chitchat's state into a [`Member`] list (Consul's
 //! statuses: alive, left, failed), published on a watch channel for the agent (server
 //! discovery, `/v1/agent/members`, the federation router) and the leader's catalog
 //! reconciliation.
@@ -1099,13 +1099,8 @@ fn redescribe(
     changed: std::collections::HashSet<ChitchatId>,
 ) {
     for id in changed {
-        match c.node_state(&id) {
-            Some(state) => {
-                described.insert(id.clone(), describe(&id, state));
-            }
-            None => {
-                described.remove(&id);
-            }
+        if let Some(state) = c.node_state(&id) {
+            described.insert(id.clone(), describe(&id, state));
         }
     }
     let states = c.node_states();
